@@ -1,0 +1,151 @@
+"""JSON API, version 1. Token auth: `Authorization: Token KEY` (manage.py drf_create_token USER)."""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import DatabaseError
+from django.http import FileResponse, Http404
+from django.urls import reverse
+from rest_framework import status
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from diagnosis import selectors, services
+from diagnosis.forms import StudyUploadForm
+from diagnosis.imaging import UploadRejected
+from diagnosis.models import Prediction, Study
+
+logger = logging.getLogger(__name__)
+
+
+def exception_handler(exc, context):
+    """DRF's handler, with every error body shaped as {"error": "..."}."""
+    response = drf_exception_handler(exc, context)
+    if response is not None:
+        detail = response.data.get("detail") if isinstance(response.data, dict) else None
+        response.data = {"error": str(detail) if detail is not None else str(response.data)}
+        return response
+    if isinstance(exc, DatabaseError):
+        logger.exception("database unavailable")
+        return Response(
+            {"error": "The database is unavailable; nothing was stored. Try again shortly."},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+    return None
+
+
+def prediction_json(prediction: Prediction, request) -> dict:
+    version = prediction.model_version
+    heatmap_url = overlay_url = None
+    if prediction.status == Prediction.Status.DONE:
+        heatmap_url = request.build_absolute_uri(
+            reverse("api:prediction-heatmap", args=[prediction.pk])
+        )
+        overlay_url = request.build_absolute_uri(
+            reverse("api:prediction-cam", args=[prediction.pk])
+        )
+    return {
+        "id": prediction.pk,
+        "url": request.build_absolute_uri(reverse("api:prediction", args=[prediction.pk])),
+        "status": prediction.status,
+        "message": prediction.status_message,
+        "model_version": version.name if version else None,
+        "model_version_id": version.pk if version else None,
+        "architecture": version.architecture if version else None,
+        "label": prediction.label or None,
+        "probabilities": prediction.ordered_probabilities,
+        "cam_class": prediction.cam_class or None,
+        "cam_method": prediction.cam_method or None,
+        "heatmap_url": heatmap_url,
+        "cam_url": overlay_url,
+        "error": prediction.error or None,
+        "image_id": prediction.image_id,
+        "study_id": prediction.image.study_id,
+        "queued_at": prediction.queued_at,
+        "started_at": prediction.started_at,
+        "finished_at": prediction.finished_at,
+        "compute_ms": prediction.compute_ms,
+        "device": prediction.device or None,
+    }
+
+
+def study_json(study: Study, request) -> dict:
+    return {
+        "id": study.pk,
+        "url": request.build_absolute_uri(study.get_absolute_url()),
+        "patient_id": study.patient.mrn,
+        "accession_number": study.accession_number,
+        "study_date": study.study_date,
+        "view": study.view,
+        "priority": study.get_priority_display(),
+        "images": [
+            {
+                "id": image.pk,
+                "format": image.format,
+                "width": image.width,
+                "height": image.height,
+                "sha256": image.sha256,
+                "duplicate_of_image": image.duplicate_of_id,
+            }
+            for image in study.images.all()
+        ],
+        "predictions": [prediction_json(p, request) for p in selectors.study_predictions(study)],
+    }
+
+
+def _prediction_or_404(pk: int) -> Prediction:
+    try:
+        return selectors.prediction_detail(pk)
+    except Prediction.DoesNotExist as exc:
+        raise Http404 from exc
+
+
+class StudyListCreate(APIView):
+    parser_classes = [MultiPartParser, FormParser]
+
+    def post(self, request):
+        form = StudyUploadForm(request.POST, request.FILES, api=True)
+        if not form.is_valid():
+            return Response({"error": form.error_text(), "fields": form.errors.get_json_data()},
+                            status=status.HTTP_400_BAD_REQUEST)
+        try:
+            result = services.study_upload(uploaded_by=request.user, **form.upload_kwargs())
+        except UploadRejected as exc:
+            return Response({"error": str(exc), "code": exc.code},
+                            status=status.HTTP_400_BAD_REQUEST)
+        study = selectors.study_detail(result.study.pk)
+        body = study_json(study, request)
+        body["image_id"] = result.image.pk
+        body["prediction_id"] = result.prediction.pk
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class StudyDetail(APIView):
+    def get(self, request, pk: int):
+        try:
+            study = selectors.study_detail(pk)
+        except Study.DoesNotExist as exc:
+            raise Http404 from exc
+        return Response(study_json(study, request))
+
+
+class PredictionDetail(APIView):
+    def get(self, request, pk: int):
+        return Response(prediction_json(_prediction_or_404(pk), request))
+
+
+class PredictionFile(APIView):
+    """The overlay (`heatmap`) or the transparent colour map alone (`cam`), as PNG."""
+
+    field = "overlay"
+
+    def get(self, request, pk: int):
+        prediction = _prediction_or_404(pk)
+        f = getattr(prediction, self.field)
+        if prediction.status != Prediction.Status.DONE or not f:
+            return Response({"error": f"Prediction {pk} has no heatmap yet ({prediction.status})."},
+                            status=status.HTTP_404_NOT_FOUND)
+        return FileResponse(f.open("rb"), content_type="image/png")

@@ -1,0 +1,104 @@
+"""Worker-side model loading: one Predictor per model version per worker process.
+
+Imported only by Celery workers (it imports torch). Models are loaded lazily in the worker's
+child process, never before the prefork pool forks (CUDA cannot be re-initialised in a forked
+child), and cached by version id and weights sha256.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+
+import torch
+from django.conf import settings
+
+from diagnosis.services import PredictionFailure
+from training.ml.checkpoint import file_sha256
+from training.ml.inference import Predictor, cam_to_heatmap_rgba, render_overlay
+from training.ml.preprocessing import Preprocessing
+from training.models import ModelVersion
+
+logger = logging.getLogger(__name__)
+
+_cache: dict[tuple[int, str], Predictor] = {}
+_lock = threading.Lock()
+HEATMAP_MAX_SIDE = 512  # a CAM is a 7x7..14x14 map upsampled: more pixels add nothing
+
+
+def configure_torch_threads(concurrency: int | None = None) -> int:
+    """Pin torch's intra-op threads so the worker's processes do not fight over the cores."""
+    threads = settings.CXR_TORCH_THREADS
+    if threads <= 0:
+        threads = max(1, (os.cpu_count() or 1) // max(1, concurrency or 1))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def clear_cache() -> None:
+    with _lock:
+        _cache.clear()
+
+
+def predictor_for(version: ModelVersion) -> Predictor:
+    key = (version.pk, version.sha256)
+    with _lock:
+        predictor = _cache.get(key)
+        if predictor is None:
+            predictor = _load(version)
+            # Keep one model per process: a promotion replaces the old one.
+            _cache.clear()
+            _cache[key] = predictor
+        return predictor
+
+
+def _load(version: ModelVersion) -> Predictor:
+    try:
+        path = version.weights.path
+    except (ValueError, NotImplementedError) as exc:
+        raise PredictionFailure(f"Model version {version.name} has no weights file.") from exc
+    if not os.path.exists(path):
+        raise PredictionFailure(
+            f"The weights file of model version {version.name} is missing: {path}. Re-import the "
+            "model or restore the file."
+        )
+    digest = file_sha256(path)
+    if digest != version.sha256:
+        raise PredictionFailure(
+            f"The weights file of model version {version.name} does not match its recorded "
+            f"sha256 (expected {version.sha256[:12]}…, found {digest[:12]}…): it was changed or "
+            "corrupted. Re-import the model."
+        )
+    from training.ml.architectures import MLError
+
+    try:
+        predictor = Predictor.from_file(
+            path,
+            arch=version.architecture,
+            classes=list(version.class_labels),
+            preprocessing=Preprocessing.from_dict(version.preprocessing_dict()),
+            temperature=version.temperature or 1.0,
+        )
+    except MLError as exc:
+        raise PredictionFailure(f"Model version {version.name} cannot be loaded: {exc}") from exc
+    logger.info("loaded model version %s (%s) on %s", version.name, version.architecture,
+                predictor.device)
+    return predictor
+
+
+def render_pngs(picture, cam) -> tuple[bytes, bytes]:
+    """The colourised heatmap (RGBA, transparent where the model did not look) and the overlay."""
+    w, h = picture.size
+    scale = min(1.0, HEATMAP_MAX_SIDE / max(w, h))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    heatmap = cam_to_heatmap_rgba(cam, size)
+    overlay = render_overlay(picture, cam)
+    return _png(heatmap), _png(overlay)
+
+
+def _png(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()

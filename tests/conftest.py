@@ -1,0 +1,173 @@
+"""Shared fixtures: personas, an isolated media root, a real model version, a real worker.
+
+Integration tests talk to a real Redis (CXR_TEST_BROKER_URL, default redis://127.0.0.1:6379/15)
+through a real Celery worker running in this process (celery.contrib.testing), and to the
+database given by DATABASE_URL (PostgreSQL under `make test`, SQLite otherwise).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
+# Django is imported inside the fixtures, so that the ML-core tests run without it:
+#   pytest tests/training/ml -p no:django
+
+TEST_BROKER_URL = os.environ.get("CXR_TEST_BROKER_URL", "redis://127.0.0.1:6379/15")
+CLASSES = ["normal", "bacterial_pneumonia", "viral_pneumonia", "covid19"]
+
+
+@pytest.fixture(autouse=True)
+def _media_root(request, tmp_path):
+    if not request.config.pluginmanager.hasplugin("django"):
+        return  # the ML-core tests, run with -p no:django
+    settings = request.getfixturevalue("settings")
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+
+
+@pytest.fixture(autouse=True)
+def _fresh_model_cache():
+    """Each test loads its model versions afresh (ids and files differ between tests)."""
+    import sys
+
+    yield
+    if "diagnosis.inference" in sys.modules:
+        sys.modules["diagnosis.inference"].clear_cache()
+
+
+def _user(username: str, *groups: str, **extra) -> User:
+    from django.contrib.auth.models import Group, User
+
+    user = User.objects.create_user(username=username, password="correct horse battery", **extra)
+    for name in groups:
+        group, _ = Group.objects.get_or_create(name=name)
+        user.groups.add(group)
+    return user
+
+
+@pytest.fixture
+def radiologist(db) -> User:
+    return _user("rad1", "radiologist", first_name="Ada", last_name="Radiologist")
+
+
+@pytest.fixture
+def second_radiologist(db) -> User:
+    return _user("rad2", "radiologist")
+
+
+@pytest.fixture
+def admin_user(db) -> User:
+    return _user("admin1", "admin", is_staff=True, is_superuser=True)
+
+
+@pytest.fixture
+def outsider(db) -> User:
+    return _user("outsider")
+
+
+@pytest.fixture
+def rad_client(client, radiologist):
+    client.force_login(radiologist)
+    return client
+
+
+@pytest.fixture
+def api_token(radiologist) -> str:
+    from rest_framework.authtoken.models import Token
+
+    return Token.objects.create(user=radiologist).key
+
+
+@pytest.fixture(scope="session")
+def state_dict_file(tmp_path_factory) -> Callable[[str, int], str]:
+    """A plain torchvision state_dict (weights=None), as a user would save one, per arch."""
+    made: dict[tuple[str, int], str] = {}
+
+    def make(arch: str = "mobilenet_v2", num_classes: int = len(CLASSES)) -> str:
+        key = (arch, num_classes)
+        if key not in made:
+            import torch
+            import torchvision
+
+            torch.manual_seed(0)
+            model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+            path = tmp_path_factory.mktemp("weights") / f"{arch}-{num_classes}.pt"
+            torch.save(model.state_dict(), path)
+            made[key] = str(path)
+        return made[key]
+
+    return make
+
+
+@pytest.fixture
+def model_version(db, state_dict_file):
+    """A candidate model version imported the way `manage.py import_model` does."""
+    from training.services import model_version_import
+
+    return model_version_import(
+        path=state_dict_file("mobilenet_v2"), architecture="mobilenet_v2", classes=CLASSES,
+        name="test-mobilenet",
+    )
+
+
+@pytest.fixture
+def production_model(model_version):
+    from training.services import model_version_promote
+
+    return model_version_promote(version=model_version, reason="test")
+
+
+@pytest.fixture(scope="session")
+def _broker() -> str:
+    import redis
+
+    from cxrweb.celery import app
+
+    client = redis.Redis.from_url(TEST_BROKER_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError as exc:  # pragma: no cover - environment problem
+        pytest.fail(
+            f"No Redis at {TEST_BROKER_URL}: run the suite with `make test`, which starts one "
+            f"({exc})."
+        )
+    client.flushdb()
+    app.conf.broker_url = TEST_BROKER_URL
+    return TEST_BROKER_URL
+
+
+@pytest.fixture
+def celery_worker(_broker, transactional_db) -> Iterator[object]:
+    """A real Celery worker (solo pool, in a thread of this process) consuming `inference`."""
+    from celery.contrib.testing.worker import start_worker
+
+    from cxrweb.celery import app
+
+    with start_worker(
+        app, pool="solo", concurrency=1, perform_ping_check=False, queues=["inference"],
+        shutdown_timeout=30,
+    ) as worker:
+        yield worker
+
+
+def wait_for(predicate: Callable[[], object], *, timeout: float = 90, interval: float = 0.2):
+    """Poll until predicate() is truthy; return its value or fail with a clear message."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {predicate.__doc__ or predicate}")
+        time.sleep(interval)

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from rest_framework.test import APIClient
+
+from diagnosis.models import Image, Prediction, Study
+from tests import imagegen
+
+
+@pytest.fixture
+def api(api_token) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {api_token}")
+    return client
+
+
+def _post(api, data: bytes, name: str = "chest.png", **fields):
+    return api.post(
+        "/api/v1/studies/", {"image": SimpleUploadedFile(name, data), **fields}, format="multipart"
+    )
+
+
+def test_upload_returns_201_with_the_study_and_its_prediction(api, production_model):
+    resp = _post(api, imagegen.png_bytes(), patient_id="API-1", accession_number="ACC-API-1",
+                 view="PA")
+    assert resp.status_code == 201, resp.content
+    body = resp.json()
+    assert body["id"] == Study.objects.get().pk
+    assert body["accession_number"] == "ACC-API-1"
+    assert body["view"] == "PA"
+    [prediction] = body["predictions"]
+    assert prediction["status"] == "queued"
+    assert prediction["model_version"] == production_model.name
+    assert prediction["url"].endswith(f"/api/v1/predictions/{prediction['id']}/")
+    assert prediction["heatmap_url"] is None
+
+
+def test_prediction_detail_reports_a_waiting_prediction(api):
+    resp = _post(api, imagegen.png_bytes(), patient_id="API-2")
+    pid = resp.json()["predictions"][0]["id"]
+    detail = api.get(f"/api/v1/predictions/{pid}/").json()
+    assert detail["status"] == "queued"
+    assert detail["model_version"] is None
+    assert "no model version is in production" in detail["message"]
+    assert detail["probabilities"] is None
+
+
+@pytest.mark.parametrize(
+    "make, name, fragment",
+    [
+        (imagegen.text_named_png, "fake.png", "PNG, JPEG"),
+        (imagegen.truncated_png, "cut.png", "truncated"),
+        (imagegen.truncated_jpeg, "cut.jpg", "truncated"),
+        (imagegen.bomb_png, "bomb.png", "pixels"),
+        (lambda: imagegen.dicom_bytes(with_pixels=False), "sr.dcm", "pixel data"),
+    ],
+)
+def test_bad_input_gets_a_400_with_an_error_and_stores_nothing(
+    api, settings, make, name, fragment
+):
+    resp = _post(api, make(), name=name, patient_id="API-BAD")
+    assert resp.status_code == 400, resp.content
+    assert fragment.lower() in resp.json()["error"].lower()
+    assert (Study.objects.count(), Image.objects.count(), Prediction.objects.count()) == (0, 0, 0)
+    assert not any(files for _, _, files in os.walk(settings.MEDIA_ROOT))
+
+
+def test_an_empty_file_gets_a_400(api):
+    resp = _post(api, b"", name="empty.png", patient_id="API-E")
+    assert resp.status_code == 400
+    assert "empty" in resp.json()["error"].lower()
+
+
+def test_a_file_over_the_limit_gets_a_400_naming_the_limit(api, settings):
+    settings.CXR_MAX_UPLOAD_BYTES = 2048
+    resp = _post(api, imagegen.png_bytes(imagegen.make_xray(512, 512)), patient_id="API-L")
+    assert resp.status_code == 400
+    assert "limit" in resp.json()["error"]
+    assert Study.objects.count() == 0
+
+
+def test_a_missing_image_gets_a_400(api):
+    resp = api.post("/api/v1/studies/", {"patient_id": "X"}, format="multipart")
+    assert resp.status_code == 400
+    assert "image" in resp.json()["error"].lower()
+
+
+def test_a_missing_patient_id_gets_a_400(api):
+    resp = _post(api, imagegen.png_bytes())
+    assert resp.status_code == 400
+    assert "patient id" in resp.json()["error"].lower()
+
+
+def test_the_api_refuses_requests_without_a_token(db):
+    resp = APIClient().post("/api/v1/studies/", {}, format="multipart")
+    assert resp.status_code == 401
+    assert "error" in resp.json()
+
+
+def test_the_api_refuses_a_user_without_a_clinical_role(outsider):
+    from rest_framework.authtoken.models import Token
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=outsider).key}")
+    resp = _post(client, imagegen.png_bytes(), patient_id="X")
+    assert resp.status_code == 403
+    assert Study.objects.count() == 0
+
+
+def test_an_unknown_prediction_is_a_404(api):
+    resp = api.get("/api/v1/predictions/999999/")
+    assert resp.status_code == 404
+    assert "error" in resp.json()

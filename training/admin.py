@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from django.contrib import admin, messages
+
+from training.models import ModelPromotion, ModelVersion
+from training.services import model_version_promote
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(admin.ModelAdmin):
+    list_display = ("name", "architecture", "status", "classes", "created_at", "promoted_at",
+                    "promoted_by")
+    list_filter = ("status", "architecture")
+    search_fields = ("name", "architecture", "sha256")
+    readonly_fields = ("sha256", "weights", "status", "promoted_at", "promoted_by",
+                       "promotion_reason", "created_at", "created_by")
+    actions = ["promote"]
+
+    @admin.display(description="classes")
+    def classes(self, obj: ModelVersion) -> str:
+        return ", ".join(obj.class_labels or [])
+
+    def has_add_permission(self, request) -> bool:
+        # Versions come from `manage.py import_model` or a training run, which check the weights.
+        return False
+
+    @admin.action(description="Promote the selected version to production (or roll back to it)")
+    def promote(self, request, queryset):
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one version to promote.", messages.ERROR)
+            return
+        version = queryset.get()
+        model_version_promote(version=version, promoted_by=request.user,
+                              reason=f"promoted in the admin by {request.user}")
+        self.message_user(request, f"{version.name} is now in production.", messages.SUCCESS)
+
+
+@admin.register(ModelPromotion)
+class ModelPromotionAdmin(admin.ModelAdmin):
+    list_display = ("model_version", "previous_version", "promoted_by", "reason", "created_at")
+    readonly_fields = ("model_version", "previous_version", "promoted_by", "reason", "created_at")
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

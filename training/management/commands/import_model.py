@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from django.core.management.base import BaseCommand, CommandError
+
+from training.services import ModelImportError, model_version_import, model_version_promote
+
+
+class Command(BaseCommand):
+    help = (
+        "Register a torchvision state_dict (one output per class) as a model version. "
+        "Example: manage.py import_model resnet18.pt --arch resnet18 "
+        "--classes normal,bacterial_pneumonia,viral_pneumonia,covid19 --promote"
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("path", help="state_dict file saved with torch.save(model.state_dict())")
+        parser.add_argument("--arch", required=True, help="torchvision architecture, e.g. resnet18")
+        parser.add_argument(
+            "--classes", required=True,
+            help="comma-separated class labels, in the order of the model's outputs",
+        )
+        parser.add_argument("--name", default="", help="version name (default: arch + timestamp)")
+        parser.add_argument("--notes", default="")
+        parser.add_argument("--promote", action="store_true", help="put it into production now")
+        parser.add_argument("--reason", default="", help="why it is promoted (recorded)")
+
+    def handle(self, *args, **options):
+        try:
+            version = model_version_import(
+                path=options["path"],
+                architecture=options["arch"],
+                classes=options["classes"].split(","),
+                name=options["name"],
+                notes=options["notes"],
+            )
+        except ModelImportError as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(self.style.SUCCESS(
+            f"Imported model version {version.name!r} (id {version.pk}, {version.architecture}, "
+            f"classes: {', '.join(version.class_labels)}, sha256 {version.sha256[:12]}…)."
+        ))
+        if options["promote"]:
+            model_version_promote(
+                version=version, reason=options["reason"] or "imported with --promote"
+            )
+            self.stdout.write(self.style.SUCCESS(f"{version.name!r} is now in production."))
+        else:
+            self.stdout.write(
+                "It is a candidate; promote it in the admin (Model versions) or re-run with --promote."
+            )

@@ -1,0 +1,263 @@
+"""Classify X-rays and explain them with Grad-CAM, in one forward and one backward pass per batch."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+from PIL import Image
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+
+from .architectures import (
+    IncompatibleWeights,
+    MLError,
+    _head,
+    gradcam_target_layer,
+    prepare_for_cam,
+)
+from .checkpoint import _check_classes, build_for_inference, load_weights_file
+from .preprocessing import Preprocessing, batch_model_input, to_display_image
+
+__all__ = ["PredictionResult", "Predictor", "cam_to_heatmap_rgba", "render_overlay"]
+
+
+@dataclass
+class PredictionResult:
+    probabilities: dict[str, float]  # class -> probability, in the model's class order, sums to 1
+    label: str  # the most probable class
+    cam: np.ndarray  # float32 HxW in [0, 1] at the model input size, for cam_class
+    cam_class: str
+
+
+class _ArgmaxTarget:
+    """Grad-CAM target: the logit of the image's own top class (decided inside the same forward)."""
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        if model_output.ndim == 1:
+            return model_output[model_output.argmax()]
+        return model_output.gather(1, model_output.argmax(dim=1, keepdim=True))[:, 0]
+
+
+class Predictor:
+    """A model ready for inference with Grad-CAM; build once per worker process, reuse per image.
+
+    The predictor owns the model it is given: it is put in eval mode, moved to ``device``, its
+    parameters are frozen (Grad-CAM needs gradients of activations, never of weights) and in-place
+    activations are turned off (see :func:`prepare_for_cam`). Nothing tensor-valued is kept between
+    calls, so memory stays flat in a long-lived worker.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        arch: str,
+        classes: list[str],
+        preprocessing: Preprocessing,
+        device: str | torch.device | None = None,
+        temperature: float = 1.0,
+    ) -> None:
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)):
+            raise ValueError(f"temperature must be a positive number, got {temperature!r}.")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be a positive number, got {temperature!r}.")
+        self.arch = arch
+        self.classes = _check_classes(classes)
+        self.preprocessing = preprocessing
+        self.temperature = float(temperature)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+
+        head = _head(model, arch)
+        if head.out_features != len(self.classes):
+            raise IncompatibleWeights(
+                f"The model's classifier has {head.out_features} outputs but {len(self.classes)} "
+                f"classes were given ({', '.join(self.classes)})."
+            )
+        prepare_for_cam(model)
+        model.eval()
+        model.requires_grad_(False)
+        self.model = model.to(self.device)
+        self._target_layer = gradcam_target_layer(self.model, arch)
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        arch: str,
+        classes: list[str],
+        preprocessing: Preprocessing,
+        device: str | torch.device | None = None,
+        temperature: float = 1.0,
+    ) -> Predictor:
+        """Load a checkpoint (or a plain state dict) and check its meta against the arguments.
+
+        When the file carries meta (our checkpoints), its architecture, class order and
+        preprocessing must equal what the caller (the model version) says: a reordered class list
+        would silently put the wrong names on the probabilities.
+        """
+        state_dict, meta = load_weights_file(path)
+        if meta is not None:
+            for what, stored, given in (
+                ("architecture", meta.arch, arch),
+                ("classes", list(meta.classes), list(classes)),
+                ("preprocessing", meta.preprocessing, preprocessing),
+            ):
+                if stored != given:
+                    raise IncompatibleWeights(
+                        f"{path} was saved with {what} {stored!r} but {given!r} was given. "
+                        f"Fix the model version's {what} to match its weights file."
+                    )
+        model = build_for_inference(arch, classes, state_dict)
+        del state_dict
+        return cls(
+            model,
+            arch=arch,
+            classes=classes,
+            preprocessing=preprocessing,
+            device=device,
+            temperature=temperature,
+        )
+
+    def predict(
+        self,
+        images: Sequence[Image.Image],
+        *,
+        cam_classes: Sequence[str | None] | None = None,
+    ) -> list[PredictionResult]:
+        """Probabilities, label and a Grad-CAM map for each image, in one batched pass.
+
+        ``cam_classes[i]`` picks the class whose evidence image ``i``'s CAM shows; ``None`` (or no
+        list) means the image's predicted class. To get every class's map for one image, pass the
+        image once per class: ``predict([img] * k, cam_classes=classes)``.
+        """
+        images = list(images)
+        if not images:
+            return []
+        if cam_classes is None:
+            cam_classes = [None] * len(images)
+        cam_classes = list(cam_classes)
+        if len(cam_classes) != len(images):
+            raise ValueError(
+                f"cam_classes has {len(cam_classes)} entries for {len(images)} images; give one "
+                f"per image (None for the predicted class)."
+            )
+        targets: list[ClassifierOutputTarget | _ArgmaxTarget] = []
+        for name in cam_classes:
+            if name is None:
+                targets.append(_ArgmaxTarget())
+            elif name in self.classes:
+                targets.append(ClassifierOutputTarget(self.classes.index(name)))
+            else:
+                raise ValueError(
+                    f"Unknown CAM class {name!r}; this model's classes are {self.classes}."
+                )
+
+        batch = batch_model_input(images, self.preprocessing).to(self.device)
+        # Parameters are frozen, so the input carries requires_grad: that makes the target layer's
+        # output require grad, which pytorch-grad-cam needs to hook its gradient.
+        batch.requires_grad_(True)
+        cams: np.ndarray | None = None
+        logits: torch.Tensor | None = None
+        # `with` releases the hooks even on error (they leak otherwise; pytorch-grad-cam #195).
+        # enable_grad: the caller may be inside torch.no_grad().
+        with (
+            torch.enable_grad(),
+            GradCAM(model=self.model, target_layers=[self._target_layer]) as cam,
+        ):
+            cams = cam(input_tensor=batch, targets=targets)
+            # The logits of the same forward pass; no second forward.
+            logits = cam.outputs.detach().to("cpu", torch.float64)
+            cam.outputs = None  # drop the retained autograd graph now, not at garbage collection
+        del batch
+        if cams is None or logits is None:
+            # GradCAM.__exit__ swallows IndexError (it prints it): do not pretend it worked.
+            raise MLError(
+                "Grad-CAM failed inside pytorch-grad-cam (an IndexError it swallowed; see the "
+                "worker's stdout). Check that the model's outputs match its classes."
+            )
+
+        probabilities = torch.softmax(logits / self.temperature, dim=1).numpy()
+        top = logits.argmax(dim=1).tolist()
+        results = []
+        for i, name in enumerate(cam_classes):
+            cam_map = np.clip(np.nan_to_num(cams[i], nan=0.0), 0.0, 1.0).astype(np.float32)
+            results.append(
+                PredictionResult(
+                    probabilities={
+                        c: float(p) for c, p in zip(self.classes, probabilities[i], strict=True)
+                    },
+                    label=self.classes[top[i]],
+                    cam=cam_map,
+                    cam_class=self.classes[top[i]] if name is None else name,
+                )
+            )
+        return results
+
+
+@lru_cache(maxsize=8)
+def _colormap_lut(name: str) -> np.ndarray:
+    import matplotlib  # no pyplot: no GUI backend in a worker
+
+    try:
+        cmap = matplotlib.colormaps[name]
+    except KeyError:
+        raise ValueError(
+            f"Unknown colormap {name!r}; use a matplotlib colormap such as 'inferno' or 'viridis'."
+        ) from None
+    return np.rint(cmap(np.linspace(0.0, 1.0, 256))[:, :3] * 255.0).astype(np.uint8)
+
+
+def cam_to_heatmap_rgba(
+    cam: np.ndarray, size: tuple[int, int], *, colormap: str = "inferno"
+) -> Image.Image:
+    """A ``size`` = (width, height) RGBA heatmap; alpha grows with the CAM so low values are clear.
+
+    The map is resized (bilinear) before colouring, so colours stay on the colormap. Inferno is
+    perceptually uniform and still reads when printed in grayscale.
+    """
+    values = np.asarray(cam, dtype=np.float32)
+    if values.ndim != 2 or values.size == 0:
+        raise ValueError(f"cam must be a 2-D array, got shape {values.shape}.")
+    width, height = (int(s) for s in size)
+    if width < 1 or height < 1:
+        raise ValueError(f"size must be positive (width, height), got {size!r}.")
+    values = np.clip(np.nan_to_num(values, nan=0.0), 0.0, 1.0)
+    if values.shape != (height, width):
+        resized = Image.fromarray(values).resize((width, height), Image.Resampling.BILINEAR)
+        values = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+    rgb = _colormap_lut(colormap)[np.rint(values * 255.0).astype(np.uint8)]
+    alpha = np.rint(np.clip(values * 1.4, 0.0, 1.0) * 220.0).astype(np.uint8)
+    return Image.fromarray(np.dstack([rgb, alpha]))
+
+
+def render_overlay(
+    image: Image.Image, cam: np.ndarray, *, opacity: float = 0.5, max_side: int = 1024
+) -> Image.Image:
+    """The X-ray (RGB, long side at most ``max_side``) with the heatmap blended at ``opacity``."""
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity must be between 0 and 1, got {opacity!r}.")
+    if max_side < 1:
+        raise ValueError(f"max_side must be positive, got {max_side!r}.")
+    # Through grayscale: 16-bit images would clip to white with a direct convert("RGB").
+    base = to_display_image(image)
+    width, height = base.size
+    if max(width, height) > max_side:
+        scale = max_side / max(width, height)
+        new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        base = base.resize(new_size, Image.Resampling.BILINEAR, reducing_gap=3.0)
+    heatmap = cam_to_heatmap_rgba(cam, base.size)
+    if opacity < 1.0:
+        rgba = np.asarray(heatmap).copy()
+        rgba[..., 3] = np.rint(rgba[..., 3] * opacity).astype(np.uint8)
+        heatmap = Image.fromarray(rgba)
+    return Image.alpha_composite(base.convert("RGBA"), heatmap).convert("RGB")

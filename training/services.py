@@ -1,0 +1,142 @@
+"""Writes of the model registry: import, promote (and so roll back)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from django.core.files import File
+from django.db import transaction
+from django.utils import timezone
+from django.utils.text import slugify
+
+from training.models import ModelPromotion, ModelVersion
+
+logger = logging.getLogger(__name__)
+
+
+class ModelImportError(Exception):
+    """The file cannot become a model version; the message says why and what to do."""
+
+
+def model_version_import(
+    *,
+    path: str | os.PathLike,
+    architecture: str,
+    classes: list[str],
+    name: str = "",
+    created_by=None,
+    notes: str = "",
+) -> ModelVersion:
+    """Register a torchvision state dict (or one of our checkpoints) as a candidate version.
+
+    The weights are checked by building the architecture and loading them strictly, then stored
+    under MEDIA_ROOT as a checkpoint that carries its metadata, with its sha256.
+    Imports torch: call it from a command or a worker, not from a web request.
+    """
+    from training.ml.architectures import ARCHITECTURES, MLError, default_preprocessing
+    from training.ml.checkpoint import (
+        CheckpointMeta,
+        build_for_inference,
+        load_weights_file,
+        save_checkpoint,
+    )
+
+    path = Path(path)
+    classes = [c.strip() for c in classes if c.strip()]
+    if architecture not in ARCHITECTURES:
+        raise ModelImportError(
+            f"Unknown architecture {architecture!r}. Supported: {', '.join(ARCHITECTURES)}."
+        )
+    if len(classes) < 2:
+        raise ModelImportError("Give at least two class labels, e.g. --classes normal,pneumonia.")
+    if len(set(classes)) != len(classes):
+        raise ModelImportError(f"Class labels must be distinct: {', '.join(classes)}.")
+    if not path.is_file():
+        raise ModelImportError(f"No such file: {path}.")
+    name = name.strip() or f"{architecture}-{timezone.now():%Y%m%d-%H%M%S}"
+    if ModelVersion.objects.filter(name=name).exists():
+        raise ModelImportError(f"A model version named {name!r} already exists; pick another --name.")
+
+    try:
+        state_dict, meta = load_weights_file(path)
+        model = build_for_inference(architecture, classes, state_dict)
+    except MLError as exc:
+        raise ModelImportError(str(exc)) from exc
+    if meta is not None and meta.arch != architecture:
+        raise ModelImportError(
+            f"The checkpoint says its architecture is {meta.arch!r}, not {architecture!r}."
+        )
+    prep = meta.preprocessing if meta is not None else default_preprocessing(architecture)
+    temperature = meta.temperature if meta is not None else 1.0
+    thresholds = (meta.thresholds or {}) if meta is not None else {}
+    checkpoint_meta = CheckpointMeta(
+        arch=architecture, classes=classes, preprocessing=prep, temperature=temperature,
+        thresholds=thresholds, extra={"name": name, "source": path.name},
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp) / "weights.pt"
+        sha256 = save_checkpoint(tmp_path, model, checkpoint_meta)
+        version = ModelVersion(
+            name=name,
+            architecture=architecture,
+            class_labels=classes,
+            input_size=prep.input_size,
+            mean=list(prep.mean),
+            std=list(prep.std),
+            temperature=temperature,
+            thresholds=thresholds,
+            sha256=sha256,
+            source=str(path)[:255],
+            notes=notes,
+            created_by=created_by,
+        )
+        with transaction.atomic(), tmp_path.open("rb") as fh:
+            version.weights.save(f"{slugify(name) or 'model'}-{sha256[:12]}.pt", File(fh), save=False)
+            try:
+                version.save()
+            except BaseException:
+                version.weights.storage.delete(version.weights.name)
+                raise
+    logger.info("imported model version %s (%s, %s)", name, architecture, ", ".join(classes))
+    return version
+
+
+@transaction.atomic
+def model_version_promote(*, version: ModelVersion, promoted_by=None, reason: str = "") -> ModelVersion:
+    """Put `version` into production; the current production version is retired.
+
+    Promoting an earlier version is the roll back. Predictions keep the version that made them;
+    predictions that were waiting for a production model are given this one and queued.
+    """
+    from diagnosis.services import predictions_assign_waiting
+
+    version = ModelVersion.objects.select_for_update().get(pk=version.pk)
+    current = (
+        ModelVersion.objects.select_for_update()
+        .filter(status=ModelVersion.Status.PRODUCTION)
+        .exclude(pk=version.pk)
+        .first()
+    )
+    if version.status == ModelVersion.Status.PRODUCTION:
+        return version
+    if current is not None:
+        current.status = ModelVersion.Status.RETIRED
+        current.save(update_fields=["status"])
+    version.status = ModelVersion.Status.PRODUCTION
+    version.promoted_at = timezone.now()
+    version.promoted_by = promoted_by if getattr(promoted_by, "pk", None) else None
+    version.promotion_reason = reason
+    version.save(update_fields=["status", "promoted_at", "promoted_by", "promotion_reason"])
+    ModelPromotion.objects.create(
+        model_version=version, previous_version=current, promoted_by=version.promoted_by,
+        reason=reason,
+    )
+    queued = predictions_assign_waiting(version=version)
+    logger.info(
+        "promoted %s to production (was %s); %d waiting predictions queued",
+        version.name, current.name if current else "none", queued,
+    )
+    return version
