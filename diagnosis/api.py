@@ -109,8 +109,13 @@ class StudyListCreate(APIView):
     def post(self, request):
         form = StudyUploadForm(request.POST, request.FILES, api=True)
         if not form.is_valid():
-            return Response({"error": form.error_text(), "fields": form.errors.get_json_data()},
-                            status=status.HTTP_400_BAD_REQUEST)
+            fields = form.errors.get_json_data()
+            first = next(iter(fields.values()))[0]
+            return Response(
+                {"error": form.error_text(), "code": first.get("code") or "invalid",
+                 "fields": fields},
+                status=status.HTTP_400_BAD_REQUEST,
+            )
         try:
             result = services.study_upload(uploaded_by=request.user, **form.upload_kwargs())
         except UploadRejected as exc:

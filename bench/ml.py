@@ -1,0 +1,168 @@
+"""The benchmark's torch side, run as child processes (`python -m bench.ml ...`, cwd = repo):
+
+* ``weights``: a plain torchvision state_dict for --arch with one output per class (the backbone
+  optionally loaded from a local ImageNet features file, so the Grad-CAM maps mean something);
+* ``floor``: the compute floor. In ONE plain process with the torch thread count a worker
+  process gets, the production model version's weights file (loaded exactly as a worker loads it:
+  diagnosis.inference.predictor_for, sha256 check included) is run through
+  training.ml.inference.Predictor on images decoded the way the upload path decodes them
+  (diagnosis.imaging.decode_upload).
+
+The driver (bench/run.py) never imports torch: these run in their own processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def build_weights(args: argparse.Namespace) -> None:
+    import torch
+    import torchvision
+
+    torch.manual_seed(args.seed)
+    classes = [c for c in args.classes.split(",") if c]
+    model = torchvision.models.get_model(args.arch, weights=None, num_classes=len(classes))
+    note = "random init"
+    if args.backbone_weights:
+        state = torch.load(args.backbone_weights, map_location="cpu", weights_only=True)
+        result = model.load_state_dict(state, strict=False)
+        note = (
+            f"backbone from {args.backbone_weights} ({len(state)} tensors; missing "
+            f"{sorted(result.missing_keys)}; unexpected {len(result.unexpected_keys)})"
+        )
+    torch.save(model.state_dict(), args.out)
+    print(f"weights: {args.arch}, {len(classes)} classes, {note} -> {args.out}")
+
+
+def _django_setup() -> None:
+    import django
+
+    django.setup()
+
+
+def _load_images(paths: list[str]) -> list:
+    from django.conf import settings
+
+    from diagnosis.imaging import decode_upload
+
+    images = []
+    for path in paths:
+        data = Path(path).read_bytes()
+        decoded = decode_upload(
+            data, max_bytes=settings.CXR_MAX_UPLOAD_BYTES, max_pixels=settings.CXR_MAX_IMAGE_PIXELS
+        )
+        images.append(decoded.image)
+    return images
+
+
+def _timed(fn, items: list) -> float:
+    started = time.perf_counter()
+    for item in items:
+        fn(item)
+    return time.perf_counter() - started
+
+
+def measure_floor(args: argparse.Namespace) -> None:
+    _django_setup()
+    import torch
+
+    from diagnosis import inference
+    from training.models import ModelVersion
+
+    threads = inference.configure_torch_threads(1)  # what a `--concurrency 1` worker child sets
+    version = ModelVersion.objects.get(status=ModelVersion.Status.PRODUCTION)
+    predictor = inference.predictor_for(version)
+    paths = json.loads(Path(args.images).read_text())[: args.count]
+    images = _load_images(paths)
+    n = len(images)
+
+    for img in images[: args.warmup]:
+        predictor.predict([img])
+
+    predict_ms: list[float] = []
+    render_ms: list[float] = []
+    for img in images:
+        t0 = time.perf_counter()
+        result = predictor.predict([img])[0]
+        t1 = time.perf_counter()
+        inference.render_pngs(img, result.cam)
+        t2 = time.perf_counter()
+        predict_ms.append((t1 - t0) * 1000)
+        render_ms.append((t2 - t1) * 1000)
+
+    batch: dict[str, float] = {}
+    for size in args.batch_sizes:
+        chunks = [images[i : i + size] for i in range(0, n - n % size, size)]
+        if chunks:
+            seconds = _timed(predictor.predict, chunks)
+            batch[f"b{size}"] = round(len(chunks) * size / seconds, 3)
+
+    from training.ml.preprocessing import batch_model_input
+
+    def forward_only(img) -> None:
+        with torch.inference_mode():
+            predictor.model(batch_model_input([img], predictor.preprocessing).to(predictor.device))
+
+    forward_s = _timed(forward_only, images)
+    predict_s = sum(predict_ms) / 1000
+    cuda = torch.cuda.is_available()
+    out = {
+        "floor_per_s": round(n / predict_s, 3),
+        "floor_with_render_per_s": round(n / (predict_s + sum(render_ms) / 1000), 3),
+        "batch_floor_per_s": batch,
+        "forward_only_per_s": round(n / forward_s, 3),
+        "predict_ms_mean": round(sum(predict_ms) / n, 2),
+        "render_pngs_ms_mean": round(sum(render_ms) / n, 2),
+        "images": n,
+        "torch_threads": threads,
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "device": str(predictor.device),
+        "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
+        "torch": torch.__version__,
+        "model_version": version.name,
+        "weights_sha256": version.sha256,
+    }
+    Path(args.out).write_text(json.dumps(out, indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ml")
+    sub = parser.add_subparsers(dest="command", required=True)
+    w = sub.add_parser("weights", help="write a torchvision state_dict")
+    w.add_argument("--arch", required=True)
+    w.add_argument("--classes", required=True)
+    w.add_argument("--out", required=True)
+    w.add_argument("--backbone-weights")
+    w.add_argument("--seed", type=int, default=0)
+    f = sub.add_parser("floor", help="measure the compute floor (needs the app's environment)")
+    f.add_argument("--images", required=True, help="JSON list of image paths")
+    f.add_argument("--count", type=int, default=100)
+    f.add_argument("--warmup", type=int, default=3)
+    f.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[4, 8])
+    f.add_argument("--out", required=True)
+    t = sub.add_parser("training", help="training images/s (see bench/training.py)")
+    t.add_argument("--images", required=True, help="an ImageFolder-style folder")
+    t.add_argument("--arch", default="mobilenet_v2")
+    t.add_argument("--backbone-weights")
+    t.add_argument("--limit", type=int, default=256, help="images per epoch")
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    if args.command == "weights":
+        build_weights(args)
+    elif args.command == "floor":
+        measure_floor(args)
+    else:
+        from bench.training import measure_training
+
+        measure_training(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

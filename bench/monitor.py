@@ -1,0 +1,132 @@
+"""Memory and CPU of the app's processes while the benchmark runs (psutil)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import psutil
+
+MB = 1024 * 1024
+
+
+def _safe(fn: Callable[[], float], default: float = 0.0) -> float:
+    try:
+        return fn()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return default
+
+
+def pool_children(pid: int) -> list[psutil.Process]:
+    """The prefork pool children of a Celery worker's main process."""
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def worker_memory(pids: list[int]) -> dict[str, float | int]:
+    """RSS (MB) of the pool children summed over the workers, of the main processes, and the
+    children's thread count (torch's intra-op threads show up here)."""
+    children = [c for pid in pids for c in pool_children(pid)]
+    return {
+        "pool_children_rss_mb": round(sum(_safe(lambda c=c: c.memory_info().rss) for c in children)
+                                      / MB, 1),
+        "main_rss_mb": round(sum(_safe(lambda p=p: psutil.Process(p).memory_info().rss)
+                                 for p in pids) / MB, 1),
+        "pool_children": len(children),
+        "pool_children_threads": int(sum(_safe(lambda c=c: c.num_threads()) for c in children)),
+    }
+
+
+@dataclass
+class RssSample:
+    t: float
+    done: int
+    memory: dict[str, float | int]
+
+
+@dataclass
+class RssSampler:
+    """Samples the workers' memory and the number of finished predictions every `interval_s`."""
+
+    worker_pids: list[int]
+    done_count: Callable[[], int]
+    interval_s: float = 1.0
+    samples: list[RssSample] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def sample(self) -> RssSample:
+        s = RssSample(time.monotonic(), self.done_count(), worker_memory(self.worker_pids))
+        self.samples.append(s)
+        return s
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.sample()
+            except Exception:  # noqa: BLE001 - a missed sample is not worth a crash
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+
+    def first_at_or_after(self, done: int) -> RssSample | None:
+        return next((s for s in self.samples if s.done >= done), None)
+
+
+def _tree_cpu(pid: int) -> float:
+    """User+system CPU seconds of a process and its live descendants."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        total += _safe(lambda p=p: sum(p.cpu_times()[:2]))
+    return total
+
+
+def _named_cpu(names: tuple[str, ...]) -> float:
+    total = 0.0
+    for p in psutil.process_iter(["name"]):
+        if (p.info.get("name") or "").startswith(names):
+            total += _safe(lambda p=p: sum(p.cpu_times()[:2]))
+    return total
+
+
+def cpu_snapshot(groups: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds so far per component: each named group of process trees, PostgreSQL, Redis,
+    this driver (its HTTP client threads), and the whole machine."""
+    snap = {name: sum(_tree_cpu(pid) for pid in pids) for name, pids in groups.items()}
+    snap["postgres"] = _named_cpu(("postgres",))
+    snap["redis"] = _named_cpu(("redis-server",))
+    snap["bench_driver"] = sum(psutil.Process().cpu_times()[:2])
+    times = psutil.cpu_times()
+    snap["machine_busy"] = times.user + times.system + getattr(times, "nice", 0.0)
+    return snap
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict:
+    """CPU seconds per component between two snapshots, and as a share of all cores' time."""
+    cores = psutil.cpu_count() or 1
+    seconds = {k: round(after[k] - before.get(k, 0.0), 2) for k in after}
+    known = sum(v for k, v in seconds.items() if k != "machine_busy")
+    seconds["other"] = round(max(0.0, seconds["machine_busy"] - known), 2)
+    capacity = wall_s * cores
+    return {
+        "wall_s": round(wall_s, 2),
+        "cores": cores,
+        "cpu_s": seconds,
+        "share_of_cores": {k: round(v / capacity, 3) for k, v in seconds.items()} if capacity else {},
+    }

@@ -1,0 +1,337 @@
+"""Start the whole app from scratch on loopback, the way production runs it, and stop it again.
+
+PostgreSQL (a fresh database), Redis (a flushed database), a temporary MEDIA_ROOT, migrate,
+collectstatic, a promoted model version (import_model), a radiologist with an API token,
+gunicorn, and N Celery workers (`-Q inference --concurrency 1 --pool prefork`). Every child runs
+in its own process group, so stopping it stops its children too; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+log = logging.getLogger("bench.stack")
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+class StackError(RuntimeError):
+    """The app could not be started; the message says which step and where its log is."""
+
+
+@dataclass
+class StackConfig:
+    repo: Path
+    python: Path
+    arch: str
+    classes: list[str]
+    backbone_weights: Path | None
+    workers: int = 1
+    web_workers: int = 2
+    web_threads: int = 1
+    database_url: str | None = None  # an existing database: used as is, never dropped
+    pg_admin_url: str = "postgres://postgres@127.0.0.1:5432/postgres"
+    broker_url: str = "redis://127.0.0.1:6379/14"
+    torch_threads: int = 0  # 0: the app's default (cores / worker concurrency)
+    log_level: str = "INFO"
+    keep: bool = False
+    seed: int = 0
+
+
+@dataclass
+class ManagedProcess:
+    """A long-running child in its own process group, with its output in a log file."""
+
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.popen.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGCONT (in case it was paused) and SIGTERM the group; SIGKILL what is left."""
+        if not self.alive():
+            self.signal_group(signal.SIGKILL)  # stray grandchildren, if any
+            return
+        self.signal_group(signal.SIGCONT)
+        self.signal_group(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop within %.0f s: killing it", self.name, timeout_s)
+        self.signal_group(signal.SIGKILL)
+        try:
+            self.popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            log.error("%s (pid %d) survived SIGKILL", self.name, self.pid)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _require_loopback(url: str, what: str) -> None:
+    host = urlsplit(url).hostname
+    if host not in LOOPBACK:
+        raise StackError(f"{what} must be on loopback (127.0.0.1), not {host!r}: {url}")
+
+
+@dataclass
+class Stack:
+    cfg: StackConfig
+    tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cxr-bench-")))
+    processes: list[ManagedProcess] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    created_db: str | None = None
+    database_url: str = ""
+    port: int = 0
+    token: str = ""
+    model_version: str = ""
+
+    # --- start -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        cfg = self.cfg
+        _require_loopback(cfg.broker_url, "--broker-url")
+        self.database_url = cfg.database_url or self._create_database()
+        self._flush_broker()
+        self.env = self._child_env()
+        (self.tmp / "media").mkdir()
+        (self.tmp / "logs").mkdir()
+        self.manage("migrate", "--noinput", timeout_s=300)
+        self.manage("collectstatic", "--noinput", "-v", "0", timeout_s=300)
+        self._import_model()
+        self._create_radiologist()
+        self._start_gunicorn()
+        for i in range(cfg.workers):
+            self._start_worker(i)
+        self._wait_workers_ready(timeout_s=120)
+
+    def _create_database(self) -> str:
+        import psycopg
+
+        _require_loopback(self.cfg.pg_admin_url, "--pg-admin-url")
+        name = f"cxr_bench_{secrets.token_hex(4)}"
+        with psycopg.connect(self.cfg.pg_admin_url, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        self.created_db = name
+        parts = urlsplit(self.cfg.pg_admin_url)
+        log.info("created database %s", name)
+        return urlunsplit((parts.scheme, parts.netloc, f"/{name}", "", ""))
+
+    def _flush_broker(self) -> None:
+        import redis
+
+        client = redis.Redis.from_url(self.cfg.broker_url, socket_timeout=10)
+        client.flushdb()
+        client.close()
+
+    def _child_env(self) -> dict[str, str]:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("CXR_", "CELERY_", "DJANGO_")) and k not in ("DATABASE_URL",)
+        }
+        env.update(
+            {
+                "SECRET_KEY": secrets.token_urlsafe(50),
+                "DEBUG": "false",
+                "ALLOWED_HOSTS": "127.0.0.1,localhost",
+                "DATABASE_URL": self.database_url,
+                "CELERY_BROKER_URL": self.cfg.broker_url,
+                "CXR_VAR_DIR": str(self.tmp / "var"),
+                "MEDIA_ROOT": str(self.tmp / "media"),
+                "STATIC_ROOT": str(self.tmp / "static"),
+                # Explicit, so a developer's .env (read with overwrite=False) cannot change it.
+                "CXR_TORCH_THREADS": str(self.cfg.torch_threads),
+                "LOG_LEVEL": self.cfg.log_level,
+                "DJANGO_SETTINGS_MODULE": "cxrweb.settings",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        return env
+
+    def manage(self, *args: str, timeout_s: float = 120) -> str:
+        """Run `manage.py ARGS` with the children's environment; its stdout, or StackError."""
+        return self.run_python(["manage.py", *args], timeout_s=timeout_s)
+
+    def run_python(self, args: list[str], timeout_s: float = 120) -> str:
+        cmd = [str(self.cfg.python), *args]
+        try:
+            done = subprocess.run(
+                cmd, cwd=self.cfg.repo, env=self.env or None, capture_output=True, text=True,
+                timeout=timeout_s, start_new_session=True,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise StackError(f"{' '.join(args)} did not finish within {timeout_s:.0f} s") from exc
+        if done.returncode != 0:
+            raise StackError(
+                f"{' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}"
+            )
+        return done.stdout
+
+    def _import_model(self) -> None:
+        cfg = self.cfg
+        weights = self.tmp / f"{cfg.arch}-bench.pt"
+        args = ["-m", "bench.ml", "weights", "--arch", cfg.arch, "--classes", ",".join(cfg.classes),
+                "--out", str(weights), "--seed", str(cfg.seed)]
+        if cfg.backbone_weights:
+            args += ["--backbone-weights", str(cfg.backbone_weights)]
+        print(self.run_python(args, timeout_s=300).strip())
+        self.model_version = f"bench-{cfg.arch}-{secrets.token_hex(3)}"
+        out = self.manage(
+            "import_model", str(weights), "--arch", cfg.arch, "--classes", ",".join(cfg.classes),
+            "--name", self.model_version, "--promote", "--reason", "benchmark", timeout_s=300,
+        )
+        print(out.strip())
+
+    def _create_radiologist(self) -> None:
+        self.manage(
+            "shell", "-c",
+            "from django.contrib.auth.models import Group, User; "
+            "u = User.objects.create_user('bench-radiologist'); "
+            "u.groups.add(Group.objects.get(name='radiologist'))",
+        )
+        out = self.manage("drf_create_token", "bench-radiologist")
+        match = re.search(r"token (\w+)", out)
+        if not match:
+            raise StackError(f"drf_create_token printed no token: {out!r}")
+        self.token = match.group(1)
+
+    def _spawn(self, name: str, args: list[str]) -> ManagedProcess:
+        log_path = self.tmp / "logs" / f"{name}.log"
+        with log_path.open("wb") as fh:
+            popen = subprocess.Popen(
+                [str(self.cfg.python), *args], cwd=self.cfg.repo, env=self.env,
+                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        proc = ManagedProcess(name, popen, log_path)
+        self.processes.append(proc)
+        return proc
+
+    def _start_gunicorn(self) -> None:
+        self.port = free_port()
+        self._spawn(
+            "gunicorn",
+            ["-m", "gunicorn", "cxrweb.wsgi:application", "--bind", f"127.0.0.1:{self.port}",
+             "--workers", str(self.cfg.web_workers), "--threads", str(self.cfg.web_threads),
+             "--timeout", "120"],
+        )
+
+    def _start_worker(self, index: int) -> None:
+        self._spawn(
+            f"worker{index}",
+            ["-m", "celery", "-A", "cxrweb", "worker", "-Q", "inference", "--concurrency", "1",
+             "--pool", "prefork", "--hostname", f"bench{index}-{secrets.token_hex(2)}@%h",
+             "--loglevel", self.cfg.log_level],
+        )
+
+    def _wait_workers_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        pending = list(self.workers)
+        while pending and time.monotonic() < deadline:
+            for proc in list(pending):
+                if not proc.alive():
+                    raise StackError(f"{proc.name} exited:\n{proc.log_tail()}")
+                text = proc.log_path.read_text(errors="replace")
+                if " ready." in text:
+                    pending.remove(proc)
+            time.sleep(0.2)
+        if pending:
+            raise StackError(
+                f"{pending[0].name} was not ready within {timeout_s:.0f} s:\n{pending[0].log_tail()}"
+            )
+
+    # --- while running ---------------------------------------------------------------------
+
+    @property
+    def workers(self) -> list[ManagedProcess]:
+        return [p for p in self.processes if p.name.startswith("worker")]
+
+    @property
+    def web(self) -> ManagedProcess:
+        return next(p for p in self.processes if p.name == "gunicorn")
+
+    def check_alive(self) -> None:
+        for proc in self.processes:
+            if not proc.alive():
+                raise StackError(f"{proc.name} exited unexpectedly:\n{proc.log_tail()}")
+
+    def pause_workers(self) -> None:
+        """SIGSTOP every Celery worker (main and pool children): the queue grows meanwhile."""
+        for proc in self.workers:
+            proc.signal_group(signal.SIGSTOP)
+
+    def resume_workers(self) -> None:
+        for proc in self.workers:
+            proc.signal_group(signal.SIGCONT)
+
+    # --- stop ------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop every child (workers first), drop the database, remove the temp dir (unless keep).
+
+        Safe to call more than once and after a partial start.
+        """
+        for proc in reversed(self.processes):
+            try:
+                proc.stop()
+            except Exception:  # noqa: BLE001 - keep stopping the others
+                log.exception("stopping %s", proc.name)
+        if self.created_db and not self.cfg.keep:
+            self._drop_database()
+        if self.cfg.keep:
+            print(f"--keep: database {self.created_db or self.database_url}, files in {self.tmp}")
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _drop_database(self) -> None:
+        import psycopg
+
+        try:
+            with psycopg.connect(
+                self.cfg.pg_admin_url, autocommit=True, connect_timeout=10
+            ) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{self.created_db}" WITH (FORCE)')
+            log.info("dropped database %s", self.created_db)
+            self.created_db = None
+        except Exception:  # noqa: BLE001 - report and go on: the run's figures are still good
+            log.exception("could not drop database %s", self.created_db)
+
+    def save_logs(self, dest: Path) -> None:
+        """Copy the children's logs next to the report (for post-mortems)."""
+        dest.mkdir(parents=True, exist_ok=True)
+        for path in (self.tmp / "logs").glob("*.log"):
+            shutil.copy(path, dest / path.name)
