@@ -7,8 +7,14 @@ The service still checks the real size (a client may lie or omit Content-Length)
 
 from __future__ import annotations
 
+import logging
+
 from django.conf import settings
+from django.contrib.sessions.middleware import SessionMiddleware as DjangoSessionMiddleware
+from django.db import DatabaseError, InterfaceError
 from django.http import HttpResponse, JsonResponse
+
+logger = logging.getLogger("cxrweb")
 
 # Room for the multipart envelope and the form fields around the file.
 ENVELOPE_BYTES = 1024 * 1024
@@ -33,3 +39,44 @@ class UploadSizeLimitMiddleware:
                 return JsonResponse({"error": message, "code": "too_large"}, status=413)
             return HttpResponse(message, status=413, content_type="text/plain; charset=utf-8")
         return self.get_response(request)
+
+
+class DatabaseUnavailableMiddleware:
+    """A view that cannot reach the database answers 503 with a clear message, not a 500 page.
+
+    Nothing is half-stored: the upload service removes the files it wrote when its transaction
+    fails, and no row outlives a rolled-back transaction.
+    """
+
+    MESSAGE = "The database is unavailable; nothing was stored. Please try again in a moment."
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_exception(self, request, exception):
+        if not isinstance(exception, DatabaseError | InterfaceError):
+            return None
+        logger.error("database unavailable: %s", exception)
+        if request.path.startswith("/api/"):
+            response = JsonResponse({"error": self.MESSAGE, "code": "database_unavailable"},
+                                    status=503)
+        else:
+            response = HttpResponse(self.MESSAGE, status=503,
+                                    content_type="text/plain; charset=utf-8")
+        response["Retry-After"] = "30"
+        return response
+
+
+class SessionMiddleware(DjangoSessionMiddleware):
+    """Django's session middleware, except that a failure to save the session (the database is
+    down) keeps the response it was given instead of replacing it with a 500."""
+
+    def process_response(self, request, response):
+        try:
+            return super().process_response(request, response)
+        except DatabaseError:
+            logger.error("could not save the session: database unavailable")
+            return response

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib import admin, messages
 
 from diagnosis import services
-from diagnosis.models import Image, Patient, Prediction, Study
+from diagnosis.models import AuditEvent, ClassHeatmap, Image, Patient, Prediction, Reading, Study
 
 
 class StudyInline(admin.TabularInline):
@@ -72,3 +72,41 @@ class PredictionAdmin(admin.ModelAdmin):
             services.prediction_rerun(prediction=prediction)
             count += 1
         self.message_user(request, f"{count} failed prediction(s) queued again.", messages.SUCCESS)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Append-only records: listed and filtered, never added, edited or deleted here."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyAdmin):
+    list_display = ("at", "username", "action", "object_type", "object_id", "patient_mrn",
+                    "ip_address")
+    list_filter = ("action", "at")
+    search_fields = ("username", "patient_mrn", "object_id", "ip_address")
+    date_hierarchy = "at"
+
+
+@admin.register(Reading)
+class ReadingAdmin(ReadOnlyAdmin):
+    list_display = ("study", "radiologist", "final_label", "agrees_with_model", "model_version",
+                    "signed_at", "amends")
+    list_filter = ("agrees_with_model", "model_version", "signed_at")
+    search_fields = ("study__accession_number", "study__patient__mrn", "radiologist__username")
+    list_select_related = ("study", "radiologist", "model_version", "amends")
+
+
+@admin.register(ClassHeatmap)
+class ClassHeatmapAdmin(admin.ModelAdmin):
+    list_display = ("prediction", "class_label", "method", "status", "created_at")
+    list_filter = ("status", "method")
+    readonly_fields = ("prediction", "class_label", "method", "status", "error", "file")

@@ -14,9 +14,10 @@ from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from diagnosis import selectors, services
+from diagnosis.audit import audit
 from diagnosis.forms import StudyUploadForm
-from diagnosis.imaging import UploadRejected
-from diagnosis.models import Prediction, Study
+from diagnosis.imaging import UploadRejected, read_dicom_header
+from diagnosis.models import AuditEvent, Prediction, Study
 
 logger = logging.getLogger(__name__)
 
@@ -119,13 +120,39 @@ class StudyListCreate(APIView):
         try:
             result = services.study_upload(uploaded_by=request.user, **form.upload_kwargs())
         except UploadRejected as exc:
+            audit(request, AuditEvent.Action.UPLOAD_REJECTED,
+                  detail={"code": exc.code, "filename": request.FILES["image"].name[:200]})
             return Response({"error": str(exc), "code": exc.code},
                             status=status.HTTP_400_BAD_REQUEST)
+        audit(request, AuditEvent.Action.UPLOAD, result.image, detail={"via": "api"})
         study = selectors.study_detail(result.study.pk)
         body = study_json(study, request)
         body["image_id"] = result.image.pk
         body["prediction_id"] = result.prediction.pk
         return Response(body, status=status.HTTP_201_CREATED)
+
+
+class DicomPeek(APIView):
+    """The patient and study fields of a DICOM file (or its first megabyte), nothing stored.
+
+    The upload page calls it to fill its form when a DICOM file is chosen.
+    """
+
+    parser_classes = [MultiPartParser]
+
+    def post(self, request):
+        f = request.FILES.get("file")
+        if f is None:
+            return Response({"error": "Send the DICOM file (or its start) as `file`."},
+                            status=status.HTTP_400_BAD_REQUEST)
+        try:
+            info = read_dicom_header(f.read(1024 * 1024))
+        except UploadRejected as exc:
+            return Response({"error": str(exc), "code": exc.code},
+                            status=status.HTTP_400_BAD_REQUEST)
+        fields = info.as_dict()
+        fields.pop("tags", None)
+        return Response(fields)
 
 
 class StudyDetail(APIView):
@@ -134,6 +161,7 @@ class StudyDetail(APIView):
             study = selectors.study_detail(pk)
         except Study.DoesNotExist as exc:
             raise Http404 from exc
+        audit(request, AuditEvent.Action.VIEW_STUDY, study, detail={"via": "api"})
         return Response(study_json(study, request))
 
 

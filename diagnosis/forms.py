@@ -77,3 +77,65 @@ class StudyUploadForm(forms.Form):
             "patient_sex": self.cleaned_data.get("patient_sex") or "",
             "patient_birth_date": self.cleaned_data.get("patient_birth_date"),
         }
+
+
+class WorklistFilterForm(forms.Form):
+    q = forms.CharField(label="Search", required=False, max_length=100,
+                        widget=forms.TextInput(attrs={"type": "search",
+                                                      "placeholder": "Patient ID, name or accession"}))
+    status = forms.ChoiceField(required=False, choices=[
+        ("", "Any status"), ("waiting", "Waiting for model"), ("queued", "Queued"),
+        ("running", "Running"), ("done", "Done"), ("failed", "Failed")])
+    finding = forms.ChoiceField(required=False, choices=[("", "Any finding")])
+    reviewed = forms.ChoiceField(required=False, choices=[
+        ("", "Reviewed or not"), ("no", "Not reviewed"), ("yes", "Reviewed")])
+    date_from = forms.DateField(label="Uploaded from", required=False,
+                                widget=forms.DateInput(attrs={"type": "date"}))
+    date_to = forms.DateField(label="to", required=False,
+                              widget=forms.DateInput(attrs={"type": "date"}))
+
+    def __init__(self, *args, findings: list[str] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["finding"].choices = [("", "Any finding"), ("flagged", "Flagged abnormal")] + [
+            (f, f) for f in findings]
+
+
+class ReadingForm(forms.Form):
+    decision = forms.ChoiceField(
+        choices=[("agree", "Agree with the model"), ("override", "Override")],
+        widget=forms.RadioSelect, initial="agree",
+    )
+    final_label = forms.ChoiceField(label="Final label", required=False)
+    notes = forms.CharField(widget=forms.Textarea(attrs={"rows": 4}), required=False,
+                            max_length=5000)
+    amends = forms.IntegerField(required=False, widget=forms.HiddenInput)
+
+    def __init__(self, *args, classes: list[str] = (), has_result: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["final_label"].choices = [("", "—")] + [(c, c) for c in classes] + [
+            ("other", "other (describe in the notes)")]
+        if not has_result:
+            self.fields["decision"].choices = [("override", "Read without a model result")]
+            self.fields["decision"].initial = "override"
+
+    def clean(self):
+        data = super().clean()
+        if data.get("decision") == "override" and not data.get("final_label"):
+            self.add_error("final_label", "Choose the final label when you override the model.")
+        return data
+
+
+class AuditFilterForm(forms.Form):
+    user = forms.CharField(required=False, max_length=150)
+    action = forms.ChoiceField(required=False, choices=[("", "Any action")])
+    patient = forms.CharField(label="Patient ID", required=False, max_length=64)
+    date_from = forms.DateField(label="From", required=False,
+                                widget=forms.DateInput(attrs={"type": "date"}))
+    date_to = forms.DateField(label="To", required=False,
+                              widget=forms.DateInput(attrs={"type": "date"}))
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from diagnosis.models import AuditEvent
+
+        self.fields["action"].choices = [("", "Any action"), *AuditEvent.Action.choices]

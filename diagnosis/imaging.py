@@ -883,3 +883,24 @@ def _display_value(value: Any) -> str:
     if isinstance(value, list | tuple | MultiValue):
         return _clean(", ".join(_display_value(v) for v in value))
     return _clean(str(value))
+
+
+def read_dicom_header(data: bytes) -> DicomInfo:
+    """Patient and study fields of a DICOM file, without decoding pixels.
+
+    Works on the first part of a file too (the browser sends the first megabyte to fill the upload
+    form). Raises UploadRejected when the bytes are not a Part-10 DICOM file.
+    """
+    if sniff_format(data) != "DICOM":
+        raise _make_rejection("This is not a DICOM (Part-10) file.", "unsupported_format")
+    ts, _ = _file_meta_transfer_syntax(data)
+    if ts == _DEFLATED_TS:
+        # pydicom inflates the whole data set in one call: not on a preview of unknown size.
+        return DicomInfo()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True, defer_size=1024)
+            return _dicom_info(ds)
+    except Exception as exc:  # noqa: BLE001 - a cut-off file may end anywhere
+        raise _reject_corrupt("DICOM", _describe(exc)) from exc

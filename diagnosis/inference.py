@@ -88,14 +88,13 @@ def _load(version: ModelVersion) -> Predictor:
     return predictor
 
 
-def render_pngs(picture, cam) -> tuple[bytes, bytes]:
+def render_pngs(picture, cam, *, overlay: bool = True) -> tuple[bytes, bytes | None]:
     """The colourised heatmap (RGBA, transparent where the model did not look) and the overlay."""
     w, h = picture.size
     scale = min(1.0, HEATMAP_MAX_SIDE / max(w, h))
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     heatmap = cam_to_heatmap_rgba(cam, size)
-    overlay = render_overlay(picture, cam)
-    return _png(heatmap), _png(overlay)
+    return _png(heatmap), (_png(render_overlay(picture, cam)) if overlay else None)
 
 
 def _png(img) -> bytes:

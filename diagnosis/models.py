@@ -51,6 +51,10 @@ class Study(models.Model):
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="studies"
     )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # Set by the worker when the model's top finding is abnormal and at or above the version's
+    # threshold for it. It only ever raises a study in the worklist; it never lowers `priority`.
+    flagged_by_model = models.BooleanField(default=False)
+    flagged_finding = models.CharField(max_length=64, blank=True)
 
     class Meta:
         ordering = ["-priority", "-created_at"]
@@ -200,3 +204,139 @@ class Prediction(models.Model):
         if not self.probabilities or not self.label:
             return None
         return self.probabilities.get(self.label)
+
+
+class AppendOnlyQuerySet(models.QuerySet):
+    """Refuses bulk changes, which bypass Model.save()/delete() (and so the admin's actions)."""
+
+    def update(self, **kwargs):
+        raise ValueError(f"{self.model.__name__} rows cannot be changed.")
+
+    def delete(self):
+        raise ValueError(f"{self.model.__name__} rows cannot be deleted.")
+
+    _raw_delete = delete
+
+
+class Reading(models.Model):
+    """A radiologist's signed reading of a study. Never edited: an amendment is a new reading."""
+
+    OTHER = "other"
+
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="readings")
+    prediction = models.ForeignKey(
+        Prediction, null=True, blank=True, on_delete=models.PROTECT, related_name="readings",
+        help_text="The model result the radiologist saw when signing.",
+    )
+    model_version = models.ForeignKey(
+        "training.ModelVersion", null=True, blank=True, on_delete=models.PROTECT,
+        related_name="readings",
+    )
+    radiologist = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="readings"
+    )
+    agrees_with_model = models.BooleanField(null=True, help_text="None when there was no result.")
+    final_label = models.CharField(max_length=64)
+    notes = models.TextField(blank=True)
+    amends = models.OneToOneField(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="amended_by"
+    )
+    signed_at = models.DateTimeField(auto_now_add=True)
+
+    objects = AppendOnlyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-signed_at"]
+
+    def __str__(self) -> str:
+        return f"reading of {self.study.accession_number} by {self.radiologist} ({self.final_label})"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None:
+            raise ValueError("A signed reading cannot be changed; sign an amendment instead.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise ValueError("A signed reading cannot be deleted.")
+
+    @property
+    def is_current(self) -> bool:
+        return not hasattr(self, "amended_by")
+
+
+class ClassHeatmap(models.Model):
+    """A Grad-CAM heatmap of one class for one prediction, computed by the worker on demand."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    prediction = models.ForeignKey(Prediction, on_delete=models.CASCADE, related_name="heatmaps")
+    class_label = models.CharField(max_length=64)
+    method = models.CharField(max_length=32, default="Grad-CAM")
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.QUEUED)
+    error = models.TextField(blank=True)
+    file = models.FileField(upload_to="heatmaps/", max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["prediction", "class_label", "method"],
+                                    name="one_heatmap_per_class_and_method"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.method} of {self.class_label} for prediction {self.prediction_id}"
+
+
+class AuditEvent(models.Model):
+    """Who did what to which record, when and from where. Append-only."""
+
+    class Action(models.TextChoices):
+        VIEW_STUDY = "view_study", "Viewed a study"
+        VIEW_IMAGE = "view_image", "Viewed an image"
+        UPLOAD = "upload", "Uploaded an image"
+        UPLOAD_REJECTED = "upload_rejected", "Upload rejected"
+        READING = "reading", "Signed a reading"
+        DOWNLOAD = "download", "Downloaded a file"
+        REPORT = "report", "Opened a report"
+        PROMOTE = "promote", "Promoted a model version"
+        TRAIN = "train", "Started a training run"
+        LOGIN = "login", "Signed in"
+        LOGIN_FAILED = "login_failed", "Failed sign-in"
+        LOGOUT = "logout", "Signed out"
+        ACCESS_DENIED = "access_denied", "Access denied"
+        EXPORT = "export", "Exported the audit trail"
+
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # No database constraint: deleting a user must not rewrite the trail (username is kept).
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.DO_NOTHING,
+        db_constraint=False, related_name="+",
+    )
+    username = models.CharField(max_length=150, blank=True, help_text="Kept if the user is deleted.")
+    action = models.CharField(max_length=24, choices=Action.choices, db_index=True)
+    object_type = models.CharField(max_length=40, blank=True)
+    object_id = models.CharField(max_length=64, blank=True)
+    patient_mrn = models.CharField(max_length=64, blank=True, db_index=True)
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=300, blank=True)
+    path = models.CharField(max_length=300, blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+
+    objects = AppendOnlyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-at"]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.username or '-'} {self.action}"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None:
+            raise ValueError("Audit events cannot be changed.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise ValueError("Audit events cannot be deleted.")

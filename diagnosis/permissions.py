@@ -35,22 +35,56 @@ def is_model_admin(user: AbstractBaseUser | AnonymousUser) -> bool:
     return user.is_superuser or user.groups.filter(name=ADMIN_GROUP).exists()
 
 
-def clinical_user_required(view):
-    """Like login_required, plus the role check: a signed-in user without a role gets a 403."""
+def _denied(request, message: str) -> PermissionDenied:
+    from diagnosis.audit import audit
+    from diagnosis.models import AuditEvent
 
-    @wraps(view)
-    def wrapper(request, *args, **kwargs):
-        if not request.user.is_authenticated:
-            return redirect_to_login(request.get_full_path())
-        if not is_clinical_user(request.user):
-            raise PermissionDenied("Your account has no clinical role. Ask an administrator.")
-        return view(request, *args, **kwargs)
+    audit(request, AuditEvent.Action.ACCESS_DENIED, detail={"reason": message})
+    return PermissionDenied(message)
 
-    return wrapper
+
+def _role_required(check, message: str):
+    def decorator(view):
+        @wraps(view)
+        def wrapper(request, *args, **kwargs):
+            if not request.user.is_authenticated:
+                return redirect_to_login(request.get_full_path())
+            if not check(request.user):
+                raise _denied(request, message)
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+# Like login_required, plus the role check: a signed-in user without the role gets a 403 (and
+# the attempt is recorded in the audit trail).
+clinical_user_required = _role_required(
+    is_clinical_user, "Your account has no clinical role. Ask an administrator."
+)
+model_admin_required = _role_required(
+    is_model_admin, "This page is for administrators only."
+)
 
 
 class IsClinicalUser(BasePermission):
     message = "Your account has no clinical role (radiologist or admin). Ask an administrator."
 
     def has_permission(self, request, view) -> bool:
-        return is_clinical_user(request.user)
+        if is_clinical_user(request.user):
+            return True
+        if request.user.is_authenticated:
+            _denied(request, self.message)
+        return False
+
+
+class IsModelAdmin(BasePermission):
+    message = "Only administrators may do this."
+
+    def has_permission(self, request, view) -> bool:
+        if is_model_admin(request.user):
+            return True
+        if request.user.is_authenticated:
+            _denied(request, self.message)
+        return False

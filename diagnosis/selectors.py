@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
-from django.db.models import Prefetch, QuerySet
+import datetime as dt
 
-from diagnosis.models import Image, Prediction, Study
+from django.db.models import (
+    Case,
+    Count,
+    Exists,
+    IntegerField,
+    OuterRef,
+    Prefetch,
+    Q,
+    QuerySet,
+    Subquery,
+    Value,
+    When,
+)
+
+from diagnosis.models import AuditEvent, Image, Prediction, Reading, Study
 
 
 def study_list() -> QuerySet[Study]:
@@ -12,8 +26,59 @@ def study_list() -> QuerySet[Study]:
         Prefetch(
             "images__predictions",
             queryset=Prediction.objects.select_related("model_version").order_by("-queued_at"),
+        ),
+        Prefetch("readings", queryset=Reading.objects.select_related("radiologist")),
+    )
+
+
+def worklist(*, q: str = "", status: str = "", finding: str = "", reviewed: str = "",
+             date_from: dt.date | None = None, date_to: dt.date | None = None) -> QuerySet[Study]:
+    """Studies in reading order: unreviewed studies the model flagged first, then by priority
+    (STAT, urgent, routine), longest waiting first; reviewed studies last, newest first."""
+    latest = Prediction.objects.filter(image__study=OuterRef("pk")).order_by("-queued_at")
+    studies = study_list().annotate(
+        is_reviewed=Exists(Reading.objects.filter(study=OuterRef("pk"))),
+        latest_status=Subquery(latest.values("status")[:1]),
+        latest_version=Subquery(latest.values("model_version_id")[:1]),
+        latest_label=Subquery(latest.values("label")[:1]),
+    ).annotate(
+        sort_group=Case(
+            When(is_reviewed=False, flagged_by_model=True, then=Value(0)),
+            When(is_reviewed=False, then=Value(1)),
+            default=Value(2), output_field=IntegerField(),
         )
     )
+    if q:
+        studies = studies.filter(
+            Q(patient__mrn__icontains=q) | Q(accession_number__icontains=q)
+            | Q(patient__name__icontains=q)
+        )
+    if status == "waiting":
+        studies = studies.filter(latest_status="queued", latest_version__isnull=True)
+    elif status == "queued":
+        studies = studies.filter(latest_status="queued", latest_version__isnull=False)
+    elif status:
+        studies = studies.filter(latest_status=status)
+    if finding == "flagged":
+        studies = studies.filter(flagged_by_model=True)
+    elif finding:
+        studies = studies.filter(latest_label=finding)
+    if reviewed == "yes":
+        studies = studies.filter(is_reviewed=True)
+    elif reviewed == "no":
+        studies = studies.filter(is_reviewed=False)
+    if date_from:
+        studies = studies.filter(created_at__date__gte=date_from)
+    if date_to:
+        studies = studies.filter(created_at__date__lte=date_to)
+    return studies.order_by(
+        "sort_group", "-priority",
+        Case(When(sort_group=2, then="created_at")).desc(nulls_last=True), "created_at",
+    )
+
+
+def known_findings() -> list[str]:
+    return sorted(set(Prediction.objects.exclude(label="").values_list("label", flat=True)))
 
 
 def study_detail(pk: int) -> Study:
@@ -24,6 +89,10 @@ def study_predictions(study: Study) -> list[Prediction]:
     return [p for image in study.images.all() for p in image.predictions.all()]
 
 
+def study_readings(study: Study) -> list[Reading]:
+    return sorted(study.readings.all(), key=lambda r: r.signed_at, reverse=True)
+
+
 def prediction_detail(pk: int) -> Prediction:
     return Prediction.objects.select_related(
         "image__study__patient", "model_version"
@@ -32,3 +101,37 @@ def prediction_detail(pk: int) -> Prediction:
 
 def image_detail(pk: int) -> Image:
     return Image.objects.select_related("study__patient").get(pk=pk)
+
+
+def agreement_by_version() -> list[dict]:
+    """Per model version: current readings, and how often the radiologist agreed with the model."""
+    rows = (
+        Reading.objects.filter(model_version__isnull=False, amended_by__isnull=True)
+        .values("model_version__name", "model_version__architecture", "model_version__status")
+        .annotate(
+            readings=Count("id"),
+            agreed=Count("id", filter=Q(agrees_with_model=True)),
+        )
+        .order_by("-readings")
+    )
+    return [
+        {**row, "rate": (row["agreed"] / row["readings"]) if row["readings"] else None}
+        for row in rows
+    ]
+
+
+def audit_events(*, user: str = "", action: str = "", patient: str = "",
+                 date_from: dt.date | None = None, date_to: dt.date | None = None
+                 ) -> QuerySet[AuditEvent]:
+    events = AuditEvent.objects.all()
+    if user:
+        events = events.filter(username__icontains=user)
+    if action:
+        events = events.filter(action=action)
+    if patient:
+        events = events.filter(patient_mrn__icontains=patient)
+    if date_from:
+        events = events.filter(at__date__gte=date_from)
+    if date_to:
+        events = events.filter(at__date__lte=date_to)
+    return events

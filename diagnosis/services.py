@@ -22,7 +22,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from diagnosis.imaging import DecodedImage, UploadRejected, decode_upload
-from diagnosis.models import Image, Patient, Prediction, Study
+from diagnosis.models import ClassHeatmap, Image, Patient, Prediction, Reading, Study
 from training.models import ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -357,7 +357,139 @@ def prediction_run(*, prediction_id: int, worker: str = "") -> Prediction | None
         logger.warning("prediction %s: claim lost before saving the result", prediction.pk)
         return None
     prediction.refresh_from_db()
+    study_flag_from_prediction(prediction=prediction)
     return prediction
+
+
+def study_flag_from_prediction(*, prediction: Prediction) -> bool:
+    """Flag the study when the top finding is abnormal at or above its threshold.
+
+    Only ever raises a study: a later normal result (e.g. from another model version) does not
+    clear the flag, and the study's own priority is never changed by the model.
+    """
+    version = prediction.model_version
+    if prediction.status != Prediction.Status.DONE or version is None or not prediction.label:
+        return False
+    probability = (prediction.probabilities or {}).get(prediction.label, 0.0)
+    if version.is_normal_label(prediction.label) or probability < version.threshold_for(
+        prediction.label
+    ):
+        return False
+    Study.objects.filter(pk=prediction.image.study_id, flagged_by_model=False).update(
+        flagged_by_model=True, flagged_finding=prediction.label[:64]
+    )
+    return True
+
+
+class ReadingRejected(ValueError):
+    """The reading cannot be signed as given; the message says why."""
+
+
+@transaction.atomic
+def reading_sign(
+    *, study: Study, radiologist, final_label: str, agrees: bool | None = None, notes: str = "",
+    amends: Reading | None = None,
+) -> Reading:
+    """Sign a reading of `study`. An amendment is a new reading that points at the one it amends."""
+    study = Study.objects.select_for_update().get(pk=study.pk)
+    prediction = (
+        Prediction.objects.filter(image__study=study, status=Prediction.Status.DONE)
+        .select_related("model_version").order_by("-finished_at").first()
+    )
+    classes = list(prediction.model_version.class_labels) if prediction else []
+    final_label = (final_label or "").strip()
+    if agrees and prediction is not None:
+        final_label = prediction.label
+    if not final_label:
+        raise ReadingRejected("Choose the final label (one of the model's classes, or other).")
+    if final_label != Reading.OTHER and classes and final_label not in classes:
+        raise ReadingRejected(
+            f"Unknown label {final_label!r}: choose one of {', '.join(classes)} or other."
+        )
+    if final_label == Reading.OTHER and not notes.strip():
+        raise ReadingRejected("Describe the finding in the notes when the label is other.")
+    if amends is not None:
+        if amends.study_id != study.pk:
+            raise ReadingRejected("That reading belongs to another study.")
+        if Reading.objects.filter(amends=amends).exists():
+            raise ReadingRejected("That reading was already amended; amend the latest one.")
+    elif study.readings.exists():
+        raise ReadingRejected("This study already has a signed reading: amend it instead.")
+    return Reading.objects.create(
+        study=study,
+        prediction=prediction,
+        model_version=prediction.model_version if prediction else None,
+        radiologist=radiologist,
+        agrees_with_model=(final_label == prediction.label) if prediction else None,
+        final_label=final_label[:64],
+        notes=notes.strip(),
+        amends=amends,
+    )
+
+
+@transaction.atomic
+def class_heatmap_request(*, prediction: Prediction, class_label: str) -> ClassHeatmap:
+    """Ask the worker for the Grad-CAM of one class (the web process never runs the model)."""
+    if prediction.status != Prediction.Status.DONE or prediction.model_version is None:
+        raise ValueError("The prediction has not finished yet.")
+    if class_label not in prediction.model_version.class_labels:
+        raise ValueError(f"Unknown class {class_label!r} for {prediction.model_version.name}.")
+    heatmap, created = ClassHeatmap.objects.get_or_create(
+        prediction=prediction, class_label=class_label, method="Grad-CAM"
+    )
+    if not created and heatmap.status == ClassHeatmap.Status.FAILED:
+        ClassHeatmap.objects.filter(pk=heatmap.pk).update(status=ClassHeatmap.Status.QUEUED,
+                                                          error="")
+        heatmap.refresh_from_db()
+        created = True
+    if created:
+        from diagnosis.tasks import run_class_heatmap
+
+        transaction.on_commit(lambda: run_class_heatmap.delay(heatmap.pk), robust=True)
+    return heatmap
+
+
+def class_heatmap_run(*, heatmap_id: int) -> ClassHeatmap | None:
+    """Worker side of class_heatmap_request. Idempotent: a finished heatmap is left alone."""
+    heatmap = ClassHeatmap.objects.select_related(
+        "prediction__image", "prediction__model_version"
+    ).filter(pk=heatmap_id, status=ClassHeatmap.Status.QUEUED).first()
+    if heatmap is None:
+        return None
+    try:
+        from diagnosis import inference
+
+        prediction = heatmap.prediction
+        predictor = inference.predictor_for(prediction.model_version)
+        picture = _open_display(prediction.image)
+        [result] = predictor.predict([picture], cam_classes=[heatmap.class_label])
+        heatmap_png, _ = inference.render_pngs(picture, result.cam, overlay=False)
+    except Exception as exc:  # noqa: BLE001
+        from django.db import DatabaseError
+
+        if isinstance(exc, DatabaseError):
+            raise
+        ClassHeatmap.objects.filter(pk=heatmap.pk).update(
+            status=ClassHeatmap.Status.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000]
+        )
+        return ClassHeatmap.objects.get(pk=heatmap.pk)
+    name = default_storage.save(
+        f"heatmaps/{prediction.pk}/cam-{heatmap.class_label}.png", ContentFile(heatmap_png)
+    )
+    ClassHeatmap.objects.filter(pk=heatmap.pk).update(status=ClassHeatmap.Status.DONE, file=name)
+    return ClassHeatmap.objects.get(pk=heatmap.pk)
+
+
+def _open_display(image: Image):
+    from PIL import Image as PILImage
+
+    try:
+        with image.display.open("rb") as fh:
+            picture = PILImage.open(io.BytesIO(fh.read()), formats=["PNG"])
+            picture.load()
+    except FileNotFoundError as exc:
+        raise PredictionFailure(f"The stored image file is missing ({image.display.name}).") from exc
+    return picture
 
 
 def _prediction_fail(prediction: Prediction, message: str) -> Prediction:
@@ -370,19 +502,10 @@ def _prediction_fail(prediction: Prediction, message: str) -> Prediction:
 
 
 def _compute(prediction: Prediction) -> dict:
-    from PIL import Image as PILImage
-
     from diagnosis import inference  # imports torch: worker side only
 
     predictor = inference.predictor_for(prediction.model_version)
-    try:
-        with prediction.image.display.open("rb") as fh:
-            picture = PILImage.open(io.BytesIO(fh.read()), formats=["PNG"])
-            picture.load()
-    except FileNotFoundError as exc:
-        raise PredictionFailure(
-            f"The stored image file is missing ({prediction.image.display.name})."
-        ) from exc
+    picture = _open_display(prediction.image)
     started = time.perf_counter()
     result = predictor.predict([picture])[0]
     heatmap_png, overlay_png = inference.render_pngs(picture, result.cam)

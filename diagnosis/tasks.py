@@ -25,6 +25,15 @@ def run_prediction(self, prediction_id: int) -> str:
     return prediction.status if prediction is not None else "skipped"
 
 
+@shared_task(bind=True, acks_late=True, autoretry_for=(DatabaseError,), retry_backoff=True,
+             max_retries=5)
+def run_class_heatmap(self, heatmap_id: int) -> str:
+    from diagnosis.services import class_heatmap_run
+
+    heatmap = class_heatmap_run(heatmap_id=heatmap_id)
+    return heatmap.status if heatmap is not None else "skipped"
+
+
 @worker_process_init.connect
 def _init_worker_process(**kwargs) -> None:
     """Runs in each pool child after the fork: set torch threads there, not in the parent."""

@@ -2,45 +2,48 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db import DatabaseError
-from django.http import FileResponse, Http404, HttpResponse
+from django.http import FileResponse, Http404, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from diagnosis import selectors, services
-from diagnosis.forms import StudyUploadForm
+from diagnosis import reports, selectors, services
+from diagnosis.audit import audit
+from diagnosis.forms import ReadingForm, StudyUploadForm, WorklistFilterForm
 from diagnosis.imaging import UploadRejected
-from diagnosis.models import Image, Prediction, Study
-from diagnosis.permissions import clinical_user_required
+from diagnosis.models import AuditEvent, ClassHeatmap, Image, Prediction, Reading, Study
+from diagnosis.permissions import clinical_user_required, model_admin_required
 from training.models import ModelVersion
 
 logger = logging.getLogger(__name__)
+Action = AuditEvent.Action
 
 
 @require_GET
 @clinical_user_required
 def worklist(request):
-    studies = selectors.study_list()
-    q = request.GET.get("q", "").strip()
-    if q:
-        from django.db.models import Q
-
-        studies = studies.filter(
-            Q(patient__mrn__icontains=q) | Q(accession_number__icontains=q)
-            | Q(patient__name__icontains=q)
-        )
+    form = WorklistFilterForm(request.GET or None, findings=selectors.known_findings())
+    filters = form.cleaned_data if form.is_valid() else {}
+    studies = selectors.worklist(**{k: v for k, v in filters.items() if v})
     page = Paginator(studies, 25).get_page(request.GET.get("page"))
     rows = []
     for study in page:
         predictions = selectors.study_predictions(study)
-        rows.append({"study": study, "prediction": predictions[0] if predictions else None})
+        readings = selectors.study_readings(study)
+        rows.append({"study": study, "prediction": predictions[0] if predictions else None,
+                     "reading": readings[0] if readings else None})
     pending = any(r["prediction"] and not r["prediction"].is_finished for r in rows)
+    query = request.GET.copy()
+    query.pop("page", None)
     return render(request, "diagnosis/worklist.html", {
-        "page": page, "rows": rows, "q": q, "pending": pending,
+        "form": form, "page": page, "rows": rows, "pending": pending,
+        "query": query.urlencode(),
         "production": ModelVersion.objects.filter(status=ModelVersion.Status.PRODUCTION).first(),
     })
 
@@ -48,32 +51,32 @@ def worklist(request):
 @require_http_methods(["GET", "POST"])
 @clinical_user_required
 def upload(request):
+    """Several files at once with JavaScript (each posted to the API); one file without it."""
+    context = {"max_upload_mb": settings.CXR_MAX_UPLOAD_BYTES // (1024 * 1024)}
     if request.method == "POST":
         form = StudyUploadForm(request.POST, request.FILES)
         if form.is_valid():
             try:
                 result = services.study_upload(uploaded_by=request.user, **form.upload_kwargs())
             except UploadRejected as exc:
+                audit(request, Action.UPLOAD_REJECTED,
+                      detail={"code": exc.code, "filename": request.FILES["image"].name[:200]})
                 form.add_error("image", str(exc))
             except DatabaseError:
                 logger.exception("upload failed: database unavailable")
-                form.add_error(None, "The database is unavailable; nothing was stored. Try again shortly.")
-                return render(request, "diagnosis/upload.html", {"form": form}, status=503)
+                form.add_error(
+                    None, "The database is unavailable; nothing was stored. Try again shortly."
+                )
+                return render(request, "diagnosis/upload.html", {**context, "form": form},
+                              status=503)
             else:
-                messages.success(request, f"Uploaded {result.study.accession_number}; analysis queued.")
+                audit(request, Action.UPLOAD, result.image)
+                messages.success(
+                    request, f"Uploaded {result.study.accession_number}; analysis queued."
+                )
                 return redirect(result.study)
-        return render(request, "diagnosis/upload.html", {"form": form}, status=400)
-    return render(request, "diagnosis/upload.html", {"form": StudyUploadForm()})
-
-
-def _study_context(study: Study) -> dict:
-    images = []
-    for image in study.images.all():
-        predictions = list(image.predictions.all())
-        images.append({"image": image, "prediction": predictions[0] if predictions else None,
-                       "history": predictions[1:]})
-    pending = any(i["prediction"] and not i["prediction"].is_finished for i in images)
-    return {"study": study, "images": images, "pending": pending}
+        return render(request, "diagnosis/upload.html", {**context, "form": form}, status=400)
+    return render(request, "diagnosis/upload.html", {**context, "form": StudyUploadForm()})
 
 
 def _study_or_404(pk: int) -> Study:
@@ -83,10 +86,46 @@ def _study_or_404(pk: int) -> Study:
         raise Http404("No such study.") from exc
 
 
+def _study_context(study: Study) -> dict:
+    images = []
+    for image in study.images.all():
+        predictions = list(image.predictions.all())
+        prediction = predictions[0] if predictions else None
+        heatmaps = {}
+        if prediction is not None and prediction.status == Prediction.Status.DONE:
+            heatmaps = {h.class_label: h for h in prediction.heatmaps.all()}
+        images.append({"image": image, "prediction": prediction, "history": predictions[1:],
+                       "heatmaps": heatmaps})
+    pending = any(
+        (i["prediction"] and not i["prediction"].is_finished)
+        or any(h.status == ClassHeatmap.Status.QUEUED for h in i["heatmaps"].values())
+        for i in images
+    )
+    return {"study": study, "images": images, "pending": pending}
+
+
+def _reading_context(study: Study, form: ReadingForm | None = None) -> dict:
+    readings = selectors.study_readings(study)
+    current = next((r for r in readings if r.is_current), None)
+    prediction = next(
+        (p for p in selectors.study_predictions(study) if p.status == Prediction.Status.DONE),
+        None,
+    )
+    classes = list(prediction.model_version.class_labels) if prediction else []
+    if form is None:
+        form = ReadingForm(classes=classes, has_result=prediction is not None,
+                           initial={"amends": current.pk if current else None})
+    return {"readings": readings, "current_reading": current, "reading_form": form,
+            "reading_prediction": prediction}
+
+
 @require_GET
 @clinical_user_required
 def study_detail(request, pk: int):
-    return render(request, "diagnosis/study.html", _study_context(_study_or_404(pk)))
+    study = _study_or_404(pk)
+    audit(request, Action.VIEW_STUDY, study)
+    return render(request, "diagnosis/study.html",
+                  {**_study_context(study), **_reading_context(study)})
 
 
 @require_GET
@@ -96,6 +135,56 @@ def study_results(request, pk: int):
     response = render(request, "diagnosis/_results.html", _study_context(_study_or_404(pk)))
     response["Cache-Control"] = "no-store"
     return response
+
+
+@require_POST
+@clinical_user_required
+def reading_sign(request, pk: int):
+    study = _study_or_404(pk)
+    context = _reading_context(study)
+    prediction = context["reading_prediction"]
+    classes = list(prediction.model_version.class_labels) if prediction else []
+    form = ReadingForm(request.POST, classes=classes, has_result=prediction is not None)
+    if form.is_valid():
+        amends = None
+        if form.cleaned_data.get("amends"):
+            amends = Reading.objects.filter(pk=form.cleaned_data["amends"], study=study).first()
+        try:
+            reading = services.reading_sign(
+                study=study, radiologist=request.user,
+                final_label=form.cleaned_data.get("final_label") or "",
+                agrees=form.cleaned_data["decision"] == "agree",
+                notes=form.cleaned_data.get("notes") or "", amends=amends,
+            )
+        except services.ReadingRejected as exc:
+            form.add_error(None, str(exc))
+        else:
+            audit(request, Action.READING, reading,
+                  detail={"final_label": reading.final_label,
+                          "agrees": reading.agrees_with_model,
+                          "amends": amends.pk if amends else None})
+            messages.success(request, f"Reading signed: {reading.final_label}.")
+            return redirect(study)
+    return render(request, "diagnosis/study.html",
+                  {**_study_context(study), **_reading_context(study, form)}, status=400)
+
+
+@require_POST
+@clinical_user_required
+def class_heatmap_request(request, pk: int):
+    prediction = get_object_or_404(Prediction.objects.select_related("model_version", "image"),
+                                   pk=pk)
+    label = request.POST.get("class_label", "")
+    try:
+        heatmap = services.class_heatmap_request(prediction=prediction, class_label=label)
+    except ValueError as exc:
+        if request.headers.get("X-Requested-With") == "fetch":
+            return JsonResponse({"error": str(exc)}, status=400)
+        messages.error(request, str(exc))
+        return redirect("diagnosis:study", pk=prediction.image.study_id)
+    if request.headers.get("X-Requested-With") == "fetch":
+        return JsonResponse({"id": heatmap.pk, "status": heatmap.status})
+    return redirect("diagnosis:study", pk=prediction.image.study_id)
 
 
 @require_POST
@@ -114,7 +203,7 @@ def prediction_rerun(request, pk: int):
 def _file_response(f, content_type: str, *, download_name: str | None = None) -> HttpResponse:
     try:
         handle = f.open("rb")
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         raise Http404("The file is missing from storage.") from exc
     response = FileResponse(handle, content_type=content_type, as_attachment=bool(download_name),
                             filename=download_name or "")
@@ -132,9 +221,10 @@ def image_display(request, pk: int):
 @require_GET
 @clinical_user_required
 def image_original(request, pk: int):
-    image = get_object_or_404(Image.objects.select_related("study"), pk=pk)
+    image = get_object_or_404(Image.objects.select_related("study__patient"), pk=pk)
     ext = {"PNG": "png", "JPEG": "jpg", "DICOM": "dcm"}[image.format]
     ctype = {"PNG": "image/png", "JPEG": "image/jpeg", "DICOM": "application/dicom"}[image.format]
+    audit(request, Action.DOWNLOAD, image, detail={"file": "original"})
     return _file_response(image.original, ctype,
                           download_name=f"{image.study.accession_number}-{image.pk}.{ext}")
 
@@ -151,3 +241,79 @@ def prediction_heatmap(request, pk: int):
 def prediction_overlay(request, pk: int):
     prediction = get_object_or_404(Prediction, pk=pk, status=Prediction.Status.DONE)
     return _file_response(prediction.overlay, "image/png")
+
+
+@require_GET
+@clinical_user_required
+def class_heatmap_file(request, pk: int):
+    heatmap = get_object_or_404(ClassHeatmap, pk=pk, status=ClassHeatmap.Status.DONE)
+    return _file_response(heatmap.file, "image/png")
+
+
+@require_GET
+@clinical_user_required
+def study_report(request, pk: int):
+    """The printable report (the browser's print dialog makes paper or PDF from it)."""
+    study = _study_or_404(pk)
+    audit(request, Action.REPORT, study, detail={"format": "html"})
+    return render(request, "diagnosis/report.html", reports.report_context(study))
+
+
+@require_GET
+@clinical_user_required
+def study_report_pdf(request, pk: int):
+    study = _study_or_404(pk)
+    audit(request, Action.DOWNLOAD, study, detail={"file": "report.pdf"})
+    pdf = reports.render_pdf(study, generated_by=request.user)
+    response = HttpResponse(pdf, content_type="application/pdf")
+    response["Content-Disposition"] = f'attachment; filename="report-{study.accession_number}.pdf"'
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@require_GET
+@model_admin_required
+def agreement(request):
+    return render(request, "diagnosis/agreement.html",
+                  {"rows": selectors.agreement_by_version()})
+
+
+@require_GET
+@model_admin_required
+def audit_log(request):
+    from diagnosis.forms import AuditFilterForm
+
+    form = AuditFilterForm(request.GET or None)
+    filters = form.cleaned_data if form.is_valid() else {}
+    events = selectors.audit_events(**{k: v for k, v in filters.items() if v})
+    if request.GET.get("format") == "csv":
+        audit(request, Action.EXPORT, detail={"filters": {k: str(v) for k, v in filters.items()
+                                                          if v}})
+        return _audit_csv(events)
+    page = Paginator(events, 50).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    return render(request, "diagnosis/audit.html",
+                  {"form": form, "page": page, "query": query.urlencode()})
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+def _audit_csv(events) -> StreamingHttpResponse:
+    writer = csv.writer(_Echo())
+    header = ["at", "username", "action", "object_type", "object_id", "patient_mrn",
+              "ip_address", "user_agent", "path", "detail"]
+
+    def rows():
+        yield writer.writerow(header)
+        for e in events.iterator(chunk_size=2000):
+            yield writer.writerow([e.at.isoformat(), e.username, e.action, e.object_type,
+                                   e.object_id, e.patient_mrn, e.ip_address or "", e.user_agent,
+                                   e.path, e.detail])
+
+    response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = 'attachment; filename="audit-trail.csv"'
+    return response

@@ -55,6 +55,18 @@ class ModelVersion(models.Model):
     def is_production(self) -> bool:
         return self.status == self.Status.PRODUCTION
 
+    NORMAL_LABELS = ("normal", "no finding", "no_finding", "healthy", "negative")
+
+    def is_normal_label(self, label: str) -> bool:
+        return label.strip().lower() in self.NORMAL_LABELS
+
+    def threshold_for(self, label: str) -> float:
+        """The operating threshold of a class: stored with the version, else 0.5."""
+        try:
+            return float((self.thresholds or {}).get(label, 0.5))
+        except (TypeError, ValueError):
+            return 0.5
+
     def preprocessing_dict(self) -> dict:
         return {"input_size": self.input_size, "mean": list(self.mean), "std": list(self.std)}
 

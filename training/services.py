@@ -135,6 +135,11 @@ def model_version_promote(*, version: ModelVersion, promoted_by=None, reason: st
         reason=reason,
     )
     queued = predictions_assign_waiting(version=version)
+    from diagnosis.audit import audit
+    from diagnosis.models import AuditEvent
+
+    audit(None, AuditEvent.Action.PROMOTE, version, user=version.promoted_by,
+          detail={"previous": current.name if current else None, "reason": reason})
     logger.info(
         "promoted %s to production (was %s); %d waiting predictions queued",
         version.name, current.name if current else "none", queued,

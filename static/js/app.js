@@ -1,37 +1,199 @@
-// CXR triage: small progressive enhancements, no framework, no CDN.
+// CXR triage: progressive enhancements, no framework, no CDN. Every page works without it,
+// except live updates, zoom/pan and the multi-file uploader.
 (function () {
   "use strict";
 
+  function csrfToken() {
+    var el = document.querySelector("input[name=csrfmiddlewaretoken]");
+    return el ? el.value : "";
+  }
+
+  // ---- viewer state, kept across refreshes of the results panel ---------------------------
+  var viewers = {};  // image id -> {scale, x, y, brightness, contrast, opacity, on, camClass}
+
+  function state(id) {
+    if (!viewers[id]) {
+      viewers[id] = { scale: 1, x: 0, y: 0, brightness: 100, contrast: 100, opacity: 60,
+                      on: true, camClass: null };
+    }
+    return viewers[id];
+  }
+
+  function applyTransform(id) {
+    var s = state(id);
+    var stage = document.getElementById("stage-" + id);
+    if (stage) stage.style.transform = "translate(" + s.x + "px," + s.y + "px) scale(" + s.scale + ")";
+    var xray = document.getElementById("xray-" + id);
+    if (xray) xray.style.filter = "brightness(" + s.brightness + "%) contrast(" + s.contrast + "%)";
+  }
+
+  function restore(root) {
+    (root || document).querySelectorAll("[data-image-id]").forEach(function (section) {
+      var id = section.getAttribute("data-image-id");
+      if (!viewers[id]) return;
+      var s = state(id);
+      applyTransform(id);
+      var b = document.getElementById("bright-" + id), c = document.getElementById("contrast-" + id);
+      if (b) b.value = s.brightness;
+      if (c) c.value = s.contrast;
+      var heat = document.getElementById("heatmap-" + id);
+      var op = document.getElementById("opacity-" + id);
+      if (heat) { heat.style.opacity = String(s.opacity / 100); heat.hidden = !s.on; }
+      if (op) { op.value = s.opacity; var out = document.getElementById(op.id + "-value"); if (out) out.textContent = s.opacity + "%"; }
+      var toggle = section.querySelector("[data-heatmap-toggle]");
+      if (toggle) toggle.checked = s.on;
+      var select = section.querySelector("[data-heatmap-class]");
+      if (select && s.camClass) {
+        select.value = s.camClass;
+        var opt = select.selectedOptions[0];
+        if (opt && opt.dataset.src && heat) heat.src = opt.dataset.src;
+      }
+    });
+  }
+
+  function zoom(id, factor, cx, cy) {
+    var s = state(id);
+    var next = Math.min(8, Math.max(1, s.scale * factor));
+    var viewport = document.getElementById("viewport-" + id);
+    if (cx === undefined && viewport) { cx = viewport.clientWidth / 2; cy = viewport.clientHeight / 2; }
+    // keep the point under the cursor where it is
+    s.x = cx - (cx - s.x) * (next / s.scale);
+    s.y = cy - (cy - s.y) * (next / s.scale);
+    s.scale = next;
+    if (next === 1) { s.x = 0; s.y = 0; }
+    applyTransform(id);
+  }
+
+  function pan(id, dx, dy) {
+    var s = state(id);
+    if (s.scale === 1) return;
+    s.x += dx; s.y += dy;
+    applyTransform(id);
+  }
+
+  document.addEventListener("click", function (ev) {
+    var t = ev.target.closest ? ev.target.closest("[data-zoom],[data-window-reset]") : null;
+    if (!t) return;
+    var id = t.getAttribute("data-target");
+    if (t.hasAttribute("data-window-reset")) {
+      var s = state(id); s.brightness = 100; s.contrast = 100; applyTransform(id); restore();
+      return;
+    }
+    var how = t.getAttribute("data-zoom");
+    if (how === "in") zoom(id, 1.25);
+    else if (how === "out") zoom(id, 0.8);
+    else { var st = state(id); st.scale = 1; st.x = 0; st.y = 0; applyTransform(id); }
+  });
+
+  document.addEventListener("wheel", function (ev) {
+    var vp = ev.target.closest ? ev.target.closest("[data-viewport]") : null;
+    if (!vp) return;
+    ev.preventDefault();
+    var r = vp.getBoundingClientRect();
+    zoom(vp.getAttribute("data-viewport"), ev.deltaY < 0 ? 1.15 : 1 / 1.15, ev.clientX - r.left, ev.clientY - r.top);
+  }, { passive: false });
+
+  var drag = null;
+  document.addEventListener("pointerdown", function (ev) {
+    var vp = ev.target.closest ? ev.target.closest("[data-viewport]") : null;
+    if (!vp || ev.button !== 0) return;
+    drag = { id: vp.getAttribute("data-viewport"), x: ev.clientX, y: ev.clientY, el: vp };
+    vp.classList.add("panning");
+  });
+  document.addEventListener("pointermove", function (ev) {
+    if (!drag) return;
+    pan(drag.id, ev.clientX - drag.x, ev.clientY - drag.y);
+    drag.x = ev.clientX; drag.y = ev.clientY;
+  });
+  document.addEventListener("pointerup", function () {
+    if (drag) drag.el.classList.remove("panning");
+    drag = null;
+  });
+  document.addEventListener("keydown", function (ev) {
+    var vp = document.activeElement;
+    if (!vp || !vp.hasAttribute || !vp.hasAttribute("data-viewport")) return;
+    var id = vp.getAttribute("data-viewport"), step = 40;
+    var keys = { ArrowLeft: [step, 0], ArrowRight: [-step, 0], ArrowUp: [0, step], ArrowDown: [0, -step] };
+    if (keys[ev.key]) { pan(id, keys[ev.key][0], keys[ev.key][1]); ev.preventDefault(); }
+    else if (ev.key === "+" || ev.key === "=") { zoom(id, 1.25); ev.preventDefault(); }
+    else if (ev.key === "-") { zoom(id, 0.8); ev.preventDefault(); }
+    else if (ev.key === "0") { var s = state(id); s.scale = 1; s.x = 0; s.y = 0; applyTransform(id); ev.preventDefault(); }
+  });
+
+  document.addEventListener("input", function (ev) {
+    var t = ev.target;
+    if (!t.getAttribute) return;
+    var heatId = t.getAttribute("data-heatmap-opacity");
+    if (heatId) {
+      var img = document.getElementById(heatId);
+      if (img) img.style.opacity = String(t.value / 100);
+      t.setAttribute("aria-valuetext", t.value + "%");
+      var out = document.getElementById(t.id + "-value");
+      if (out) out.textContent = t.value + "%";
+      state(heatId.replace("heatmap-", "")).opacity = parseInt(t.value, 10);
+      return;
+    }
+    var win = t.getAttribute("data-window");
+    if (win) {
+      var id = t.getAttribute("data-target");
+      state(id)[win] = parseInt(t.value, 10);
+      applyTransform(id);
+    }
+  });
+
+  document.addEventListener("change", function (ev) {
+    var t = ev.target;
+    if (!t.getAttribute) return;
+    var toggleId = t.getAttribute("data-heatmap-toggle");
+    if (toggleId) {
+      var img = document.getElementById(toggleId);
+      if (img) img.hidden = !t.checked;
+      state(toggleId.replace("heatmap-", "")).on = t.checked;
+      return;
+    }
+    var classFor = t.getAttribute("data-heatmap-class");
+    if (classFor) {
+      var id = classFor.replace("heatmap-", "");
+      var opt = t.selectedOptions[0];
+      state(id).camClass = t.value;
+      var heat = document.getElementById(classFor);
+      if (opt.dataset.src) { if (heat) heat.src = opt.dataset.src; return; }
+      var body = new FormData();
+      body.append("class_label", t.value);
+      fetch(t.getAttribute("data-request-url"), {
+        method: "POST", body: body, credentials: "same-origin",
+        headers: { "X-CSRFToken": csrfToken(), "X-Requested-With": "fetch" },
+      }).then(function () {
+        opt.textContent = t.value + " (computing…)";
+        var panel = document.getElementById("study-results");
+        if (panel && !panel.getAttribute("data-poll-ms")) { panel.setAttribute("data-poll-ms", "1500"); poll(panel); }
+      });
+    }
+  });
+
+  // ---- live updates ---------------------------------------------------------------------------
   // Poll a server-rendered fragment until the work it shows has finished.
-  // <div id="x" data-poll-url="/fragment/" data-poll-ms="2000"> ... </div>
   function poll(el) {
     var ms = parseInt(el.getAttribute("data-poll-ms"), 10);
     var url = el.getAttribute("data-poll-url");
     if (!ms || !url) return;
     window.setTimeout(function () {
       fetch(url, { credentials: "same-origin", headers: { "X-Requested-With": "fetch" } })
-        .then(function (r) {
-          if (!r.ok) throw new Error("HTTP " + r.status);
-          return r.text();
-        })
+        .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.text(); })
         .then(function (html) {
           el.innerHTML = html;
-          if (el.querySelector("[data-pending='1']")) {
-            poll(el);
-          } else {
-            el.removeAttribute("data-poll-ms");
-            el.dispatchEvent(new CustomEvent("cxr:finished", { bubbles: true }));
-          }
+          restore(el);
+          if (el.querySelector("[data-pending]:not([data-pending=''])")) poll(el);
+          else el.removeAttribute("data-poll-ms");
         })
         .catch(function () {
-          // Network blip or server restart: try again a little later.
           el.setAttribute("data-poll-ms", String(Math.min(ms * 2, 30000)));
           poll(el);
         });
     }, ms);
   }
 
-  // Reload a whole region of the current page (worklist) while rows are pending.
+  // Reload a region of the current page (the worklist) while some rows are pending.
   function refreshRegion(el) {
     var ms = parseInt(el.getAttribute("data-refresh"), 10);
     if (!ms) return;
@@ -39,8 +201,7 @@
       fetch(window.location.href, { credentials: "same-origin" })
         .then(function (r) { return r.text(); })
         .then(function (html) {
-          var doc = new DOMParser().parseFromString(html, "text/html");
-          var fresh = doc.getElementById(el.id);
+          var fresh = new DOMParser().parseFromString(html, "text/html").getElementById(el.id);
           if (!fresh) return;
           el.innerHTML = fresh.innerHTML;
           var next = fresh.getAttribute("data-refresh");
@@ -51,27 +212,134 @@
     }, ms);
   }
 
-  document.addEventListener("input", function (ev) {
-    var t = ev.target;
-    var id = t.getAttribute && t.getAttribute("data-heatmap-opacity");
-    if (!id) return;
-    var img = document.getElementById(id);
-    if (img) img.style.opacity = String(t.value / 100);
-    t.setAttribute("aria-valuetext", t.value + "%");
-    var out = document.getElementById(t.id + "-value");
-    if (out) out.textContent = t.value + "%";
-  });
+  // ---- several uploads at once ----------------------------------------------------------------
+  function setupUploader(form) {
+    var input = form.querySelector("input[type=file]");
+    var list = form.querySelector("[data-file-list]");
+    var zone = form.querySelector("[data-dropzone]");
+    var note = form.querySelector("[data-dicom-note]");
+    var files = [];
 
-  document.addEventListener("change", function (ev) {
-    var t = ev.target;
-    var id = t.getAttribute && t.getAttribute("data-heatmap-toggle");
-    if (!id) return;
-    var img = document.getElementById(id);
-    if (img) img.hidden = !t.checked;
-  });
+    function render() {
+      list.innerHTML = "";
+      files.forEach(function (f, i) {
+        var li = document.createElement("li");
+        li.innerHTML = '<span class="fname"></span><progress max="100" value="0" aria-label="Upload progress"></progress><span class="fstate">ready</span>';
+        li.querySelector(".fname").textContent = f.name + " (" + Math.max(1, Math.round(f.size / 1024)) + " KB)";
+        li.id = "upload-file-" + i;
+        list.appendChild(li);
+      });
+    }
 
+    function add(newFiles) {
+      Array.prototype.forEach.call(newFiles, function (f) { files.push(f); });
+      render();
+      peekDicom();
+    }
+
+    function isDicom(file) {
+      return file.slice(128, 132).arrayBuffer().then(function (buf) {
+        return new TextDecoder().decode(buf) === "DICM";
+      });
+    }
+
+    function peekDicom() {
+      var candidates = files.slice(0, 10);
+      (function next(i) {
+        if (i >= candidates.length) return;
+        isDicom(candidates[i]).then(function (yes) {
+          if (!yes) return next(i + 1);
+          var body = new FormData();
+          body.append("file", candidates[i].slice(0, 1024 * 1024), candidates[i].name);
+          fetch(form.getAttribute("data-peek-url"), { method: "POST", body: body, credentials: "same-origin",
+            headers: { "X-CSRFToken": csrfToken() } })
+            .then(function (r) { return r.ok ? r.json() : null; })
+            .then(function (tags) {
+              if (!tags) return;
+              var map = { patient_id: "patient_id", patient_name: "patient_name", patient_sex: "patient_sex",
+                          patient_birth_date: "patient_birth_date", accession_number: "accession_number",
+                          view: "view_position" };
+              var filled = [];
+              Object.keys(map).forEach(function (field) {
+                var el = form.elements[field], value = tags[map[field]];
+                if (el && value && !el.value) { el.value = value; filled.push(el.labels[0] ? el.labels[0].textContent : field); }
+              });
+              if (note && filled.length) { note.hidden = false; note.textContent = "Filled from the DICOM tags of " + candidates[i].name + ": " + filled.join(", ") + "."; }
+            });
+        });
+      })(0);
+    }
+
+    input.addEventListener("change", function () { files = []; add(input.files); });
+    ["dragenter", "dragover"].forEach(function (type) {
+      zone.addEventListener(type, function (ev) { ev.preventDefault(); zone.classList.add("dragover"); });
+    });
+    ["dragleave", "drop"].forEach(function (type) {
+      zone.addEventListener(type, function (ev) { ev.preventDefault(); zone.classList.remove("dragover"); });
+    });
+    zone.addEventListener("drop", function (ev) { add(ev.dataTransfer.files); });
+
+    function uploadOne(file, i) {
+      return new Promise(function (resolve) {
+        var li = document.getElementById("upload-file-" + i);
+        var bar = li.querySelector("progress"), st = li.querySelector(".fstate");
+        var body = new FormData();
+        body.append("image", file, file.name);
+        ["patient_id", "accession_number", "view", "priority", "patient_name", "patient_sex", "patient_birth_date"].forEach(function (name) {
+          var el = form.elements[name];
+          if (el && el.value) body.append(name, el.value);
+        });
+        var xhr = new XMLHttpRequest();
+        xhr.open("POST", form.getAttribute("data-api-url"));
+        xhr.setRequestHeader("X-CSRFToken", csrfToken());
+        xhr.setRequestHeader("Accept", "application/json");
+        xhr.upload.onprogress = function (e) { if (e.lengthComputable) bar.value = Math.round(100 * e.loaded / e.total); };
+        xhr.onload = function () {
+          var data = {};
+          try { data = JSON.parse(xhr.responseText); } catch (e) { data = { error: "HTTP " + xhr.status }; }
+          if (xhr.status === 201) {
+            bar.value = 100; st.className = "fstate ok";
+            st.innerHTML = 'uploaded: <a></a>';
+            var a = st.querySelector("a"); a.href = data.url; a.textContent = data.accession_number;
+            resolve(true);
+          } else {
+            st.className = "fstate err"; st.setAttribute("role", "alert");
+            st.textContent = data.error || ("Upload failed (HTTP " + xhr.status + ").");
+            resolve(false);
+          }
+        };
+        xhr.onerror = function () { st.className = "fstate err"; st.textContent = "Network error: the file was not uploaded."; resolve(false); };
+        st.textContent = "uploading…";
+        xhr.send(body);
+      });
+    }
+
+    form.addEventListener("submit", function (ev) {
+      if (!files.length) return;  // let the server say that a file is required
+      ev.preventDefault();
+      var button = form.querySelector("[data-upload-button]");
+      button.disabled = true;
+      var results = [];
+      (function next(i) {
+        if (i >= files.length) {
+          button.disabled = false;
+          var ok = results.filter(Boolean).length;
+          if (files.length === 1 && ok === 1) {  // one file: straight to its study
+            window.location.href = list.querySelector(".fstate.ok a").href;
+            return;
+          }
+          if (note) { note.hidden = false; note.textContent = ok + " of " + files.length + " file(s) uploaded. They appear in the worklist as they are analysed."; }
+          return;
+        }
+        uploadOne(files[i], i).then(function (r) { results.push(r); next(i + 1); });
+      })(0);
+    });
+  }
+
+  window.cxrPoll = poll;
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll("[data-poll-url][data-poll-ms]").forEach(poll);
     document.querySelectorAll("[data-refresh]").forEach(refreshRegion);
+    document.querySelectorAll("[data-multi-upload]").forEach(setupUploader);
   });
 })();

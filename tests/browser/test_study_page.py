@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from diagnosis.models import Study
@@ -26,8 +28,9 @@ def test_upload_then_the_study_page_updates_itself_and_the_overlay_opacity_moves
     page.screenshot(path=artifacts_dir / "upload-form.png", full_page=True)
     page.get_by_role("button", name="Upload and analyse").click()
 
+    page.wait_for_url(re.compile(r".*/studies/\d+/$"))
     study = Study.objects.get(patient__mrn="BROWSER-1")
-    page.wait_for_url(f"{live_server.url}/studies/{study.pk}/")
+    assert page.url == f"{live_server.url}/studies/{study.pk}/"
     assert page.locator("[data-status]").first.get_attribute("data-status") in (
         "queued", "running", "done")
     # No reload from here on: the page polls and replaces its results panel itself.
@@ -39,7 +42,9 @@ def test_upload_then_the_study_page_updates_itself_and_the_overlay_opacity_moves
 
     heatmap = page.locator(".stage .heatmap")
     heatmap.wait_for(state="visible")
-    assert page.evaluate("(img) => img.complete && img.naturalWidth > 0", heatmap.element_handle())
+    page.wait_for_function(
+        "() => { const i = document.querySelector('.stage .heatmap');"
+        " return i && i.complete && i.naturalWidth > 0; }")
     slider = page.get_by_label("Opacity")
     slider.fill("25")
     assert heatmap.evaluate("(img) => img.style.opacity") == "0.25"
@@ -65,7 +70,7 @@ def test_a_bad_file_shows_a_clear_error_on_the_upload_page(
     page.get_by_label("Chest X-ray").set_input_files(str(fake))
     page.get_by_label("Patient ID (MRN)").fill("BROWSER-BAD")
     page.get_by_role("button", name="Upload and analyse").click()
-    error = page.locator("#image-error")
+    error = page.locator("#upload-file-0 .fstate.err")
     error.wait_for()
     assert "PNG, JPEG" in error.inner_text()
     page.screenshot(path=artifacts_dir / "upload-error.png", full_page=True)

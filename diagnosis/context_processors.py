@@ -1,0 +1,8 @@
+from __future__ import annotations
+
+from diagnosis.permissions import is_model_admin
+
+
+def roles(request) -> dict:
+    user = getattr(request, "user", None)
+    return {"perms_admin": bool(user is not None and is_model_admin(user))}
