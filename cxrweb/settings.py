@@ -180,7 +180,27 @@ CXR_TORCH_THREADS = env.int("CXR_TORCH_THREADS", default=0)
 # A prediction that claims to be running for longer than this is considered abandoned (its
 # worker died) and may be claimed again by a redelivered task.
 CXR_PREDICTION_STALE_AFTER_S = CELERY_TASK_TIME_LIMIT + 60
+CXR_PREDICTION_STALE_AFTER_S = env_positive_int(
+    "CXR_PREDICTION_STALE_AFTER_S", CXR_PREDICTION_STALE_AFTER_S
+)
 CXR_PREDICTION_MAX_ATTEMPTS = env_positive_int("CXR_PREDICTION_MAX_ATTEMPTS", 3)
+# A crashed prediction goes back to the queue after this delay (behind what is waiting).
+CXR_RETRY_DELAY_S = env.float("CXR_RETRY_DELAY_S", default=5.0)
+# The reconciler (a periodic task, and `manage.py reconcile_predictions`) re-sends a queued
+# prediction whose message was lost after this long, at most CXR_PREDICTION_MAX_DISPATCHES times.
+CXR_RECONCILE_QUEUED_AFTER_S = env_positive_int("CXR_RECONCILE_QUEUED_AFTER_S", 600)
+CXR_PREDICTION_MAX_DISPATCHES = env_positive_int("CXR_PREDICTION_MAX_DISPATCHES", 5)
+CXR_RECONCILE_EVERY_S = env_positive_int("CXR_RECONCILE_EVERY_S", 60)
+CELERY_BEAT_SCHEDULE = {
+    "reconcile-predictions": {
+        "task": "diagnosis.tasks.reconcile_predictions",
+        "schedule": float(CXR_RECONCILE_EVERY_S),
+        "options": {"expires": CXR_RECONCILE_EVERY_S},
+    },
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# Test hook for the fault tests: a file whose name contains "poison" crashes the model.
+CXR_FAULT_INJECTION = env.bool("CXR_FAULT_INJECTION", default=False)
 # Where `import_model` copies model weights (under MEDIA_ROOT, never public).
 CXR_MODELS_SUBDIR = "models"
 

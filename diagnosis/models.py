@@ -137,8 +137,12 @@ class Prediction(models.Model):
     cam_method = models.CharField(max_length=32, blank=True)
     heatmap = models.FileField(upload_to="heatmaps/", max_length=255, blank=True)
     overlay = models.FileField(upload_to="heatmaps/", max_length=255, blank=True)
-    attempts = models.PositiveSmallIntegerField(default=0)
-    worker = models.CharField(max_length=200, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="Times a worker claimed it.")
+    dispatches = models.PositiveSmallIntegerField(
+        default=0, help_text="Times its task was sent to the broker."
+    )
+    last_dispatched_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=200, blank=True, help_text="host:pid of the claimer.")
     device = models.CharField(max_length=32, blank=True)
     queued_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)

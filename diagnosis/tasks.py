@@ -21,8 +21,16 @@ from django.db import DatabaseError
 def run_prediction(self, prediction_id: int) -> str:
     from diagnosis.services import prediction_run
 
-    prediction = prediction_run(prediction_id=prediction_id, worker=self.request.hostname or "")
+    prediction = prediction_run(prediction_id=prediction_id)
     return prediction.status if prediction is not None else "skipped"
+
+
+@shared_task(ignore_result=True)
+def reconcile_predictions() -> dict:
+    """Periodic (Celery beat): re-send lost predictions, fail those that cannot finish."""
+    from diagnosis.services import predictions_reconcile
+
+    return predictions_reconcile()
 
 
 @shared_task(bind=True, acks_late=True, autoretry_for=(DatabaseError,), retry_backoff=True,

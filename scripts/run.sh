@@ -44,7 +44,9 @@ fi
 $PY manage.py migrate --noinput
 $PY manage.py collectstatic --noinput -v 0
 
-$PY -m celery -A cxrweb worker -Q inference,training --concurrency "$WORKERS" \
+# -B: the embedded beat runs the periodic reconciler (one per deployment: production runs
+# `celery -A cxrweb beat` once, beside the workers).
+$PY -m celery -A cxrweb worker -B -Q inference,training --concurrency "$WORKERS" \
   --hostname "worker@%h" --loglevel INFO &
 pids+=($!)
 

@@ -112,7 +112,9 @@ def test_a_database_failure_removes_the_files_it_wrote(radiologist, settings, mo
     def boom(**kwargs):
         raise DatabaseError("connection lost")
 
-    monkeypatch.setattr(services, "_prediction_create", boom)
+    from diagnosis.services import uploads
+
+    monkeypatch.setattr(uploads, "_prediction_create", boom)
     with pytest.raises(DatabaseError):
         services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(), patient_id="M")
     assert Image.objects.count() == 0

@@ -1,0 +1,40 @@
+"""Every write of the diagnosis app, as functions named <entity>_<action> (see STYLE.md).
+
+- uploads: study_upload (web process; never imports torch)
+- predictions: queueing, the worker side (claim, run), re-runs, the reconciler
+- readings: signed readings and amendments
+- heatmaps: per-class heatmaps on demand
+"""
+
+from __future__ import annotations
+
+from diagnosis.services.heatmaps import class_heatmap_request, class_heatmap_run
+from diagnosis.services.predictions import (
+    PredictionFailure,
+    prediction_claim,
+    prediction_enqueue_on_commit,
+    prediction_rerun,
+    prediction_run,
+    predictions_assign_waiting,
+    predictions_reconcile,
+    study_flag_from_prediction,
+)
+from diagnosis.services.readings import ReadingRejected, reading_sign
+from diagnosis.services.uploads import UploadResult, study_upload
+
+__all__ = [
+    "PredictionFailure",
+    "ReadingRejected",
+    "UploadResult",
+    "class_heatmap_request",
+    "class_heatmap_run",
+    "prediction_claim",
+    "prediction_enqueue_on_commit",
+    "prediction_rerun",
+    "prediction_run",
+    "predictions_assign_waiting",
+    "predictions_reconcile",
+    "reading_sign",
+    "study_flag_from_prediction",
+    "study_upload",
+]

@@ -1,0 +1,65 @@
+"""Per-class heatmaps on demand: requested by the web process, computed by a worker."""
+
+from __future__ import annotations
+
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import transaction
+
+from diagnosis.models import ClassHeatmap, Prediction
+from diagnosis.services.predictions import open_display
+
+
+@transaction.atomic
+def class_heatmap_request(*, prediction: Prediction, class_label: str) -> ClassHeatmap:
+    """Ask the worker for the Grad-CAM of one class (the web process never runs the model)."""
+    if prediction.status != Prediction.Status.DONE or prediction.model_version is None:
+        raise ValueError("The prediction has not finished yet.")
+    if class_label not in prediction.model_version.class_labels:
+        raise ValueError(f"Unknown class {class_label!r} for {prediction.model_version.name}.")
+    heatmap, created = ClassHeatmap.objects.get_or_create(
+        prediction=prediction, class_label=class_label, method="Grad-CAM"
+    )
+    if not created and heatmap.status == ClassHeatmap.Status.FAILED:
+        ClassHeatmap.objects.filter(pk=heatmap.pk).update(status=ClassHeatmap.Status.QUEUED,
+                                                          error="")
+        heatmap.refresh_from_db()
+        created = True
+    if created:
+        from diagnosis.tasks import run_class_heatmap
+
+        transaction.on_commit(lambda: run_class_heatmap.delay(heatmap.pk), robust=True)
+    return heatmap
+
+
+def class_heatmap_run(*, heatmap_id: int) -> ClassHeatmap | None:
+    """Worker side of class_heatmap_request. Idempotent: a finished heatmap is left alone."""
+    heatmap = ClassHeatmap.objects.select_related(
+        "prediction__image", "prediction__model_version"
+    ).filter(pk=heatmap_id, status=ClassHeatmap.Status.QUEUED).first()
+    if heatmap is None:
+        return None
+    try:
+        from diagnosis import inference
+
+        prediction = heatmap.prediction
+        predictor = inference.predictor_for(prediction.model_version)
+        picture = open_display(prediction.image)
+        [result] = predictor.predict([picture], cam_classes=[heatmap.class_label])
+        heatmap_png, _ = inference.render_pngs(picture, result.cam, overlay=False)
+    except Exception as exc:  # noqa: BLE001
+        from django.db import DatabaseError
+
+        if isinstance(exc, DatabaseError):
+            raise
+        ClassHeatmap.objects.filter(pk=heatmap.pk).update(
+            status=ClassHeatmap.Status.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000]
+        )
+        return ClassHeatmap.objects.get(pk=heatmap.pk)
+    name = default_storage.save(
+        f"heatmaps/{prediction.pk}/cam-{heatmap.class_label}.png", ContentFile(heatmap_png)
+    )
+    ClassHeatmap.objects.filter(pk=heatmap.pk).update(status=ClassHeatmap.Status.DONE, file=name)
+    return ClassHeatmap.objects.get(pk=heatmap.pk)
+
+

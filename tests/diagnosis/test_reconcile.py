@@ -1,0 +1,113 @@
+"""Survival: the reconciler, bounded retries of a crashing image, taking over a dead claim."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import subprocess
+import sys
+
+import pytest
+from django.utils import timezone
+
+from diagnosis import services
+from diagnosis.models import Prediction
+from tests import imagegen
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    from diagnosis import tasks
+
+    calls: list[tuple[int, float | None]] = []
+    monkeypatch.setattr(tasks.run_prediction, "delay", lambda pk: calls.append((pk, None)))
+    monkeypatch.setattr(tasks.run_prediction, "apply_async",
+                        lambda args, countdown=None: calls.append((args[0], countdown)))
+    return calls
+
+
+@pytest.fixture
+def queued(radiologist, production_model):
+    return services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(),
+                                 patient_id="REC-1", filename="chest.png").prediction
+
+
+def _age(prediction, **fields):
+    Prediction.objects.filter(pk=prediction.pk).update(**fields)
+
+
+def test_a_lost_queued_prediction_is_sent_again_then_failed_after_the_limit(
+    queued, sent, settings
+):
+    long_ago = timezone.now() - dt.timedelta(seconds=settings.CXR_RECONCILE_QUEUED_AFTER_S + 1)
+    _age(queued, last_dispatched_at=long_ago, dispatches=1)
+    assert services.predictions_reconcile() == {"redispatched": 1, "failed": 0}
+    assert sent == [(queued.pk, None)]
+    row = Prediction.objects.get(pk=queued.pk)
+    assert row.dispatches == 2 and row.last_dispatched_at > long_ago
+    assert services.predictions_reconcile() == {"redispatched": 0, "failed": 0}  # not yet due
+    _age(queued, last_dispatched_at=long_ago, dispatches=settings.CXR_PREDICTION_MAX_DISPATCHES)
+    assert services.predictions_reconcile() == {"redispatched": 0, "failed": 1}
+    row.refresh_from_db()
+    assert row.status == "failed" and "workers running" in row.error
+
+
+def test_a_waiting_prediction_is_not_touched_by_the_reconciler(radiologist, sent, settings):
+    waiting = services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(),
+                                    patient_id="REC-W").prediction
+    long_ago = timezone.now() - dt.timedelta(days=1)
+    _age(waiting, queued_at=long_ago)
+    assert services.predictions_reconcile() == {"redispatched": 0, "failed": 0}
+    assert sent == []
+
+
+def test_a_stale_running_prediction_is_sent_again_and_completes_once(queued, sent, settings):
+    stale = timezone.now() - dt.timedelta(seconds=settings.CXR_PREDICTION_STALE_AFTER_S + 1)
+    _age(queued, status="running", started_at=stale, attempts=1, worker="other-host:1")
+    assert services.predictions_reconcile()["redispatched"] == 1
+    done = services.prediction_run(prediction_id=queued.pk)
+    assert done.status == "done" and done.attempts == 2
+    assert services.prediction_run(prediction_id=queued.pk) is None
+
+
+def test_a_claim_held_by_a_dead_process_on_this_host_is_taken_over_at_once(queued):
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead = f"{socket.gethostname()}:{proc.stdout.strip()}"
+    _age(queued, status="running", started_at=timezone.now(), attempts=1, worker=dead)
+    done = services.prediction_run(prediction_id=queued.pk)
+    assert done is not None and done.status == "done"
+    assert done.attempts == 2
+
+
+def test_a_claim_held_by_a_live_process_is_left_alone(queued):
+    live = services.predictions.worker_identity()  # this very process
+    _age(queued, status="running", started_at=timezone.now(), attempts=1, worker=live)
+    assert services.prediction_run(prediction_id=queued.pk) is None
+
+
+def test_an_image_that_crashes_the_model_is_retried_then_failed_without_blocking(
+    radiologist, production_model, sent, settings
+):
+    settings.CXR_FAULT_INJECTION = True
+    poison = services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(),
+                                   patient_id="P", filename="poison.png").prediction
+    good = services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(),
+                                 patient_id="G", filename="good.png").prediction
+    for attempt in range(1, settings.CXR_PREDICTION_MAX_ATTEMPTS):
+        again = services.prediction_run(prediction_id=poison.pk)
+        assert again.status == "queued" and "crashed" in again.error
+        assert again.attempts == attempt
+    assert services.prediction_run(prediction_id=good.pk).status == "done"  # not blocked
+    failed = services.prediction_run(prediction_id=poison.pk)
+    assert failed.status == "failed"
+    assert f"Failed {settings.CXR_PREDICTION_MAX_ATTEMPTS} times" in failed.error
+    assert "injected fault" in failed.error
+
+
+def test_the_reconcile_command_reports_what_it_did(queued, sent, settings, capsys):
+    from django.core.management import call_command
+
+    _age(queued, last_dispatched_at=timezone.now() - dt.timedelta(days=1))
+    call_command("reconcile_predictions")
+    assert "re-sent 1, failed 0" in capsys.readouterr().out
