@@ -191,7 +191,15 @@ CXR_RETRY_DELAY_S = env.float("CXR_RETRY_DELAY_S", default=5.0)
 CXR_RECONCILE_QUEUED_AFTER_S = env_positive_int("CXR_RECONCILE_QUEUED_AFTER_S", 600)
 CXR_PREDICTION_MAX_DISPATCHES = env_positive_int("CXR_PREDICTION_MAX_DISPATCHES", 5)
 CXR_RECONCILE_EVERY_S = env_positive_int("CXR_RECONCILE_EVERY_S", 60)
+CXR_TRAINING_TIME_LIMIT = env_positive_int("CXR_TRAINING_TIME_LIMIT", 24 * 3600)
+# A training run with no heartbeat for this long is marked failed (its worker died).
+CXR_TRAINING_STALE_AFTER_S = env_positive_int("CXR_TRAINING_STALE_AFTER_S", 300)
 CELERY_BEAT_SCHEDULE = {
+    "reconcile-training-runs": {
+        "task": "training.tasks.reconcile_training_runs",
+        "schedule": float(CXR_RECONCILE_EVERY_S),
+        "options": {"expires": CXR_RECONCILE_EVERY_S},
+    },
     "reconcile-predictions": {
         "task": "diagnosis.tasks.reconcile_predictions",
         "schedule": float(CXR_RECONCILE_EVERY_S),

@@ -36,6 +36,10 @@ class ModelVersion(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     promotion_reason = models.TextField(blank=True)
+    training_run = models.OneToOneField(
+        "TrainingRun", null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="model_version",
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -89,3 +93,144 @@ class ModelPromotion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model_version.name} promoted at {self.created_at:%Y-%m-%d %H:%M}"
+
+
+class Dataset(models.Model):
+    """A registered ImageFolder tree, with its scan and its stored, seeded split.
+
+    The split is stored so that every run and every evaluation on this dataset uses the same
+    test images.
+    """
+
+    class Status(models.TextChoices):
+        SCANNING = "scanning", "Scanning"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+
+    name = models.CharField(max_length=120, unique=True)
+    root = models.CharField(max_length=500, help_text="Folder with one sub-folder per class.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.SCANNING)
+    error = models.TextField(blank=True)
+    classes = models.JSONField(default=list, blank=True)
+    class_counts = models.JSONField(default=dict, blank=True)
+    scan = models.JSONField(default=dict, blank=True, help_text="training.ml.data.FolderScan")
+    unreadable = models.JSONField(default=list, blank=True)
+    split = models.JSONField(default=dict, blank=True, help_text="train/val/test sample indices")
+    split_seed = models.IntegerField(default=0)
+    val_fraction = models.FloatField(default=0.15)
+    test_fraction = models.FloatField(default=0.15)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def size(self) -> int:
+        return sum(self.class_counts.values()) if self.class_counts else 0
+
+    def split_counts(self) -> dict[str, int]:
+        return {name: len(idx) for name, idx in (self.split or {}).items()}
+
+
+class TrainingRun(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    class Strategy(models.TextChoices):
+        HEAD = "head", "Train the new head only (backbone frozen)"
+        PARTIAL = "partial", "Unfreeze the last blocks"
+        FULL = "full", "Fine-tune everything at a small learning rate"
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="runs")
+    architecture = models.CharField(max_length=40)
+    strategy = models.CharField(max_length=8, choices=Strategy.choices)
+    weights = models.CharField(max_length=500, help_text="imagenet, none, or a weights file path")
+    config = models.JSONField(default=dict, help_text="training.ml.train.TrainConfig")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED,
+                              db_index=True)
+    error = models.TextField(blank=True)
+    progress = models.JSONField(default=dict, blank=True)
+    history = models.JSONField(default=list, blank=True)
+    result = models.JSONField(default=dict, blank=True, help_text="FitResult.to_dict()")
+    cancel_requested = models.BooleanField(default=False)
+    worker = models.CharField(max_length=200, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    plot_history = models.FileField(upload_to="training/", blank=True, max_length=255)
+    plot_confusion = models.FileField(upload_to="training/", blank=True, max_length=255)
+    plot_roc = models.FileField(upload_to="training/", blank=True, max_length=255)
+    plot_reliability = models.FileField(upload_to="training/", blank=True, max_length=255)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"run {self.pk}: {self.architecture}/{self.strategy} on {self.dataset.name}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (self.Status.DONE, self.Status.FAILED, self.Status.CANCELLED)
+
+    @property
+    def test_metrics(self) -> dict:
+        return (self.result or {}).get("test_metrics") or {}
+
+    @property
+    def percent(self) -> int:
+        p = self.progress or {}
+        if self.status == self.Status.DONE:
+            return 100
+        epochs, epoch = p.get("epochs") or 0, p.get("epoch") or 0
+        steps, step = p.get("steps") or 0, p.get("step") or 0
+        if not epochs:
+            return 0
+        done = (max(epoch, 1) - 1 + (step / steps if steps else 0)) / epochs
+        return max(0, min(99, int(done * 100)))
+
+
+class Evaluation(models.Model):
+    """The metrics of one model version on one split of one dataset."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT,
+                                      related_name="evaluations")
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="evaluations")
+    split = models.CharField(max_length=8, default="test", help_text="test, val, train or all")
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.QUEUED)
+    error = models.TextField(blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    curves = models.JSONField(default=dict, blank=True)
+    plot_confusion = models.FileField(upload_to="evaluations/", blank=True, max_length=255)
+    plot_roc = models.FileField(upload_to="evaluations/", blank=True, max_length=255)
+    plot_reliability = models.FileField(upload_to="evaluations/", blank=True, max_length=255)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.model_version.name} on {self.dataset.name}/{self.split}"

@@ -80,8 +80,10 @@ def fit_temperature(
     """The temperature T > 0 minimising the NLL of ``softmax(logits / T)`` on (validation) data.
 
     A bounded Brent search over ``log T`` (the NLL is convex in 1/T, so the search finds the global
-    minimum in ``bounds``). Returns 1.0 when the data cannot tell (no samples, non-finite logits)
-    or when scaling does not lower the NLL. Never changes which class is the argmax.
+    minimum in ``bounds``). Returns 1.0 when the data cannot tell: no samples, non-finite logits,
+    scaling does not lower the NLL, or every image is already classified correctly (then the NLL
+    falls forever as T -> 0, and sharpening would only make the model overconfident). Never
+    changes which class is the argmax.
     """
     z = _as_2d(logits, "logits")
     y = _as_labels(labels, len(z), z.shape[1])
@@ -99,6 +101,16 @@ def fit_temperature(
     temperature = float(math.exp(result.x))
     before, after = nll(z, y, 1.0), nll(z, y, temperature)
     if not (math.isfinite(after) and after < before - 1e-9):
+        return 1.0
+    if temperature < 1.0 and bool((z.argmax(axis=1) == y).all()):
+        # Every image is classified correctly: the NLL keeps falling as T -> 0, so the data
+        # cannot tell how sharp the model should be. Sharpening on such evidence (typically a
+        # small validation split) would make the model overconfident; keep it as it is.
+        logger.warning(
+            "fit_temperature: all %d validation images are classified correctly, so the "
+            "temperature is not identifiable; keeping T = 1.0",
+            len(y),
+        )
         return 1.0
     return temperature
 

@@ -173,6 +173,7 @@ def scan_image_folder(
 
     files: list[tuple[str, int]] = []
     for label, name in enumerate(class_dirs):
+        found: list[str] = []
         for dirpath, dirnames, filenames in os.walk(root_path / name, followlinks=True):
             # Hidden folders (.ipynb_checkpoints, .git) are not data; sorted for a stable order.
             kept = sorted(d for d in dirnames if not _hidden(d))
@@ -183,7 +184,8 @@ def scan_image_folder(
                 if _hidden(filename):
                     skipped.append(rel)
                 else:
-                    files.append((rel, label))
+                    found.append(rel)
+        files += [(rel, label) for rel in sorted(found)]
 
     samples: list[tuple[str, int]] = []
     unreadable: list[tuple[str, str]] = []
@@ -403,9 +405,11 @@ def _allocate(
         other = "test" if test_fraction > 0 else "val" if val_fraction > 0 else "train"
         put(other, rest.pop(0))
     targets["train"] = total - targets["val"] - targets["test"]
+    # A split with fraction 0 never takes a unit, even when a large group overshot the others.
+    candidates = ["train"] + [name for name in ("test", "val") if fractions[name] > 0]
     for unit in rest:
         # The split furthest below its target takes the unit (ties: train, test, val).
-        name = max(("train", "test", "val"), key=lambda s: targets[s] - counts[s])
+        name = max(candidates, key=lambda s: targets[s] - counts[s])
         put(name, unit)
     return out
 
@@ -573,9 +577,9 @@ def make_loader(
 def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
     """Inverse-frequency class weights for ``CrossEntropyLoss(weight=...)``.
 
-    ``n / (num_classes * count_c)`` (scikit-learn's "balanced"): the average weight per training
-    image is 1, so the loss keeps its scale. A class with no images gets weight 1 (it never occurs
-    as a target, so its weight does not matter).
+    ``n / (k * count_c)`` with ``k`` the number of classes present (scikit-learn's "balanced"):
+    the average weight per training image is 1, so the loss keeps its scale. A class with no
+    images gets weight 1 (it never occurs as a target, so its weight does not matter).
     """
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
     if len(counts) > num_classes:
@@ -583,7 +587,7 @@ def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
     n = counts.sum()
     weights = np.ones(num_classes, dtype=np.float64)
     present = counts > 0
-    weights[present] = n / (num_classes * counts[present])
+    weights[present] = n / (present.sum() * counts[present])
     return torch.tensor(weights, dtype=torch.float32)
 
 

@@ -179,7 +179,15 @@ def plot_reliability(bins: Sequence[Mapping[str, Any]], ece: float | None) -> by
     """
     fig = _figure()
     ax = fig.subplots()
-    ax.plot([0, 1], [0, 1], color="0.3", linestyle="--", linewidth=1, label="perfect calibration")
+    ax.plot(
+        [0, 1],
+        [0, 1],
+        color="0.1",
+        linestyle="--",
+        linewidth=1.2,
+        label="perfect calibration",
+        zorder=3,  # over the bars: the gap between bar and diagonal is the point of the chart
+    )
     used = [b for b in bins if b.get("count")]
     if used:
         lefts = [float(b["bin_lower"]) for b in used]

@@ -39,6 +39,7 @@ from .architectures import (
     MLError,
     build_model,
     default_preprocessing,
+    head_name,
     head_parameters,
 )
 from .calibration import (
@@ -270,8 +271,6 @@ def backbone_blocks(model: nn.Module, arch: str) -> list[tuple[str, list[str]]]:
 
     Together with the head, the blocks hold every parameter of the model.
     """
-    from .architectures import head_name
-
     if arch.startswith("resnet"):
         return [("stem", ["conv1", "bn1"])] + [(f"layer{i}", [f"layer{i}"]) for i in range(1, 5)]
     if arch.startswith("densenet"):
@@ -437,8 +436,6 @@ def train_one_epoch(
     cancelled = False
     start = time.perf_counter()
     for inputs, targets in loader:
-        if done >= steps:
-            break
         if should_stop is not None and should_stop():
             cancelled = True
             break
@@ -473,6 +470,8 @@ def train_one_epoch(
                     "seconds": elapsed,
                 }
             )
+        if done >= steps:
+            break  # before the loader decodes a batch that would not be used
     seconds = time.perf_counter() - start
     return {
         "loss": total_loss / images if images else float("nan"),
@@ -539,8 +538,6 @@ def evaluate(
     seen = 0
     with torch.inference_mode():
         for done, (inputs, targets) in enumerate(loader, start=1):
-            if done > steps:
-                break
             if should_stop is not None and should_stop():
                 complete = False
                 break
@@ -559,6 +556,8 @@ def evaluate(
                         "seconds": elapsed,
                     }
                 )
+            if done >= steps:
+                break
     seconds = time.perf_counter() - start
     if all_logits:
         logits_np = torch.cat(all_logits).double().numpy()
@@ -642,10 +641,13 @@ class _Progress:
         self.last_sent = -math.inf
 
     def _step_seconds(self, phase: str) -> float:
+        """Measured seconds per step of ``phase``, or a guess from another phase until then."""
         if phase in self.step_s:
             return self.step_s[phase]
-        train = self.step_s.get("train", 0.0)
-        return train / 3 if phase != "train" else self.step_s.get("val", 0.0) * 3
+        if phase == "train":
+            return self.step_s.get("val", 0.0) * 1.5
+        # An eval step (a double batch, forward only) costs about 2/3 of a training step.
+        return self.step_s.get("val", self.step_s.get("test", self.step_s.get("train", 0.0) / 1.5))
 
     def eta(self, phase: str, epoch: int, step: int, steps: int) -> float:
         left = (steps - step) * self._step_seconds(phase)

@@ -7,18 +7,24 @@ from training.services import ModelImportError, model_version_import, model_vers
 
 class Command(BaseCommand):
     help = (
-        "Register a torchvision state_dict (one output per class) as a model version. "
+        "Register a torchvision state_dict (one output per class), or a checkpoint exported "
+        "from a model version, as a model version. "
         "Example: manage.py import_model resnet18.pt --arch resnet18 "
         "--classes normal,bacterial_pneumonia,viral_pneumonia,covid19 --promote"
     )
 
     def add_arguments(self, parser):
         parser.add_argument("path", help="state_dict file saved with torch.save(model.state_dict())")
-        parser.add_argument("--arch", required=True, help="torchvision architecture, e.g. resnet18")
+        parser.add_argument("--arch", default="",
+                            help="torchvision architecture, e.g. resnet18 (taken from an "
+                                 "exported checkpoint when omitted)")
         parser.add_argument(
-            "--classes", required=True,
-            help="comma-separated class labels, in the order of the model's outputs",
+            "--classes", default="",
+            help="comma-separated class labels, in the order of the model's outputs (taken from "
+                 "an exported checkpoint when omitted)",
         )
+        parser.add_argument("--sha256", default="",
+                            help="refuse the file unless its sha256 is this (from the export)")
         parser.add_argument("--name", default="", help="version name (default: arch + timestamp)")
         parser.add_argument("--notes", default="")
         parser.add_argument("--promote", action="store_true", help="put it into production now")
@@ -29,9 +35,10 @@ class Command(BaseCommand):
             version = model_version_import(
                 path=options["path"],
                 architecture=options["arch"],
-                classes=options["classes"].split(","),
+                classes=[c for c in options["classes"].split(",") if c.strip()],
                 name=options["name"],
                 notes=options["notes"],
+                expected_sha256=options["sha256"],
             )
         except ModelImportError as exc:
             raise CommandError(str(exc)) from exc

@@ -24,28 +24,51 @@ class ModelImportError(Exception):
 def model_version_import(
     *,
     path: str | os.PathLike,
-    architecture: str,
-    classes: list[str],
+    architecture: str = "",
+    classes: list[str] | None = None,
     name: str = "",
     created_by=None,
     notes: str = "",
+    expected_sha256: str = "",
 ) -> ModelVersion:
-    """Register a torchvision state dict (or one of our checkpoints) as a candidate version.
+    """Register a torchvision state dict, or a checkpoint exported from a model version, as a
+    candidate version.
 
-    The weights are checked by building the architecture and loading them strictly, then stored
-    under MEDIA_ROOT as a checkpoint that carries its metadata, with its sha256.
+    An exported checkpoint carries its architecture, classes, preprocessing, temperature and
+    thresholds; a plain state dict needs `architecture` and `classes`. With `expected_sha256`
+    (as shown on the exporting page) the file is refused unless it matches. The weights are
+    checked by building the architecture and loading them strictly, then stored under MEDIA_ROOT
+    as a checkpoint with its metadata and sha256.
     Imports torch: call it from a command or a worker, not from a web request.
     """
     from training.ml.architectures import ARCHITECTURES, MLError, default_preprocessing
     from training.ml.checkpoint import (
         CheckpointMeta,
         build_for_inference,
+        file_sha256,
         load_weights_file,
         save_checkpoint,
     )
 
     path = Path(path)
-    classes = [c.strip() for c in classes if c.strip()]
+    if not path.is_file():
+        raise ModelImportError(f"No such file: {path}.")
+    if expected_sha256:
+        digest = file_sha256(path)
+        if digest.lower() != expected_sha256.strip().lower():
+            raise ModelImportError(
+                f"The file's sha256 is {digest}, not the expected {expected_sha256.strip()}: it "
+                "was changed or damaged in transit. Nothing was imported."
+            )
+    try:
+        state_dict, meta = load_weights_file(path)
+    except MLError as exc:
+        raise ModelImportError(str(exc)) from exc
+    architecture = architecture or (meta.arch if meta is not None else "")
+    classes = [c.strip() for c in (classes or (meta.classes if meta is not None else []))
+               if c.strip()]
+    if not architecture:
+        raise ModelImportError("A plain state dict needs --arch (and --classes).")
     if architecture not in ARCHITECTURES:
         raise ModelImportError(
             f"Unknown architecture {architecture!r}. Supported: {', '.join(ARCHITECTURES)}."
@@ -54,14 +77,11 @@ def model_version_import(
         raise ModelImportError("Give at least two class labels, e.g. --classes normal,pneumonia.")
     if len(set(classes)) != len(classes):
         raise ModelImportError(f"Class labels must be distinct: {', '.join(classes)}.")
-    if not path.is_file():
-        raise ModelImportError(f"No such file: {path}.")
     name = name.strip() or f"{architecture}-{timezone.now():%Y%m%d-%H%M%S}"
     if ModelVersion.objects.filter(name=name).exists():
         raise ModelImportError(f"A model version named {name!r} already exists; pick another --name.")
 
     try:
-        state_dict, meta = load_weights_file(path)
         model = build_for_inference(architecture, classes, state_dict)
     except MLError as exc:
         raise ModelImportError(str(exc)) from exc

@@ -1,0 +1,36 @@
+"""Every write of the training app (see STYLE.md): the model registry, datasets, training runs
+and evaluations. Functions that train or evaluate import torch lazily: call them from a worker
+or a management command, never from a web request."""
+
+from __future__ import annotations
+
+from training.services.datasets import DatasetRejected, dataset_register, dataset_scan
+from training.services.evaluations import evaluation_create, evaluation_execute
+from training.services.registry import (
+    ModelImportError,
+    model_version_import,
+    model_version_promote,
+)
+from training.services.runs import (
+    TrainingRejected,
+    training_run_cancel,
+    training_run_create,
+    training_run_execute,
+    training_runs_reconcile,
+)
+
+__all__ = [
+    "DatasetRejected",
+    "ModelImportError",
+    "TrainingRejected",
+    "dataset_register",
+    "dataset_scan",
+    "evaluation_create",
+    "evaluation_execute",
+    "model_version_import",
+    "model_version_promote",
+    "training_run_cancel",
+    "training_run_create",
+    "training_run_execute",
+    "training_runs_reconcile",
+]

@@ -1,0 +1,82 @@
+"""Datasets: register an ImageFolder tree, scan it (every file decoded once), store a split."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from django.db import transaction
+
+from training.models import Dataset
+
+logger = logging.getLogger(__name__)
+
+
+class DatasetRejected(ValueError):
+    """The folder cannot become a dataset; the message says why."""
+
+
+def dataset_register(
+    *, name: str, root: str, created_by=None, seed: int = 0, val_fraction: float = 0.15,
+    test_fraction: float = 0.15, scan_now: bool = True,
+) -> Dataset:
+    """Register a folder as a dataset. With scan_now (commands), scan it here; else the caller
+    queues the scan on the training queue (web)."""
+    name = name.strip()
+    if not name:
+        raise DatasetRejected("Give the dataset a name.")
+    if Dataset.objects.filter(name=name).exists():
+        raise DatasetRejected(f"A dataset named {name!r} already exists.")
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise DatasetRejected(f"No such folder: {path}. Give the path of a folder with one "
+                              "sub-folder per class, as the training workers see it.")
+    if not (0 < val_fraction < 0.5 and 0 < test_fraction < 0.5):
+        raise DatasetRejected("The validation and test fractions must each be between 0 and 0.5.")
+    dataset = Dataset.objects.create(
+        name=name, root=str(path.resolve()), created_by=created_by, split_seed=seed,
+        val_fraction=val_fraction, test_fraction=test_fraction,
+    )
+    if scan_now:
+        dataset = dataset_scan(dataset_id=dataset.pk)
+    else:
+        from training.tasks import scan_dataset
+
+        transaction.on_commit(lambda: scan_dataset.delay(dataset.pk), robust=True)
+    return dataset
+
+
+def dataset_scan(*, dataset_id: int, progress=None) -> Dataset:
+    """Scan the folder, list unreadable files (never crash on them), store the split."""
+    from training.ml.architectures import MLError
+    from training.ml.data import (
+        duplicate_group_ids,
+        duplicates_by_hash,
+        scan_image_folder,
+        stratified_split,
+    )
+
+    dataset = Dataset.objects.get(pk=dataset_id)
+    try:
+        scan = scan_image_folder(dataset.root, verify=True, progress=progress)
+        # Identical files (the same patient uploaded twice) stay on one side of the split.
+        groups = duplicate_group_ids(
+            len(scan.samples), duplicates_by_hash(scan.root, scan.samples, hashes=scan.sha256)
+        )
+        split = stratified_split(
+            scan.labels, val_fraction=dataset.val_fraction, test_fraction=dataset.test_fraction,
+            seed=dataset.split_seed, group_ids=groups,
+        )
+    except MLError as exc:
+        Dataset.objects.filter(pk=dataset.pk).update(status=Dataset.Status.FAILED, error=str(exc))
+        dataset.refresh_from_db()
+        return dataset
+    Dataset.objects.filter(pk=dataset.pk).update(
+        status=Dataset.Status.READY, error="", classes=scan.classes,
+        class_counts=scan.class_counts, scan=scan.to_dict(),
+        unreadable=[list(u) for u in scan.unreadable], split=split,
+    )
+    dataset.refresh_from_db()
+    logger.info("dataset %s: %d images in %d classes, %d unreadable", dataset.name, dataset.size,
+                len(dataset.classes), len(dataset.unreadable))
+    return dataset

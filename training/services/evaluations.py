@@ -1,0 +1,91 @@
+"""Evaluations: a model version's metrics on a split of a registered dataset."""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import transaction
+from django.utils import timezone
+
+from training.models import Dataset, Evaluation, ModelVersion
+from training.services.plots import save_result_plots
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("test", "val", "train", "all")
+
+
+def evaluation_create(*, version: ModelVersion, dataset: Dataset, split: str = "test",
+                      created_by=None, enqueue: bool = True) -> Evaluation:
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r}: use one of {', '.join(SPLITS)}.")
+    if dataset.status != Dataset.Status.READY:
+        raise ValueError(f"Dataset {dataset.name} is not ready ({dataset.status}).")
+    evaluation = Evaluation.objects.create(model_version=version, dataset=dataset, split=split,
+                                           created_by=created_by)
+    if enqueue:
+        from training.tasks import run_evaluation
+
+        transaction.on_commit(lambda: run_evaluation.delay(evaluation.pk), robust=True)
+    return evaluation
+
+
+def evaluation_execute(*, evaluation_id: int, progress=None,
+                       skip_unknown: bool = False) -> Evaluation | None:
+    """Evaluate on the stored split: the same images for every version (compare fairly)."""
+    from training.ml.architectures import MLError
+    from training.ml.checkpoint import file_sha256
+    from training.ml.train import evaluate_checkpoint
+
+    if Evaluation.objects.filter(pk=evaluation_id, status=Evaluation.Status.QUEUED).update(
+        status=Evaluation.Status.RUNNING
+    ) != 1:
+        return None
+    evaluation = Evaluation.objects.select_related("model_version", "dataset").get(
+        pk=evaluation_id)
+    version, dataset = evaluation.model_version, evaluation.dataset
+    samples = [tuple(s) for s in dataset.scan["samples"]]
+    indices = (list(range(len(samples))) if evaluation.split == "all"
+               else list(dataset.split.get(evaluation.split, [])))
+    # Dataset class names are matched to the model's case-insensitively ("Covid" is "COVID");
+    # with skip_unknown, images of classes the model does not know are left out (and listed).
+    by_fold = {c.casefold(): c for c in version.class_labels}
+    dataset_classes = [by_fold.get(c.casefold(), c) for c in dataset.classes]
+    unknown = [c for c in dataset_classes if c not in version.class_labels]
+    if unknown and skip_unknown:
+        keep = {i for i, c in enumerate(dataset_classes) if c in version.class_labels}
+        indices = [i for i in indices if samples[i][1] in keep]
+    try:
+        path = version.weights.path
+        if file_sha256(path) != version.sha256:
+            raise MLError(f"The weights file of {version.name} does not match its sha256.")
+        if unknown and skip_unknown:
+            # evaluate_checkpoint refuses unknown classes: give those (now unused) labels a name
+            # the model knows; no sample of theirs is in `indices`.
+            dataset_classes = [c if c in version.class_labels else version.class_labels[0]
+                               for c in dataset_classes]
+        out = evaluate_checkpoint(path, dataset.root, samples, indices, dataset_classes,
+                                  progress=progress)
+    except (MLError, FileNotFoundError) as exc:
+        return _fail(evaluation, str(exc))
+    except Exception as exc:  # noqa: BLE001
+        logger.exception("evaluation %s failed", evaluation.pk)
+        return _fail(evaluation, f"{type(exc).__name__}: {exc}")
+    if out["metrics"] is None:
+        return _fail(evaluation, "No image of that split could be evaluated.")
+    evaluation.metrics = {**out["metrics"], "skipped_classes": unknown if skip_unknown else []}
+    evaluation.curves = {"roc": out["roc"], "reliability": out["reliability"]}
+    save_result_plots(evaluation, metrics=out["metrics"], curves=evaluation.curves,
+                      prefix=f"eval-{evaluation.pk}")
+    evaluation.status = Evaluation.Status.DONE
+    evaluation.finished_at = timezone.now()
+    evaluation.save()
+    return evaluation
+
+
+def _fail(evaluation: Evaluation, message: str) -> Evaluation:
+    Evaluation.objects.filter(pk=evaluation.pk).update(
+        status=Evaluation.Status.FAILED, error=message[:4000], finished_at=timezone.now()
+    )
+    evaluation.refresh_from_db()
+    return evaluation
