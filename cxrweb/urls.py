@@ -12,5 +12,6 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("diagnosis.api_urls")),
+    path("training/", include("training.urls")),
     path("", include("diagnosis.urls")),
 ]

@@ -22,6 +22,7 @@ from torch import nn
 from torchvision.models import get_model, get_model_weights
 from torchvision.models.densenet import DenseNet
 
+from .errors import MLError
 from .preprocessing import Preprocessing
 
 logger = logging.getLogger(__name__)
@@ -47,10 +48,6 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------------------------------
-
-
-class MLError(Exception):
-    """Base class of every error the ML core raises on purpose."""
 
 
 class UnknownArchitecture(MLError, ValueError):

@@ -34,8 +34,9 @@ def _identity() -> str:
 def training_run_create(*, dataset: Dataset, config: dict, created_by=None,
                         enqueue: bool = True) -> TrainingRun:
     """Validate the configuration and create a queued run (sent to the training queue)."""
-    from training.ml.architectures import MLError
-    from training.ml.train import TrainConfig
+    # Torch-free on purpose: the web process starts runs.
+    from training.ml.config import TrainConfig
+    from training.ml.errors import MLError
 
     if dataset.status != Dataset.Status.READY:
         raise TrainingRejected(f"Dataset {dataset.name} is not ready ({dataset.status}).")
@@ -112,7 +113,7 @@ def training_run_execute(
 
     def should_stop() -> bool:
         now = time.monotonic()
-        if now - last_cancel_check[0] >= 1.0:
+        if now - last_cancel_check[0] >= 0.25:
             last_cancel_check[0] = now
             last_cancel_check[1] = TrainingRun.objects.filter(
                 pk=run.pk, cancel_requested=True

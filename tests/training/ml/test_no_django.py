@@ -71,3 +71,20 @@ def test_every_public_name_resolves() -> None:
     missing = [name for name in training.ml.__all__ if getattr(training.ml, name, None) is None]
     assert missing == []
     assert "Predictor" in training.ml.__all__ and "build_model" in training.ml.__all__
+
+
+def test_the_torch_free_config_matches_the_ml_core():
+    """training.ml.config repeats a few names so that the web process needs no torch."""
+    import subprocess
+    import sys
+
+    from training.ml import calibration, config, transforms
+    from training.ml.architectures import ARCHITECTURES
+
+    assert config.ARCHITECTURE_NAMES == ARCHITECTURES
+    assert config.AUGMENTATIONS == transforms.AUGMENTATIONS
+    assert config.THRESHOLD_STRATEGIES == calibration.THRESHOLD_STRATEGIES
+    code = ("import sys, training.ml.config as c; c.TrainConfig(arch='resnet18', epochs=2); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,168 @@
+"""Training configuration, torch-free: the web process validates a run's options with it
+before a worker (which imports torch) trains. ``training.ml.train`` re-exports these names."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from .errors import MLError
+from .preprocessing import Preprocessing
+
+#: Kept equal to training.ml.architectures.ARCHITECTURES (a test checks), without torch.
+ARCHITECTURE_NAMES: tuple[str, ...] = (
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16", "vgg16_bn", "vgg19",
+    "vgg19_bn", "densenet121", "densenet169", "densenet201", "efficientnet_b0",
+    "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "mobilenet_v2",
+    "mobilenet_v3_small", "mobilenet_v3_large",
+)
+#: Kept equal to training.ml.transforms.AUGMENTATIONS and calibration.THRESHOLD_STRATEGIES.
+AUGMENTATIONS = ("cxr", "none")
+THRESHOLD_STRATEGIES = ("sensitivity", "youden")
+
+STRATEGIES = ("head", "partial", "full")
+IMBALANCE_MODES = ("weighted_loss", "sampler", "none")
+#: AdamW learning rates that work for each strategy from ImageNet weights.
+DEFAULT_LR = {"head": 1e-3, "partial": 3e-4, "full": 1e-4}
+#: The cosine schedule ends at this fraction of the starting learning rate.
+MIN_LR_FRACTION = 0.01
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+StopCheck = Callable[[], bool]
+
+
+class ConfigError(MLError, ValueError):
+    """A training configuration value that cannot work."""
+
+
+class TrainingError(MLError, RuntimeError):
+    """Training itself failed (e.g. the loss became NaN)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run; stored as JSON on the run (:meth:`to_dict`).
+
+    ``lr=None`` means the strategy's default (:data:`DEFAULT_LR`). ``warmup_head_epochs`` (only
+    for ``strategy="full"``) trains the head alone first, at the head learning rate, so the random
+    head does not push large gradients through the pretrained backbone. ``unfreeze_blocks`` is how
+    many of the last backbone blocks ``"partial"`` trains (see :func:`backbone_blocks`).
+    ``early_stopping_patience`` of ``None`` or 0 turns early stopping off.
+    """
+
+    arch: str
+    weights: str | None = None
+    strategy: str = "head"
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float | None = None
+    weight_decay: float = 1e-4
+    warmup_head_epochs: int = 0
+    unfreeze_blocks: int = 2
+    imbalance: str = "weighted_loss"
+    augment: str = "cxr"
+    hflip: bool = False
+    early_stopping_patience: int | None = 3
+    early_stopping_min_delta: float = 1e-4
+    seed: int = 0
+    device: str | None = None
+    num_threads: int | None = None
+    max_steps_per_epoch: int | None = None
+    label_smoothing: float = 0.0
+    input_size: int | None = None
+    num_workers: int = 0
+    cache_size: int = 0
+    amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
+    threshold_strategy: str = "sensitivity"
+    target_sensitivity: float = 0.9
+
+    def __post_init__(self) -> None:
+        def fail(message: str) -> None:
+            raise ConfigError(message)
+
+        def is_int(value: object) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        if self.arch not in ARCHITECTURE_NAMES:
+            fail(f"Unknown architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURE_NAMES)}.")
+        if self.weights is not None and (not isinstance(self.weights, str) or not self.weights):
+            fail("weights must be None, 'imagenet' or the path of a backbone weights file.")
+        if self.strategy not in STRATEGIES:
+            fail(f"Unknown strategy {self.strategy!r}; choose one of {STRATEGIES}.")
+        if self.imbalance not in IMBALANCE_MODES:
+            fail(f"Unknown imbalance handling {self.imbalance!r}; choose one of {IMBALANCE_MODES}.")
+        if self.augment not in AUGMENTATIONS:
+            fail(f"Unknown augmentation {self.augment!r}; choose one of {AUGMENTATIONS}.")
+        if self.threshold_strategy not in THRESHOLD_STRATEGIES:
+            fail(f"threshold_strategy must be one of {THRESHOLD_STRATEGIES}.")
+        for name, low in (("epochs", 1), ("batch_size", 1), ("unfreeze_blocks", 0)):
+            value = getattr(self, name)
+            if not is_int(value) or value < low:
+                fail(f"{name} must be an integer >= {low}, got {value!r}.")
+        for name in ("warmup_head_epochs", "num_workers", "cache_size", "seed"):
+            value = getattr(self, name)
+            if not is_int(value) or value < 0:
+                fail(f"{name} must be an integer >= 0, got {value!r}.")
+        for name in ("early_stopping_patience", "num_threads", "max_steps_per_epoch"):
+            value = getattr(self, name)
+            low = 0 if name == "early_stopping_patience" else 1
+            if value is not None and (not is_int(value) or value < low):
+                fail(f"{name} must be None or an integer >= {low}, got {value!r}.")
+        if self.warmup_head_epochs and self.strategy != "full":
+            fail("warmup_head_epochs only applies to strategy 'full'; set it to 0.")
+        if self.warmup_head_epochs >= self.epochs and self.warmup_head_epochs:
+            fail(
+                f"warmup_head_epochs ({self.warmup_head_epochs}) must be fewer than epochs "
+                f"({self.epochs}), or the backbone is never trained."
+            )
+        if self.lr is not None and not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            fail(f"lr must be a positive number or None (strategy default), got {self.lr!r}.")
+        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+            fail(f"weight_decay must be >= 0, got {self.weight_decay!r}.")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            fail(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}.")
+        if not 0.0 < self.target_sensitivity <= 1.0:
+            fail(f"target_sensitivity must be in (0, 1], got {self.target_sensitivity!r}.")
+        if self.early_stopping_min_delta < 0:
+            fail("early_stopping_min_delta must be >= 0.")
+        if self.input_size is not None:
+            try:
+                Preprocessing(input_size=self.input_size)
+            except ValueError as exc:
+                fail(str(exc))
+
+    @property
+    def learning_rate(self) -> float:
+        """``lr``, or the strategy's default when it is None."""
+        return float(self.lr) if self.lr is not None else DEFAULT_LR[self.strategy]
+
+    def preprocessing(self) -> Preprocessing:
+        """The architecture's ImageNet mean/std at ``input_size`` (or the architecture's size)."""
+        from .architectures import default_preprocessing  # imports torch: worker side only
+
+        prep = default_preprocessing(self.arch)
+        if self.input_size is None:
+            return prep
+        return Preprocessing(input_size=self.input_size, mean=prep.mean, std=prep.std)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error (a typo must not be ignored)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"Unknown training option(s) {unknown}; known: {sorted(known)}.")
+        if "arch" not in d:
+            raise ConfigError("A training configuration needs 'arch'.")
+        return cls(**dict(d))
+
+
