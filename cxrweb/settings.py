@@ -7,6 +7,7 @@ ALLOWED_HOSTS and DEBUG=false.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import environ
@@ -113,7 +114,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     )
     # Tests with a live server and a worker thread: a file (not Django's shared in-memory
     # database, whose table locks fail across threads), like the zero-setup default.
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-db-{os.getpid()}.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -171,10 +172,16 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT 
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "inference"
 CELERY_TASK_ROUTES = {
+    # The reconcilers: cheap, periodic, never stuck behind a backlog of images or a training run.
+    "diagnosis.tasks.reconcile_predictions": {"queue": "maintenance"},
+    "training.tasks.reconcile_training_runs": {"queue": "maintenance"},
     "diagnosis.tasks.*": {"queue": "inference"},
     "training.tasks.*": {"queue": "training"},
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# A new pool child must say "up" within this long or Celery kills it (default 4 s): generous,
+# so a child that replaces a killed one is never killed in a loop on a busy machine.
+CELERY_WORKER_PROC_ALIVE_TIMEOUT = env_positive_int("CXR_WORKER_PROC_ALIVE_TIMEOUT", 60)
 # Threads torch may use per worker process (0 = the cores divided by the worker's concurrency).
 CXR_TORCH_THREADS = env.int("CXR_TORCH_THREADS", default=0)
 # A prediction that claims to be running for longer than this is considered abandoned (its

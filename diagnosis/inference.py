@@ -42,9 +42,16 @@ def clear_cache() -> None:
         _cache.clear()
 
 
+_threads_configured = False
+
+
 def predictor_for(version: ModelVersion) -> Predictor:
+    global _threads_configured
     key = (version.pk, version.sha256)
     with _lock:
+        if not _threads_configured:
+            configure_torch_threads(int(os.environ.get("CXR_WORKER_CONCURRENCY", "1") or 1))
+            _threads_configured = True
         predictor = _cache.get(key)
         if predictor is None:
             predictor = _load(version)

@@ -44,9 +44,11 @@ def run_class_heatmap(self, heatmap_id: int) -> str:
 
 @worker_process_init.connect
 def _init_worker_process(**kwargs) -> None:
-    """Runs in each pool child after the fork: set torch threads there, not in the parent."""
+    """Runs in each pool child after the fork. Nothing heavy here: a child must report "up"
+    within worker_proc_alive_timeout, and importing torch takes seconds on a small machine.
+    Torch is imported, and its threads pinned, on the child's first model load instead."""
+    import os
+
     from celery import current_app
 
-    from diagnosis.inference import configure_torch_threads
-
-    configure_torch_threads(current_app.conf.worker_concurrency)
+    os.environ.setdefault("CXR_WORKER_CONCURRENCY", str(current_app.conf.worker_concurrency or 1))

@@ -46,7 +46,7 @@ $PY manage.py collectstatic --noinput -v 0
 
 # -B: the embedded beat runs the periodic reconciler (one per deployment: production runs
 # `celery -A cxrweb beat` once, beside the workers).
-$PY -m celery -A cxrweb worker -B -Q inference,training --concurrency "$WORKERS" \
+$PY -m celery -A cxrweb worker -B -Q inference,training,maintenance --concurrency "$WORKERS" \
   --hostname "worker@%h" --loglevel INFO &
 pids+=($!)
 
