@@ -105,6 +105,12 @@ TEMPLATES = [
 DATABASES = {
     "default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}"),
 }
+if DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":
+    # Keep connections between requests and tasks (a new PostgreSQL connection per request
+    # costs more than the upload itself); check them before reuse, so a restarted database
+    # costs one failed request at most, answered 503.
+    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CXR_DB_CONN_MAX_AGE", default=60))
+    DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     # The web server and the worker write to the same file: wait for locks instead of failing,
