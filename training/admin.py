@@ -30,7 +30,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
             self.message_user(request, "Select exactly one version to promote.", messages.ERROR)
             return
         version = queryset.get()
-        model_version_promote(version=version, promoted_by=request.user,
+        model_version_promote(version=version, promoted_by=request.user, request=request,
                               reason=f"promoted in the admin by {request.user}")
         self.message_user(request, f"{version.name} is now in production.", messages.SUCCESS)
 

@@ -515,7 +515,7 @@ def version_promote(request, pk: int):
         return render(request, "training/version.html",
                       _version_context(version, promote_form=form, next_url=next_url), status=400)
     rollback = version.status == ModelVersion.Status.RETIRED
-    version = model_version_promote(version=version, promoted_by=request.user,
+    version = model_version_promote(version=version, promoted_by=request.user, request=request,
                                     reason=form.cleaned_data["reason"])
     messages.success(request, f"{'Rolled back to' if rollback else 'Promoted'} {version.name}: "
                               "new studies are read by this version.")

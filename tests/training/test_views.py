@@ -508,8 +508,9 @@ def test_promotion_records_who_and_why(admin_client, admin_user, model_version):
         admin_user, "Better sensitivity on the local test split.")
     html = admin_client.get(resp["Location"]).content.decode()
     assert "In production since" in html and "Promote to production" not in html
-    assert AuditEvent.objects.filter(action=AuditEvent.Action.PROMOTE,
-                                     username=admin_user.username).exists()
+    event = AuditEvent.objects.get(action=AuditEvent.Action.PROMOTE)
+    assert event.username == admin_user.username
+    assert event.ip_address == "127.0.0.1" and event.path.endswith("/promote/")
 
 
 def test_rolling_back_restores_an_earlier_version_as_the_only_production_one(

@@ -125,7 +125,9 @@ def model_version_import(
 
 
 @transaction.atomic
-def model_version_promote(*, version: ModelVersion, promoted_by=None, reason: str = "") -> ModelVersion:
+def model_version_promote(
+    *, version: ModelVersion, promoted_by=None, reason: str = "", request=None
+) -> ModelVersion:
     """Put `version` into production; the current production version is retired.
 
     Promoting an earlier version is the roll back. Predictions keep the version that made them;
@@ -158,7 +160,7 @@ def model_version_promote(*, version: ModelVersion, promoted_by=None, reason: st
     from diagnosis.audit import audit
     from diagnosis.models import AuditEvent
 
-    audit(None, AuditEvent.Action.PROMOTE, version, user=version.promoted_by,
+    audit(request, AuditEvent.Action.PROMOTE, version, user=version.promoted_by,
           detail={"previous": current.name if current else None, "reason": reason})
     logger.info(
         "promoted %s to production (was %s); %d waiting predictions queued",
