@@ -222,8 +222,31 @@ class AppendOnlyQuerySet(models.QuerySet):
     _raw_delete = delete
 
 
-class Reading(models.Model):
+class AppendOnlyModel(models.Model):
+    """Rows that are written once: never changed or deleted, one by one or in bulk."""
+
+    change_refused = "These rows cannot be changed."
+    delete_refused = "These rows cannot be deleted."
+
+    objects = AppendOnlyQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None:
+            raise ValueError(self.change_refused)
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise ValueError(self.delete_refused)
+
+
+class Reading(AppendOnlyModel):
     """A radiologist's signed reading of a study. Never edited: an amendment is a new reading."""
+
+    change_refused = "A signed reading cannot be changed; sign an amendment instead."
+    delete_refused = "A signed reading cannot be deleted."
 
     OTHER = "other"
 
@@ -247,21 +270,11 @@ class Reading(models.Model):
     )
     signed_at = models.DateTimeField(auto_now_add=True)
 
-    objects = AppendOnlyQuerySet.as_manager()
-
     class Meta:
         ordering = ["-signed_at"]
 
     def __str__(self) -> str:
         return f"reading of {self.study.accession_number} by {self.radiologist} ({self.final_label})"
-
-    def save(self, *args, **kwargs):
-        if self.pk is not None:
-            raise ValueError("A signed reading cannot be changed; sign an amendment instead.")
-        super().save(*args, **kwargs)
-
-    def delete(self, *args, **kwargs):
-        raise ValueError("A signed reading cannot be deleted.")
 
     @property
     def is_current(self) -> bool:
@@ -294,8 +307,11 @@ class ClassHeatmap(models.Model):
         return f"{self.method} of {self.class_label} for prediction {self.prediction_id}"
 
 
-class AuditEvent(models.Model):
+class AuditEvent(AppendOnlyModel):
     """Who did what to which record, when and from where. Append-only."""
+
+    change_refused = "Audit events cannot be changed."
+    delete_refused = "Audit events cannot be deleted."
 
     class Action(models.TextChoices):
         VIEW_STUDY = "view_study", "Viewed a study"
@@ -329,18 +345,8 @@ class AuditEvent(models.Model):
     path = models.CharField(max_length=300, blank=True)
     detail = models.JSONField(default=dict, blank=True)
 
-    objects = AppendOnlyQuerySet.as_manager()
-
     class Meta:
         ordering = ["-at"]
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.username or '-'} {self.action}"
-
-    def save(self, *args, **kwargs):
-        if self.pk is not None:
-            raise ValueError("Audit events cannot be changed.")
-        super().save(*args, **kwargs)
-
-    def delete(self, *args, **kwargs):
-        raise ValueError("Audit events cannot be deleted.")

@@ -9,10 +9,11 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db import DatabaseError
-from django.http import FileResponse, Http404, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import Http404, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from cxrweb.responses import private_file_response
 from diagnosis import reports, selectors, services
 from diagnosis.audit import audit
 from diagnosis.forms import ReadingForm, StudyUploadForm, WorklistFilterForm
@@ -200,22 +201,11 @@ def prediction_rerun(request, pk: int):
     return redirect("diagnosis:study", pk=prediction.image.study_id)
 
 
-def _file_response(f, content_type: str, *, download_name: str | None = None) -> HttpResponse:
-    try:
-        handle = f.open("rb")
-    except (FileNotFoundError, ValueError) as exc:
-        raise Http404("The file is missing from storage.") from exc
-    response = FileResponse(handle, content_type=content_type, as_attachment=bool(download_name),
-                            filename=download_name or "")
-    response["Cache-Control"] = "private, max-age=3600"
-    return response
-
-
 @require_GET
 @clinical_user_required
 def image_display(request, pk: int):
     image = get_object_or_404(Image, pk=pk)
-    return _file_response(image.display, "image/png")
+    return private_file_response(image.display, "image/png")
 
 
 @require_GET
@@ -225,7 +215,7 @@ def image_original(request, pk: int):
     ext = {"PNG": "png", "JPEG": "jpg", "DICOM": "dcm"}[image.format]
     ctype = {"PNG": "image/png", "JPEG": "image/jpeg", "DICOM": "application/dicom"}[image.format]
     audit(request, Action.DOWNLOAD, image, detail={"file": "original"})
-    return _file_response(image.original, ctype,
+    return private_file_response(image.original, ctype,
                           download_name=f"{image.study.accession_number}-{image.pk}.{ext}")
 
 
@@ -233,21 +223,21 @@ def image_original(request, pk: int):
 @clinical_user_required
 def prediction_heatmap(request, pk: int):
     prediction = get_object_or_404(Prediction, pk=pk, status=Prediction.Status.DONE)
-    return _file_response(prediction.heatmap, "image/png")
+    return private_file_response(prediction.heatmap, "image/png")
 
 
 @require_GET
 @clinical_user_required
 def prediction_overlay(request, pk: int):
     prediction = get_object_or_404(Prediction, pk=pk, status=Prediction.Status.DONE)
-    return _file_response(prediction.overlay, "image/png")
+    return private_file_response(prediction.overlay, "image/png")
 
 
 @require_GET
 @clinical_user_required
 def class_heatmap_file(request, pk: int):
     heatmap = get_object_or_404(ClassHeatmap, pk=pk, status=ClassHeatmap.Status.DONE)
-    return _file_response(heatmap.file, "image/png")
+    return private_file_response(heatmap.file, "image/png")
 
 
 @require_GET

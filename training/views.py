@@ -13,13 +13,13 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib import messages
-from django.db.models.fields.files import FieldFile
-from django.http import FileResponse, Http404, HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from cxrweb.responses import private_file_response
 from diagnosis.audit import audit
 from diagnosis.models import AuditEvent
 from diagnosis.permissions import model_admin_required
@@ -181,18 +181,6 @@ def run_progress(run: TrainingRun) -> dict[str, Any]:
 def _plots(obj, kinds: dict[str, tuple[str, str]], url_name: str) -> list[dict[str, str]]:
     return [{"kind": kind, "title": title, "url": reverse(url_name, args=[obj.pk, kind])}
             for kind, (field, title) in kinds.items() if getattr(obj, field)]
-
-
-def _file_response(f: FieldFile, content_type: str, *,
-                   download_name: str | None = None) -> FileResponse:
-    try:
-        handle = f.open("rb")
-    except (FileNotFoundError, ValueError) as exc:
-        raise Http404("The file is missing from storage.") from exc
-    response = FileResponse(handle, content_type=content_type, as_attachment=bool(download_name),
-                            filename=download_name or "")
-    response["Cache-Control"] = "private, max-age=3600"
-    return response
 
 
 def _fragment(request, template: str, context: dict) -> HttpResponse:
@@ -404,7 +392,7 @@ def run_plot(request, pk: int, kind: str):
     run = get_object_or_404(TrainingRun, pk=pk)
     if kind not in RUN_PLOTS or not getattr(run, RUN_PLOTS[kind][0]):
         raise Http404("No such plot.")
-    return _file_response(getattr(run, RUN_PLOTS[kind][0]), "image/png")
+    return private_file_response(getattr(run, RUN_PLOTS[kind][0]), "image/png")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -529,7 +517,7 @@ def version_checkpoint(request, pk: int):
     version = get_object_or_404(ModelVersion, pk=pk)
     audit(request, Action.DOWNLOAD, version, detail={"file": "checkpoint",
                                                      "sha256": version.sha256})
-    response = _file_response(version.weights, "application/octet-stream",
+    response = private_file_response(version.weights, "application/octet-stream",
                               download_name=checkpoint_name(version))
     response["X-Checkpoint-SHA256"] = version.sha256
     return response
@@ -541,7 +529,7 @@ def evaluation_plot(request, pk: int, kind: str):
     evaluation = get_object_or_404(Evaluation, pk=pk)
     if kind not in EVALUATION_PLOTS or not getattr(evaluation, EVALUATION_PLOTS[kind][0]):
         raise Http404("No such plot.")
-    return _file_response(getattr(evaluation, EVALUATION_PLOTS[kind][0]), "image/png")
+    return private_file_response(getattr(evaluation, EVALUATION_PLOTS[kind][0]), "image/png")
 
 
 # --------------------------------------------------------------------------------------------------
