@@ -41,17 +41,16 @@ def parse_time(value: str | None) -> float | None:
     return dt.datetime.fromisoformat(value).timestamp()
 
 
-def multipart(fields: dict[str, str], file_field: str, filename: str, data: bytes) -> tuple[
-    bytes, str
-]:
+def multipart(
+    fields: dict[str, str], file_field: str, filename: str, data: bytes
+) -> tuple[bytes, str]:
     """A multipart/form-data body and its content type."""
     boundary = f"----cxrbench{secrets.token_hex(12)}"
     ctype = mimetypes.guess_type(filename)[0] or "application/octet-stream"
     parts: list[bytes] = []
     for name, value in fields.items():
         parts.append(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
-            .encode()
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
         )
     parts.append(
         f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; '

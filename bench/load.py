@@ -82,7 +82,9 @@ def upload_one(client: ApiClient, source: ImageSource, tag: str) -> Item:
     try:
         resp, prediction_id = client.upload(path, data, patient_id=f"BENCH-{tag}-{serial:06d}")
         item.upload_ms, item.status_code, item.prediction_id = (
-            resp.elapsed_ms, resp.status, prediction_id
+            resp.elapsed_ms,
+            resp.status,
+            prediction_id,
         )
         if prediction_id is None:
             item.error = f"upload answered {resp.status}: {resp.body[:200]!r}"
@@ -125,8 +127,10 @@ class Tracker:
             heatmap = self.client.heatmap(data["heatmap_url"])
             item.t_complete = time.perf_counter()
             item.heatmap_ms = heatmap.elapsed_ms
-            item.server = {k: data.get(k) for k in
-                           ("queued_at", "started_at", "finished_at", "compute_ms", "device")}
+            item.server = {
+                k: data.get(k)
+                for k in ("queued_at", "started_at", "finished_at", "compute_ms", "device")
+            }
             self.completed.append(item)
             return True
         if status == "failed":
@@ -165,8 +169,9 @@ class Tracker:
                 time.sleep(self.poll_s)
 
 
-def drain(client: ApiClient, items: list[Item], window: int, poll_s: float,
-          timeout_s: float) -> Tracker:
+def drain(
+    client: ApiClient, items: list[Item], window: int, poll_s: float, timeout_s: float
+) -> Tracker:
     tracker = Tracker(client, window, poll_s, timeout_s)
     for item in sorted(items, key=lambda i: i.prediction_id or 0):
         tracker.add(item)
@@ -185,8 +190,9 @@ def _in_pool(threads: int, n: int, fn: Callable[[], Item]) -> list[Item]:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def upload_level(client: ApiClient, source: ImageSource, clients: int, n: int,
-                 tag: str) -> tuple[list[Item], float]:
+def upload_level(
+    client: ApiClient, source: ImageSource, clients: int, n: int, tag: str
+) -> tuple[list[Item], float]:
     """n uploads by `clients` concurrent threads (each POST timed alone); (items, wall seconds)."""
     started = time.perf_counter()
     items = _in_pool(clients, n, lambda: upload_one(client, source, tag))
@@ -201,8 +207,9 @@ def upload_stats(items: list[Item], wall_s: float) -> dict:
     return out
 
 
-def run_idle(client: ApiClient, source: ImageSource, n: int, poll_s: float,
-             timeout_s: float) -> list[Item]:
+def run_idle(
+    client: ApiClient, source: ImageSource, n: int, poll_s: float, timeout_s: float
+) -> list[Item]:
     """One study at a time: upload, wait until done, fetch the heatmap, next."""
     done: list[Item] = []
     for _ in range(n):
@@ -215,8 +222,15 @@ def run_idle(client: ApiClient, source: ImageSource, n: int, poll_s: float,
     return done
 
 
-def run_burst(client: ApiClient, source: ImageSource, count: int, clients: int, window: int,
-              poll_s: float, timeout_s: float) -> tuple[Tracker, list[Item], float]:
+def run_burst(
+    client: ApiClient,
+    source: ImageSource,
+    count: int,
+    clients: int,
+    window: int,
+    poll_s: float,
+    timeout_s: float,
+) -> tuple[Tracker, list[Item], float]:
     """`count` uploads as fast as `clients` threads can send them, tracked to completion while
     they are sent. Returns the tracker, the items, and the seconds from the first POST to the
     last heatmap fetched."""
@@ -256,8 +270,9 @@ def server_breakdown(items: list[Item]) -> dict:
     queue_wait, run, compute, observe_lag = [], [], [], []
     for item in items:
         s = item.server
-        queued, started, finished = (parse_time(s.get(k)) for k in
-                                     ("queued_at", "started_at", "finished_at"))
+        queued, started, finished = (
+            parse_time(s.get(k)) for k in ("queued_at", "started_at", "finished_at")
+        )
         if None in (queued, started, finished) or item.t_complete is None:
             continue
         queue_wait.append((started - queued) * 1000)  # type: ignore[operator]
@@ -271,7 +286,8 @@ def server_breakdown(items: list[Item]) -> dict:
         "queue_wait_ms": summary(queue_wait, (50, 95)),
         "worker_run_ms": summary(run, (50, 95)),
         "worker_compute_ms": summary(compute, (50, 95)),
-        "worker_run_minus_compute_ms": summary([r - c for r, c in zip(run, compute, strict=False)],
-                                               (50, 95)),
+        "worker_run_minus_compute_ms": summary(
+            [r - c for r, c in zip(run, compute, strict=False)], (50, 95)
+        ),
         "finished_to_heatmap_in_hand_ms": summary(observe_lag, (50, 95)),
     }

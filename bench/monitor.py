@@ -32,10 +32,15 @@ def worker_memory(pids: list[int]) -> dict[str, float | int]:
     children's thread count (torch's intra-op threads show up here)."""
     children = [c for pid in pids for c in pool_children(pid)]
     return {
-        "pool_children_rss_mb": round(sum(_safe(lambda c=c: c.memory_info().rss) for c in children)
-                                      / MB, 1),
-        "main_rss_mb": round(sum(_safe(lambda p=p: psutil.Process(p).memory_info().rss)
-                                 for p in pids) / MB, 1),
+        "pool_children_uss_mb": round(
+            sum(_safe(lambda c=c: c.memory_full_info().uss) for c in children) / MB, 1
+        ),
+        "pool_children_rss_mb": round(
+            sum(_safe(lambda c=c: c.memory_info().rss) for c in children) / MB, 1
+        ),
+        "main_rss_mb": round(
+            sum(_safe(lambda p=p: psutil.Process(p).memory_info().rss) for p in pids) / MB, 1
+        ),
         "pool_children": len(children),
         "pool_children_threads": int(sum(_safe(lambda c=c: c.num_threads()) for c in children)),
     }
@@ -84,24 +89,29 @@ class RssSampler:
         return next((s for s in self.samples if s.done >= done), None)
 
 
+def _cpu(p: psutil.Process) -> float:
+    """User+system CPU seconds of a process plus those of its exited, reaped children."""
+    times = p.cpu_times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 def _tree_cpu(pid: int) -> float:
-    """User+system CPU seconds of a process and its live descendants."""
+    """CPU seconds of a process tree, children that already exited included."""
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         return 0.0
-    total = 0.0
-    for p in procs:
-        total += _safe(lambda p=p: sum(p.cpu_times()[:2]))
-    return total
+    return sum(_safe(lambda p=p: _cpu(p)) for p in procs)
 
 
 def _named_cpu(names: tuple[str, ...]) -> float:
+    """CPU seconds of the processes with these names (PostgreSQL: one backend per connection,
+    which exits with it: its time is counted through the postmaster's reaped children)."""
     total = 0.0
     for p in psutil.process_iter(["name"]):
         if (p.info.get("name") or "").startswith(names):
-            total += _safe(lambda p=p: sum(p.cpu_times()[:2]))
+            total += _safe(lambda p=p: _cpu(p))
     return total
 
 
@@ -128,5 +138,71 @@ def cpu_delta(before: dict[str, float], after: dict[str, float], wall_s: float) 
         "wall_s": round(wall_s, 2),
         "cores": cores,
         "cpu_s": seconds,
-        "share_of_cores": {k: round(v / capacity, 3) for k, v in seconds.items()} if capacity else {},
+        "share_of_cores": {k: round(v / capacity, 3) for k, v in seconds.items()}
+        if capacity
+        else {},
     }
+
+
+def machine_load(seconds: float = 3.0) -> dict:
+    """How busy the machine is before we start (other people's jobs skew every figure)."""
+    return {
+        "cpu_percent": psutil.cpu_percent(interval=seconds),
+        "loadavg_1m": round(psutil.getloadavg()[0], 2),
+    }
+
+
+def wait_quiet(max_wait_s: float, threshold_percent: float = 25.0) -> dict:
+    """Wait (at most max_wait_s) until the machine's CPU use over 3 s is below the threshold."""
+    deadline = time.monotonic() + max_wait_s
+    load = machine_load()
+    waited = 0.0
+    while load["cpu_percent"] > threshold_percent and time.monotonic() < deadline:
+        time.sleep(2.0)
+        load = machine_load()
+        waited = max_wait_s - (deadline - time.monotonic())
+    return {**load, "waited_s": round(waited, 1)}
+
+
+class PgStats:
+    """Our database's counters from pg_stat_database (PostgreSQL 14+): sessions opened, time
+    spent executing statements, transactions. Unlike CPU, these count only our database."""
+
+    FIELDS = (
+        "sessions",
+        "active_time",
+        "xact_commit",
+        "xact_rollback",
+        "tup_inserted",
+        "tup_updated",
+        "tup_fetched",
+    )
+
+    def __init__(self, database_url: str) -> None:
+        import psycopg
+
+        self.conn = psycopg.connect(database_url, autocommit=True, connect_timeout=10)
+
+    def snapshot(self) -> dict[str, float]:
+        self.conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = self.conn.execute(
+            f"SELECT {', '.join(self.FIELDS)} FROM pg_stat_database "
+            "WHERE datname = current_database()"
+        ).fetchone()
+        return {k: float(v or 0) for k, v in zip(self.FIELDS, row or (), strict=False)}
+
+    def delta(self, before: dict[str, float], per: int) -> dict[str, float]:
+        """Counters since `before`, per item (an upload, a prediction); waits 1.1 s first so
+        backends have flushed their statistics."""
+        time.sleep(1.1)
+        after = self.snapshot()
+        per = max(1, per)
+        return {
+            "sessions_per_item": round((after["sessions"] - before["sessions"]) / per, 2),
+            "active_ms_per_item": round((after["active_time"] - before["active_time"]) / per, 2),
+            "commits_per_item": round((after["xact_commit"] - before["xact_commit"]) / per, 2),
+            "rows_fetched_per_item": round((after["tup_fetched"] - before["tup_fetched"]) / per, 1),
+        }
+
+    def close(self) -> None:
+        self.conn.close()

@@ -45,6 +45,9 @@ class StackConfig:
     pg_admin_url: str = "postgres://postgres@127.0.0.1:5432/postgres"
     broker_url: str = "redis://127.0.0.1:6379/14"
     torch_threads: int = 0  # 0: the app's default (cores / worker concurrency)
+    # Appended to the children's DATABASE_URL (django-environ options, e.g. conn_max_age=60):
+    # a knob for experiments, the app's default is none.
+    db_url_query: str = ""
     log_level: str = "INFO"
     keep: bool = False
     seed: int = 0
@@ -168,7 +171,8 @@ class Stack:
                 "SECRET_KEY": secrets.token_urlsafe(50),
                 "DEBUG": "false",
                 "ALLOWED_HOSTS": "127.0.0.1,localhost",
-                "DATABASE_URL": self.database_url,
+                "DATABASE_URL": self.database_url
+                + (f"?{self.cfg.db_url_query}" if self.cfg.db_url_query else ""),
                 "CELERY_BROKER_URL": self.cfg.broker_url,
                 "CXR_VAR_DIR": str(self.tmp / "var"),
                 "MEDIA_ROOT": str(self.tmp / "media"),
@@ -190,35 +194,60 @@ class Stack:
         cmd = [str(self.cfg.python), *args]
         try:
             done = subprocess.run(
-                cmd, cwd=self.cfg.repo, env=self.env or None, capture_output=True, text=True,
-                timeout=timeout_s, start_new_session=True,
+                cmd,
+                cwd=self.cfg.repo,
+                env=self.env or None,
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                start_new_session=True,
             )
         except subprocess.TimeoutExpired as exc:
             raise StackError(f"{' '.join(args)} did not finish within {timeout_s:.0f} s") from exc
         if done.returncode != 0:
-            raise StackError(
-                f"{' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}"
-            )
+            raise StackError(f"{' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
         return done.stdout
 
     def _import_model(self) -> None:
         cfg = self.cfg
         weights = self.tmp / f"{cfg.arch}-bench.pt"
-        args = ["-m", "bench.ml", "weights", "--arch", cfg.arch, "--classes", ",".join(cfg.classes),
-                "--out", str(weights), "--seed", str(cfg.seed)]
+        args = [
+            "-m",
+            "bench.ml",
+            "weights",
+            "--arch",
+            cfg.arch,
+            "--classes",
+            ",".join(cfg.classes),
+            "--out",
+            str(weights),
+            "--seed",
+            str(cfg.seed),
+        ]
         if cfg.backbone_weights:
             args += ["--backbone-weights", str(cfg.backbone_weights)]
         print(self.run_python(args, timeout_s=300).strip())
         self.model_version = f"bench-{cfg.arch}-{secrets.token_hex(3)}"
         out = self.manage(
-            "import_model", str(weights), "--arch", cfg.arch, "--classes", ",".join(cfg.classes),
-            "--name", self.model_version, "--promote", "--reason", "benchmark", timeout_s=300,
+            "import_model",
+            str(weights),
+            "--arch",
+            cfg.arch,
+            "--classes",
+            ",".join(cfg.classes),
+            "--name",
+            self.model_version,
+            "--promote",
+            "--reason",
+            "benchmark",
+            timeout_s=300,
         )
         print(out.strip())
 
     def _create_radiologist(self) -> None:
         self.manage(
-            "shell", "-c",
+            "shell",
+            "-c",
             "from django.contrib.auth.models import Group, User; "
             "u = User.objects.create_user('bench-radiologist'); "
             "u.groups.add(Group.objects.get(name='radiologist'))",
@@ -233,8 +262,12 @@ class Stack:
         log_path = self.tmp / "logs" / f"{name}.log"
         with log_path.open("wb") as fh:
             popen = subprocess.Popen(
-                [str(self.cfg.python), *args], cwd=self.cfg.repo, env=self.env,
-                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [str(self.cfg.python), *args],
+                cwd=self.cfg.repo,
+                env=self.env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         proc = ManagedProcess(name, popen, log_path)
@@ -245,17 +278,41 @@ class Stack:
         self.port = free_port()
         self._spawn(
             "gunicorn",
-            ["-m", "gunicorn", "cxrweb.wsgi:application", "--bind", f"127.0.0.1:{self.port}",
-             "--workers", str(self.cfg.web_workers), "--threads", str(self.cfg.web_threads),
-             "--timeout", "120"],
+            [
+                "-m",
+                "gunicorn",
+                "cxrweb.wsgi:application",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--workers",
+                str(self.cfg.web_workers),
+                "--threads",
+                str(self.cfg.web_threads),
+                "--timeout",
+                "120",
+            ],
         )
 
     def _start_worker(self, index: int) -> None:
         self._spawn(
             f"worker{index}",
-            ["-m", "celery", "-A", "cxrweb", "worker", "-Q", "inference", "--concurrency", "1",
-             "--pool", "prefork", "--hostname", f"bench{index}-{secrets.token_hex(2)}@%h",
-             "--loglevel", self.cfg.log_level],
+            [
+                "-m",
+                "celery",
+                "-A",
+                "cxrweb",
+                "worker",
+                "-Q",
+                "inference",
+                "--concurrency",
+                "1",
+                "--pool",
+                "prefork",
+                "--hostname",
+                f"bench{index}-{secrets.token_hex(2)}@%h",
+                "--loglevel",
+                self.cfg.log_level,
+            ],
         )
 
     def _wait_workers_ready(self, timeout_s: float) -> None:

@@ -21,20 +21,26 @@ WORKER_BUCKETS: list[tuple[str, str, str]] = [
     ("prediction_claim (UPDATE + SELECT)", "prediction_claim", "diagnosis/services.py"),
     ("_compute", "_compute", "diagnosis/services.py"),
     ("  predictor_for (cache lookup / model load)", "predictor_for", "diagnosis/inference.py"),
-    ("  Predictor.predict", "predict", "training/ml/inference.py"),
+    ("  Predictor.predict", "Predictor.predict", "training/ml/inference.py"),
     ("    batch_model_input (preprocessing)", "batch_model_input", "preprocessing.py"),
-    ("    GradCAM __call__ (forward+backward+cam)", "__call__", "pytorch_grad_cam/base_cam.py"),
+    (
+        "    GradCAM __call__ (forward+backward+cam)",
+        "BaseCAM.__call__",
+        "pytorch_grad_cam/base_cam.py",
+    ),
+    ("      autograd backward", "_engine_run_backward", "torch/autograd/graph.py"),
     ("  render_pngs", "render_pngs", "diagnosis/inference.py"),
     ("    render_overlay", "render_overlay", "training/ml/inference.py"),
     ("    cam_to_heatmap_rgba", "cam_to_heatmap_rgba", "training/ml/inference.py"),
     ("    _png (PNG encode)", "_png", "diagnosis/inference.py"),
     ("storage save (heatmap files)", "save", "django/core/files/storage"),
     ("refresh_from_db", "refresh_from_db", "django/db/models/base.py"),
+    ("new DB connection (CONN_MAX_AGE=0)", "connect", "django/db/backends/base/base.py"),
     ("SQL execute (all)", "execute", "django/db/backends/utils.py"),
     ("celery task tracing", "trace_task", "celery/app/trace.py"),
 ]
 WEB_BUCKETS: list[tuple[str, str, str]] = [
-    ("StudyListCreate.post", "post", "diagnosis/api.py"),
+    ("StudyListCreate.post", "StudyListCreate.post", "diagnosis/api.py"),
     ("  form validation + read", "is_valid", "django/forms/forms.py"),
     ("  study_upload", "study_upload", "diagnosis/services.py"),
     ("    decode_upload", "decode_upload", "diagnosis/imaging.py"),
@@ -43,8 +49,10 @@ WEB_BUCKETS: list[tuple[str, str, str]] = [
     ("    storage save", "save", "django/core/files/storage"),
     ("  on_commit -> run_prediction.delay", "delay", "celery/app/task.py"),
     ("  study_json", "study_json", "diagnosis/api.py"),
-    ("API GETs (prediction JSON + heatmap file)", "get", "diagnosis/api.py"),
+    ("PredictionDetail.get", "PredictionDetail.get", "diagnosis/api.py"),
+    ("PredictionFile.get (heatmap)", "PredictionFile.get", "diagnosis/api.py"),
     ("SQL execute (all)", "execute", "django/db/backends/utils.py"),
+    ("new DB connection (CONN_MAX_AGE=0)", "connect", "django/db/backends/base/base.py"),
     ("token authentication", "authenticate", "rest_framework/authentication.py"),
 ]
 
@@ -63,17 +71,30 @@ def find_py_spy(explicit: str | None) -> str | None:
 class PySpy:
     """`py-spy record` of one process (and its subprocesses) until stop()."""
 
-    def __init__(self, exe: str, pid: int, out: Path, rate: int = 100,
-                 subprocesses: bool = False) -> None:
+    def __init__(
+        self, exe: str, pid: int, out: Path, rate: int = 100, subprocesses: bool = False
+    ) -> None:
         self.out, self.rate = out, rate
-        cmd = [exe, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
-               "--output", str(out), "--nonblocking"]
+        cmd = [
+            exe,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            str(rate),
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            "--nonblocking",
+        ]
         if subprocesses:
             cmd.append("--subprocesses")
         self.log = out.with_suffix(".log")
         with self.log.open("wb") as fh:
-            self.popen = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
-                                          start_new_session=True)
+            self.popen = subprocess.Popen(
+                cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self.started = time.monotonic()
         self.seconds = 0.0
 
@@ -93,11 +114,19 @@ def _frame_key(frame: str) -> str:
 
 
 def _matches(frame: str, func: str, file_fragment: str) -> bool:
-    return frame.startswith(f"{func} (") and file_fragment in frame
+    """`func` is a function name or a dotted suffix of py-spy's qualified name ("Cls.meth")."""
+    name, _, where = frame.partition(" (")
+    return (name == func or name.endswith(f".{func}")) and file_fragment in where
 
 
-def summarize(raw: Path, buckets: list[tuple[str, str, str]], seconds: float, rate: int,
-              processes: int = 1, top: int = 15) -> dict:
+def summarize(
+    raw: Path,
+    buckets: list[tuple[str, str, str]],
+    seconds: float,
+    rate: int,
+    processes: int = 1,
+    top: int = 15,
+) -> dict:
     """Inclusive share of the named buckets, the top leaf frames, and the active fraction."""
     if not raw.exists():
         return {"error": f"no profile written ({raw.with_suffix('.log').name})"}
