@@ -5,8 +5,10 @@ This module is imported by the web process (to send tasks), so it must not impor
 
 from __future__ import annotations
 
+import logging
+
 from celery import shared_task
-from celery.signals import worker_process_init
+from celery.signals import celeryd_init
 from django.db import DatabaseError
 
 
@@ -42,13 +44,13 @@ def run_class_heatmap(self, heatmap_id: int) -> str:
     return heatmap.status if heatmap is not None else "skipped"
 
 
-@worker_process_init.connect
-def _init_worker_process(**kwargs) -> None:
-    """Runs in each pool child after the fork. Nothing heavy here: a child must report "up"
-    within worker_proc_alive_timeout, and importing torch takes seconds on a small machine.
-    Torch is imported, and its threads pinned, on the child's first model load instead."""
+@celeryd_init.connect
+def _record_concurrency(sender=None, instance=None, conf=None, options=None, **kwargs) -> None:
+    """In the worker's main process, before the pool forks: record how many pool processes
+    share this host's cores, so each child pins torch to its share (app.conf.worker_concurrency
+    is None when --concurrency comes from the command line)."""
     import os
 
-    from celery import current_app
-
-    os.environ.setdefault("CXR_WORKER_CONCURRENCY", str(current_app.conf.worker_concurrency or 1))
+    concurrency = (options or {}).get("concurrency") or os.cpu_count() or 1
+    os.environ.setdefault("CXR_WORKER_CONCURRENCY", str(concurrency))
+    logging.getLogger(__name__).info("pool processes on this worker: %s", concurrency)

@@ -45,6 +45,10 @@ class _ArgmaxTarget:
         return model_output.gather(1, model_output.argmax(dim=1, keepdim=True))[:, 0]
 
 
+def _cut_graph_here(module: torch.nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor:
+    return output.detach().requires_grad_(True)
+
+
 class Predictor:
     """A model ready for inference with Grad-CAM; build once per worker process, reuse per image.
 
@@ -163,21 +167,27 @@ class Predictor:
                 )
 
         batch = batch_model_input(images, self.preprocessing).to(self.device)
-        # Parameters are frozen, so the input carries requires_grad: that makes the target layer's
-        # output require grad, which pytorch-grad-cam needs to hook its gradient.
-        batch.requires_grad_(True)
         cams: np.ndarray | None = None
         logits: torch.Tensor | None = None
-        # `with` releases the hooks even on error (they leak otherwise; pytorch-grad-cam #195).
-        # enable_grad: the caller may be inside torch.no_grad().
-        with (
-            torch.enable_grad(),
-            GradCAM(model=self.model, target_layers=[self._target_layer]) as cam,
-        ):
-            cams = cam(input_tensor=batch, targets=targets)
-            # The logits of the same forward pass; no second forward.
-            logits = cam.outputs.detach().to("cpu", torch.float64)
-            cam.outputs = None  # drop the retained autograd graph now, not at garbage collection
+        # Parameters are frozen and the input needs no gradient: Grad-CAM only needs the gradient
+        # at the target layer. This hook (registered before pytorch-grad-cam's, so theirs see its
+        # result) makes the target layer's output a fresh leaf that requires grad, so autograd
+        # records and back-propagates only the layers after it, not the whole network down to
+        # the input (about 2.5x less work per image; the CAM is the same).
+        leaf = self._target_layer.register_forward_hook(_cut_graph_here)
+        try:
+            # `with` releases the hooks even on error (they leak otherwise; pytorch-grad-cam
+            # #195). enable_grad: the caller may be inside torch.no_grad().
+            with (
+                torch.enable_grad(),
+                GradCAM(model=self.model, target_layers=[self._target_layer]) as cam,
+            ):
+                cams = cam(input_tensor=batch, targets=targets)
+                # The logits of the same forward pass; no second forward.
+                logits = cam.outputs.detach().to("cpu", torch.float64)
+                cam.outputs = None  # drop the retained graph now, not at garbage collection
+        finally:
+            leaf.remove()
         del batch
         if cams is None or logits is None:
             # GradCAM.__exit__ swallows IndexError (it prints it): do not pretend it worked.
