@@ -127,13 +127,14 @@ def test_a_prediction_whose_worker_dies_every_time_ends_failed_after_the_attempt
         while True:
             _kill_child_and_replace_worker(stack, caught)
             killed.append(caught.worker_identity)
-            if len(killed) == max_attempts:
-                break
+            # The row counts every claim, also one by a child the test did not see (a retiring
+            # worker's respawned child): the loop ends when the row says it gave up.
             caught = freeze_when_running(stack, conn, prediction_id, timeout=90,
                                          not_by=tuple(killed))
-            assert caught is not None, (
-                f"prediction {prediction_id} finished although its worker died each time: "
-                f"{stack.predictions([prediction_id])}")
+            if caught is None:
+                break
+            assert len(killed) <= max_attempts, (
+                f"still claimed after {len(killed)} deaths: {stack.predictions([prediction_id])}")
 
     row = stack.wait_finished([prediction_id], timeout=60)[prediction_id]
     assert row["status"] == "failed", row
