@@ -121,6 +121,7 @@ class Stack:
     port: int = 0
     token: str = ""
     model_version: str = ""
+    _broker_lock: object = None
 
     # --- start -----------------------------------------------------------------------------
 
@@ -154,9 +155,40 @@ class Stack:
         return urlunsplit((parts.scheme, parts.netloc, f"/{name}", "", ""))
 
     def _flush_broker(self) -> None:
+        """Claim the Redis database for this run, then empty it.
+
+        Two runs on one Redis database would flush each other's queue and run each other's
+        tasks against the wrong database (seen here: a prediction that never finished). A lock
+        file guards against a second run on this machine; the client list against anyone else.
+        """
+        import fcntl
+
         import redis
 
         client = redis.Redis.from_url(self.cfg.broker_url, socket_timeout=10)
+        db = int(client.connection_pool.connection_kwargs.get("db", 0))
+        parts = urlsplit(self.cfg.broker_url)
+        lock_path = Path(tempfile.gettempdir()) / f"cxr-bench-redis-{parts.port or 6379}-{db}.lock"
+        self._broker_lock = lock_path.open("w")
+        try:
+            fcntl.flock(self._broker_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StackError(
+                f"Another benchmark run holds {lock_path} (Redis database {db}). Wait for it, or "
+                f"pass --broker-url with another database, e.g. redis://127.0.0.1:6379/13."
+            ) from None
+        me = str(client.client_id())
+        others = [
+            c
+            for c in client.client_list()
+            if str(c.get("db")) == str(db) and str(c.get("id")) != me
+        ]
+        if others:
+            raise StackError(
+                f"{len(others)} other client(s) are connected to Redis database {db} "
+                f"({others[0].get('addr')}, {others[0].get('cmd')}): flushing it would break "
+                f"their work. Pass --broker-url with a database nobody uses."
+            )
         client.flushdb()
         client.close()
 
@@ -369,6 +401,9 @@ class Stack:
                 log.exception("stopping %s", proc.name)
         if self.created_db and not self.cfg.keep:
             self._drop_database()
+        if self._broker_lock is not None:
+            self._broker_lock.close()  # type: ignore[attr-defined]  # releases the flock
+            self._broker_lock = None
         if self.cfg.keep:
             print(f"--keep: database {self.created_db or self.database_url}, files in {self.tmp}")
         else:
