@@ -8,8 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
-import os
-import socket
 import time
 
 from django.conf import settings
@@ -20,6 +18,7 @@ from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from cxrweb.processes import process_identity, process_is_dead
 from diagnosis.models import Image, Prediction, Study
 from training.models import ModelVersion
 
@@ -49,25 +48,6 @@ def prediction_dispatch(prediction_id: int, *, countdown: float | None = None) -
         run_prediction.apply_async((prediction_id,), countdown=countdown)
     else:
         run_prediction.delay(prediction_id)
-
-
-def worker_identity() -> str:
-    """host:pid of this process, stored on the rows it claims."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _process_is_dead(identity: str) -> bool:
-    """True when `identity` names a process on this host that no longer exists."""
-    host, _, pid = identity.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False  # another host: only the time-based staleness can tell
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 @transaction.atomic
@@ -131,7 +111,7 @@ def prediction_claim(*, prediction_id: int, worker: str = "") -> Prediction | No
     Returns None when there is nothing to do: it is done or failed (a redelivered task), another
     live worker is running it, it is waiting for a model, or it no longer exists.
     """
-    worker = worker or worker_identity()
+    worker = worker or process_identity()
     now = timezone.now()
     stale_before = now - dt.timedelta(seconds=settings.CXR_PREDICTION_STALE_AFTER_S)
     claimable = Q(status=Prediction.Status.QUEUED) | Q(
@@ -141,7 +121,7 @@ def prediction_claim(*, prediction_id: int, worker: str = "") -> Prediction | No
     if (
         current is not None
         and current["status"] == Prediction.Status.RUNNING
-        and _process_is_dead(current["worker"])
+        and process_is_dead(current["worker"])
     ):
         claimable |= Q(status=Prediction.Status.RUNNING, worker=current["worker"])
     claimed = (
@@ -301,7 +281,7 @@ def predictions_reconcile() -> dict[str, int]:
     for p in Prediction.objects.filter(status=Prediction.Status.RUNNING).only(
         "pk", "worker", "started_at", "attempts"
     ):
-        if p.started_at and p.started_at >= stale_before and not _process_is_dead(p.worker):
+        if p.started_at and p.started_at >= stale_before and not process_is_dead(p.worker):
             continue
         if p.attempts >= settings.CXR_PREDICTION_MAX_ATTEMPTS:
             if Prediction.objects.filter(pk=p.pk, status=Prediction.Status.RUNNING,

@@ -81,7 +81,9 @@ def test_a_claim_held_by_a_dead_process_on_this_host_is_taken_over_at_once(queue
 
 
 def test_a_claim_held_by_a_live_process_is_left_alone(queued):
-    live = services.predictions.worker_identity()  # this very process
+    from cxrweb.processes import process_identity
+
+    live = process_identity()  # this very process
     _age(queued, status="running", started_at=timezone.now(), attempts=1, worker=live)
     assert services.prediction_run(prediction_id=queued.pk) is None
 

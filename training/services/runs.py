@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -17,6 +15,7 @@ from django.core.files import File
 from django.db import transaction
 from django.utils import timezone
 
+from cxrweb.processes import process_identity, process_is_dead
 from training.models import Dataset, ModelVersion, TrainingRun
 from training.services.plots import save_result_plots
 
@@ -25,10 +24,6 @@ logger = logging.getLogger(__name__)
 
 class TrainingRejected(ValueError):
     """The run cannot start as asked; the message says why."""
-
-
-def _identity() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def training_run_create(*, dataset: Dataset, config: dict, created_by=None,
@@ -75,7 +70,7 @@ def training_run_cancel(*, run: TrainingRun) -> TrainingRun:
 def _claim(run_id: int) -> TrainingRun | None:
     now = timezone.now()
     if TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.QUEUED).update(
-        status=TrainingRun.Status.RUNNING, started_at=now, heartbeat_at=now, worker=_identity(),
+        status=TrainingRun.Status.RUNNING, started_at=now, heartbeat_at=now, worker=process_identity(),
         error="",
     ) != 1:
         return None
@@ -120,15 +115,12 @@ def training_run_execute(
             ).exists()
         return bool(last_cancel_check[1])
 
-    def history_hook(p: dict) -> None:
-        progress(p)
-
     with tempfile.TemporaryDirectory(prefix=f"cxr-run-{run.pk}-") as tmp:
         checkpoint = Path(tmp) / "best.pt"
         try:
             result = fit(cfg, dataset.root, FolderScan.from_dict(dataset.scan), dataset.split,
                          checkpoint_path=checkpoint, classes=dataset.classes,
-                         progress_callback=history_hook, should_stop=should_stop)
+                         progress_callback=progress, should_stop=should_stop)
         except MLError as exc:
             return _fail(run, str(exc))
         except Exception as exc:  # noqa: BLE001 - the run's row must say what happened
@@ -192,15 +184,7 @@ def training_runs_reconcile() -> int:
     stale_before = now - dt.timedelta(seconds=settings.CXR_TRAINING_STALE_AFTER_S)
     failed = 0
     for run in TrainingRun.objects.filter(status=TrainingRun.Status.RUNNING):
-        host, _, pid = run.worker.rpartition(":")
-        dead = False
-        if host == socket.gethostname() and pid.isdigit():
-            try:
-                os.kill(int(pid), 0)
-            except ProcessLookupError:
-                dead = True
-            except PermissionError:
-                pass
+        dead = process_is_dead(run.worker)
         if dead or (run.heartbeat_at and run.heartbeat_at < stale_before):
             failed += TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.RUNNING,
                                                  worker=run.worker).update(
