@@ -45,12 +45,24 @@ def run_class_heatmap(self, heatmap_id: int) -> str:
 
 
 @celeryd_init.connect
-def _record_concurrency(sender=None, instance=None, conf=None, options=None, **kwargs) -> None:
-    """In the worker's main process, before the pool forks: record how many pool processes
-    share this host's cores, so each child pins torch to its share (app.conf.worker_concurrency
-    is None when --concurrency comes from the command line)."""
+def _configure_worker(sender=None, instance=None, conf=None, options=None, **kwargs) -> None:
+    """In the worker's main process, before the pool forks (the children inherit both):
+
+    - record how many pool processes share this host's cores, so each child pins torch to its
+      share (app.conf.worker_concurrency is None when --concurrency comes from the command line);
+    - lower the worker's CPU priority (CXR_WORKER_NICE), so the web server sharing the host
+      answers uploads first and the workers take the rest of the CPU.
+    """
     import os
 
+    from django.conf import settings
+
+    log = logging.getLogger(__name__)
     concurrency = (options or {}).get("concurrency") or os.cpu_count() or 1
     os.environ.setdefault("CXR_WORKER_CONCURRENCY", str(concurrency))
-    logging.getLogger(__name__).info("pool processes on this worker: %s", concurrency)
+    log.info("pool processes on this worker: %s", concurrency)
+    if settings.CXR_WORKER_NICE:
+        try:
+            log.info("worker CPU priority: nice %d", os.nice(settings.CXR_WORKER_NICE))
+        except OSError as exc:
+            log.warning("could not lower the worker's CPU priority: %s", exc)

@@ -25,25 +25,31 @@ from training.models import ModelVersion
 logger = logging.getLogger(__name__)
 
 
-def prediction_enqueue_on_commit(prediction_id: int) -> None:
+def prediction_enqueue_on_commit(prediction_id: int, *, recorded: bool = False) -> None:
     """Send the inference task once the current transaction commits.
 
     robust=True: a broker that is down must not undo an accepted upload; the prediction stays
-    queued in the database, which is the source of truth, and can be sent again.
+    queued in the database, which is the source of truth, and can be sent again. `recorded`:
+    the caller already counted this dispatch in the row (dispatches, last_dispatched_at).
     """
-    transaction.on_commit(lambda: prediction_dispatch(prediction_id), robust=True)
+    transaction.on_commit(
+        lambda: prediction_dispatch(prediction_id, record=not recorded), robust=True
+    )
 
 
-def prediction_dispatch(prediction_id: int, *, countdown: float | None = None) -> None:
+def prediction_dispatch(
+    prediction_id: int, *, countdown: float | None = None, record: bool = True
+) -> None:
     """Record the dispatch in the row (the reconciler reads it), then send the task.
 
     If the broker is unreachable the row still says queued, and the reconciler sends it again.
     """
     from diagnosis.tasks import run_prediction
 
-    Prediction.objects.filter(pk=prediction_id).update(
-        dispatches=F("dispatches") + 1, last_dispatched_at=timezone.now()
-    )
+    if record:
+        Prediction.objects.filter(pk=prediction_id).update(
+            dispatches=F("dispatches") + 1, last_dispatched_at=timezone.now()
+        )
     if countdown:
         run_prediction.apply_async((prediction_id,), countdown=countdown)
     else:
@@ -106,22 +112,26 @@ def prediction_claim(*, prediction_id: int, worker: str = "") -> Prediction | No
     """Claim a prediction for this worker process with one conditional UPDATE.
 
     A running prediction is taken over when it is stale (running longer than the hard time limit
-    allows) or when the process that claimed it, on this host, no longer exists (a worker child
-    killed mid-task, whose message Celery redelivers at once with reject_on_worker_lost).
-    Returns None when there is nothing to do: it is done or failed (a redelivered task), another
-    live worker is running it, it is waiting for a model, or it no longer exists.
+    allows), when the process that claimed it, on this host, no longer exists (a worker child
+    killed mid-task, whose message Celery redelivers at once with reject_on_worker_lost), or when
+    it is this very process: a pool process runs one task at a time, so its own claim on a row it
+    is not working on was left by an attempt that stopped on an error (e.g. the database went
+    away while it saved a micro-batch).
+    Returns None when there is nothing to do: it is done or failed (a redelivered task, or it was
+    analysed in another prediction's micro-batch), another live worker is running it, it is
+    waiting for a model, or it no longer exists.
     """
-    worker = worker or process_identity()
+    worker = (worker or process_identity())[:200]
+    current = Prediction.objects.filter(pk=prediction_id).values("status", "worker").first()
+    if current is None or current["status"] in (Prediction.Status.DONE, Prediction.Status.FAILED):
+        return None
     now = timezone.now()
     stale_before = now - dt.timedelta(seconds=settings.CXR_PREDICTION_STALE_AFTER_S)
     claimable = Q(status=Prediction.Status.QUEUED) | Q(
         status=Prediction.Status.RUNNING, started_at__lt=stale_before
     )
-    current = Prediction.objects.filter(pk=prediction_id).values("status", "worker").first()
-    if (
-        current is not None
-        and current["status"] == Prediction.Status.RUNNING
-        and process_is_dead(current["worker"])
+    if current["status"] == Prediction.Status.RUNNING and (
+        current["worker"] == worker or process_is_dead(current["worker"])
     ):
         claimable |= Q(status=Prediction.Status.RUNNING, worker=current["worker"])
     claimed = (
@@ -129,7 +139,7 @@ def prediction_claim(*, prediction_id: int, worker: str = "") -> Prediction | No
         .filter(claimable)
         .update(
             status=Prediction.Status.RUNNING, started_at=now, finished_at=None,
-            attempts=F("attempts") + 1, worker=worker[:200], error="",
+            attempts=F("attempts") + 1, worker=worker, error="",
         )
     )
     if claimed != 1:
@@ -137,14 +147,59 @@ def prediction_claim(*, prediction_id: int, worker: str = "") -> Prediction | No
     return Prediction.objects.select_related("image", "model_version").get(pk=prediction_id)
 
 
-def prediction_run(*, prediction_id: int, worker: str = "") -> Prediction | None:
-    """Run the model and Grad-CAM for one queued prediction. Idempotent.
+def predictions_claim_batch_companions(
+    *, prediction: Prediction, limit: int, worker: str = ""
+) -> list[Prediction]:
+    """Micro-batching: claim up to `limit` other predictions waiting for the same model version.
 
-    Permanent problems (unreadable image, missing or corrupt weights) mark the prediction failed
+    Only what is already queued is taken (nothing waits for a batch to fill), most urgent study
+    first, then oldest. Each row is claimed with its own conditional UPDATE, so two workers never
+    claim the same one. Only fresh predictions (never attempted) are batched: one that was
+    already attempted may be the image that killed its worker, and runs alone. Their own task
+    messages, when they arrive, find them running or done and do nothing.
+    """
+    if limit <= 0:
+        return []
+    worker = (worker or process_identity())[:200]
+    fresh = Prediction.objects.filter(
+        status=Prediction.Status.QUEUED, attempts=0, model_version_id=prediction.model_version_id
+    )
+    candidates = list(
+        fresh.exclude(pk=prediction.pk)
+        .order_by("-image__study__priority", "queued_at", "pk")
+        .values_list("pk", flat=True)[:limit]
+    )
+    now = prediction.started_at  # one batch: one worker, one claim time
+    claimed = [
+        pk for pk in candidates
+        if fresh.filter(pk=pk).update(
+            status=Prediction.Status.RUNNING, started_at=now, finished_at=None,
+            attempts=F("attempts") + 1, worker=worker, error="",
+        ) == 1
+    ]
+    if not claimed:
+        return []
+    return list(
+        Prediction.objects.select_related("image", "model_version")
+        .filter(pk__in=claimed)
+        .order_by("-image__study__priority", "queued_at", "pk")
+    )
+
+
+def prediction_run(*, prediction_id: int, worker: str = "") -> Prediction | None:
+    """Run the model and Grad-CAM for one queued prediction, and for a micro-batch of others
+    waiting for the same model (up to CXR_INFERENCE_BATCH_SIZE in one forward pass). Idempotent.
+
+    Permanent problems (unreadable image, missing or corrupt weights) mark a prediction failed
     with a message at once. Any other error (the model crashed on this image) puts it back in the
     queue behind the others, up to CXR_PREDICTION_MAX_ATTEMPTS, then marks it failed with the
-    error: a poison image never blocks the queue. Database errors propagate, so the task retries.
+    error: a poison image never blocks the queue, and never fails the images batched with it
+    (a batch that crashes is run again one image at a time). Database errors propagate, so the
+    task retries; the batch's other rows are put back in the queue first when the database
+    allows it.
+    Returns this task's own prediction, or None when there was nothing to do.
     """
+    worker = (worker or process_identity())[:200]
     prediction = prediction_claim(prediction_id=prediction_id, worker=worker)
     if prediction is None:
         logger.info("prediction %s: nothing to do (already claimed or finished)", prediction_id)
@@ -155,15 +210,30 @@ def prediction_run(*, prediction_id: int, worker: str = "") -> Prediction | None
             f"Gave up after {prediction.attempts - 1} attempts: the worker stopped while "
             "analysing this image each time.",
         )
+    batch = [prediction]
+    if prediction.attempts == 1:
+        batch += predictions_claim_batch_companions(
+            prediction=prediction, limit=settings.CXR_INFERENCE_BATCH_SIZE - 1, worker=worker
+        )
+    outcomes = _compute_batch(batch)
+    finished: dict[int, Prediction | None] = {}
     try:
-        outcome = _compute(prediction)
-    except PredictionFailure as exc:
-        return _prediction_fail(prediction, str(exc))
-    except Exception as exc:  # noqa: BLE001 - any model/image error is this prediction's failure
-        if isinstance(exc, DatabaseError):
-            raise
-        logger.exception("prediction %s failed (attempt %d)", prediction_id, prediction.attempts)
-        message = f"{type(exc).__name__}: {exc}"
+        for member, outcome in zip(batch, outcomes, strict=True):
+            finished[member.pk] = _prediction_finish(member, outcome)
+    except DatabaseError:
+        _release_unfinished([m for m in batch[1:] if m.pk not in finished], worker=worker)
+        raise
+    if len(batch) > 1:
+        logger.info("prediction %s: ran in a micro-batch of %d", prediction_id, len(batch))
+    return finished[prediction.pk]
+
+
+def _prediction_finish(prediction: Prediction, outcome: dict | Exception) -> Prediction | None:
+    """Store one prediction's outcome: the result, a failure, or back to the queue."""
+    if isinstance(outcome, PredictionFailure):
+        return _prediction_fail(prediction, str(outcome))
+    if isinstance(outcome, Exception):
+        message = f"{type(outcome).__name__}: {outcome}"
         if prediction.attempts >= settings.CXR_PREDICTION_MAX_ATTEMPTS:
             return _prediction_fail(
                 prediction, f"Failed {prediction.attempts} times; last error: {message}"
@@ -176,21 +246,25 @@ def prediction_run(*, prediction_id: int, worker: str = "") -> Prediction | None
     overlay_name = default_storage.save(
         f"heatmaps/{prediction.pk}/overlay.png", ContentFile(outcome["overlay"])
     )
-    finished = timezone.now()
-    updated = Prediction.objects.filter(
-        pk=prediction.pk, status=Prediction.Status.RUNNING, started_at=prediction.started_at
-    ).update(
-        status=Prediction.Status.DONE,
-        probabilities=outcome["probabilities"],
-        label=outcome["label"],
-        cam_class=outcome["cam_class"],
-        cam_method="Grad-CAM",
-        heatmap=heatmap_name,
-        overlay=overlay_name,
-        device=outcome["device"],
-        compute_ms=outcome["compute_ms"],
-        finished_at=finished,
-    )
+    try:
+        updated = Prediction.objects.filter(
+            pk=prediction.pk, status=Prediction.Status.RUNNING, started_at=prediction.started_at
+        ).update(
+            status=Prediction.Status.DONE,
+            probabilities=outcome["probabilities"],
+            label=outcome["label"],
+            cam_class=outcome["cam_class"],
+            cam_method="Grad-CAM",
+            heatmap=heatmap_name,
+            overlay=overlay_name,
+            device=outcome["device"],
+            compute_ms=outcome["compute_ms"],
+            finished_at=timezone.now(),
+        )
+    except BaseException:
+        default_storage.delete(heatmap_name)  # no orphan files when the row cannot say so
+        default_storage.delete(overlay_name)
+        raise
     if updated != 1:
         # Someone else took it over meanwhile (we were presumed dead): keep their result.
         default_storage.delete(heatmap_name)
@@ -200,6 +274,24 @@ def prediction_run(*, prediction_id: int, worker: str = "") -> Prediction | None
     prediction.refresh_from_db()
     study_flag_from_prediction(prediction=prediction)
     return prediction
+
+
+def _release_unfinished(predictions: list[Prediction], *, worker: str) -> None:
+    """Best effort, after a database error mid-batch: put the batch's unfinished companions
+    back in the queue (their claim is not counted) and send them again. When the database is
+    still away this fails too; then the reconciler finds them (stale) later."""
+    if not predictions:
+        return
+    try:
+        for member in predictions:
+            if Prediction.objects.filter(
+                pk=member.pk, status=Prediction.Status.RUNNING, worker=worker
+            ).update(status=Prediction.Status.QUEUED, started_at=None,
+                     attempts=F("attempts") - 1):
+                prediction_dispatch(member.pk)
+    except Exception:  # noqa: BLE001 - the original database error is what the task reports
+        logger.warning("could not put %d batched predictions back in the queue; the reconciler "
+                       "will", len(predictions), exc_info=True)
 
 
 def study_flag_from_prediction(*, prediction: Prediction) -> bool:
@@ -308,24 +400,76 @@ def _prediction_fail(prediction: Prediction, message: str) -> Prediction:
     return prediction
 
 
-def _compute(prediction: Prediction) -> dict:
-    if settings.CXR_FAULT_INJECTION and "poison" in prediction.image.original_filename:
-        # Test hook (CXR_FAULT_INJECTION=true only): behave like a model that crashes on a file.
-        raise RuntimeError("injected fault: the model crashed on this image")
+def _compute_batch(batch: list[Prediction]) -> list[dict | Exception]:
+    """The outcome of each prediction of a micro-batch (one model version): a result dict, or
+    the exception that is that prediction's failure. One forward/backward pass for the batch;
+    if it raises, each image is run alone so that only the image at fault fails."""
     from diagnosis import inference  # imports torch: worker side only
 
-    predictor = inference.predictor_for(prediction.model_version)
-    picture = open_display(prediction.image)
-    started = time.perf_counter()
-    result = predictor.predict([picture])[0]
-    heatmap_png, overlay_png = inference.render_pngs(picture, result.cam)
-    compute_ms = (time.perf_counter() - started) * 1000.0
-    return {
-        "probabilities": {k: float(v) for k, v in result.probabilities.items()},
-        "label": result.label,
-        "cam_class": result.cam_class,
-        "heatmap": heatmap_png,
-        "overlay": overlay_png,
-        "device": str(predictor.device),
-        "compute_ms": compute_ms,
-    }
+    outcomes: list[dict | Exception | None] = [None] * len(batch)
+    try:
+        predictor = inference.predictor_for(batch[0].model_version)
+    except PredictionFailure as exc:
+        return [exc] * len(batch)
+    pictures = {}
+    for i, member in enumerate(batch):
+        try:
+            pictures[i] = open_display(member.image)
+        except DatabaseError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - an unreadable file is this image's failure
+            outcomes[i] = exc if isinstance(exc, PredictionFailure) else PredictionFailure(
+                f"The stored image cannot be read: {type(exc).__name__}: {exc}"
+            )
+    groups = [list(pictures)] if pictures else []
+    while groups:
+        indices = groups.pop()
+        started = time.perf_counter()
+        try:
+            _inject_fault([batch[i] for i in indices])
+            results = predictor.predict([pictures[i] for i in indices])
+        except DatabaseError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the model crashed: isolate the image at fault
+            if len(indices) > 1:
+                logger.warning("a micro-batch of %d failed (%s); running its images one at a "
+                               "time", len(indices), exc)
+                groups.extend([i] for i in reversed(indices))
+                continue
+            logger.exception("prediction %s failed (attempt %d)", batch[indices[0]].pk,
+                             batch[indices[0]].attempts)
+            outcomes[indices[0]] = exc
+            continue
+        predict_ms = (time.perf_counter() - started) * 1000.0 / len(indices)
+        for i, result in zip(indices, results, strict=True):
+            started = time.perf_counter()
+            try:
+                heatmap_png, overlay_png = inference.render_pngs(pictures[i], result.cam)
+            except Exception as exc:  # noqa: BLE001
+                logger.exception("prediction %s: rendering failed", batch[i].pk)
+                outcomes[i] = exc
+                continue
+            outcomes[i] = {
+                "probabilities": {k: float(v) for k, v in result.probabilities.items()},
+                "label": result.label,
+                "cam_class": result.cam_class,
+                "heatmap": heatmap_png,
+                "overlay": overlay_png,
+                "device": str(predictor.device),
+                # This image's share of the batch's pass, plus its own rendering.
+                "compute_ms": predict_ms + (time.perf_counter() - started) * 1000.0,
+            }
+    return outcomes
+
+
+def _inject_fault(members: list[Prediction]) -> None:
+    """Test hooks (CXR_FAULT_INJECTION=true only): behave like a model that crashes on a file
+    whose name contains "poison", taking down the whole forward pass it is in, or that takes a
+    second over one whose name starts with "slow" (so that a fault test can catch it running)."""
+    if not settings.CXR_FAULT_INJECTION:
+        return
+    names = [m.image.original_filename for m in members]
+    if any("poison" in name for name in names):
+        raise RuntimeError("injected fault: the model crashed on this image")
+    if any(name.startswith("slow") for name in names):
+        time.sleep(1.0)

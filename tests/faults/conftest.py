@@ -54,6 +54,7 @@ TIMINGS = {
     "CXR_TASK_TIME_LIMIT": 60,  # the broker's visibility timeout is 3x: 180 s
     "CXR_PREDICTION_MAX_ATTEMPTS": 3,
     "CXR_PREDICTION_MAX_DISPATCHES": 5,
+    "CXR_INFERENCE_BATCH_SIZE": 4,  # the default, said here so the tests can count on it
 }
 
 
@@ -788,7 +789,9 @@ def freeze_when_running(stack: FaultStack, conn, prediction_id: int, *, timeout:
 def catch_mid_flight(stack: FaultStack, *, patient_id: str, seeds, size: int = 384,
                      timeout: float = 60) -> MidFlight:
     """Upload images one at a time until one is caught mid-prediction (see
-    freeze_when_running); its pool child is left stopped."""
+    freeze_when_running); its pool child is left stopped. The files are named slow-*.png: with
+    CXR_FAULT_INJECTION the model takes a second over each, so a run is never over before the
+    test has seen it start."""
     import psycopg
 
     with psycopg.connect(stack.pg.url(), autocommit=True, connect_timeout=5) as conn:

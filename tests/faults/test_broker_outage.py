@@ -56,8 +56,14 @@ def test_uploads_survive_a_redis_restart_and_the_reconciler_resends_what_was_los
     rows = stack.wait_finished(ids, timeout=150, what="the lost predictions to be re-sent and done")
     assert {r["status"] for r in rows.values()} == {"done"}, rows
     assert all(r["attempts"] == 1 for r in rows.values()), rows  # each ran exactly once
-    # The ones uploaded while Redis was down were sent again by the reconciler.
-    assert all(rows[u["prediction_id"]]["dispatches"] >= 2 for u in during), rows
+    # Each one uploaded while Redis was down was sent again by the reconciler, or analysed in a
+    # micro-batch beside a prediction whose message did arrive (same worker, same claim time).
+    batches: dict[tuple, int] = {}
+    for r in rows.values():
+        batches[(r["worker"], r["started_at"])] = batches.get((r["worker"], r["started_at"]), 0) + 1
+    for u in during:
+        r = rows[u["prediction_id"]]
+        assert r["dispatches"] >= 2 or batches[(r["worker"], r["started_at"])] > 1, rows
     image_ids = [u["image_id"] for u in uploads]
     assert stack.predictions_per_image(image_ids) == {i: 1 for i in image_ids}
     for worker in workers:

@@ -1,0 +1,157 @@
+"""Micro-batching in the worker: one forward/backward pass for the predictions already waiting."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import OperationalError
+
+from diagnosis import services
+from diagnosis.models import Prediction, Study
+from diagnosis.services import predictions as prediction_service
+from tests import imagegen
+
+
+def _upload(user, seed: int, *, filename: str = "chest.png", priority=Study.Priority.ROUTINE):
+    return services.study_upload(
+        uploaded_by=user, data=imagegen.png_bytes(seed=seed), patient_id=f"MB-{seed}",
+        filename=filename, priority=priority,
+    ).prediction
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    from diagnosis import tasks
+
+    calls: list[int] = []
+    monkeypatch.setattr(tasks.run_prediction, "delay", calls.append)
+    monkeypatch.setattr(tasks.run_prediction, "apply_async",
+                        lambda args, countdown=None: calls.append(args[0]))
+    return calls
+
+
+def test_one_task_analyses_what_is_waiting_and_the_other_tasks_then_do_nothing(
+    radiologist, production_model, settings
+):
+    settings.CXR_INFERENCE_BATCH_SIZE = 4
+    waiting = [_upload(radiologist, seed) for seed in range(3)]
+    done = services.prediction_run(prediction_id=waiting[0].pk, worker="w1")
+    assert done.pk == waiting[0].pk and done.status == "done"
+    rows = list(Prediction.objects.filter(pk__in=[p.pk for p in waiting]).order_by("pk"))
+    assert [r.status for r in rows] == ["done"] * 3
+    assert all(r.attempts == 1 and r.worker == "w1" for r in rows)
+    assert all(r.heatmap and r.overlay and r.compute_ms > 0 for r in rows)
+    assert all(sum(r.probabilities.values()) == pytest.approx(1.0, abs=1e-5) for r in rows)
+    # Their own messages arrive later: nothing to do, nothing changed.
+    for row in rows[1:]:
+        assert services.prediction_run(prediction_id=row.pk, worker="w2") is None
+        again = Prediction.objects.get(pk=row.pk)
+        assert (again.worker, again.attempts, again.finished_at) == ("w1", 1, row.finished_at)
+
+
+def test_a_batch_gives_each_image_the_result_it_gets_alone(
+    radiologist, production_model, settings
+):
+    settings.CXR_INFERENCE_BATCH_SIZE = 2
+    first, second = _upload(radiologist, 1), _upload(radiologist, 2)
+    services.prediction_run(prediction_id=first.pk)
+    batched = Prediction.objects.get(pk=second.pk)
+    assert batched.status == "done"
+    settings.CXR_INFERENCE_BATCH_SIZE = 1
+    same_bytes = services.study_upload(
+        uploaded_by=radiologist, data=imagegen.png_bytes(seed=2), patient_id="MB-again",
+    ).prediction
+    alone = services.prediction_run(prediction_id=same_bytes.pk)
+    assert alone.label == batched.label
+    for name, p in alone.probabilities.items():
+        assert p == pytest.approx(batched.probabilities[name], abs=1e-4)
+
+
+def test_the_batch_size_is_a_limit_and_the_most_urgent_study_goes_first(
+    radiologist, production_model, settings
+):
+    settings.CXR_INFERENCE_BATCH_SIZE = 2
+    first = _upload(radiologist, 10)
+    routine = _upload(radiologist, 11)
+    stat = _upload(radiologist, 12, priority=Study.Priority.STAT)
+    services.prediction_run(prediction_id=first.pk)
+    status = dict(Prediction.objects.values_list("pk", "status"))
+    assert status == {first.pk: "done", stat.pk: "done", routine.pk: "queued"}
+
+
+def test_batching_off_runs_one_prediction_per_task(radiologist, production_model, settings):
+    settings.CXR_INFERENCE_BATCH_SIZE = 1
+    first, other = _upload(radiologist, 20), _upload(radiologist, 21)
+    services.prediction_run(prediction_id=first.pk)
+    assert Prediction.objects.get(pk=other.pk).status == "queued"
+
+
+def test_a_prediction_that_was_already_attempted_runs_alone_and_is_not_batched(
+    radiologist, production_model, settings
+):
+    """It may be the image that killed its worker: it must not take others down with it."""
+    settings.CXR_INFERENCE_BATCH_SIZE = 4
+    retried, fresh = _upload(radiologist, 30), _upload(radiologist, 31)
+    Prediction.objects.filter(pk=retried.pk).update(attempts=1)
+    done = services.prediction_run(prediction_id=retried.pk)
+    assert done.status == "done" and done.attempts == 2
+    assert Prediction.objects.get(pk=fresh.pk).status == "queued"
+    # ...and a fresh one does not pick it up as a companion either.
+    Prediction.objects.filter(pk=retried.pk).update(status="queued", attempts=1)
+    services.prediction_run(prediction_id=fresh.pk)
+    assert Prediction.objects.get(pk=retried.pk).status == "queued"
+
+
+def test_an_image_that_crashes_the_batch_fails_alone(
+    radiologist, production_model, settings, sent, django_capture_on_commit_callbacks
+):
+    settings.CXR_INFERENCE_BATCH_SIZE = 4
+    settings.CXR_FAULT_INJECTION = True
+    good = _upload(radiologist, 40, filename="good.png")
+    poison = _upload(radiologist, 41, filename="poison.png")
+    other = _upload(radiologist, 42, filename="other.png")
+    with django_capture_on_commit_callbacks(execute=True):
+        done = services.prediction_run(prediction_id=good.pk)
+    assert done.status == "done"
+    assert Prediction.objects.get(pk=other.pk).status == "done"
+    crashed = Prediction.objects.get(pk=poison.pk)
+    assert crashed.status == "queued" and "injected fault" in crashed.error
+    assert crashed.attempts == 1
+    assert sent == [poison.pk]  # back in the queue, behind what is waiting
+
+
+def test_a_database_error_mid_batch_puts_the_unfinished_companions_back(
+    radiologist, production_model, settings, sent, monkeypatch
+):
+    settings.CXR_INFERENCE_BATCH_SIZE = 3
+    first, second, third = (_upload(radiologist, seed) for seed in (50, 51, 52))
+    real_finish = prediction_service._prediction_finish
+    calls = []
+
+    def finish_then_lose_the_database(prediction, outcome):
+        calls.append(prediction.pk)
+        if len(calls) == 2:
+            raise OperationalError("server closed the connection unexpectedly")
+        return real_finish(prediction, outcome)
+
+    monkeypatch.setattr(prediction_service, "_prediction_finish", finish_then_lose_the_database)
+    with pytest.raises(OperationalError):
+        services.prediction_run(prediction_id=first.pk, worker="w1")
+    rows = {r.pk: r for r in Prediction.objects.all()}
+    assert rows[first.pk].status == "done"
+    for pk in (second.pk, third.pk):
+        assert (rows[pk].status, rows[pk].attempts) == ("queued", 0)
+    assert sorted(sent) == sorted([second.pk, third.pk])
+    # The task's retry (same process) finishes what is left.
+    monkeypatch.setattr(prediction_service, "_prediction_finish", real_finish)
+    services.prediction_run(prediction_id=second.pk, worker="w1")
+    assert set(Prediction.objects.values_list("status", flat=True)) == {"done"}
+
+
+def test_the_same_process_takes_back_its_own_claim_after_an_error(
+    radiologist, production_model
+):
+    """A retry of a task whose attempt stopped on a database error finds its own claim."""
+    queued = _upload(radiologist, 60)
+    Prediction.objects.filter(pk=queued.pk).update(status="running", worker="host:1", attempts=1)
+    done = services.prediction_run(prediction_id=queued.pk, worker="host:1")
+    assert done is not None and done.status == "done" and done.attempts == 2
