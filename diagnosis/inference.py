@@ -7,7 +7,6 @@ child), and cached by version id and weights sha256.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import threading
@@ -15,6 +14,7 @@ import threading
 import torch
 from django.conf import settings
 
+from diagnosis.imaging import png_bytes
 from diagnosis.services import PredictionFailure
 from training.ml.checkpoint import file_sha256
 from training.ml.inference import Predictor, cam_to_heatmap_rgba, render_overlay
@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 
 _cache: dict[tuple[int, str], Predictor] = {}
 _lock = threading.Lock()
-HEATMAP_MAX_SIDE = 512  # a CAM is a 7x7..14x14 map upsampled: more pixels add nothing
+# A CAM is a 7x7..14x14 map upsampled: more pixels add nothing (the browser scales it smoothly).
+HEATMAP_MAX_SIDE = 256
 
 
 def configure_torch_threads(concurrency: int | None = None) -> int:
@@ -101,10 +102,4 @@ def render_pngs(picture, cam, *, overlay: bool = True) -> tuple[bytes, bytes | N
     scale = min(1.0, HEATMAP_MAX_SIDE / max(w, h))
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     heatmap = cam_to_heatmap_rgba(cam, size)
-    return _png(heatmap), (_png(render_overlay(picture, cam)) if overlay else None)
-
-
-def _png(img) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+    return png_bytes(heatmap), (png_bytes(render_overlay(picture, cam)) if overlay else None)

@@ -585,3 +585,25 @@ def test_the_request_path_module_imports_neither_django_nor_torch() -> None:
         check=True,
     )
     assert result.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA"])
+def test_png_bytes_keeps_every_pixel_and_the_channel_order(mode):
+    from diagnosis.imaging import png_bytes
+
+    rng = np.random.default_rng(3)
+    channels = {"L": 1, "RGB": 3, "RGBA": 4}[mode]
+    pixels = rng.integers(0, 256, size=(37, 53, channels), dtype=np.uint8)
+    image = Image.fromarray(pixels[..., 0] if mode == "L" else pixels)
+    data = png_bytes(image)
+    assert data.startswith(b"\x89PNG")
+    with Image.open(BytesIO(data)) as decoded:
+        assert decoded.mode == mode and decoded.size == (53, 37)
+        assert np.array_equal(np.asarray(decoded), np.asarray(image))
+
+
+def test_png_bytes_refuses_modes_it_cannot_write_faithfully():
+    from diagnosis.imaging import png_bytes
+
+    with pytest.raises(ValueError, match="L, RGB or RGBA"):
+        png_bytes(Image.new("I;16", (4, 4)))
