@@ -73,7 +73,12 @@ def prediction_json(prediction: Prediction, request) -> dict:
     }
 
 
-def study_json(study: Study, request) -> dict:
+def study_json(
+    study: Study, request, *, images: list | None = None, predictions: list | None = None
+) -> dict:
+    """A study with its images and predictions (queried unless the caller has them)."""
+    images = list(study.images.all()) if images is None else images
+    predictions = selectors.study_predictions(study) if predictions is None else predictions
     return {
         "id": study.pk,
         "url": request.build_absolute_uri(study.get_absolute_url()),
@@ -91,9 +96,9 @@ def study_json(study: Study, request) -> dict:
                 "sha256": image.sha256,
                 "duplicate_of_image": image.duplicate_of_id,
             }
-            for image in study.images.all()
+            for image in images
         ],
-        "predictions": [prediction_json(p, request) for p in selectors.study_predictions(study)],
+        "predictions": [prediction_json(p, request) for p in predictions],
     }
 
 
@@ -125,8 +130,11 @@ class StudyListCreate(APIView):
             return Response({"error": str(exc), "code": exc.code},
                             status=status.HTTP_400_BAD_REQUEST)
         audit(request, AuditEvent.Action.UPLOAD, result.image, detail={"via": "api"})
-        study = selectors.study_detail(result.study.pk)
-        body = study_json(study, request)
+        if result.study_created:  # all of it is in hand: no second round of queries
+            body = study_json(result.study, request, images=[result.image],
+                              predictions=[result.prediction])
+        else:
+            body = study_json(selectors.study_detail(result.study.pk), request)
         body["image_id"] = result.image.pk
         body["prediction_id"] = result.prediction.pk
         return Response(body, status=status.HTTP_201_CREATED)

@@ -30,6 +30,7 @@ class UploadResult:
     study: Study
     image: Image
     prediction: Prediction
+    study_created: bool = True  # False: the image was added to an existing study (accession)
 
 
 def _clean(value: str | None, max_length: int) -> str:
@@ -91,7 +92,7 @@ def study_upload(
                 sex=(patient_sex or (dicom.patient_sex if dicom else "")).upper()[:1],
                 birth_date=patient_birth_date or (dicom.patient_birth_date if dicom else None),
             )
-            study = _study_for_upload(
+            study, study_created = _study_for_upload(
                 patient=patient,
                 accession_number=accession_number,
                 view=view,
@@ -112,7 +113,9 @@ def study_upload(
         "upload: study %s image %s prediction %s (%s, %d bytes)",
         study.pk, image.pk, prediction.pk, decoded.format, len(data),
     )
-    return UploadResult(study=study, image=image, prediction=prediction)
+    return UploadResult(
+        study=study, image=image, prediction=prediction, study_created=study_created
+    )
 
 
 def _patient_for_upload(*, mrn: str, name: str, sex: str, birth_date: dt.date | None) -> Patient:
@@ -138,7 +141,7 @@ def _patient_for_upload(*, mrn: str, name: str, sex: str, birth_date: dt.date | 
 def _study_for_upload(
     *, patient: Patient, accession_number: str, view: str, priority: int, uploaded_by,
     decoded: DecodedImage,
-) -> Study:
+) -> tuple[Study, bool]:
     dicom = decoded.dicom
     if accession_number:
         existing = Study.objects.select_for_update().filter(
@@ -155,10 +158,10 @@ def _study_for_upload(
             if priority > existing.priority:
                 existing.priority = priority
                 existing.save(update_fields=["priority"])
-            return existing
+            return existing, False
     else:
         accession_number = _new_accession_number()
-    return Study.objects.create(
+    study = Study.objects.create(
         patient=patient,
         accession_number=accession_number,
         study_date=(dicom.study_date if dicom and dicom.study_date else timezone.localdate()),
@@ -168,6 +171,7 @@ def _study_for_upload(
         priority=priority,
         uploaded_by=uploaded_by if getattr(uploaded_by, "pk", None) else None,
     )
+    return study, True
 
 
 def _image_create(
@@ -205,9 +209,14 @@ def _image_create(
 
 def _prediction_create(*, image: Image) -> Prediction:
     version = ModelVersion.objects.filter(status=ModelVersion.Status.PRODUCTION).first()
-    prediction = Prediction.objects.create(image=image, model_version=version)
-    if version is not None:
-        prediction_enqueue_on_commit(prediction.pk)
+    if version is None:
+        return Prediction.objects.create(image=image, model_version=None)
+    # The dispatch is recorded in the row it creates (no second UPDATE); the task is sent once
+    # the upload commits. If the broker is down then, the reconciler sends it again later.
+    prediction = Prediction.objects.create(
+        image=image, model_version=version, dispatches=1, last_dispatched_at=timezone.now()
+    )
+    prediction_enqueue_on_commit(prediction.pk, recorded=True)
     return prediction
 
 
