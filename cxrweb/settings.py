@@ -111,6 +111,12 @@ if DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":
     # costs one failed request at most, answered 503.
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CXR_DB_CONN_MAX_AGE", default=60))
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+    if env.bool("CXR_DB_PREPARED_STATEMENTS", default=True):
+        # Server-side binding, so that psycopg prepares a statement the 5th time a connection
+        # runs it: PostgreSQL then skips parsing and planning the app's few hot queries (claims,
+        # uploads, polls). Turn off behind a transaction-mode connection pooler (PgBouncer).
+        DATABASES["default"].setdefault("OPTIONS", {}).setdefault("server_side_binding", True)
+        DATABASES["default"]["OPTIONS"].setdefault("prepare_threshold", 5)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     # The web server and the worker write to the same file: wait for locks instead of failing,

@@ -138,31 +138,11 @@ class DecodedImage:
     dicom: DicomInfo | None = None
 
     def to_png_bytes(self) -> bytes:
-        """The re-encoded display copy (see :func:`png_bytes`: fast on the request path)."""
-        return png_bytes(self.image)
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    """Encode an L, RGB or RGBA image as PNG, fast: zlib level 1 without row filters, through
-    OpenCV (already installed: pytorch-grad-cam needs it). Pillow's adaptive row filtering costs
-    more than the compression itself: a 2048-pixel radiograph takes ~130 ms instead of ~250, a
-    1024-pixel RGBA overlay ~25 ms instead of ~70. The pixels are the same; files are a little
-    larger."""
-    import cv2  # lazily: only the processes that encode pay for the import
-
-    if image.mode not in ("L", "RGB", "RGBA"):
-        raise ValueError(f"png_bytes takes L, RGB or RGBA images, not {image.mode}.")
-    pixels = np.asarray(image)
-    if image.mode != "L":
-        conversion = cv2.COLOR_RGBA2BGRA if image.mode == "RGBA" else cv2.COLOR_RGB2BGR
-        pixels = cv2.cvtColor(pixels, conversion)
-    ok, encoded = cv2.imencode(
-        ".png", pixels,
-        [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE],
-    )
-    if not ok:
-        raise ValueError(f"OpenCV could not encode a {pixels.shape} image as PNG.")
-    return encoded.tobytes()
+        """The re-encoded display copy: PNG at compress level 1, with Pillow (the web process
+        does not load OpenCV; the worker encodes with it, see diagnosis.inference.png_bytes)."""
+        buf = BytesIO()
+        self.image.save(buf, format="PNG", compress_level=1)
+        return buf.getvalue()
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,10 +11,12 @@ import logging
 import os
 import threading
 
+import cv2
+import numpy as np
 import torch
 from django.conf import settings
+from PIL import Image
 
-from diagnosis.imaging import png_bytes
 from diagnosis.services import PredictionFailure
 from training.ml.checkpoint import file_sha256
 from training.ml.inference import Predictor, cam_to_heatmap_rgba, render_overlay
@@ -30,11 +32,14 @@ HEATMAP_MAX_SIDE = 256
 
 
 def configure_torch_threads(concurrency: int | None = None) -> int:
-    """Pin torch's intra-op threads so the worker's processes do not fight over the cores."""
+    """Pin torch's intra-op threads, and OpenCV's (Grad-CAM's resizing, the PNG encoding), so the
+    worker's processes do not fight over the cores: OpenCV would otherwise start a thread per core
+    in every pool process."""
     threads = settings.CXR_TORCH_THREADS
     if threads <= 0:
         threads = max(1, (os.cpu_count() or 1) // max(1, concurrency or 1))
     torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
     return threads
 
 
@@ -103,3 +108,23 @@ def render_pngs(picture, cam, *, overlay: bool = True) -> tuple[bytes, bytes | N
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     heatmap = cam_to_heatmap_rgba(cam, size)
     return png_bytes(heatmap), (png_bytes(render_overlay(picture, cam)) if overlay else None)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """Encode an L, RGB or RGBA image as PNG, fast: zlib level 1 without row filters, through
+    OpenCV (already installed: pytorch-grad-cam needs it). Pillow's adaptive row filtering costs
+    more than the compression itself: a 1024-pixel RGBA overlay takes ~25 ms instead of ~70.
+    The pixels are the same; files are a little larger."""
+    if image.mode not in ("L", "RGB", "RGBA"):
+        raise ValueError(f"png_bytes takes L, RGB or RGBA images, not {image.mode}.")
+    pixels = np.asarray(image)
+    if image.mode != "L":
+        conversion = cv2.COLOR_RGBA2BGRA if image.mode == "RGBA" else cv2.COLOR_RGB2BGR
+        pixels = cv2.cvtColor(pixels, conversion)
+    ok, encoded = cv2.imencode(
+        ".png", pixels,
+        [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE],
+    )
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {pixels.shape} image as PNG.")
+    return encoded.tobytes()

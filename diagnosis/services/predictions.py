@@ -246,21 +246,22 @@ def _prediction_finish(prediction: Prediction, outcome: dict | Exception) -> Pre
     overlay_name = default_storage.save(
         f"heatmaps/{prediction.pk}/overlay.png", ContentFile(outcome["overlay"])
     )
+    result = {
+        "status": Prediction.Status.DONE,
+        "probabilities": outcome["probabilities"],
+        "label": outcome["label"],
+        "cam_class": outcome["cam_class"],
+        "cam_method": "Grad-CAM",
+        "heatmap": heatmap_name,
+        "overlay": overlay_name,
+        "device": outcome["device"],
+        "compute_ms": outcome["compute_ms"],
+        "finished_at": timezone.now(),
+    }
     try:
         updated = Prediction.objects.filter(
             pk=prediction.pk, status=Prediction.Status.RUNNING, started_at=prediction.started_at
-        ).update(
-            status=Prediction.Status.DONE,
-            probabilities=outcome["probabilities"],
-            label=outcome["label"],
-            cam_class=outcome["cam_class"],
-            cam_method="Grad-CAM",
-            heatmap=heatmap_name,
-            overlay=overlay_name,
-            device=outcome["device"],
-            compute_ms=outcome["compute_ms"],
-            finished_at=timezone.now(),
-        )
+        ).update(**result)
     except BaseException:
         default_storage.delete(heatmap_name)  # no orphan files when the row cannot say so
         default_storage.delete(overlay_name)
@@ -271,7 +272,8 @@ def _prediction_finish(prediction: Prediction, outcome: dict | Exception) -> Pre
         default_storage.delete(overlay_name)
         logger.warning("prediction %s: claim lost before saving the result", prediction.pk)
         return None
-    prediction.refresh_from_db()
+    for field, value in result.items():  # what the row now holds; no second query
+        setattr(prediction, field, value)
     study_flag_from_prediction(prediction=prediction)
     return prediction
 
