@@ -67,23 +67,8 @@ def _timed(fn, items: list) -> float:
     return time.perf_counter() - started
 
 
-def measure_floor(args: argparse.Namespace) -> None:
-    _django_setup()
-    import torch
-
-    from diagnosis import inference
-    from training.models import ModelVersion
-
-    threads = inference.configure_torch_threads(1)  # what a `--concurrency 1` worker child sets
-    version = ModelVersion.objects.get(status=ModelVersion.Status.PRODUCTION)
-    predictor = inference.predictor_for(version)
-    paths = json.loads(Path(args.images).read_text())[: args.count]
-    images = _load_images(paths)
-    n = len(images)
-
-    for img in images[: args.warmup]:
-        predictor.predict([img])
-
+def _floor_pass(predictor, images: list, render) -> dict:
+    """predict([image]) one image at a time, then the worker's PNG rendering; wall and CPU."""
     predict_ms: list[float] = []
     render_ms: list[float] = []
     cpu_started = time.process_time()
@@ -91,17 +76,56 @@ def measure_floor(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         result = predictor.predict([img])[0]
         t1 = time.perf_counter()
-        inference.render_pngs(img, result.cam)
+        render(img, result.cam)
         t2 = time.perf_counter()
         predict_ms.append((t1 - t0) * 1000)
         render_ms.append((t2 - t1) * 1000)
+    n = len(images)
+    predict_s = sum(predict_ms) / 1000
+    return {
+        "per_s": round(n / predict_s, 3),
+        "with_render_per_s": round(n / (predict_s + sum(render_ms) / 1000), 3),
+        "predict_ms_mean": round(sum(predict_ms) / n, 2),
+        "render_pngs_ms_mean": round(sum(render_ms) / n, 2),
+        # CPU time of the loop (all threads): unlike wall time, barely moved by other processes.
+        "cpu_ms_per_image_with_render": round((time.process_time() - cpu_started) * 1000 / n, 1),
+    }
 
-    # CPU time of the loop (all threads): unlike wall time, barely moved by other processes.
-    cpu_ms_per_image = (time.process_time() - cpu_started) * 1000 / n
+
+def measure_floor(args: argparse.Namespace) -> None:
+    """Two single-process floors, and the stricter one is `floor_per_s`:
+
+    - with the torch threads one worker pool process sets (cores / --concurrency), as the
+      issue defines the floor ("with the same threads");
+    - with torch's default, every core: what a plain script gets on this machine. With N pool
+      processes of 1 thread each, the same-threads floor alone would flatter the app N-fold.
+    """
+    _django_setup()
+    import os
+
+    import torch
+
+    from diagnosis import inference
+    from training.models import ModelVersion
+
+    threads = inference.configure_torch_threads(args.concurrency)  # as a worker child sets
+    version = ModelVersion.objects.get(status=ModelVersion.Status.PRODUCTION)
+    predictor = inference.predictor_for(version)
+    paths = json.loads(Path(args.images).read_text())[: args.count]
+    images = _load_images(paths)
+    n = len(images)
+
+    def warm() -> None:
+        for img in images[: args.warmup]:
+            predictor.predict([img])
+
+    warm()
+    same = _floor_pass(predictor, images, inference.render_pngs)
     batch: dict[str, float] = {}
     for size in args.batch_sizes:
         chunks = [images[i : i + size] for i in range(0, n - n % size, size)]
         if chunks:
+            predictor.predict(chunks[0])  # first call of a batch shape: not timed
             seconds = _timed(predictor.predict, chunks)
             batch[f"b{size}"] = round(len(chunks) * size / seconds, 3)
 
@@ -112,16 +136,31 @@ def measure_floor(args: argparse.Namespace) -> None:
             predictor.model(batch_model_input([img], predictor.preprocessing).to(predictor.device))
 
     forward_s = _timed(forward_only, images)
-    predict_s = sum(predict_ms) / 1000
+    all_cores_threads = os.cpu_count() or 1
+    if all_cores_threads != threads:
+        import cv2
+
+        torch.set_num_threads(all_cores_threads)  # a plain script's defaults
+        cv2.setNumThreads(all_cores_threads)
+        warm()
+        all_cores = _floor_pass(predictor, images, inference.render_pngs)
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)
+    else:
+        all_cores = same
+    best = max((same, all_cores), key=lambda f: f["per_s"])
     cuda = torch.cuda.is_available()
     out = {
-        "floor_per_s": round(n / predict_s, 3),
-        "floor_with_render_per_s": round(n / (predict_s + sum(render_ms) / 1000), 3),
+        "floor_per_s": best["per_s"],
+        "floor_with_render_per_s": best["with_render_per_s"],
+        "predict_ms_mean": best["predict_ms_mean"],
+        "render_pngs_ms_mean": best["render_pngs_ms_mean"],
+        "cpu_ms_per_image_with_render": best["cpu_ms_per_image_with_render"],
+        "floor_threads": threads if best is same else all_cores_threads,
+        "same_threads": {"torch_threads": threads, **same},
+        "all_cores": {"torch_threads": all_cores_threads, **all_cores},
         "batch_floor_per_s": batch,
         "forward_only_per_s": round(n / forward_s, 3),
-        "predict_ms_mean": round(sum(predict_ms) / n, 2),
-        "cpu_ms_per_image_with_render": round(cpu_ms_per_image, 1),
-        "render_pngs_ms_mean": round(sum(render_ms) / n, 2),
         "images": n,
         "torch_threads": threads,
         "torch_interop_threads": torch.get_num_interop_threads(),
@@ -148,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--count", type=int, default=100)
     f.add_argument("--warmup", type=int, default=3)
     f.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[4, 8])
+    f.add_argument("--concurrency", type=int, default=1, help="the workers' pool processes")
     f.add_argument("--out", required=True)
     t = sub.add_parser("training", help="training images/s (see bench/trainbench.py)")
     t.add_argument("--images", required=True, help="an ImageFolder-style folder")

@@ -50,7 +50,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         help="ImageNet features file loaded into the backbone (meaningful CAMs)",
     )
-    p.add_argument("--workers", type=int, default=1, help="Celery worker processes (default 1)")
+    p.add_argument("--workers", type=int, default=1, help="Celery workers (default 1)")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="pool processes per Celery worker (default: the CPU count, as `make run` starts it)",
+    )
     p.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes")
     p.add_argument("--web-threads", type=int, default=1, help="threads per gunicorn worker")
     p.add_argument(
@@ -127,7 +133,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-level", default="INFO", help="LOG_LEVEL of the app's processes")
     args = p.parse_args(argv)
     args.client_levels = [int(c) for c in args.clients.split(",") if c.strip()]
-    if args.workers < 1 or args.count < 1 or min(args.client_levels, default=0) < 1:
+    if args.workers < 1 or args.concurrency < 1 or args.count < 1 or min(args.client_levels, default=0) < 1:
         p.error("--workers, --count and --clients must be positive")
     return args
 
@@ -178,7 +184,7 @@ class Bench:
         self, args: argparse.Namespace, stack: Stack, client: ApiClient, source: load.ImageSource
     ) -> None:
         self.args, self.stack, self.client, self.source = args, stack, client, source
-        self.window = args.workers + 1
+        self.window = args.workers * args.concurrency + 1
         self.report: dict = {}
         self.failures: list[str] = []
         self.py_spy = (
@@ -353,7 +359,7 @@ class Bench:
         self.report["end_to_end_ms"]["loaded"] = summary([i.e2e_ms for i in done], (50, 95, 99))
         breakdown = load.server_breakdown(done)
         run_ms = [x for x in (_run_ms(i) for i in done) if x is not None]
-        breakdown["worker_busy_share"] = round(sum(run_ms) / 1000 / (span * a.workers), 3)
+        breakdown["worker_busy_share"] = round(sum(run_ms) / 1000 / (span * a.workers * a.concurrency), 3)
         breakdown["upload_ms_under_load"] = load.upload_stats(items, span)
         breakdown["polls"] = tracker.polls
         breakdown["worker_cpu_ms_per_prediction"] = round(
@@ -386,6 +392,8 @@ class Bench:
                 str(images_json),
                 "--count",
                 str(a.floor_count),
+                "--concurrency",
+                str(a.concurrency),
                 "--out",
                 str(out),
             ],
@@ -480,7 +488,7 @@ def meta(
         "cuda_device": floor.get("cuda_device"),
         "torch": floor.get("torch"),
         "torch_threads_per_worker": floor.get("torch_threads"),
-        "celery_concurrency": 1,
+        "celery_concurrency": args.concurrency,
         "celery_worker_processes": args.workers,
         "gunicorn_workers": args.web_workers,
         "gunicorn_threads": args.web_threads,
@@ -529,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         classes=[c for c in args.classes.split(",") if c],
         backbone_weights=args.backbone_weights,
         workers=args.workers,
+        concurrency=args.concurrency,
         web_workers=args.web_workers,
         web_threads=args.web_threads,
         database_url=args.database_url,

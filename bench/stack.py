@@ -39,6 +39,7 @@ class StackConfig:
     classes: list[str]
     backbone_weights: Path | None
     workers: int = 1
+    concurrency: int = 1  # pool processes per worker
     web_workers: int = 2
     web_threads: int = 1
     database_url: str | None = None  # an existing database: used as is, never dropped
@@ -337,7 +338,7 @@ class Stack:
                 "-Q",
                 "inference",
                 "--concurrency",
-                "1",
+                str(self.cfg.concurrency),
                 "--pool",
                 "prefork",
                 "--hostname",
