@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--images", required=True, help="JSON list of image paths")
     f.add_argument("--count", type=int, default=100)
     f.add_argument("--warmup", type=int, default=3)
-    f.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[4, 8])
+    f.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[2, 4, 8])
     f.add_argument("--concurrency", type=int, default=1, help="the workers' pool processes")
     f.add_argument("--out", required=True)
     t = sub.add_parser("training", help="training images/s (see bench/trainbench.py)")

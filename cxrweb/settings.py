@@ -204,10 +204,11 @@ CXR_PREDICTION_STALE_AFTER_S = env_positive_int(
 )
 CXR_PREDICTION_MAX_ATTEMPTS = env_positive_int("CXR_PREDICTION_MAX_ATTEMPTS", 3)
 # Micro-batching: a worker analyses up to this many queued predictions of the same model in one
-# forward/backward pass (only what is already waiting: a lone upload is never held back). On a
-# 2-core CPU batches of 2-4 give ~10-30% more images/s than one at a time (8 and more are slower
-# there: caches); on a GPU larger batches pay more. 1 turns batching off.
-CXR_INFERENCE_BATCH_SIZE = env_positive_int("CXR_INFERENCE_BATCH_SIZE", 4)
+# forward/backward pass (only what is already waiting: a lone upload is never held back).
+# 0 = by device: 2 on a CPU (on 2 cores, mobilenet_v2: batches of 2 give +15-35% images/s over
+# one at a time, 4 about the same, 8 less: the activations stop fitting in the caches), 16 on a
+# GPU. 1 turns batching off.
+CXR_INFERENCE_BATCH_SIZE = env.int("CXR_INFERENCE_BATCH_SIZE", default=0)
 # Workers lower their CPU priority by this much (nice) at start, so that on a host shared with
 # the web server an upload is never queued behind model work; a host that runs only workers
 # is unaffected. 0 keeps the priority.

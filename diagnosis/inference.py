@@ -43,6 +43,13 @@ def configure_torch_threads(concurrency: int | None = None) -> int:
     return threads
 
 
+def batch_size() -> int:
+    """How many predictions a worker runs in one pass (CXR_INFERENCE_BATCH_SIZE; 0 = by device)."""
+    if settings.CXR_INFERENCE_BATCH_SIZE > 0:
+        return settings.CXR_INFERENCE_BATCH_SIZE
+    return 16 if torch.cuda.is_available() else 2
+
+
 def clear_cache() -> None:
     with _lock:
         _cache.clear()

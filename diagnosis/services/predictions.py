@@ -188,7 +188,7 @@ def predictions_claim_batch_companions(
 
 def prediction_run(*, prediction_id: int, worker: str = "") -> Prediction | None:
     """Run the model and Grad-CAM for one queued prediction, and for a micro-batch of others
-    waiting for the same model (up to CXR_INFERENCE_BATCH_SIZE in one forward pass). Idempotent.
+    waiting for the same model (see inference.batch_size) in one forward pass. Idempotent.
 
     Permanent problems (unreadable image, missing or corrupt weights) mark a prediction failed
     with a message at once. Any other error (the model crashed on this image) puts it back in the
@@ -212,8 +212,10 @@ def prediction_run(*, prediction_id: int, worker: str = "") -> Prediction | None
         )
     batch = [prediction]
     if prediction.attempts == 1:
+        from diagnosis import inference  # imports torch: worker side only
+
         batch += predictions_claim_batch_companions(
-            prediction=prediction, limit=settings.CXR_INFERENCE_BATCH_SIZE - 1, worker=worker
+            prediction=prediction, limit=inference.batch_size() - 1, worker=worker
         )
     outcomes = _compute_batch(batch)
     finished: dict[int, Prediction | None] = {}

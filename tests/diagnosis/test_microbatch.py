@@ -155,3 +155,14 @@ def test_the_same_process_takes_back_its_own_claim_after_an_error(
     Prediction.objects.filter(pk=queued.pk).update(status="running", worker="host:1", attempts=1)
     done = services.prediction_run(prediction_id=queued.pk, worker="host:1")
     assert done is not None and done.status == "done" and done.attempts == 2
+
+
+def test_the_default_batch_size_suits_the_device(settings):
+    import torch
+
+    from diagnosis import inference
+
+    settings.CXR_INFERENCE_BATCH_SIZE = 0
+    assert inference.batch_size() == (16 if torch.cuda.is_available() else 2)
+    settings.CXR_INFERENCE_BATCH_SIZE = 5
+    assert inference.batch_size() == 5
