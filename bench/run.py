@@ -65,6 +65,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0,
         help="CXR_TORCH_THREADS for the workers (0: the app's default)",
     )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=0,
+        help="CXR_INFERENCE_BATCH_SIZE for the workers (0: the app's default, by device)",
+    )
     p.add_argument("--clients", default="1,8,32", help="concurrency levels of the upload phase")
     p.add_argument(
         "--uploads-per-level",
@@ -493,6 +499,7 @@ def meta(
         "gunicorn_workers": args.web_workers,
         "gunicorn_threads": args.web_threads,
         "torch_threads_setting": args.torch_threads or "app default",
+        "batch_size_setting": args.batch_size or "app default (by device)",
         "database_url_options": args.db_url_query or None,
         "image_count": images,
         "image_source": str(args.images),
@@ -544,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         pg_admin_url=args.pg_admin_url,
         broker_url=args.broker_url,
         torch_threads=args.torch_threads,
+        batch_size=args.batch_size,
         db_url_query=args.db_url_query,
         log_level=args.log_level,
         keep=args.keep,

@@ -46,6 +46,7 @@ class StackConfig:
     pg_admin_url: str = "postgres://postgres@127.0.0.1:5432/postgres"
     broker_url: str = "redis://127.0.0.1:6379/14"
     torch_threads: int = 0  # 0: the app's default (cores / worker concurrency)
+    batch_size: int = 0  # 0: the app's default (by device)
     # Appended to the children's DATABASE_URL (django-environ options, e.g. conn_max_age=60):
     # a knob for experiments, the app's default is none.
     db_url_query: str = ""
@@ -212,6 +213,7 @@ class Stack:
                 "STATIC_ROOT": str(self.tmp / "static"),
                 # Explicit, so a developer's .env (read with overwrite=False) cannot change it.
                 "CXR_TORCH_THREADS": str(self.cfg.torch_threads),
+                "CXR_INFERENCE_BATCH_SIZE": str(self.cfg.batch_size),
                 "LOG_LEVEL": self.cfg.log_level,
                 "DJANGO_SETTINGS_MODULE": "cxrweb.settings",
                 "PYTHONUNBUFFERED": "1",
