@@ -118,19 +118,25 @@ def render_pngs(picture, cam, *, overlay: bool = True) -> tuple[bytes, bytes | N
 
 
 def png_bytes(image: Image.Image) -> bytes:
-    """Encode an L, RGB or RGBA image as PNG, fast: zlib level 1 without row filters, through
-    OpenCV (already installed: pytorch-grad-cam needs it). Pillow's adaptive row filtering costs
-    more than the compression itself: a 1024-pixel RGBA overlay takes ~25 ms instead of ~70.
-    The pixels are the same; files are a little larger."""
+    """Encode an L, RGB or RGBA image as PNG, fast, through OpenCV (already installed:
+    pytorch-grad-cam needs it); Pillow's adaptive row filtering costs more than the compression
+    (a 1024-pixel overlay: ~40 ms instead of ~70). Zlib level 1; the X-ray pictures (L, RGB)
+    with the "up" filter and run-length deflate (fast, and half the size of unfiltered), the
+    smooth RGBA colour maps unfiltered. Lossless either way."""
     if image.mode not in ("L", "RGB", "RGBA"):
         raise ValueError(f"png_bytes takes L, RGB or RGBA images, not {image.mode}.")
     pixels = np.asarray(image)
-    if image.mode != "L":
-        conversion = cv2.COLOR_RGBA2BGRA if image.mode == "RGBA" else cv2.COLOR_RGB2BGR
-        pixels = cv2.cvtColor(pixels, conversion)
+    if image.mode == "RGBA":
+        pixels = cv2.cvtColor(pixels, cv2.COLOR_RGBA2BGRA)
+        png_filter, strategy = cv2.IMWRITE_PNG_FILTER_NONE, cv2.IMWRITE_PNG_STRATEGY_DEFAULT
+    else:
+        if image.mode == "RGB":
+            pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
+        png_filter, strategy = cv2.IMWRITE_PNG_FILTER_UP, cv2.IMWRITE_PNG_STRATEGY_RLE
     ok, encoded = cv2.imencode(
         ".png", pixels,
-        [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE],
+        [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, png_filter,
+         cv2.IMWRITE_PNG_STRATEGY, strategy],
     )
     if not ok:
         raise ValueError(f"OpenCV could not encode a {pixels.shape} image as PNG.")

@@ -149,16 +149,30 @@ def _broker() -> str:
 
 @pytest.fixture
 def celery_worker(_broker, transactional_db) -> Iterator[object]:
-    """A real Celery worker (solo pool, in a thread of this process) consuming `inference`."""
+    """A real Celery worker (solo pool, in a thread of this process) consuming `inference`.
+
+    Workers keep their database connection between tasks; this one lives in a thread of the
+    test process, so it closes it after each task: the test database is dropped at the end of
+    the session, which fails while a connection to it is open.
+    """
     from celery.contrib.testing.worker import start_worker
+    from celery.signals import task_postrun
+    from django.db import connections
 
     from cxrweb.celery import app
 
-    with start_worker(
-        app, pool="solo", concurrency=1, perform_ping_check=False, queues=["inference"],
-        shutdown_timeout=30,
-    ) as worker:
-        yield worker
+    def close_connections(**kwargs) -> None:
+        connections.close_all()
+
+    task_postrun.connect(close_connections, weak=False)
+    try:
+        with start_worker(
+            app, pool="solo", concurrency=1, perform_ping_check=False, queues=["inference"],
+            shutdown_timeout=30,
+        ) as worker:
+            yield worker
+    finally:
+        task_postrun.disconnect(close_connections)
 
 
 def wait_for(predicate: Callable[[], object], *, timeout: float = 90, interval: float = 0.2):
