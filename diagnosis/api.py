@@ -104,7 +104,7 @@ def study_json(
 
 def _prediction_or_404(pk: int) -> Prediction:
     try:
-        return selectors.prediction_detail(pk)
+        return selectors.prediction_for_api(pk)
     except Prediction.DoesNotExist as exc:
         raise Http404 from exc
 

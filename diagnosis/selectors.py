@@ -99,6 +99,14 @@ def prediction_detail(pk: int) -> Prediction:
     ).get(pk=pk)
 
 
+def prediction_for_api(pk: int) -> Prediction:
+    """What the API's prediction endpoints read (polled often): no study or patient rows, and
+    not the image's DICOM tags."""
+    return Prediction.objects.select_related("image", "model_version").defer(
+        "image__dicom_tags"
+    ).get(pk=pk)
+
+
 def image_detail(pk: int) -> Image:
     return Image.objects.select_related("study__patient").get(pk=pk)
 

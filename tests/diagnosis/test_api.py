@@ -128,3 +128,27 @@ def test_an_oversized_request_is_refused_before_its_body_is_read(api, settings):
 def test_form_errors_carry_a_machine_code(api):
     resp = _post(api, b"", name="empty.png", patient_id="X")
     assert resp.json()["code"] == "empty"
+
+
+def test_polling_a_prediction_costs_two_queries_and_a_new_study_answer_no_re_read(
+    api, production_model, django_assert_num_queries
+):
+    """The API is polled: the token, the user and the roles come in one query, then the row."""
+    resp = _post(api, imagegen.png_bytes(), patient_id="API-Q")
+    assert resp.status_code == 201
+    body = resp.json()
+    assert body["patient_id"] == "API-Q" and len(body["images"]) == 1
+    assert body["predictions"][0]["study_id"] == body["id"]
+    with django_assert_num_queries(2):
+        polled = api.get(f"/api/v1/predictions/{body['prediction_id']}/")
+    assert polled.status_code == 200 and polled.json()["status"] == "queued"
+
+
+def test_a_token_keeps_working_with_the_roles_its_user_has_now(api, radiologist):
+    from django.contrib.auth.models import Group
+
+    assert api.get("/api/v1/predictions/999999/").status_code == 404  # allowed in, not found
+    radiologist.groups.remove(Group.objects.get(name="radiologist"))
+    assert api.get("/api/v1/predictions/999999/").status_code == 403
+    radiologist.groups.add(Group.objects.get(name="admin"))
+    assert api.get("/api/v1/predictions/999999/").status_code == 404
