@@ -413,7 +413,11 @@ def _compute_batch(batch: list[Prediction]) -> list[dict | Exception]:
     outcomes: list[dict | Exception | None] = [None] * len(batch)
     try:
         predictor = inference.predictor_for(batch[0].model_version)
-    except PredictionFailure as exc:
+    except DatabaseError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PredictionFailure fails them; anything else retries
+        if not isinstance(exc, PredictionFailure):
+            logger.exception("model version %s could not be loaded", batch[0].model_version_id)
         return [exc] * len(batch)
     pictures = {}
     for i, member in enumerate(batch):

@@ -166,3 +166,21 @@ def test_the_default_batch_size_suits_the_device(settings):
     assert inference.batch_size() == (16 if torch.cuda.is_available() else 2)
     settings.CXR_INFERENCE_BATCH_SIZE = 5
     assert inference.batch_size() == 5
+
+
+def test_a_model_that_fails_to_load_puts_the_whole_batch_back_in_the_queue(
+    radiologist, production_model, settings, monkeypatch
+):
+    """Not only a missing or corrupt file: any loading error (e.g. out of memory) is retried."""
+    from diagnosis import inference
+
+    settings.CXR_INFERENCE_BATCH_SIZE = 2
+    first, second = _upload(radiologist, 70), _upload(radiologist, 71)
+
+    def out_of_memory(version):
+        raise MemoryError("cannot allocate the model")
+
+    monkeypatch.setattr(inference, "predictor_for", out_of_memory)
+    again = services.prediction_run(prediction_id=first.pk)
+    assert again.status == "queued" and "MemoryError" in again.error
+    assert Prediction.objects.get(pk=second.pk).status == "queued"
