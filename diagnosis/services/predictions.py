@@ -380,10 +380,13 @@ def predictions_reconcile() -> dict[str, int]:
         if p.started_at and p.started_at >= stale_before and not process_is_dead(p.worker):
             continue
         if p.attempts >= settings.CXR_PREDICTION_MAX_ATTEMPTS:
+            # A claim beyond the limit only marks the row failed, never runs the model: if its
+            # process died in between, it does not count as an attempt at the image.
+            tried = min(p.attempts, settings.CXR_PREDICTION_MAX_ATTEMPTS)
             if Prediction.objects.filter(pk=p.pk, status=Prediction.Status.RUNNING,
                                          worker=p.worker).update(
                 status=Prediction.Status.FAILED, finished_at=now,
-                error=(f"Gave up after {p.attempts} attempts: the worker stopped while "
+                error=(f"Gave up after {tried} attempts: the worker stopped while "
                        "analysing this image each time."),
             ):
                 counts["failed"] += 1

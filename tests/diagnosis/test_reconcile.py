@@ -114,3 +114,17 @@ def test_the_reconcile_command_reports_what_it_did(queued, sent, settings, capsy
     _age(queued, last_dispatched_at=timezone.now() - dt.timedelta(days=1))
     call_command("reconcile_predictions")
     assert "re-sent 1, failed 0" in capsys.readouterr().out
+
+
+def test_a_claim_beyond_the_limit_whose_process_died_is_not_counted_as_an_attempt(
+    queued, sent, settings
+):
+    """Such a claim only marks the row failed; if its process died first, the reconciler does."""
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead = f"{socket.gethostname()}:{proc.stdout.strip()}"
+    limit = settings.CXR_PREDICTION_MAX_ATTEMPTS
+    _age(queued, status="running", started_at=timezone.now(), attempts=limit + 1, worker=dead)
+    assert services.predictions_reconcile() == {"redispatched": 0, "failed": 1}
+    row = Prediction.objects.get(pk=queued.pk)
+    assert row.status == "failed" and f"Gave up after {limit} attempts" in row.error
