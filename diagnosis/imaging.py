@@ -136,6 +136,9 @@ class DecodedImage:
     height: int
     source_mode: str  # e.g. "RGB", "I;16", "MONOCHROME1 12-bit"
     dicom: DicomInfo | None = None
+    # The uploaded file itself is a faithful display copy (an 8-bit grayscale PNG with nothing a
+    # browser would render differently): no second PNG is encoded on the request path.
+    original_is_display: bool = False
 
     def to_png_bytes(self) -> bytes:
         """The re-encoded display copy, with Pillow (the web process does not load OpenCV).
@@ -375,6 +378,11 @@ def _decode_raster(data: bytes, fmt: str, *, max_pixels: int) -> DecodedImage:
         height=gray.height,
         source_mode=source_mode,
         dicom=None,
+        original_is_display=(
+            fmt == "PNG"
+            and gray is img  # 8-bit grayscale already: the pixels were not changed
+            and not any(k in img.info for k in ("transparency", "gamma", "icc_profile"))
+        ),
     )
 
 

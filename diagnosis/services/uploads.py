@@ -201,8 +201,11 @@ def _image_create(
     else:
         image.original.save("original", ContentFile(data), save=False)
         written.append(image.original.name)
-        image.display.save("display.png", ContentFile(decoded.to_png_bytes()), save=False)
-        written.append(image.display.name)
+        if decoded.original_is_display:  # an 8-bit grayscale PNG: the file itself serves
+            image.display.name = image.original.name
+        else:
+            image.display.save("display.png", ContentFile(decoded.to_png_bytes()), save=False)
+            written.append(image.display.name)
     image.save()
     return image
 

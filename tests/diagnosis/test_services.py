@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 from django.db import DatabaseError
 
@@ -152,7 +153,35 @@ def test_the_same_file_twice_is_flagged_as_a_duplicate_and_stored_once(radiologi
     second = services.study_upload(uploaded_by=radiologist, data=data, patient_id="M1")
     assert second.image.duplicate_of == first.image
     assert second.image.original.name == first.image.original.name
-    assert len(_files_under(settings.MEDIA_ROOT)) == 2  # one original, one display copy
+    assert len(_files_under(settings.MEDIA_ROOT)) == 1  # an 8-bit grayscale PNG: its own display
+
+
+@pytest.mark.parametrize(
+    ("make", "own_display"),
+    [
+        (lambda: imagegen.png_bytes(), True),  # 8-bit grayscale
+        (lambda: imagegen.png_bytes(imagegen.make_xray(mode="RGB")), False),
+        (lambda: imagegen.jpeg_bytes(), False),
+        (lambda: imagegen.png16_bytes(), False),
+        (lambda: imagegen.dicom_bytes(), False),
+    ],
+    ids=["png-8bit-gray", "png-rgb", "jpeg", "png-16bit", "dicom"],
+)
+def test_the_display_copy_is_the_upload_itself_only_when_nothing_would_change(
+    radiologist, make, own_display
+):
+    from PIL import Image as PILImage
+
+    from diagnosis.imaging import decode_upload
+
+    data = make()
+    result = services.study_upload(uploaded_by=radiologist, data=data, patient_id="DISP")
+    image = result.image
+    assert (image.display.name == image.original.name) is own_display
+    expected = decode_upload(data, max_bytes=10**8, max_pixels=10**8).image
+    with PILImage.open(image.display.path) as shown:
+        assert shown.format == "PNG" and shown.mode == "L"
+        assert np.array_equal(np.asarray(shown), np.asarray(expected))
 
 
 def test_promotion_assigns_waiting_predictions_and_queues_them(
