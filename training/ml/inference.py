@@ -240,8 +240,14 @@ def _resize_cam(values: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def _heat_colours(values: np.ndarray, colormap: str) -> tuple[np.ndarray, np.ndarray]:
-    """RGB (uint8 HxWx3) on the colormap, and alpha (uint8 HxW), growing with the CAM."""
-    rgb = _colormap_lut(colormap)[np.rint(values * 255.0).astype(np.uint8)]
+    """RGB (uint8 HxWx3) on the colormap, and alpha (uint8 HxW), growing with the CAM.
+
+    OpenCV's LUT: numpy's fancy indexing is ~5x slower on a megapixel overlay."""
+    import cv2
+
+    index = cv2.convertScaleAbs(values, alpha=255.0)  # round(v * 255) as uint8
+    lut = _colormap_lut(colormap).reshape(256, 1, 3)
+    rgb = cv2.LUT(cv2.merge([index, index, index]), lut)
     alpha = np.rint(np.clip(values * 1.4, 0.0, 1.0) * 220.0).astype(np.uint8)
     return rgb, alpha
 
@@ -274,9 +280,11 @@ def render_overlay(
 ) -> Image.Image:
     """The X-ray (RGB, long side at most ``max_side``) with the heatmap blended at ``opacity``.
 
-    Blended in numpy on the grayscale picture (a radiograph of 2-3k pixels costs tens of
-    milliseconds, not hundreds): out = gray + (colour - gray) * alpha * opacity.
+    Blended with OpenCV on the grayscale picture, out = colour * w + gray * (1 - w) with
+    w = alpha * opacity (a megapixel overlay in a few milliseconds).
     """
+    import cv2
+
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be between 0 and 1, got {opacity!r}.")
     if max_side < 1:
@@ -289,8 +297,7 @@ def render_overlay(
         scale = max_side / max(width, height)
         new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
         base = base.resize(new_size, Image.Resampling.BILINEAR, reducing_gap=3.0)
-    gray = np.asarray(base, dtype=np.float32)[..., None]
+    gray = cv2.cvtColor(np.asarray(base, dtype=np.uint8), cv2.COLOR_GRAY2RGB)
     rgb, alpha = _heat_colours(_resize_cam(values, *base.size), "inferno")
-    weight = np.rint(alpha.astype(np.float32) * opacity)[..., None] / 255.0
-    blended = gray + (rgb.astype(np.float32) - gray) * weight
-    return Image.fromarray(np.rint(blended).astype(np.uint8))
+    weight = np.rint(alpha.astype(np.float32) * opacity) / np.float32(255.0)
+    return Image.fromarray(cv2.blendLinear(rgb, gray, weight, np.float32(1.0) - weight))
