@@ -790,8 +790,9 @@ def catch_mid_flight(stack: FaultStack, *, patient_id: str, seeds, size: int = 3
                      timeout: float = 60) -> MidFlight:
     """Upload images one at a time until one is caught mid-prediction (see
     freeze_when_running); its pool child is left stopped. The files are named slow-*.png: with
-    CXR_FAULT_INJECTION the model takes a second over each, so a run is never over before the
-    test has seen it start."""
+    CXR_FAULT_INJECTION the model takes 3 s over each, so a run is never over before the test
+    has seen it start (also a redelivered one, picked up while the test is still replacing the
+    worker it killed)."""
     import psycopg
 
     with psycopg.connect(stack.pg.url(), autocommit=True, connect_timeout=5) as conn:
