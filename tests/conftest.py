@@ -175,13 +175,16 @@ def celery_worker(_broker, transactional_db) -> Iterator[object]:
         task_postrun.disconnect(close_connections)
 
 
-def wait_for(predicate: Callable[[], object], *, timeout: float = 90, interval: float = 0.2):
-    """Poll until predicate() is truthy; return its value or fail with a clear message."""
+def wait_for(predicate: Callable[[], object], *, timeout: float = 90, interval: float = 0.2,
+             what: str = "") -> object:
+    """Poll until predicate() is truthy and return its value; AssertionError after timeout
+    (callers may catch it to add what they know). Shared by the integration and fault tests."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {predicate.__doc__ or predicate}")
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for "
+                                 f"{what or predicate.__doc__ or predicate}")
         time.sleep(interval)

@@ -147,6 +147,10 @@ def prediction_claim(*, prediction_id: int, worker: str = "") -> Prediction | No
     return Prediction.objects.select_related("image", "model_version").get(pk=prediction_id)
 
 
+# Which waiting predictions join a micro-batch first: the most urgent study, then the oldest.
+_BATCH_ORDER = ("-image__study__priority", "queued_at", "pk")
+
+
 def predictions_claim_batch_companions(
     *, prediction: Prediction, limit: int, worker: str = ""
 ) -> list[Prediction]:
@@ -166,7 +170,7 @@ def predictions_claim_batch_companions(
     )
     candidates = list(
         fresh.exclude(pk=prediction.pk)
-        .order_by("-image__study__priority", "queued_at", "pk")
+        .order_by(*_BATCH_ORDER)
         .values_list("pk", flat=True)[:limit]
     )
     now = prediction.started_at  # one batch: one worker, one claim time
@@ -182,7 +186,7 @@ def predictions_claim_batch_companions(
     return list(
         Prediction.objects.select_related("image", "model_version")
         .filter(pk__in=claimed)
-        .order_by("-image__study__priority", "queued_at", "pk")
+        .order_by(*_BATCH_ORDER)
     )
 
 

@@ -32,11 +32,13 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -82,19 +84,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_for(predicate: Callable[[], object], *, timeout: float, interval: float = 0.2,
-             what: str = "") -> object:
-    """Poll until predicate() is truthy and return its value; AssertionError after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or predicate}")
-        time.sleep(interval)
 
 
 def _pg_bindir() -> Path | None:

@@ -8,7 +8,8 @@ import threading
 
 import pytest
 
-from tests.faults.conftest import png, wait_for
+from tests.conftest import wait_for
+from tests.faults.conftest import png
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
