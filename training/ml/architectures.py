@@ -37,6 +37,7 @@ __all__ = [
     "UnknownArchitecture",
     "build_model",
     "default_preprocessing",
+    "fold_batchnorm",
     "gradcam_target_layer",
     "head_parameters",
     "load_backbone_weights",
@@ -469,16 +470,117 @@ class _CamSafeDenseNet(DenseNet):
         return self.classifier(out)
 
 
-def prepare_for_cam(model: nn.Module) -> nn.Module:
-    """Make ``model`` safe for Grad-CAM hooks, in place: no in-place activations anywhere.
+def prepare_for_cam(
+    model: nn.Module, target_layer: nn.Module | None = None, input_size: int = 224
+) -> nn.Module:
+    """Make ``model`` safe for Grad-CAM hooks, in place: no in-place activation at or after the
+    layer Grad-CAM hooks. Turns ``inplace=True`` off (ReLU, ReLU6, SiLU, Hardswish, Dropout...)
+    and gives DenseNet a forward whose final ReLU is out of place. Outputs and the state dict are
+    unchanged.
 
-    Turns ``inplace=True`` off on every module that has it (ReLU, ReLU6, SiLU, Hardswish,
-    Dropout...) and gives DenseNet a forward whose final ReLU is out of place. Outputs and the
-    state dict are unchanged.
+    Without ``target_layer``, in-place is turned off on every module. With it, one dry forward
+    pass (eval mode, no gradients, a ``input_size`` square of zeros) finds the modules that run
+    only before the layer has its output, and those keep their in-place activations: the
+    :class:`~training.ml.inference.Predictor` records no autograd graph below that layer, so
+    in-place is safe there, and it saves about a tenth of the forward pass (fewer allocations).
+    Every other module (run after the layer, run at both ends, or not run at all) is out of place.
     """
+    keep: set[nn.Module] = set()
+    if target_layer is not None:
+        keep = _modules_only_before(model, target_layer, input_size)
     for module in model.modules():
-        if getattr(module, "inplace", False) is True:
+        if getattr(module, "inplace", False) is True and module not in keep:
             module.inplace = False
     if type(model) is DenseNet:
         model.__class__ = _CamSafeDenseNet
     return model
+
+
+def fold_batchnorm(
+    model: nn.Module, keep: nn.Module | None = None, input_size: int = 224
+) -> nn.Module:
+    """Fold every BatchNorm2d that directly follows a Conv2d into that conv, for inference.
+
+    In eval mode a BatchNorm is an affine map per channel, so the conv's weights can absorb it
+    (``torch.nn.utils.fusion.fuse_conv_bn_eval``) and the BatchNorm becomes ``nn.Identity``: the
+    same outputs up to float rounding, one pass over each activation less (about a tenth of a
+    MobileNetV2 forward on a CPU). The module tree keeps its names and indices, so Grad-CAM's
+    target layer is found as before; ``keep`` (that layer) is never replaced itself.
+
+    Pairs are taken in registration order within a parent (torchvision's Sequentials and ResNet
+    blocks run them in that order). A model whose outputs moved after folding (a custom model
+    that registers a conv and a BatchNorm side by side without chaining them) is returned as it
+    was. Returns the model to use; its parameters are frozen.
+    """
+    from copy import deepcopy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    if model.training:
+        raise ValueError("fold_batchnorm needs a model in eval mode.")
+    folded = deepcopy(model)
+    keep_name = next((n for n, m in model.named_modules() if m is keep), None)
+    count = 0
+    for parent_name, parent in folded.named_modules():
+        names = list(parent._modules)
+        for first, second in zip(names, names[1:], strict=False):
+            conv, bn = parent._modules[first], parent._modules[second]
+            full = f"{parent_name}.{second}" if parent_name else second
+            if (
+                type(conv) is nn.Conv2d
+                and type(bn) is nn.BatchNorm2d
+                and bn.track_running_stats
+                and full != keep_name
+                and conv.out_channels == bn.num_features
+            ):
+                parent._modules[first] = fuse_conv_bn_eval(conv, bn)
+                parent._modules[second] = nn.Identity()
+                count += 1
+    if not count:
+        return model
+    folded.requires_grad_(False)
+    x = torch.randn(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x = x.to(_model_device(model))
+        before, after = model(x), folded(x)
+    scale = before.abs().max().item() + 1e-6
+    if not torch.allclose(before, after, rtol=0, atol=1e-3 * scale):
+        logger.warning("BatchNorm folding changed this model's outputs: left unfolded.")
+        return model
+    return folded
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _modules_only_before(model: nn.Module, target_layer: nn.Module, input_size: int) -> set:
+    """The modules that finish before ``target_layer`` has its output and never run after it."""
+    before: set[nn.Module] = set()
+    after: set[nn.Module] = set()
+    target_done = False
+
+    def record(module: nn.Module, _inputs: object, _output: object) -> None:
+        nonlocal target_done
+        if module is target_layer:
+            target_done = True
+        elif target_done:
+            after.add(module)
+        else:
+            before.add(module)
+
+    hooks = [m.register_forward_hook(record) for m in model.modules()]
+    was_training = model.training
+    try:
+        model.eval()  # train mode would move BatchNorm's running statistics
+        with torch.no_grad():
+            model(torch.zeros(1, 3, input_size, input_size, device=_model_device(model)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    if not target_done:
+        return set()  # the layer never ran: keep nothing in place
+    # The target layer's own modules finished before it did: they are in `before`.
+    return before - after

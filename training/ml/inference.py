@@ -19,6 +19,7 @@ from .architectures import (
     IncompatibleWeights,
     MLError,
     _head,
+    fold_batchnorm,
     gradcam_target_layer,
     prepare_for_cam,
 )
@@ -53,9 +54,10 @@ class Predictor:
     """A model ready for inference with Grad-CAM; build once per worker process, reuse per image.
 
     The predictor owns the model it is given: it is put in eval mode, moved to ``device``, its
-    parameters are frozen (Grad-CAM needs gradients of activations, never of weights) and in-place
-    activations are turned off (see :func:`prepare_for_cam`). Nothing tensor-valued is kept between
-    calls, so memory stays flat in a long-lived worker.
+    parameters are frozen (Grad-CAM needs gradients of activations, never of weights), it runs a
+    copy with BatchNorms folded into their convs (see :func:`fold_batchnorm`), and in-place
+    activations are turned off from the Grad-CAM layer on (see :func:`prepare_for_cam`). Nothing
+    tensor-valued is kept between calls, so memory stays flat in a long-lived worker.
     """
 
     def __init__(
@@ -86,11 +88,16 @@ class Predictor:
                 f"The model's classifier has {head.out_features} outputs but {len(self.classes)} "
                 f"classes were given ({', '.join(self.classes)})."
             )
-        prepare_for_cam(model)
         model.eval()
         model.requires_grad_(False)
-        self.model = model.to(self.device)
+        model = model.to(self.device)
+        # BatchNorms folded into their convs (same outputs, less work), Grad-CAM's layer kept.
+        self.model = fold_batchnorm(
+            model, gradcam_target_layer(model, arch), preprocessing.input_size
+        )
         self._target_layer = gradcam_target_layer(self.model, arch)
+        # In-place activations off from the target layer on; below it they stay (no graph there).
+        prepare_for_cam(self.model, self._target_layer, preprocessing.input_size)
 
     @classmethod
     def from_file(

@@ -267,21 +267,59 @@ def test_densenet_gradcam_matches_a_hand_computed_gradcam(
     )
     non_constant = 0
     for index, result in enumerate(results):
-        (grads,) = torch.autograd.grad(logits[0, index], activations, retain_graph=True)
-        cam = (
-            (grads.mean(dim=(2, 3), keepdim=True) * activations)
-            .sum(dim=1)[0]
-            .relu()
-            .detach()
-            .numpy()
-        )
-        cam = cam - cam.min()
-        cam = cv2.resize(cam / (cam.max() + 1e-7), (64, 64))
-        cam = cam - cam.min()
-        cam = cam / (cam.max() + 1e-7)
-        assert np.allclose(result.cam, cam, atol=1e-3)
+        assert np.allclose(result.cam, _hand_gradcam(activations, logits[0, index]), atol=1e-3)
         non_constant += int(result.cam.std() > 0.01)
     assert non_constant >= 1
+
+
+def _hand_gradcam(activations: torch.Tensor, logit: torch.Tensor) -> np.ndarray:
+    """Grad-CAM by its definition, normalised and resized as pytorch-grad-cam does."""
+    (grads,) = torch.autograd.grad(logit, activations, retain_graph=True)
+    cam = (
+        (grads.mean(dim=(2, 3), keepdim=True) * activations).sum(dim=1)[0].relu().detach().numpy()
+    )
+    cam = cam - cam.min()
+    cam = cv2.resize(cam / (cam.max() + 1e-7), (PREP.input_size, PREP.input_size))
+    cam = cam - cam.min()
+    return cam / (cam.max() + 1e-7)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2", "efficientnet_b0", "vgg16"])
+def test_in_place_activations_stay_below_the_cam_layer_and_the_cam_is_unchanged(
+    arch: str, fresh_model: Callable[[str], nn.Module]
+) -> None:
+    """Below the Grad-CAM layer no graph is recorded, so in-place activations are kept there
+    (about a tenth of the forward pass); from that layer on they are off. The CAM must be Grad-CAM
+    computed by hand on an untouched copy of the model."""
+    model = fresh_model(arch)
+    reference = copy.deepcopy(model).eval()
+    predictor = _predictor(model, arch)
+
+    target = gradcam_target_layer(predictor.model, arch)
+    order: list[nn.Module] = []
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: order.append(m)) for m in predictor.model.modules()
+    ]
+    with torch.no_grad():
+        predictor.model(to_model_input(_xray_8bit(), PREP)[None])
+    for hook in hooks:
+        hook.remove()
+    at = order.index(target)
+    assert any(getattr(m, "inplace", False) for m in order[:at]), "kept below the layer"
+    assert not any(getattr(m, "inplace", False) for m in order[at:]), "off from the layer on"
+
+    image = _xray_8bit()
+    results = predictor.predict([image] * 3, cam_classes=CLASSES)
+    captured: list[torch.Tensor] = []
+    hook = gradcam_target_layer(reference, arch).register_forward_hook(
+        lambda m, i, o: captured.append(o)
+    )
+    logits = reference(to_model_input(image, PREP)[None])
+    hook.remove()
+    for index, result in enumerate(results):
+        assert np.allclose(result.cam, _hand_gradcam(captured[0], logits[0, index]), atol=1e-3)
+    probabilities = torch.softmax(logits.detach(), dim=1)[0].tolist()
+    assert [results[0].probabilities[c] for c in CLASSES] == pytest.approx(probabilities, abs=1e-5)
 
 
 def test_predictor_from_file_matches_the_in_memory_model(
@@ -367,3 +405,38 @@ def test_a_small_image_is_not_upscaled_and_zero_opacity_shows_the_xray_only() ->
     overlay = render_overlay(image, np.ones((64, 64), dtype=np.float32), opacity=0.0)
     assert overlay.size == (100, 80)
     assert np.array_equal(np.asarray(overlay), np.asarray(image.convert("RGB")))
+
+
+def test_batchnorm_is_folded_into_convs_except_the_cam_layer(
+    fresh_model: Callable[[str], nn.Module],
+) -> None:
+    model = fresh_model("mobilenet_v2")
+    before = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    predictor = _predictor(model, "mobilenet_v2")
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in predictor.model.modules()) == 0 < before
+    assert isinstance(predictor.model.features[-1], nn.Sequential)  # the CAM layer, still there
+    assert not any(p.requires_grad for p in predictor.model.parameters())
+
+    densenet = _predictor(fresh_model("densenet121"), "densenet121")
+    assert isinstance(densenet.model.features.norm5, nn.BatchNorm2d)  # the CAM layer itself
+
+
+def test_a_conv_and_batchnorm_that_are_not_chained_are_left_alone() -> None:
+    """Registered side by side but applied to different tensors: folding would change outputs."""
+    from training.ml.architectures import fold_batchnorm
+
+    class SideBySide(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+            self.bn = nn.BatchNorm2d(3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x) + self.bn(x)
+
+    model = SideBySide()
+    model.bn.running_mean.fill_(0.5)
+    model.bn.running_var.fill_(2.0)
+    model.eval()
+    assert fold_batchnorm(model, input_size=16) is model
+    assert isinstance(model.bn, nn.BatchNorm2d)
