@@ -6,6 +6,7 @@ This module is imported by the web process (to send tasks), so it must not impor
 from __future__ import annotations
 
 import logging
+import os
 
 from celery import shared_task
 from celery.signals import celeryd_init
@@ -53,8 +54,6 @@ def _configure_worker(sender=None, instance=None, conf=None, options=None, **kwa
     - lower the worker's CPU priority (CXR_WORKER_NICE), so the web server sharing the host
       answers uploads first and the workers take the rest of the CPU.
     """
-    import os
-
     from django.conf import settings
 
     log = logging.getLogger(__name__)
@@ -66,3 +65,26 @@ def _configure_worker(sender=None, instance=None, conf=None, options=None, **kwa
             log.info("worker CPU priority: nice %d", os.nice(settings.CXR_WORKER_NICE))
         except OSError as exc:
             log.warning("could not lower the worker's CPU priority: %s", exc)
+        _nice_own_autogroup(settings.CXR_WORKER_NICE, log)
+
+
+def _nice_own_autogroup(nice: int, log: logging.Logger) -> None:
+    """Give the worker's autogroup the same nice, when the worker leads its own session.
+
+    With the kernel's autogroup scheduling (sched_autogroup_enabled, the default on most
+    distributions) each session is one scheduling group, and a nice value only weighs against
+    processes of the same session: a worker started in its own session (setsid, a service
+    manager, its own terminal) would take half the cores from the web server whatever its nice.
+    The group's nice is set only when the worker is the session's leader, so that the group holds
+    the worker and its pool alone, never the web server or the shell that started both.
+    """
+    path = "/proc/self/autogroup"
+    if not os.path.exists(path) or os.getsid(0) != os.getpid():
+        return
+    try:
+        with open(path, "w") as fh:
+            fh.write(str(nice))
+        with open(path) as fh:
+            log.info("worker's scheduling group (own session): %s", fh.read().strip())
+    except OSError as exc:
+        log.warning("could not lower the worker's scheduling group's priority: %s", exc)
