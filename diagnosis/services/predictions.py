@@ -108,6 +108,19 @@ class PredictionFailure(Exception):
     """A permanent failure: the prediction is marked failed with this message."""
 
 
+def _worker_identity(worker: str) -> str:
+    """Who claims: the given worker name, or this process (host:pid), as the column holds it."""
+    return (worker or process_identity())[:200]
+
+
+def _claim_values(worker: str, now: dt.datetime) -> dict:
+    """The UPDATE that makes a prediction this worker's: running since `now`, one attempt more."""
+    return {
+        "status": Prediction.Status.RUNNING, "started_at": now, "finished_at": None,
+        "attempts": F("attempts") + 1, "worker": worker, "error": "",
+    }
+
+
 def prediction_claim(*, prediction_id: int, worker: str = "") -> Prediction | None:
     """Claim a prediction for this worker process with one conditional UPDATE.
 
@@ -121,7 +134,7 @@ def prediction_claim(*, prediction_id: int, worker: str = "") -> Prediction | No
     analysed in another prediction's micro-batch), another live worker is running it, it is
     waiting for a model, or it no longer exists.
     """
-    worker = (worker or process_identity())[:200]
+    worker = _worker_identity(worker)
     current = Prediction.objects.filter(pk=prediction_id).values("status", "worker").first()
     if current is None or current["status"] in (Prediction.Status.DONE, Prediction.Status.FAILED):
         return None
@@ -137,10 +150,7 @@ def prediction_claim(*, prediction_id: int, worker: str = "") -> Prediction | No
     claimed = (
         Prediction.objects.filter(pk=prediction_id, model_version__isnull=False)
         .filter(claimable)
-        .update(
-            status=Prediction.Status.RUNNING, started_at=now, finished_at=None,
-            attempts=F("attempts") + 1, worker=worker, error="",
-        )
+        .update(**_claim_values(worker, now))
     )
     if claimed != 1:
         return None
@@ -164,7 +174,7 @@ def predictions_claim_batch_companions(
     """
     if limit <= 0:
         return []
-    worker = (worker or process_identity())[:200]
+    worker = _worker_identity(worker)
     fresh = Prediction.objects.filter(
         status=Prediction.Status.QUEUED, attempts=0, model_version_id=prediction.model_version_id
     )
@@ -176,10 +186,7 @@ def predictions_claim_batch_companions(
     now = prediction.started_at  # one batch: one worker, one claim time
     claimed = [
         pk for pk in candidates
-        if fresh.filter(pk=pk).update(
-            status=Prediction.Status.RUNNING, started_at=now, finished_at=None,
-            attempts=F("attempts") + 1, worker=worker, error="",
-        ) == 1
+        if fresh.filter(pk=pk).update(**_claim_values(worker, now)) == 1
     ]
     if not claimed:
         return []
@@ -203,7 +210,7 @@ def prediction_run(*, prediction_id: int, worker: str = "") -> Prediction | None
     allows it.
     Returns this task's own prediction, or None when there was nothing to do.
     """
-    worker = (worker or process_identity())[:200]
+    worker = _worker_identity(worker)
     prediction = prediction_claim(prediction_id=prediction_id, worker=worker)
     if prediction is None:
         logger.info("prediction %s: nothing to do (already claimed or finished)", prediction_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections import Counter
 
 import pytest
 
@@ -58,9 +59,7 @@ def test_uploads_survive_a_redis_restart_and_the_reconciler_resends_what_was_los
     assert all(r["attempts"] == 1 for r in rows.values()), rows  # each ran exactly once
     # Each one uploaded while Redis was down was sent again by the reconciler, or analysed in a
     # micro-batch beside a prediction whose message did arrive (same worker, same claim time).
-    batches: dict[tuple, int] = {}
-    for r in rows.values():
-        batches[(r["worker"], r["started_at"])] = batches.get((r["worker"], r["started_at"]), 0) + 1
+    batches = Counter((r["worker"], r["started_at"]) for r in rows.values())
     for u in during:
         r = rows[u["prediction_id"]]
         assert r["dispatches"] >= 2 or batches[(r["worker"], r["started_at"])] > 1, rows
