@@ -1,9 +1,10 @@
 """Load generation over the JSON API: uploads under C clients, completion tracking, e2e timing.
 
-Completion is observed by polling GET /api/v1/predictions/<id>/ "head of line": only the oldest
-few outstanding predictions are polled (the queue is FIFO), so the benchmark's own polling stays
-a small load on a small machine. An item is complete when its prediction is done AND its
-heatmap_url answers 200 with a PNG.
+Completion is observed by polling GET /api/v1/predictions/<id>/ "head of line": the oldest
+outstanding prediction is polled, and the ones behind it only once it is done (the queue is
+FIFO), so the benchmark's own polling stays a small load on a small machine: about one GET per
+prediction plus one per poll interval, however fast the server answers. An item is complete when
+its prediction is done AND its heatmap_url answers 200 with a PNG.
 """
 
 from __future__ import annotations
@@ -161,10 +162,14 @@ class Tracker:
                 except (ApiError, OSError) as exc:
                     item.error, left = f"poll: {exc}", True
                     self.failed.append(item)
-                if left:
-                    progressed = True
-                    with self._lock:
-                        self.pending.remove(item)
+                if not left:
+                    # Head of line: the queue is FIFO, so the ones behind are not done either
+                    # (or will be seen as soon as this one is). Polling them too would multiply
+                    # the benchmark's own GETs, which compete with the app for the same cores.
+                    break
+                progressed = True
+                with self._lock:
+                    self.pending.remove(item)
             if not progressed:
                 time.sleep(self.poll_s)
 

@@ -6,7 +6,10 @@
   process gets, the production model version's weights file (loaded exactly as a worker loads it:
   diagnosis.inference.predictor_for, sha256 check included) is run through
   training.ml.inference.Predictor on images decoded the way the upload path decodes them
-  (diagnosis.imaging.decode_upload).
+  (diagnosis.imaging.decode_upload). Beside it, in the same process and on the same images, the
+  baseline a user would write without the app (``plain_script``): the same weights in a
+  torchvision model, torchvision transforms, and pytorch-grad-cam's GradCAM called as its README
+  shows.
 
 The driver (bench/run.py) never imports torch: these run in their own processes.
 """
@@ -92,6 +95,60 @@ def _floor_pass(predictor, images: list, render) -> dict:
     }
 
 
+def _plain_script_floor(
+    args: argparse.Namespace, version, prep, images: list, threads: list[int]
+) -> dict:
+    """What one plain script gets with no app code: torchvision model + transforms, and
+    pytorch-grad-cam's GradCAM (top class, one image at a time, probabilities from the same
+    forward), per torch thread count; `per_s` is the fastest. The model version gives the
+    architecture and classes, its preprocessing (`prep`) the input size and normalisation, and the
+    app the target layer, so both explain the same activations."""
+    import torch
+    import torchvision
+    from pytorch_grad_cam import GradCAM
+    from torchvision import transforms
+
+    from training.ml.architectures import gradcam_target_layer
+
+    arch = version.architecture
+    model = torchvision.models.get_model(arch, weights=None, num_classes=len(version.class_labels))
+    model.load_state_dict(torch.load(args.plain_weights, map_location="cpu", weights_only=True))
+    model.eval()
+    size = prep.input_size
+    to_input = transforms.Compose(
+        [
+            transforms.Resize((size, size)),
+            transforms.Grayscale(num_output_channels=3),
+            transforms.ToTensor(),
+            transforms.Normalize(list(prep.mean), list(prep.std)),
+        ]
+    )
+
+    def one(cam, img) -> None:
+        x = to_input(img).unsqueeze(0)
+        cam(input_tensor=x, targets=None)  # the top class's map, HxW in [0, 1]
+        torch.softmax(cam.outputs.detach(), dim=1)
+
+    out: dict = {"torch_threads": {}}
+    before = torch.get_num_threads()
+    with GradCAM(model=model, target_layers=[gradcam_target_layer(model, arch)]) as cam:
+        for n_threads in threads:
+            torch.set_num_threads(n_threads)
+            for img in images[: args.warmup]:
+                one(cam, img)
+            cpu_started = time.process_time()
+            seconds = _timed(lambda img: one(cam, img), images)
+            out["torch_threads"][str(n_threads)] = {
+                "per_s": round(len(images) / seconds, 3),
+                "cpu_ms_per_image": round(
+                    (time.process_time() - cpu_started) * 1000 / len(images), 1
+                ),
+            }
+    torch.set_num_threads(before)
+    out["per_s"] = max(v["per_s"] for v in out["torch_threads"].values())
+    return out
+
+
 def measure_floor(args: argparse.Namespace) -> None:
     """Two single-process floors, and the stricter one is `floor_per_s`:
 
@@ -108,9 +165,10 @@ def measure_floor(args: argparse.Namespace) -> None:
     from diagnosis import inference
     from training.models import ModelVersion
 
-    threads = inference.configure_torch_threads(args.concurrency)  # as a worker child sets
     version = ModelVersion.objects.get(status=ModelVersion.Status.PRODUCTION)
     predictor = inference.predictor_for(version)
+    # As a worker child sets (after predictor_for, which pins threads on its first call too).
+    threads = inference.configure_torch_threads(args.concurrency)
     paths = json.loads(Path(args.images).read_text())[: args.count]
     images = _load_images(paths)
     n = len(images)
@@ -149,6 +207,11 @@ def measure_floor(args: argparse.Namespace) -> None:
     else:
         all_cores = same
     best = max((same, all_cores), key=lambda f: f["per_s"])
+    plain = None
+    if args.plain_weights:
+        plain = _plain_script_floor(
+            args, version, predictor.preprocessing, images, sorted({threads, all_cores_threads})
+        )
     cuda = torch.cuda.is_available()
     out = {
         "floor_per_s": best["per_s"],
@@ -161,6 +224,7 @@ def measure_floor(args: argparse.Namespace) -> None:
         "all_cores": {"torch_threads": all_cores_threads, **all_cores},
         "batch_floor_per_s": batch,
         "forward_only_per_s": round(n / forward_s, 3),
+        "plain_script": plain,
         "images": n,
         "torch_threads": threads,
         "torch_interop_threads": torch.get_num_interop_threads(),
@@ -188,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--warmup", type=int, default=3)
     f.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[2, 4, 8])
     f.add_argument("--concurrency", type=int, default=1, help="the workers' pool processes")
+    f.add_argument("--plain-weights", help="the plain state_dict for the plain-script baseline")
     f.add_argument("--out", required=True)
     t = sub.add_parser("training", help="training images/s (see bench/trainbench.py)")
     t.add_argument("--images", required=True, help="an ImageFolder-style folder")

@@ -119,6 +119,13 @@ def cpu_snapshot(groups: dict[str, list[int]]) -> dict[str, float]:
     """CPU seconds so far per component: each named group of process trees, PostgreSQL, Redis,
     this driver (its HTTP client threads), and the whole machine."""
     snap = {name: sum(_tree_cpu(pid) for pid in pids) for name, pids in groups.items()}
+    # Part of a group already counted (`of_which_*`, left out of `other`): the Celery workers'
+    # main processes alone (consuming, dispatching to the pool, acks), without their pools.
+    if "celery_workers" in groups:
+        snap["of_which_celery_main"] = sum(
+            _safe(lambda pid=pid: sum(psutil.Process(pid).cpu_times()[:2]))
+            for pid in groups["celery_workers"]
+        )
     snap["postgres"] = _named_cpu(("postgres",))
     snap["redis"] = _named_cpu(("redis-server",))
     snap["bench_driver"] = sum(psutil.Process().cpu_times()[:2])
@@ -131,7 +138,9 @@ def cpu_delta(before: dict[str, float], after: dict[str, float], wall_s: float) 
     """CPU seconds per component between two snapshots, and as a share of all cores' time."""
     cores = psutil.cpu_count() or 1
     seconds = {k: round(after[k] - before.get(k, 0.0), 2) for k in after}
-    known = sum(v for k, v in seconds.items() if k != "machine_busy")
+    known = sum(
+        v for k, v in seconds.items() if k != "machine_busy" and not k.startswith("of_which_")
+    )
     seconds["other"] = round(max(0.0, seconds["machine_busy"] - known), 2)
     capacity = wall_s * cores
     return {

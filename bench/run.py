@@ -400,6 +400,8 @@ class Bench:
                 str(a.floor_count),
                 "--concurrency",
                 str(a.concurrency),
+                "--plain-weights",
+                str(self.stack.plain_weights),
                 "--out",
                 str(out),
             ],
@@ -410,12 +412,24 @@ class Bench:
         self.report["floor"] = floor
         tput = self.report.get("throughput_per_s")
         self.report["ratio"] = round(tput / floor["floor_per_s"], 3) if tput else None
+        plain = floor.get("plain_script")
+        if plain:
+            # The baseline a user would write without the app (torchvision + pytorch-grad-cam as
+            # its README shows); `ratio` stays against the app's own, faster, Predictor.
+            self.report["plain_script_floor_per_s"] = plain["per_s"]
+            self.report["ratio_vs_plain_script"] = round(tput / plain["per_s"], 3) if tput else None
         # The same comparison in CPU time (robust to other processes on a shared machine): the
         # floor's CPU per image (predict + PNG rendering) over the Celery processes' CPU per
         # prediction in the sustained phase.
         worker_cpu = self.report.get("sustained", {}).get("worker_cpu_ms_per_prediction")
         if worker_cpu:
             self.report["ratio_cpu"] = round(floor["cpu_ms_per_image_with_render"] / worker_cpu, 3)
+            # What a prediction costs the workers beyond one plain process with the workers' own
+            # threads doing predict + render: queueing, database, files, Celery, and two pool
+            # processes sharing the cores' caches.
+            same = floor.get("same_threads", {}).get("cpu_ms_per_image_with_render")
+            if same:
+                self.report["worker_cpu_ms_beyond_same_threads_floor"] = round(worker_cpu - same, 1)
 
     def training(self) -> None:
         a = self.args
@@ -651,6 +665,8 @@ def finish(
         "floor_per_s",
         "ratio",
         "ratio_cpu",
+        "plain_script_floor_per_s",
+        "ratio_vs_plain_script",
         "worker_rss_mb",
         "training",
     ]

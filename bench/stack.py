@@ -125,6 +125,11 @@ class Stack:
     model_version: str = ""
     _broker_lock: object = None
 
+    @property
+    def plain_weights(self) -> Path:
+        """The model version's weights as a plain torchvision state_dict (bench.ml weights)."""
+        return self.tmp / f"{self.cfg.arch}-bench.pt"
+
     # --- start -----------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -245,7 +250,7 @@ class Stack:
 
     def _import_model(self) -> None:
         cfg = self.cfg
-        weights = self.tmp / f"{cfg.arch}-bench.pt"
+        weights = self.plain_weights
         args = [
             "-m",
             "bench.ml",
