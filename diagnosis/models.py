@@ -88,7 +88,9 @@ class Image(models.Model):
     study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="images")
     original = models.FileField(upload_to=_original_path, max_length=255)
     display = models.FileField(
-        upload_to=_display_path, max_length=255, help_text="8-bit grayscale PNG re-encoded on upload."
+        upload_to=_display_path, max_length=255,
+        help_text="The 8-bit grayscale picture shown and analysed: the upload itself when it is an "
+        "8-bit grayscale PNG or JPEG as a browser shows it, else a PNG made on upload.",
     )
     sha256 = models.CharField(max_length=64, db_index=True)
     format = models.CharField(max_length=8, choices=Format.choices)
@@ -111,6 +113,11 @@ class Image(models.Model):
 
     def __str__(self) -> str:
         return f"image {self.pk} of {self.study.accession_number}"
+
+    @property
+    def display_content_type(self) -> str:
+        """The display file's type: a JPEG upload can be its own display copy."""
+        return "image/jpeg" if self.display.name.lower().endswith((".jpg", ".jpeg")) else "image/png"
 
 
 class Prediction(models.Model):

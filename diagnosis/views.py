@@ -205,7 +205,7 @@ def prediction_rerun(request, pk: int):
 @clinical_user_required
 def image_display(request, pk: int):
     image = get_object_or_404(Image, pk=pk)
-    return private_file_response(image.display, "image/png")
+    return private_file_response(image.display, image.display_content_type)
 
 
 @require_GET

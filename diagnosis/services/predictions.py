@@ -334,7 +334,7 @@ def open_display(image: Image):
 
     try:
         with image.display.open("rb") as fh:
-            picture = PILImage.open(io.BytesIO(fh.read()), formats=["PNG"])
+            picture = PILImage.open(io.BytesIO(fh.read()), formats=["PNG", "JPEG"])
             picture.load()
     except FileNotFoundError as exc:
         raise PredictionFailure(f"The stored image file is missing ({image.display.name}).") from exc

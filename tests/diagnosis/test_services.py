@@ -161,11 +161,16 @@ def test_the_same_file_twice_is_flagged_as_a_duplicate_and_stored_once(radiologi
     [
         (lambda: imagegen.png_bytes(), True),  # 8-bit grayscale
         (lambda: imagegen.png_bytes(imagegen.make_xray(mode="RGB")), False),
-        (lambda: imagegen.jpeg_bytes(), False),
+        (lambda: imagegen.jpeg_bytes(), True),  # 8-bit grayscale
+        (lambda: imagegen.jpeg_bytes(exif_orientation=1), True),  # "as stored"
+        (lambda: imagegen.jpeg_bytes(exif_orientation=6), False),  # turned on upload
+        (lambda: imagegen.jpeg_bytes(imagegen.make_xray(mode="RGB")), False),
+        (lambda: _with_icc_profile(imagegen.make_xray()), False),
         (lambda: imagegen.png16_bytes(), False),
         (lambda: imagegen.dicom_bytes(), False),
     ],
-    ids=["png-8bit-gray", "png-rgb", "jpeg", "png-16bit", "dicom"],
+    ids=["png-8bit-gray", "png-rgb", "jpeg-gray", "jpeg-orientation-1", "jpeg-orientation-6",
+         "jpeg-rgb", "jpeg-icc", "png-16bit", "dicom"],
 )
 def test_the_display_copy_is_the_upload_itself_only_when_nothing_would_change(
     radiologist, make, own_display
@@ -180,8 +185,21 @@ def test_the_display_copy_is_the_upload_itself_only_when_nothing_would_change(
     assert (image.display.name == image.original.name) is own_display
     expected = decode_upload(data, max_bytes=10**8, max_pixels=10**8).image
     with PILImage.open(image.display.path) as shown:
-        assert shown.format == "PNG" and shown.mode == "L"
+        assert shown.format == (image.format if own_display else "PNG") and shown.mode == "L"
         assert np.array_equal(np.asarray(shown), np.asarray(expected))
+    assert image.display_content_type == f"image/{shown.format.lower()}"
+
+
+def _with_icc_profile(img) -> bytes:
+    """A grayscale JPEG carrying a colour profile, which a browser would apply."""
+    from io import BytesIO
+
+    from PIL import ImageCms
+
+    buf = BytesIO()
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    img.save(buf, format="JPEG", icc_profile=profile)
+    return buf.getvalue()
 
 
 def test_promotion_assigns_waiting_predictions_and_queues_them(

@@ -73,6 +73,15 @@ def test_images_are_served_only_to_clinical_users(client, radiologist, outsider)
     assert b"".join(resp.streaming_content).startswith(b"\x89PNG")
 
 
+def test_a_grayscale_jpeg_is_shown_as_the_jpeg_it_is(rad_client, radiologist):
+    data = imagegen.jpeg_bytes()
+    result = services.study_upload(uploaded_by=radiologist, data=data, patient_id="J")
+    resp = rad_client.get(f"/images/{result.image.pk}/display.png")
+    assert resp.status_code == 200
+    assert resp["Content-Type"] == "image/jpeg"
+    assert b"".join(resp.streaming_content) == data
+
+
 def test_worklist_lists_studies_and_searches(rad_client, radiologist):
     services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(), patient_id="FIND-ME")
     services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(), patient_id="OTHER")

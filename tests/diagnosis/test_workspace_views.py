@@ -69,6 +69,15 @@ def test_the_report_prints_and_downloads_as_pdf(rad_client, study, radiologist):
     assert AuditEvent.objects.filter(action="download", detail__file="report.pdf").exists()
 
 
+def test_the_pdf_report_shows_a_jpeg_that_is_its_own_display_copy(rad_client, radiologist):
+    result = services.study_upload(uploaded_by=radiologist, data=imagegen.jpeg_bytes(),
+                                   patient_id="J-1")
+    assert result.image.display.name == result.image.original.name
+    pdf = rad_client.get(f"/studies/{result.study.pk}/report.pdf")
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
+    assert b"/DCTDecode" in pdf.content  # the JPEG itself, embedded
+
+
 def test_admins_filter_and_export_the_audit_trail(client, admin_user, study, rad_client):
     rad_client.get(f"/studies/{study.pk}/")
     client.force_login(admin_user)
