@@ -27,8 +27,9 @@ logger = logging.getLogger(__name__)
 
 _cache: dict[tuple[int, str], Predictor] = {}
 _lock = threading.Lock()
-# A CAM is a 7x7..14x14 map upsampled: more pixels add nothing (the browser scales it smoothly).
-HEATMAP_MAX_SIDE = 256
+# A CAM is a 7x7..14x14 map upsampled: more pixels add nothing (the browser scales it smoothly;
+# 128 pixels are 9 or more per cell). Half the PNG work of a 224-pixel map.
+HEATMAP_MAX_SIDE = 128
 
 
 def configure_torch_threads(concurrency: int | None = None) -> int:
