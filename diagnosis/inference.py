@@ -20,6 +20,7 @@ from PIL import Image
 from diagnosis.services import PredictionFailure
 from training.ml.checkpoint import file_sha256
 from training.ml.inference import Predictor, cam_to_heatmap_rgba, render_overlay
+from training.ml.memory import retain_freed_memory
 from training.ml.preprocessing import Preprocessing
 from training.models import ModelVersion
 
@@ -56,16 +57,19 @@ def clear_cache() -> None:
         _cache.clear()
 
 
-_threads_configured = False
+_process_configured = False
 
 
 def predictor_for(version: ModelVersion) -> Predictor:
-    global _threads_configured
+    global _process_configured
     key = (version.pk, version.sha256)
     with _lock:
-        if not _threads_configured:
+        if not _process_configured:
             configure_torch_threads(int(os.environ.get("CXR_WORKER_CONCURRENCY", "1") or 1))
-            _threads_configured = True
+            if retain_freed_memory(settings.CXR_WORKER_HEAP_RETAIN_MB):
+                logger.info("keeping up to %d MB of freed memory for reuse",
+                            settings.CXR_WORKER_HEAP_RETAIN_MB)
+            _process_configured = True
         predictor = _cache.get(key)
         if predictor is None:
             predictor = _load(version)
