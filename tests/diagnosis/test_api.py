@@ -152,3 +152,25 @@ def test_a_token_keeps_working_with_the_roles_its_user_has_now(api, radiologist)
     assert api.get("/api/v1/predictions/999999/").status_code == 403
     radiologist.groups.add(Group.objects.get(name="admin"))
     assert api.get("/api/v1/predictions/999999/").status_code == 404
+
+
+def test_a_wrong_token_or_a_deactivated_user_is_refused_at_once(api, radiologist):
+    bad = APIClient()
+    bad.credentials(HTTP_AUTHORIZATION="Token " + "0" * 40)
+    resp = bad.get("/api/v1/predictions/1/")
+    assert resp.status_code == 401 and resp.json()["error"] == "Invalid token."
+    assert api.get("/api/v1/predictions/999999/").status_code == 404
+    radiologist.is_active = False
+    radiologist.save(update_fields=["is_active"])
+    resp = api.get("/api/v1/predictions/999999/")
+    assert resp.status_code == 401 and "inactive" in resp.json()["error"]
+
+
+def test_an_upload_is_recorded_as_the_token_users(api, radiologist):
+    from diagnosis.models import AuditEvent
+
+    resp = _post(api, imagegen.png_bytes(), patient_id="WHO")
+    assert resp.status_code == 201
+    assert Study.objects.get(pk=resp.json()["id"]).uploaded_by == radiologist
+    event = AuditEvent.objects.get(action="upload")
+    assert (event.user_id, event.username) == (radiologist.pk, radiologist.username)
