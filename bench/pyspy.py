@@ -17,9 +17,15 @@ from pathlib import Path
 
 # (label, function name, fragment of its file path): inclusive time of these frames.
 WORKER_BUCKETS: list[tuple[str, str, str]] = [
-    ("prediction_run (whole task body)", "prediction_run", "diagnosis/services.py"),
-    ("prediction_claim (UPDATE + SELECT)", "prediction_claim", "diagnosis/services.py"),
-    ("_compute", "_compute", "diagnosis/services.py"),
+    ("prediction_run (whole task body)", "prediction_run", "diagnosis/services/predictions.py"),
+    ("prediction_claim (UPDATE + SELECT)", "prediction_claim", "diagnosis/services/predictions.py"),
+    (
+        "predictions_claim_batch_companions",
+        "predictions_claim_batch_companions",
+        "diagnosis/services/predictions.py",
+    ),
+    ("_compute_batch", "_compute_batch", "diagnosis/services/predictions.py"),
+    ("  open_display (decode the stored picture)", "open_display", "diagnosis/services"),
     ("  predictor_for (cache lookup / model load)", "predictor_for", "diagnosis/inference.py"),
     ("  Predictor.predict", "Predictor.predict", "training/ml/inference.py"),
     ("    batch_model_input (preprocessing)", "batch_model_input", "preprocessing.py"),
@@ -32,7 +38,8 @@ WORKER_BUCKETS: list[tuple[str, str, str]] = [
     ("  render_pngs", "render_pngs", "diagnosis/inference.py"),
     ("    render_overlay", "render_overlay", "training/ml/inference.py"),
     ("    cam_to_heatmap_rgba", "cam_to_heatmap_rgba", "training/ml/inference.py"),
-    ("    _png (PNG encode)", "_png", "diagnosis/inference.py"),
+    ("    png_bytes (PNG encode)", "png_bytes", "diagnosis/inference.py"),
+    ("_prediction_finish (files, UPDATE)", "_prediction_finish", "diagnosis/services"),
     ("storage save (heatmap files)", "save", "django/core/files/storage"),
     ("refresh_from_db", "refresh_from_db", "django/db/models/base.py"),
     ("new DB connection (CONN_MAX_AGE=0)", "connect", "django/db/backends/base/base.py"),
@@ -42,10 +49,10 @@ WORKER_BUCKETS: list[tuple[str, str, str]] = [
 WEB_BUCKETS: list[tuple[str, str, str]] = [
     ("StudyListCreate.post", "StudyListCreate.post", "diagnosis/api.py"),
     ("  form validation + read", "is_valid", "django/forms/forms.py"),
-    ("  study_upload", "study_upload", "diagnosis/services.py"),
+    ("  study_upload", "study_upload", "diagnosis/services/uploads.py"),
     ("    decode_upload", "decode_upload", "diagnosis/imaging.py"),
     ("    to_png_bytes (display copy)", "to_png_bytes", "diagnosis/imaging.py"),
-    ("    _image_create", "_image_create", "diagnosis/services.py"),
+    ("    _image_create", "_image_create", "diagnosis/services/uploads.py"),
     ("    storage save", "save", "django/core/files/storage"),
     ("  on_commit -> run_prediction.delay", "delay", "celery/app/task.py"),
     ("  study_json", "study_json", "diagnosis/api.py"),
@@ -54,6 +61,7 @@ WEB_BUCKETS: list[tuple[str, str, str]] = [
     ("SQL execute (all)", "execute", "django/db/backends/utils.py"),
     ("new DB connection (CONN_MAX_AGE=0)", "connect", "django/db/backends/base/base.py"),
     ("token authentication", "authenticate", "rest_framework/authentication.py"),
+    ("audit", "audit", "diagnosis/audit.py"),
 ]
 
 _LINE = re.compile(r":\d+\)$")
