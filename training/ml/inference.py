@@ -255,7 +255,8 @@ def _heat_colours(values: np.ndarray, colormap: str) -> tuple[np.ndarray, np.nda
     index = cv2.convertScaleAbs(values, alpha=255.0)  # round(v * 255) as uint8
     lut = _colormap_lut(colormap).reshape(256, 1, 3)
     rgb = cv2.LUT(cv2.merge([index, index, index]), lut)
-    alpha = np.rint(np.clip(values * 1.4, 0.0, 1.0) * 220.0).astype(np.uint8)
+    # round(min(v * 1.4, 1) * 220) for v in [0, 1], in two uint8 passes instead of four in float.
+    alpha = np.minimum(cv2.convertScaleAbs(values, alpha=1.4 * 220.0), np.uint8(220))
     return rgb, alpha
 
 
@@ -308,5 +309,6 @@ def render_overlay(
         base = cv2.resize(base, new_size, interpolation=cv2.INTER_AREA)
     gray = cv2.cvtColor(base, cv2.COLOR_GRAY2RGB)
     rgb, alpha = _heat_colours(_resize_cam(values, base.shape[1], base.shape[0]), "inferno")
-    weight = np.rint(alpha.astype(np.float32) * opacity) / np.float32(255.0)
+    weight = alpha.astype(np.float32)
+    weight *= np.float32(opacity / 255.0)
     return Image.fromarray(cv2.blendLinear(rgb, gray, weight, np.float32(1.0) - weight))
