@@ -143,13 +143,35 @@ class DecodedImage:
     original_is_display: bool = False
 
     def to_png_bytes(self) -> bytes:
-        """The re-encoded display copy, with Pillow (the web process does not load OpenCV).
+        """The re-encoded display copy (8-bit grayscale PNG): see :func:`png_gray8`."""
+        return png_gray8(np.asarray(self.image, dtype=np.uint8))
 
-        Huffman-only deflate after PNG's row filters: on radiographs both faster and smaller
-        than zlib level 1 (a 2048-pixel image: ~135 ms instead of ~230, 6% smaller)."""
-        buf = BytesIO()
-        self.image.save(buf, format="PNG", compress_level=1, compress_type=zlib.Z_HUFFMAN_ONLY)
-        return buf.getvalue()
+
+def png_gray8(pixels: np.ndarray) -> bytes:
+    """An 8-bit grayscale PNG of a 2-D uint8 array, written here rather than by Pillow.
+
+    Every row gets PNG's "up" filter, then zlib deflates with Huffman coding only at level 1: on
+    radiographs as small as zlib's default and faster. Pillow tries all five filters on every
+    row and has no option to fix one; that search was two thirds of its time (a 2048-pixel
+    picture: ~32 ms here, ~96 ms with Pillow at the same size). OpenCV's encoder, which the worker
+    uses, is not loaded in the web process.
+    """
+    if pixels.ndim != 2 or pixels.dtype != np.uint8 or 0 in pixels.shape:
+        raise ValueError(f"png_gray8 takes a non-empty 2-D uint8 array, not {pixels.dtype} "
+                         f"{pixels.shape}.")
+    height, width = pixels.shape
+    rows = np.empty((height, width + 1), dtype=np.uint8)
+    rows[:, 0] = 2  # filter type "up": each byte minus the one above it, modulo 256
+    rows[0, 1:] = pixels[0]
+    np.subtract(pixels[1:], pixels[:-1], out=rows[1:, 1:])
+    deflate = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_HUFFMAN_ONLY)
+    idat = deflate.compress(rows.data) + deflate.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit, grayscale, no interlace
+    return PNG_SIGNATURE + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 # --------------------------------------------------------------------------------------------

@@ -607,3 +607,23 @@ def test_png_bytes_refuses_modes_it_cannot_write_faithfully():
 
     with pytest.raises(ValueError, match="L, RGB or RGBA"):
         png_bytes(Image.new("I;16", (4, 4)))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (9, 1), (64, 48), (300, 257)])
+def test_the_display_png_writer_round_trips_exactly(shape):
+    rng = np.random.default_rng(sum(shape))
+    pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+    pixels[:, : shape[1] // 2] = np.arange(shape[1] // 2, dtype=np.uint8)  # some runs, too
+    data = imaging.png_gray8(pixels)
+    with Image.open(BytesIO(data)) as probe:
+        probe.verify()  # chunk CRCs and structure
+    with Image.open(BytesIO(data)) as shown:
+        assert (shown.format, shown.mode, shown.size) == ("PNG", "L", shape[::-1])
+        assert np.array_equal(np.asarray(shown), pixels)
+
+
+def test_the_display_png_writer_refuses_what_is_not_8_bit_grayscale():
+    for bad in (np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.uint16),
+                np.zeros((0, 4), np.uint8)):
+        with pytest.raises(ValueError, match="2-D uint8"):
+            imaging.png_gray8(bad)
