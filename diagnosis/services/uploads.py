@@ -211,7 +211,13 @@ def _image_create(
 
 
 def _prediction_create(*, image: Image) -> Prediction:
-    version = ModelVersion.objects.filter(status=ModelVersion.Status.PRODUCTION).first()
+    # Only what the upload's answer shows: not the version's metrics and curves (JSON, parsed on
+    # every upload otherwise).
+    version = (
+        ModelVersion.objects.filter(status=ModelVersion.Status.PRODUCTION)
+        .only("pk", "name", "architecture")
+        .first()
+    )
     if version is None:
         return Prediction.objects.create(image=image, model_version=None)
     # The dispatch is recorded in the row it creates (no second UPDATE); the task is sent once

@@ -174,3 +174,18 @@ def test_an_upload_is_recorded_as_the_token_users(api, radiologist):
     assert Study.objects.get(pk=resp.json()["id"]).uploaded_by == radiologist
     event = AuditEvent.objects.get(action="upload")
     assert (event.user_id, event.username) == (radiologist.pk, radiologist.username)
+
+
+def test_an_upload_does_not_read_the_model_versions_metrics(api, production_model):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        resp = _post(api, imagegen.png_bytes(), patient_id="NO-METRICS")
+    assert resp.status_code == 201
+    prediction = resp.json()["predictions"][0]
+    assert (prediction["model_version"], prediction["architecture"]) == (
+        production_model.name, production_model.architecture)
+    version_reads = [q["sql"] for q in queries if 'FROM "training_modelversion"' in q["sql"]]
+    assert len(version_reads) == 1
+    assert '"metrics"' not in version_reads[0]
