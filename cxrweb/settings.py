@@ -222,6 +222,9 @@ CXR_WORKER_NICE = env.int("CXR_WORKER_NICE", default=10)
 # page faults, about a sixth of a 224-pixel prediction's CPU); the cost is up to this much
 # resident memory per pool process. 0 keeps glibc's defaults; no effect on other C libraries.
 CXR_WORKER_HEAP_RETAIN_MB = env.int("CXR_WORKER_HEAP_RETAIN_MB", default=256)
+# The worker's main process imports torch & co. before forking its pool, so the pool processes
+# share those libraries' memory and restart faster. false: each pool process imports its own.
+CXR_WORKER_PRELOAD_ML = env.bool("CXR_WORKER_PRELOAD_ML", default=True)
 # A crashed prediction goes back to the queue after this delay (behind what is waiting).
 CXR_RETRY_DELAY_S = env.float("CXR_RETRY_DELAY_S", default=5.0)
 # The reconciler (a periodic task, and `manage.py reconcile_predictions`) re-sends a queued
