@@ -41,6 +41,16 @@ def worker_memory(pids: list[int]) -> dict[str, float | int]:
         "main_rss_mb": round(
             sum(_safe(lambda p=p: psutil.Process(p).memory_info().rss) for p in pids) / MB, 1
         ),
+        # Proportional set size of the mains and children: pages shared between them (the ML
+        # libraries a main process imports before forking its pool) are counted once in all.
+        "worker_pss_mb": round(
+            sum(
+                _safe(lambda p=p: p.memory_full_info().pss)
+                for p in [*(psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)),
+                          *children]
+            ) / MB,
+            1,
+        ),
         "pool_children": len(children),
         "pool_children_threads": int(sum(_safe(lambda c=c: c.num_threads()) for c in children)),
     }

@@ -484,6 +484,7 @@ def rss_report(
         "n": final.done,
         "max": max(s.memory[key] for s in sampler.samples),
         "pool_children_uss_mb_after_n": final.memory["pool_children_uss_mb"],
+        "worker_pss_mb_after_n": final.memory["worker_pss_mb"],
         "main_processes_mb": final.memory["main_rss_mb"],
         "pool_children_threads": final.memory["pool_children_threads"],
     }
