@@ -42,7 +42,8 @@ def prediction_dispatch(
 ) -> None:
     """Record the dispatch in the row (the reconciler reads it), then send the task.
 
-    If the broker is unreachable the row still says queued, and the reconciler sends it again.
+    If the broker is unreachable the row still says queued and the send is not counted: the
+    reconciler sends it again at its next run after the broker is back (see _dispatch_failed).
     """
     from diagnosis.tasks import run_prediction
 
@@ -50,10 +51,31 @@ def prediction_dispatch(
         Prediction.objects.filter(pk=prediction_id).update(
             dispatches=F("dispatches") + 1, last_dispatched_at=timezone.now()
         )
-    if countdown:
-        run_prediction.apply_async((prediction_id,), countdown=countdown)
-    else:
-        run_prediction.delay(prediction_id)
+    try:
+        if countdown:
+            run_prediction.apply_async((prediction_id,), countdown=countdown)
+        else:
+            run_prediction.delay(prediction_id)
+    except Exception:
+        _dispatch_failed(prediction_id)
+        raise
+
+
+def _dispatch_failed(prediction_id: int) -> None:
+    """The broker did not take the message. Uncount the send, and date it back by the
+    reconciler's deadline for lost messages, so that the reconciler's next run (once the broker
+    is back, since it is scheduled through it) sends it again, instead of waiting out that
+    deadline (CXR_RECONCILE_QUEUED_AFTER_S, 10 minutes by default) as for a message that was
+    taken and then lost. Failed sends never count towards CXR_PREDICTION_MAX_DISPATCHES, so a
+    long broker outage fails no prediction."""
+    due = timezone.now() - dt.timedelta(seconds=settings.CXR_RECONCILE_QUEUED_AFTER_S + 1)
+    try:
+        Prediction.objects.filter(
+            pk=prediction_id, status=Prediction.Status.QUEUED, dispatches__gt=0
+        ).update(dispatches=F("dispatches") - 1, last_dispatched_at=due)
+    except DatabaseError:
+        logger.warning("prediction %s: could not record the failed send; the reconciler will "
+                       "send it again after its deadline", prediction_id, exc_info=True)
 
 
 @transaction.atomic

@@ -128,3 +128,27 @@ def test_a_claim_beyond_the_limit_whose_process_died_is_not_counted_as_an_attemp
     assert services.predictions_reconcile() == {"redispatched": 0, "failed": 1}
     row = Prediction.objects.get(pk=queued.pk)
     assert row.status == "failed" and f"Gave up after {limit} attempts" in row.error
+
+
+def test_a_send_the_broker_refused_is_uncounted_and_due_at_the_next_reconcile(
+    radiologist, production_model, monkeypatch, django_capture_on_commit_callbacks, sent
+):
+    from kombu.exceptions import OperationalError
+
+    from diagnosis import tasks
+
+    def refused(pk):
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(tasks.run_prediction, "delay", refused)
+    with django_capture_on_commit_callbacks(execute=True):  # robust: the upload stands
+        result = services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(),
+                                       patient_id="REC-DOWN")
+    row = Prediction.objects.get(pk=result.prediction.pk)
+    assert (row.status, row.dispatches) == ("queued", 0)  # the failed send does not count
+    monkeypatch.setattr(tasks.run_prediction, "delay", lambda pk: sent.append((pk, None)))
+    # Due at once, not after the deadline for messages lost after they were taken.
+    assert services.predictions_reconcile() == {"redispatched": 1, "failed": 0}
+    assert sent == [(row.pk, None)]
+    row.refresh_from_db()
+    assert row.dispatches == 1
