@@ -90,11 +90,12 @@ class Predictor:
             )
         model.eval()
         model.requires_grad_(False)
-        model = model.to(self.device)
         # BatchNorms folded into their convs (same outputs, less work), Grad-CAM's layer kept.
+        # Folded and checked where the model is (the CPU, from a file), then moved: on a GPU,
+        # TF32 convolutions could round the check's two passes apart.
         self.model = fold_batchnorm(
             model, gradcam_target_layer(model, arch), preprocessing.input_size
-        )
+        ).to(self.device)
         self._target_layer = gradcam_target_layer(self.model, arch)
         # In-place activations off from the target layer on; below it they stay (no graph there).
         prepare_for_cam(self.model, self._target_layer, preprocessing.input_size)
