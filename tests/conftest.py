@@ -8,8 +8,11 @@ database given by DATABASE_URL (PostgreSQL under `make test`, SQLite otherwise).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -19,6 +22,20 @@ if TYPE_CHECKING:
 
 # Django is imported inside the fixtures, so that the ML-core tests run without it:
 #   pytest tests/training/ml -p no:django
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_python(
+    code: str, *args: str, env: dict[str, str] | None = None, timeout: float = 120, **kwargs
+) -> subprocess.CompletedProcess[str]:
+    """``python -c code args...`` in a fresh interpreter at the repository root, with the
+    repository on its path and ``env`` added to this environment; output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True,
+        timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, **kwargs,
+    )
+
 
 TEST_BROKER_URL = os.environ.get("CXR_TEST_BROKER_URL", "redis://127.0.0.1:6379/15")
 CLASSES = ["normal", "bacterial_pneumonia", "viral_pneumonia", "covid19"]

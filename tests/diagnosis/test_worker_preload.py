@@ -4,11 +4,8 @@ process can still run a model on them."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import run_python
 
 # In a child process: preload as the worker's main process does, then fork a "pool process"
 # that runs a prediction, as Celery's prefork pool would.
@@ -40,9 +37,9 @@ print("child exit", os.waitstatus_to_exitcode(status))
 
 
 def test_the_pool_process_runs_a_model_on_libraries_its_parent_imported() -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "DJANGO_SETTINGS_MODULE": "cxrweb.settings",
-           "SECRET_KEY": os.environ.get("SECRET_KEY") or "test-only"}
-    done = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, capture_output=True,
-                          text=True, timeout=300, env=env)
+    done = run_python(SCRIPT, timeout=300, env={
+        "DJANGO_SETTINGS_MODULE": "cxrweb.settings",
+        "SECRET_KEY": os.environ.get("SECRET_KEY") or "test-only",
+    })
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "child exit 0", done.stdout

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import run_python
+
 AUTOGROUP = Path("/proc/self/autogroup")
 
 pytestmark = pytest.mark.skipif(
@@ -30,16 +28,7 @@ print(json.dumps([before, open("/proc/self/autogroup").read().strip()]))
 
 
 def _run(new_session: bool) -> tuple[str, str]:
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-        start_new_session=new_session,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    done = run_python(SCRIPT, timeout=60, check=True, start_new_session=new_session)
     before, after = json.loads(done.stdout.strip().splitlines()[-1])
     return before, after
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
+from tests.conftest import run_python
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="page-fault counts of glibc's malloc"
@@ -34,10 +31,7 @@ PAGES = 40 * 1024 * 1024 // 4096  # of 4 KiB
 
 
 def _faults(retain_mb: int) -> tuple[bool, int]:
-    out = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(retain_mb)], cwd=REPO, capture_output=True, text=True,
-        check=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)},
-    ).stdout.split()
+    out = run_python(SCRIPT, str(retain_mb), check=True).stdout.split()
     return out[0] == "True", int(out[1])
 
 
