@@ -6,13 +6,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import psutil
 
 MB = 1024 * 1024
+T = TypeVar("T")
 
 
-def _safe(fn: Callable[[], float], default: float = 0.0) -> float:
+def _safe(fn: Callable[[], T], default: T | float = 0.0) -> T | float:
     try:
         return fn()
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
@@ -29,28 +31,24 @@ def pool_children(pid: int) -> list[psutil.Process]:
 
 def worker_memory(pids: list[int]) -> dict[str, float | int]:
     """RSS (MB) of the pool children summed over the workers, of the main processes, and the
-    children's thread count (torch's intra-op threads show up here)."""
+    children's thread count (torch's intra-op threads show up here). Each process's memory map
+    is read once per sample (``memory_full_info`` walks /proc/PID/smaps)."""
     children = [c for pid in pids for c in pool_children(pid)]
+    mains: list[psutil.Process] = []
+    for pid in pids:
+        try:
+            mains.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    child_info = [i for c in children if (i := _safe(c.memory_full_info, None)) is not None]
+    main_info = [i for p in mains if (i := _safe(p.memory_full_info, None)) is not None]
     return {
-        "pool_children_uss_mb": round(
-            sum(_safe(lambda c=c: c.memory_full_info().uss) for c in children) / MB, 1
-        ),
-        "pool_children_rss_mb": round(
-            sum(_safe(lambda c=c: c.memory_info().rss) for c in children) / MB, 1
-        ),
-        "main_rss_mb": round(
-            sum(_safe(lambda p=p: psutil.Process(p).memory_info().rss) for p in pids) / MB, 1
-        ),
+        "pool_children_uss_mb": round(sum(i.uss for i in child_info) / MB, 1),
+        "pool_children_rss_mb": round(sum(i.rss for i in child_info) / MB, 1),
+        "main_rss_mb": round(sum(i.rss for i in main_info) / MB, 1),
         # Proportional set size of the mains and children: pages shared between them (the ML
         # libraries a main process imports before forking its pool) are counted once in all.
-        "worker_pss_mb": round(
-            sum(
-                _safe(lambda p=p: p.memory_full_info().pss)
-                for p in [*(psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)),
-                          *children]
-            ) / MB,
-            1,
-        ),
+        "worker_pss_mb": round(sum(i.pss for i in (*main_info, *child_info)) / MB, 1),
         "pool_children": len(children),
         "pool_children_threads": int(sum(_safe(lambda c=c: c.num_threads()) for c in children)),
     }
