@@ -100,10 +100,13 @@ def prediction_detail(pk: int) -> Prediction:
 
 
 def prediction_for_api(pk: int) -> Prediction:
-    """What the API's prediction endpoints read (polled often): no study or patient rows, and
-    not the image's DICOM tags."""
-    return Prediction.objects.select_related("image", "model_version").defer(
-        "image__dicom_tags"
+    """What the API's prediction endpoints read (polled often): the prediction, its image's
+    study id, and the version's name, architecture and classes; not the version's metrics and
+    curves (JSON parsed on every poll otherwise), nor the image's DICOM tags."""
+    return Prediction.objects.select_related("image", "model_version").only(
+        *(f.name for f in Prediction._meta.concrete_fields),
+        "image__study", "model_version__name", "model_version__architecture",
+        "model_version__class_labels",
     ).get(pk=pk)
 
 

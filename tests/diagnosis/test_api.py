@@ -189,3 +189,34 @@ def test_an_upload_does_not_read_the_model_versions_metrics(api, production_mode
     version_reads = [q["sql"] for q in queries if 'FROM "training_modelversion"' in q["sql"]]
     assert len(version_reads) == 1
     assert '"metrics"' not in version_reads[0]
+
+
+def test_polling_a_finished_prediction_reads_neither_metrics_nor_dicom_tags(
+    api, production_model, django_assert_num_queries
+):
+    """Polls and heatmap downloads are the API's most frequent requests: two queries each, and
+    neither the version's metrics (curves, confusion matrices) nor the image's DICOM tags."""
+    from django.core.files.base import ContentFile
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    resp = _post(api, imagegen.png_bytes(), patient_id="POLL-DONE")
+    prediction = Prediction.objects.get(pk=resp.json()["prediction_id"])
+    classes = list(production_model.class_labels)
+    prediction.status = Prediction.Status.DONE
+    prediction.label = classes[-1]
+    prediction.probabilities = {c: 1.0 / len(classes) for c in reversed(classes)}
+    prediction.overlay.save("overlay.png", ContentFile(imagegen.png_bytes()), save=False)
+    prediction.save()
+    for path in (f"/api/v1/predictions/{prediction.pk}/",
+                 f"/api/v1/predictions/{prediction.pk}/heatmap.png"):
+        with CaptureQueriesContext(connection) as queries, django_assert_num_queries(2):
+            got = api.get(path)
+        assert got.status_code == 200
+        row_read = queries[-1]["sql"]
+        assert '"metrics"' not in row_read and '"dicom_tags"' not in row_read
+    body = api.get(f"/api/v1/predictions/{prediction.pk}/").json()
+    assert body["status"] == "done" and body["label"] == classes[-1]
+    assert list(body["probabilities"]) == classes  # the version's order, not the stored one
+    assert body["study_id"] == resp.json()["id"]
+    assert body["model_version"] == production_model.name
