@@ -189,10 +189,12 @@ def predictions_claim_batch_companions(
     """Micro-batching: claim up to `limit` other predictions waiting for the same model version.
 
     Only what is already queued is taken (nothing waits for a batch to fill), most urgent study
-    first, then oldest. Each row is claimed with its own conditional UPDATE, so two workers never
-    claim the same one. Only fresh predictions (never attempted) are batched: one that was
-    already attempted may be the image that killed its worker, and runs alone. Their own task
-    messages, when they arrive, find them running or done and do nothing.
+    first, then oldest. One conditional UPDATE claims them all: its own condition (queued, never
+    attempted) is checked again on each row as it is written, so a row another worker claimed
+    meanwhile is skipped, never claimed twice. The claimed rows are then read back by their claim
+    (this worker, this batch's claim time). Only fresh predictions (never attempted) are batched:
+    one that was already attempted may be the image that killed its worker, and runs alone.
+    Their own task messages, when they arrive, find them running or done and do nothing.
     """
     if limit <= 0:
         return []
@@ -200,21 +202,14 @@ def predictions_claim_batch_companions(
     fresh = Prediction.objects.filter(
         status=Prediction.Status.QUEUED, attempts=0, model_version_id=prediction.model_version_id
     )
-    candidates = list(
-        fresh.exclude(pk=prediction.pk)
-        .order_by(*_BATCH_ORDER)
-        .values_list("pk", flat=True)[:limit]
-    )
+    candidates = fresh.exclude(pk=prediction.pk).order_by(*_BATCH_ORDER).values("pk")[:limit]
     now = prediction.started_at  # one batch: one worker, one claim time
-    claimed = [
-        pk for pk in candidates
-        if fresh.filter(pk=pk).update(**_claim_values(worker, now)) == 1
-    ]
-    if not claimed:
+    if not fresh.filter(pk__in=candidates).update(**_claim_values(worker, now)):
         return []
     return list(
         Prediction.objects.select_related("image", "model_version")
-        .filter(pk__in=claimed)
+        .filter(status=Prediction.Status.RUNNING, worker=worker, started_at=now)
+        .exclude(pk=prediction.pk)
         .order_by(*_BATCH_ORDER)
     )
 

@@ -184,3 +184,24 @@ def test_a_model_that_fails_to_load_puts_the_whole_batch_back_in_the_queue(
     again = services.prediction_run(prediction_id=first.pk)
     assert again.status == "queued" and "MemoryError" in again.error
     assert Prediction.objects.get(pk=second.pk).status == "queued"
+
+
+def test_companions_are_claimed_in_one_update_and_read_back_in_one_query(
+    radiologist, production_model, django_assert_num_queries
+):
+    """Most urgent, then oldest; never a row another worker holds; whatever the batch size, an
+    UPDATE and a SELECT."""
+    waiting = [_upload(radiologist, seed) for seed in range(80, 86)]
+    urgent = _upload(radiologist, 86, priority=Study.Priority.URGENT)
+    Prediction.objects.filter(pk=waiting[1].pk).update(status="running", worker="w2", attempts=1)
+    main = prediction_service.prediction_claim(prediction_id=waiting[0].pk, worker="w1")
+    with django_assert_num_queries(2):
+        companions = prediction_service.predictions_claim_batch_companions(
+            prediction=main, limit=3, worker="w1"
+        )
+    assert [c.pk for c in companions] == [urgent.pk, waiting[2].pk, waiting[3].pk]
+    assert all((c.status, c.worker, c.attempts) == ("running", "w1", 1) for c in companions)
+    assert all(c.started_at == main.started_at for c in companions)
+    assert Prediction.objects.get(pk=waiting[1].pk).worker == "w2"
+    assert set(Prediction.objects.filter(pk__in=[waiting[4].pk, waiting[5].pk])
+               .values_list("status", flat=True)) == {"queued"}
