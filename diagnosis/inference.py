@@ -49,7 +49,7 @@ def batch_size() -> int:
     """How many predictions a worker runs in one pass (CXR_INFERENCE_BATCH_SIZE; 0 = by device)."""
     if settings.CXR_INFERENCE_BATCH_SIZE > 0:
         return settings.CXR_INFERENCE_BATCH_SIZE
-    return 16 if torch.cuda.is_available() else 2
+    return 16 if torch.cuda.is_available() else 4
 
 
 def clear_cache() -> None:
@@ -105,11 +105,12 @@ def _load(version: ModelVersion) -> Predictor:
             classes=list(version.class_labels),
             preprocessing=Preprocessing.from_dict(version.preprocessing_dict()),
             temperature=version.temperature or 1.0,
+            freeze=settings.CXR_INFERENCE_FREEZE,
         )
     except MLError as exc:
         raise PredictionFailure(f"Model version {version.name} cannot be loaded: {exc}") from exc
-    logger.info("loaded model version %s (%s) on %s", version.name, version.architecture,
-                predictor.device)
+    logger.info("loaded model version %s (%s) on %s: %s", version.name, version.architecture,
+                predictor.device, predictor.execution)
     return predictor
 
 

@@ -20,6 +20,7 @@ from .architectures import (
     MLError,
     _head,
     fold_batchnorm,
+    freeze_below,
     gradcam_target_layer,
     prepare_for_cam,
 )
@@ -56,8 +57,10 @@ class Predictor:
     The predictor owns the model it is given: it is put in eval mode, moved to ``device``, its
     parameters are frozen (Grad-CAM needs gradients of activations, never of weights), it runs a
     copy with BatchNorms folded into their convs (see :func:`fold_batchnorm`), and in-place
-    activations are turned off from the Grad-CAM layer on (see :func:`prepare_for_cam`). Nothing
-    tensor-valued is kept between calls, so memory stays flat in a long-lived worker.
+    activations are turned off from the Grad-CAM layer on (see :func:`prepare_for_cam`), and on a
+    CPU the layers below that layer run as one frozen TorchScript graph (``freeze``, see
+    :func:`freeze_below`; ``execution`` says which). Nothing tensor-valued is kept between calls,
+    so memory stays flat in a long-lived worker.
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class Predictor:
         preprocessing: Preprocessing,
         device: str | torch.device | None = None,
         temperature: float = 1.0,
+        freeze: bool = True,
     ) -> None:
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)):
             raise ValueError(f"temperature must be a positive number, got {temperature!r}.")
@@ -99,6 +103,12 @@ class Predictor:
         self._target_layer = gradcam_target_layer(self.model, arch)
         # In-place activations off from the target layer on; below it they stay (no graph there).
         prepare_for_cam(self.model, self._target_layer, preprocessing.input_size)
+        # On a CPU, the layers below it run as one frozen TorchScript graph (see freeze_below).
+        self.execution = "eager"
+        if freeze:
+            self.model, self.execution = freeze_below(
+                self.model, self._target_layer, preprocessing.input_size
+            )
 
     @classmethod
     def from_file(
@@ -110,6 +120,7 @@ class Predictor:
         preprocessing: Preprocessing,
         device: str | torch.device | None = None,
         temperature: float = 1.0,
+        freeze: bool = True,
     ) -> Predictor:
         """Load a checkpoint (or a plain state dict) and check its meta against the arguments.
 
@@ -138,6 +149,7 @@ class Predictor:
             preprocessing=preprocessing,
             device=device,
             temperature=temperature,
+            freeze=freeze,
         )
 
     def predict(

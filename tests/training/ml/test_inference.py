@@ -293,7 +293,7 @@ def test_in_place_activations_stay_below_the_cam_layer_and_the_cam_is_unchanged(
     computed by hand on an untouched copy of the model."""
     model = fresh_model(arch)
     reference = copy.deepcopy(model).eval()
-    predictor = _predictor(model, arch)
+    predictor = _predictor(model, arch, freeze=False)  # frozen below the layer: see below
 
     target = gradcam_target_layer(predictor.model, arch)
     order: list[nn.Module] = []
@@ -440,3 +440,66 @@ def test_a_conv_and_batchnorm_that_are_not_chained_are_left_alone() -> None:
     model.eval()
     assert fold_batchnorm(model, input_size=16) is model
     assert isinstance(model.bn, nn.BatchNorm2d)
+
+
+@pytest.fixture
+def frozen_is_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """freeze_below keeps the graph only when it times faster; make it so, whatever the host."""
+    from training.ml import architectures
+
+    calls = iter(range(1000))
+    monkeypatch.setattr(architectures, "_fastest_call", lambda model, x: 1.0 / (1 + next(calls)))
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2", "densenet121", "vgg16"])
+def test_layers_below_the_cam_layer_run_as_a_frozen_graph_with_the_same_results(
+    arch: str, fresh_model: Callable[[str], nn.Module], frozen_is_faster: None
+) -> None:
+    """The Sequential holding the Grad-CAM layer (features, ResNet's layer4 with its stem and
+    stages before it) loses its layers below that layer to one frozen TorchScript graph; the
+    probabilities and CAMs are the eager model's, at any batch size."""
+    from training.ml.architectures import _FrozenGraph
+
+    model = fresh_model(arch)
+    eager = _predictor(copy.deepcopy(model), arch, freeze=False)
+    frozen = _predictor(model, arch)
+    assert frozen.execution.startswith("frozen graph for"), frozen.execution
+    assert eager.execution == "eager"
+    assert sum(isinstance(m, _FrozenGraph) for m in frozen.model.modules()) == 1
+    assert gradcam_target_layer(frozen.model, arch) is frozen._target_layer
+    images = [_xray_8bit(), _xray_16bit(), _xray_8bit(60, 90)]
+    for batch in (images[:1], images):
+        for a, b in zip(eager.predict(batch, cam_classes=[CLASSES[1]] * len(batch)),
+                        frozen.predict(batch, cam_classes=[CLASSES[1]] * len(batch)), strict=True):
+            assert a.label == b.label
+            assert [a.probabilities[c] for c in CLASSES] == pytest.approx(
+                [b.probabilities[c] for c in CLASSES], abs=1e-5)
+            assert np.allclose(a.cam, b.cam, atol=1e-3)
+    layer = frozen._target_layer
+    for _ in range(3):
+        frozen.predict(images)
+    assert not layer._forward_hooks and not layer._backward_hooks
+    assert all(p.grad is None for p in frozen.model.parameters())
+
+
+def test_a_frozen_graph_that_is_no_faster_or_fails_leaves_the_model_eager(
+    fresh_model: Callable[[str], nn.Module], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training.ml import architectures
+
+    monkeypatch.setattr(architectures, "_fastest_call", lambda model, x: 1.0)  # a tie
+    model = fresh_model("resnet18")
+    blocks = len(model.layer4)
+    predictor = _predictor(model)
+    assert predictor.execution.startswith("eager (frozen graph no faster")
+    assert not any(isinstance(m, architectures._FrozenGraph) for m in predictor.model.modules())
+    assert type(predictor.model.conv1) is nn.Conv2d and len(predictor.model.layer4) == blocks
+
+    def broken_trace(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no TorchScript here")
+
+    monkeypatch.setattr(torch.jit, "trace", broken_trace)
+    predictor = _predictor(fresh_model("mobilenet_v2"), "mobilenet_v2")
+    assert predictor.execution == "eager (RuntimeError)"
+    assert len(predictor.model.features) == 19
+    assert predictor.predict([_xray_8bit()])[0].cam.std() > 0.01
