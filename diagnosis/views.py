@@ -108,16 +108,25 @@ def _study_context(study: Study) -> dict:
 def _reading_context(study: Study, form: ReadingForm | None = None) -> dict:
     readings = selectors.study_readings(study)
     current = next((r for r in readings if r.is_current), None)
-    prediction = next(
-        (p for p in selectors.study_predictions(study) if p.status == Prediction.Status.DONE),
-        None,
-    )
-    classes = list(prediction.model_version.class_labels) if prediction else []
-    if form is None:
-        form = ReadingForm(classes=classes, has_result=prediction is not None,
-                           initial={"amends": current.pk if current else None})
+    predictions = selectors.study_predictions(study)
+    prediction = next((p for p in predictions if p.status == Prediction.Status.DONE), None)
+    form = form or ReadingForm(classes=_reading_classes(prediction, predictions),
+                               has_result=prediction is not None,
+                               initial={"amends": current.pk if current else None})
     return {"readings": readings, "current_reading": current, "reading_form": form,
-            "reading_prediction": prediction}
+            "reading_prediction": prediction,
+            # The page swaps in a fresh reading form when the result it waits for arrives.
+            "reading_awaits_result": prediction is None
+            and any(not p.is_finished and p.model_version_id for p in predictions)}
+
+
+def _reading_classes(prediction: Prediction | None, predictions: list[Prediction]) -> list[str]:
+    """The labels a reading offers: the finished result's model's classes; without one (still
+    queued, failed), those of the model the image was sent to, else of the production model."""
+    version = prediction.model_version if prediction else next(
+        (p.model_version for p in predictions if p.model_version_id), None
+    ) or ModelVersion.objects.filter(status=ModelVersion.Status.PRODUCTION).first()
+    return list(version.class_labels) if version else []
 
 
 @require_GET
@@ -138,14 +147,25 @@ def study_results(request, pk: int):
     return response
 
 
+@require_GET
+@clinical_user_required
+def study_reading(request, pk: int):
+    """The reading section alone: the study page swaps it in once the model's result arrives."""
+    study = _study_or_404(pk)
+    response = render(request, "diagnosis/_reading.html", {"study": study,
+                                                           **_reading_context(study)})
+    response["Cache-Control"] = "no-store"
+    return response
+
+
 @require_POST
 @clinical_user_required
 def reading_sign(request, pk: int):
     study = _study_or_404(pk)
-    context = _reading_context(study)
-    prediction = context["reading_prediction"]
-    classes = list(prediction.model_version.class_labels) if prediction else []
-    form = ReadingForm(request.POST, classes=classes, has_result=prediction is not None)
+    predictions = selectors.study_predictions(study)
+    prediction = next((p for p in predictions if p.status == Prediction.Status.DONE), None)
+    form = ReadingForm(request.POST, classes=_reading_classes(prediction, predictions),
+                       has_result=prediction is not None)
     if form.is_valid():
         amends = None
         if form.cleaned_data.get("amends"):

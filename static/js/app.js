@@ -184,13 +184,41 @@
           el.innerHTML = html;
           restore(el);
           if (el.querySelector("[data-pending]:not([data-pending=''])")) poll(el);
-          else el.removeAttribute("data-poll-ms");
+          else { el.removeAttribute("data-poll-ms"); settled(el); }
         })
         .catch(function () {
           el.setAttribute("data-poll-ms", String(Math.min(ms * 2, 30000)));
           poll(el);
         });
     }, ms);
+  }
+
+  // The study's results have all arrived: a reading form that was drawn while the model was still
+  // working (it could only read "without a model result") is replaced by the page's fresh one,
+  // unless the radiologist has started filling it in; then a note says to reload.
+  function settled(el) {
+    var reading = document.getElementById("reading");
+    if (el.id !== "study-results" || !reading || !reading.hasAttribute("data-awaits-result")) return;
+    var form = reading.querySelector("form");
+    var touched = form && Array.prototype.some.call(form.querySelectorAll("textarea, select"),
+      function (f) { return f.value !== ""; });
+    if (touched) {
+      if (!reading.querySelector(".result-arrived")) {
+        var note = document.createElement("p");
+        note.className = "notice result-arrived";
+        note.setAttribute("role", "status");
+        note.textContent = "The model's result has arrived. Reload the page to read with it (what you typed here is not kept).";
+        reading.insertBefore(note, form);
+      }
+      return;
+    }
+    fetch(reading.getAttribute("data-refresh-url"), { credentials: "same-origin" })
+      .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.text(); })
+      .then(function (html) {
+        var fresh = new DOMParser().parseFromString(html, "text/html").getElementById("reading");
+        if (fresh) reading.replaceWith(fresh);
+      })
+      .catch(function () { /* the form still works: the server checks it against the result */ });
   }
 
   // Reload a region of the current page (the worklist) while some rows are pending.

@@ -36,6 +36,10 @@ def test_upload_then_the_study_page_updates_itself_and_the_overlay_opacity_moves
     # No reload from here on: the page polls and replaces its results panel itself.
     page.wait_for_selector("[data-status='done']", timeout=90_000)
     prediction = study.images.get().predictions.get()
+    # The reading form follows: agreeing with the model, its classes to override with.
+    page.get_by_label("Agree with the model").wait_for(timeout=10_000)
+    labels = page.locator("#reading select option").all_inner_texts()
+    assert set(production_model.class_labels) <= set(labels)
     assert page.get_by_text(f"Top finding: {prediction.label}").is_visible()
     assert page.get_by_text(production_model.name).first.is_visible()
     assert page.get_by_text("does not replace, a radiologist").first.is_visible()

@@ -58,6 +58,32 @@ def test_signing_a_reading_in_the_browser(rad_client, study):
     assert "Choose the final label" in bad.content.decode()
 
 
+def test_a_reading_while_the_model_works_offers_its_classes_and_the_form_follows_the_result(
+    rad_client, radiologist, production_model
+):
+    """Opened before the result: the reading can only override, but with the model's classes to
+    choose from; the page then fetches the reading section again (not audited as a view), which
+    now offers to agree."""
+    result = services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(seed=3),
+                                   patient_id="V-WAIT")
+    page = rad_client.get(f"/studies/{result.study.pk}/").content.decode()
+    assert "Read without a model result" in page and "data-awaits-result" in page
+    for label in production_model.class_labels:
+        assert f'<option value="{label}">' in page
+    services.prediction_run(prediction_id=result.prediction.pk)
+    views_before = AuditEvent.objects.filter(action="view_study").count()
+    fragment = rad_client.get(f"/studies/{result.study.pk}/reading-form/")
+    assert fragment.status_code == 200 and fragment["Cache-Control"] == "no-store"
+    html = fragment.content.decode()
+    assert "Agree with the model" in html and "data-awaits-result" not in html
+    assert AuditEvent.objects.filter(action="view_study").count() == views_before
+    # A label chosen from the waiting form is accepted once the result is in.
+    label = production_model.class_labels[0]
+    resp = rad_client.post(f"/studies/{result.study.pk}/reading/",
+                           {"decision": "override", "final_label": label})
+    assert resp.status_code == 302 and Reading.objects.get().final_label == label
+
+
 def test_the_report_prints_and_downloads_as_pdf(rad_client, study, radiologist):
     services.reading_sign(study=study, radiologist=radiologist, final_label="", agrees=True,
                           notes="reviewed")
