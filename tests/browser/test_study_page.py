@@ -79,3 +79,32 @@ def test_a_bad_file_shows_a_clear_error_on_the_upload_page(
     assert "PNG, JPEG" in error.inner_text()
     page.screenshot(path=artifacts_dir / "upload-error.png", full_page=True)
     assert not Study.objects.exists()
+
+
+def test_a_reading_started_before_the_result_is_kept_and_told_the_result_arrived(
+    page, live_server, radiologist, production_model, celery_worker, artifacts_dir, tmp_path,
+    settings
+):
+    """The model takes 3 s over a file named slow-* (fault injection): the page opens while it
+    works. An untouched reading form is replaced by one that can agree with the model; one the
+    radiologist has started keeps what they typed and says the result has arrived."""
+    settings.CXR_FAULT_INJECTION = True
+    sign_in(page, live_server, radiologist.username)
+    for mrn, typed in (("WAIT-QUIET", ""), ("WAIT-TYPING", "Left basal opacity")):
+        xray = tmp_path / f"slow-{mrn}.png"
+        xray.write_bytes(imagegen.png_bytes(imagegen.make_xray(256, 256, seed=7)))
+        page.goto(f"{live_server.url}/studies/upload/")
+        page.get_by_label("Chest X-ray").set_input_files(str(xray))
+        page.get_by_label("Patient ID (MRN)").fill(mrn)
+        page.get_by_role("button", name="Upload and analyse").click()
+        page.wait_for_url(re.compile(r".*/studies/\d+/$"))
+        assert page.get_by_label("Read without a model result").is_visible()
+        if typed:
+            page.get_by_label("Notes").fill(typed)
+        page.wait_for_selector("[data-status='done']", timeout=90_000)
+        if not typed:
+            page.get_by_label("Agree with the model").wait_for(timeout=10_000)
+            continue
+        page.get_by_text("The model's result has arrived").wait_for(timeout=10_000)
+        assert page.get_by_label("Notes").input_value() == typed
+        page.screenshot(path=artifacts_dir / "reading-result-arrived.png", full_page=True)
