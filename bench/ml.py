@@ -95,6 +95,13 @@ def _floor_pass(predictor, images: list, render) -> dict:
     }
 
 
+def _best_pass(predictor, images: list, render, rounds: int) -> dict:
+    """The fastest of `rounds` passes: the floor is a best case, and a shared host's slow
+    moments would otherwise lower it (seen here: one pass varied from 47 to 66 images/s)."""
+    passes = [_floor_pass(predictor, images, render) for _ in range(max(1, rounds))]
+    return {**max(passes, key=lambda p: p["per_s"]), "rounds": len(passes)}
+
+
 def _plain_script_floor(
     args: argparse.Namespace, version, prep, images: list, threads: list[int]
 ) -> dict:
@@ -137,7 +144,7 @@ def _plain_script_floor(
             for img in images[: args.warmup]:
                 one(cam, img)
             cpu_started = time.process_time()
-            seconds = _timed(lambda img: one(cam, img), images)
+            seconds = min(_timed(lambda img: one(cam, img), images) for _ in range(args.rounds))
             out["torch_threads"][str(n_threads)] = {
                 "per_s": round(len(images) / seconds, 3),
                 "cpu_ms_per_image": round(
@@ -178,13 +185,13 @@ def measure_floor(args: argparse.Namespace) -> None:
             predictor.predict([img])
 
     warm()
-    same = _floor_pass(predictor, images, inference.render_pngs)
+    same = _best_pass(predictor, images, inference.render_pngs, args.rounds)
     batch: dict[str, float] = {}
     for size in args.batch_sizes:
         chunks = [images[i : i + size] for i in range(0, n - n % size, size)]
         if chunks:
             predictor.predict(chunks[0])  # first call of a batch shape: not timed
-            seconds = _timed(predictor.predict, chunks)
+            seconds = min(_timed(predictor.predict, chunks) for _ in range(args.rounds))
             batch[f"b{size}"] = round(len(chunks) * size / seconds, 3)
 
     from training.ml.preprocessing import batch_model_input
@@ -201,7 +208,7 @@ def measure_floor(args: argparse.Namespace) -> None:
         torch.set_num_threads(all_cores_threads)  # a plain script's defaults
         cv2.setNumThreads(all_cores_threads)
         warm()
-        all_cores = _floor_pass(predictor, images, inference.render_pngs)
+        all_cores = _best_pass(predictor, images, inference.render_pngs, args.rounds)
         torch.set_num_threads(threads)
         cv2.setNumThreads(threads)
     else:
@@ -229,6 +236,8 @@ def measure_floor(args: argparse.Namespace) -> None:
         "torch_threads": threads,
         "torch_interop_threads": torch.get_num_interop_threads(),
         "device": str(predictor.device),
+        # How the model runs (eager, or frozen below the Grad-CAM layer and the load-time timing).
+        "execution": predictor.execution,
         "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
         "torch": torch.__version__,
         "model_version": version.name,
@@ -252,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--warmup", type=int, default=3)
     f.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[2, 4, 8])
     f.add_argument("--concurrency", type=int, default=1, help="the workers' pool processes")
+    f.add_argument("--rounds", type=int, default=3, help="passes per measurement; the best counts")
     f.add_argument("--plain-weights", help="the plain state_dict for the plain-script baseline")
     f.add_argument("--out", required=True)
     t = sub.add_parser("training", help="training images/s (see bench/trainbench.py)")

@@ -506,6 +506,7 @@ def meta(
         "model_version": stack.model_version,
         "device_workers": devices,
         "device_floor": floor.get("device"),
+        "model_execution_floor": floor.get("execution"),
         "cuda_device": floor.get("cuda_device"),
         "torch": floor.get("torch"),
         "torch_threads_per_worker": floor.get("torch_threads"),
