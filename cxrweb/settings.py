@@ -231,6 +231,9 @@ CXR_WORKER_HEAP_RETAIN_MB = env.int("CXR_WORKER_HEAP_RETAIN_MB", default=256)
 # The worker's main process imports torch & co. before forking its pool, so the pool processes
 # share those libraries' memory and restart faster. false: each pool process imports its own.
 CXR_WORKER_PRELOAD_ML = env.bool("CXR_WORKER_PRELOAD_ML", default=True)
+# Each pool process of an inference worker loads the production model as soon as it is up,
+# rather than on its first prediction (~1-2 s on a CPU). false: on first use.
+CXR_WORKER_WARM_MODEL = env.bool("CXR_WORKER_WARM_MODEL", default=True)
 # A crashed prediction goes back to the queue after this delay (behind what is waiting).
 CXR_RETRY_DELAY_S = env.float("CXR_RETRY_DELAY_S", default=5.0)
 # The reconciler (a periodic task, and `manage.py reconcile_predictions`) re-sends a queued

@@ -59,14 +59,20 @@ def clear_cache() -> None:
 
 
 _process_configured = False
+# Threads whose torch thread count is pinned: OpenMP keeps that count per calling thread, so the
+# thread that loads a model ahead of time (diagnosis.tasks) and the one that runs tasks each pin
+# their own; an unpinned one would start a thread per core in every pool process.
+_threads_configured: set[int] = set()
 
 
 def predictor_for(version: ModelVersion) -> Predictor:
     global _process_configured
     key = (version.pk, version.sha256)
     with _lock:
-        if not _process_configured:
+        if threading.get_ident() not in _threads_configured:
             configure_torch_threads(int(os.environ.get("CXR_WORKER_CONCURRENCY", "1") or 1))
+            _threads_configured.add(threading.get_ident())
+        if not _process_configured:
             if retain_freed_memory(settings.CXR_WORKER_HEAP_RETAIN_MB):
                 logger.info("keeping up to %d MB of freed memory for reuse",
                             settings.CXR_WORKER_HEAP_RETAIN_MB)

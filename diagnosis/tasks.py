@@ -9,7 +9,7 @@ import logging
 import os
 
 from celery import shared_task
-from celery.signals import celeryd_init
+from celery.signals import celeryd_init, worker_process_init
 from django.db import DatabaseError
 
 
@@ -53,8 +53,11 @@ def _configure_worker(sender=None, instance=None, conf=None, options=None, **kwa
       share (app.conf.worker_concurrency is None when --concurrency comes from the command line);
     - lower the worker's CPU priority (CXR_WORKER_NICE), so the web server sharing the host
       answers uploads first and the workers take the rest of the CPU;
-    - import the ML libraries once, here (CXR_WORKER_PRELOAD_ML): see _preload_ml.
+    - import the ML libraries once, here (CXR_WORKER_PRELOAD_ML): see _preload_ml;
+    - when it consumes the inference queue, have each pool process load the production model as
+      soon as it is up (CXR_WORKER_WARM_MODEL): see _warm_production_model.
     """
+    global _warm_in_pool
     from django.conf import settings
 
     log = logging.getLogger(__name__)
@@ -69,6 +72,46 @@ def _configure_worker(sender=None, instance=None, conf=None, options=None, **kwa
         _nice_own_autogroup(settings.CXR_WORKER_NICE, log)
     if settings.CXR_WORKER_PRELOAD_ML:
         _preload_ml(log)
+    queues = (options or {}).get("queues") or settings.CELERY_TASK_DEFAULT_QUEUE
+    if isinstance(queues, str):
+        queues = queues.split(",")
+    _warm_in_pool = settings.CXR_WORKER_WARM_MODEL and "inference" in queues
+
+
+_warm_in_pool = False  # set in the main process before the fork; the pool processes inherit it
+
+
+@worker_process_init.connect
+def _warm_production_model(**kwargs) -> None:
+    """In each new pool process of an inference worker: load the production model in a
+    background thread, so that the first prediction after a start, a restart or a replaced child
+    does not wait for it (~1-2 s on a CPU: the weights, the checks, the frozen graph). A thread,
+    because a pool process must report that it is up at once (Celery kills one that does not,
+    CXR_WORKER_PROC_ALIVE_TIMEOUT). A task that comes first waits for the same load (one lock),
+    as it would have without this."""
+    if _warm_in_pool:
+        import threading
+
+        threading.Thread(target=_load_production_model, name="warm-model", daemon=True).start()
+
+
+def _load_production_model() -> None:
+    from django.db import connections
+
+    log = logging.getLogger(__name__)
+    try:
+        from diagnosis import inference  # imports torch: worker side only
+        from training.models import ModelVersion
+
+        version = ModelVersion.objects.filter(status=ModelVersion.Status.PRODUCTION).first()
+        if version is not None:
+            inference.predictor_for(version)
+            log.info("production model %s loaded ahead of the first task", version.name)
+    except Exception:  # noqa: BLE001 - it loads on first use instead, and reports what fails there
+        log.warning("could not load the production model ahead of the first task; it loads on "
+                    "first use", exc_info=True)
+    finally:
+        connections.close_all()  # this thread's own connection
 
 
 def _preload_ml(log: logging.Logger) -> None:
