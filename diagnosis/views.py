@@ -108,8 +108,7 @@ def _study_context(study: Study) -> dict:
 def _reading_context(study: Study, form: ReadingForm | None = None) -> dict:
     readings = selectors.study_readings(study)
     current = next((r for r in readings if r.is_current), None)
-    predictions = selectors.study_predictions(study)
-    prediction = next((p for p in predictions if p.status == Prediction.Status.DONE), None)
+    predictions, prediction = _reading_result(study)
     form = form or ReadingForm(classes=_reading_classes(prediction, predictions),
                                has_result=prediction is not None,
                                initial={"amends": current.pk if current else None})
@@ -118,6 +117,12 @@ def _reading_context(study: Study, form: ReadingForm | None = None) -> dict:
             # The page swaps in a fresh reading form when the result it waits for arrives.
             "reading_awaits_result": prediction is None
             and any(not p.is_finished and p.model_version_id for p in predictions)}
+
+
+def _reading_result(study: Study) -> tuple[list[Prediction], Prediction | None]:
+    """The study's predictions, and the finished one a reading is made against (if any)."""
+    predictions = selectors.study_predictions(study)
+    return predictions, next((p for p in predictions if p.status == Prediction.Status.DONE), None)
 
 
 def _reading_classes(prediction: Prediction | None, predictions: list[Prediction]) -> list[str]:
@@ -162,8 +167,7 @@ def study_reading(request, pk: int):
 @clinical_user_required
 def reading_sign(request, pk: int):
     study = _study_or_404(pk)
-    predictions = selectors.study_predictions(study)
-    prediction = next((p for p in predictions if p.status == Prediction.Status.DONE), None)
+    predictions, prediction = _reading_result(study)
     form = ReadingForm(request.POST, classes=_reading_classes(prediction, predictions),
                        has_result=prediction is not None)
     if form.is_valid():

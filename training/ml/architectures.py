@@ -621,6 +621,12 @@ def freeze_below(
         return model, "eager (no chain of layers below the Grad-CAM layer)"
     parent, attr, container, before, chain = plan
     saved = {name: getattr(parent, name) for name in [attr, *chain]}
+
+    def eager(outcome: str) -> tuple[nn.Module, str]:
+        for name, module in saved.items():
+            setattr(parent, name, module)
+        return model, f"eager ({outcome})"
+
     x = torch.randn(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(1))
     try:
         with warnings.catch_warnings(), torch.no_grad():
@@ -642,21 +648,15 @@ def freeze_below(
             got = model(x)
             frozen_s = _fastest_call(model, x[:1])
     except Exception as exc:  # noqa: BLE001 - any failure: the eager model is right, only slower
-        for name, module in saved.items():
-            setattr(parent, name, module)
         logger.warning("layers below the Grad-CAM layer left eager: %r", exc)
-        return model, f"eager ({type(exc).__name__})"
+        return eager(type(exc).__name__)
     scale = expected.abs().max().item() + 1e-6
     if not torch.allclose(expected, got, rtol=0, atol=1e-3 * scale):
-        for name, module in saved.items():
-            setattr(parent, name, module)
         logger.warning("the frozen graph changed this model's outputs: left eager")
-        return model, "eager (outputs differed)"
+        return eager("outputs differed")
     timing = f"{eager_s * 1000:.0f} -> {frozen_s * 1000:.0f} ms per image"
     if frozen_s > 0.9 * eager_s:  # e.g. EfficientNet: its squeeze-excitation gains nothing
-        for name, module in saved.items():
-            setattr(parent, name, module)
-        return model, f"eager (frozen graph no faster: {timing})"
+        return eager(f"frozen graph no faster: {timing}")
     return model, f"frozen graph for {len(before)} layers below the Grad-CAM layer ({timing})"
 
 
