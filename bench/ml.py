@@ -48,7 +48,8 @@ def _django_setup() -> None:
     django.setup()
 
 
-def _load_images(paths: list[str]) -> list:
+def _load_images(paths: list[str], read_long_side: int | None = None) -> list:
+    """Decoded as the app reads them for the model (``read_long_side``), outside any timing."""
     from django.conf import settings
 
     from diagnosis.imaging import decode_upload
@@ -57,7 +58,8 @@ def _load_images(paths: list[str]) -> list:
     for path in paths:
         data = Path(path).read_bytes()
         decoded = decode_upload(
-            data, max_bytes=settings.CXR_MAX_UPLOAD_BYTES, max_pixels=settings.CXR_MAX_IMAGE_PIXELS
+            data, max_bytes=settings.CXR_MAX_UPLOAD_BYTES, max_pixels=settings.CXR_MAX_IMAGE_PIXELS,
+            read_long_side=read_long_side,
         )
         images.append(decoded.image)
     return images
@@ -177,7 +179,9 @@ def measure_floor(args: argparse.Namespace) -> None:
     # As a worker child sets (after predictor_for, which pins threads on its first call too).
     threads = inference.configure_torch_threads(args.concurrency)
     paths = json.loads(Path(args.images).read_text())[: args.count]
-    images = _load_images(paths)
+    from training.ml.preprocessing import reading_long_side
+
+    images = _load_images(paths, reading_long_side(predictor.preprocessing))
     n = len(images)
 
     def warm() -> None:

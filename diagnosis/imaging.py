@@ -40,6 +40,8 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import UID
 
+from training.ml.preprocessing import jpeg_draft, reduce_for_reading
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -132,8 +134,10 @@ class DecodedImage:
     """An accepted upload, decoded to an 8-bit grayscale display image."""
 
     format: str  # "PNG" | "JPEG" | "DICOM", from the content
-    image: Image.Image  # mode "L", fully loaded, EXIF orientation applied for JPEG
-    width: int
+    # Mode "L", loaded, EXIF orientation applied for JPEG; smaller than width x height when
+    # decode_upload was given read_long_side or check_only.
+    image: Image.Image
+    width: int  # the stored size (after the EXIF turn)
     height: int
     source_mode: str  # e.g. "RGB", "I;16", "MONOCHROME1 12-bit"
     dicom: DicomInfo | None = None
@@ -145,6 +149,8 @@ class DecodedImage:
 
     def to_png_bytes(self) -> bytes:
         """The re-encoded display copy (8-bit grayscale PNG): see :func:`png_uint8`."""
+        if self.image.size != (self.width, self.height):
+            raise ValueError("This image was decoded reduced: it cannot be the display copy.")
         return png_uint8(np.asarray(self.image, dtype=np.uint8))
 
 
@@ -307,13 +313,32 @@ def _check_pixels(width: int, height: int, max_pixels: int) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def decode_upload(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImage:
+def decode_upload(
+    data: bytes,
+    *,
+    max_bytes: int,
+    max_pixels: int,
+    read_long_side: int | None = None,
+    check_only: bool = False,
+) -> DecodedImage:
     """Validate and decode one uploaded file.
 
     Returns the image as 8-bit grayscale (mode "L"). Raises :class:`UploadRejected` for
     anything we refuse: empty, over ``max_bytes``, not PNG/JPEG/DICOM by content, more than
     ``max_pixels`` pixels (checked before decoding), damaged, a DICOM without an image, or a
     DICOM compression we cannot decode.
+
+    ``width`` and ``height`` are always the stored size; ``image`` may be smaller:
+
+    - ``read_long_side``: ``image`` is read for a model as the workers read an upload's display
+      copy, no smaller than that on its long side (the model's
+      :func:`~training.ml.preprocessing.reading_long_side`): a JPEG that is its own display copy
+      reduced by its decoder (:func:`~training.ml.preprocessing.jpeg_draft`), anything larger
+      then by a whole factor (:func:`~training.ml.preprocessing.reduce_for_reading`). Training
+      and the benchmark's floor read so;
+    - ``check_only``: the upload path, which needs the pixels only to write a display copy. A
+      file that is its own display copy (``original_is_display``) is only checked: decoded at an
+      eighth of its size, every step of the file still read.
     """
     size = len(data)
     if size == 0:
@@ -331,8 +356,13 @@ def decode_upload(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedIma
     try:
         with _decompression_bomb_guard():
             if fmt == "DICOM":
-                return _decode_dicom(data, max_bytes=max_bytes, max_pixels=max_pixels)
-            return _decode_raster(data, fmt, max_pixels=max_pixels)
+                decoded = _decode_dicom(data, max_bytes=max_bytes, max_pixels=max_pixels)
+            else:
+                draft = 1 if check_only else read_long_side
+                decoded = _decode_raster(data, fmt, max_pixels=max_pixels, draft_long_side=draft)
+            if read_long_side is not None:
+                decoded.image = reduce_for_reading(decoded.image, read_long_side)
+            return decoded
     except UploadRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -381,7 +411,9 @@ def _decompression_bomb_guard() -> Iterator[None]:
 _HIGH_BIT_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 
 
-def _decode_raster(data: bytes, fmt: str, *, max_pixels: int) -> DecodedImage:
+def _decode_raster(
+    data: bytes, fmt: str, *, max_pixels: int, draft_long_side: int | None = None
+) -> DecodedImage:
     # 0. Our own header read first, so that a bomb is rejected with its dimensions even when
     #    it is big enough for Pillow's own guard to refuse it inside Image.open.
     declared = _png_declared_size(data) if fmt == "PNG" else _jpeg_declared_size(data)
@@ -398,24 +430,28 @@ def _decode_raster(data: bytes, fmt: str, *, max_pixels: int) -> DecodedImage:
     # 2. Reopen and decode for real. load() raises OSError on a truncated file because we never
     #    set ImageFile.LOAD_TRUNCATED_IMAGES.
     stored = Image.open(BytesIO(data), formats=[fmt])
-    stored.load()
     source_mode = stored.mode
-    img = stored
-    if fmt == "JPEG" and _exif_orientation(stored) not in (None, 1):
-        img = _exif_transpose(stored)
+    turned = fmt == "JPEG" and _exif_orientation(stored) not in (None, 1)
+    # 8-bit grayscale as stored (not converted, not turned), with nothing a browser would render
+    # differently: the file itself serves as the display copy.
+    as_stored = (
+        source_mode == "L"
+        and not turned
+        and not any(k in stored.info for k in ("transparency", "gamma", "icc_profile"))
+    )
+    if as_stored and draft_long_side is not None:
+        jpeg_draft(stored, draft_long_side)
+    stored.load()
+    img = _exif_transpose(stored) if turned else stored
     gray = _to_grayscale(img)
     return DecodedImage(
         format=fmt,
         image=gray,
-        width=gray.width,
-        height=gray.height,
+        width=width if as_stored else gray.width,
+        height=height if as_stored else gray.height,
         source_mode=source_mode,
         dicom=None,
-        original_is_display=(
-            gray is stored  # 8-bit grayscale as stored: not converted, not turned
-            and source_mode == "L"
-            and not any(k in stored.info for k in ("transparency", "gamma", "icc_profile"))
-        ),
+        original_is_display=as_stored,
     )
 
 

@@ -44,7 +44,7 @@ def class_heatmap_run(*, heatmap_id: int) -> ClassHeatmap | None:
 
         prediction = heatmap.prediction
         predictor = inference.predictor_for(prediction.model_version)
-        picture = open_display(prediction.image)
+        picture = open_display(prediction.image, predictor.preprocessing)
         [result] = predictor.predict([picture], cam_classes=[heatmap.class_label])
         heatmap_png, _ = inference.render_pngs(picture, result.cam, overlay=False)
     except Exception as exc:  # noqa: BLE001

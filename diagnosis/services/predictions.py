@@ -346,13 +346,22 @@ def study_flag_from_prediction(*, prediction: Prediction) -> bool:
     return True
 
 
-def open_display(image: Image):
+def open_display(image: Image, preprocessing):
+    """The stored display copy, read for a model with ``preprocessing`` the way training reads
+    its images (:func:`diagnosis.imaging.decode_upload`'s ``read_long_side``): no smaller than
+    the model's :func:`~training.ml.preprocessing.reading_long_side`, also enough for the
+    overlay, a JPEG reduced by its decoder, anything larger then by a whole factor."""
     from PIL import Image as PILImage
 
+    from training.ml.preprocessing import jpeg_draft, reading_long_side, reduce_for_reading
+
+    long_side = reading_long_side(preprocessing)
     try:
         with image.display.open("rb") as fh:
             picture = PILImage.open(io.BytesIO(fh.read()), formats=["PNG", "JPEG"])
+            jpeg_draft(picture, long_side)
             picture.load()
+            picture = reduce_for_reading(picture, long_side)
     except FileNotFoundError as exc:
         raise PredictionFailure(f"The stored image file is missing ({image.display.name}).") from exc
     return picture
@@ -453,7 +462,7 @@ def _compute_batch(batch: list[Prediction]) -> list[dict | Exception]:
     pictures = {}
     for i, member in enumerate(batch):
         try:
-            pictures[i] = open_display(member.image)
+            pictures[i] = open_display(member.image, predictor.preprocessing)
         except DatabaseError:
             raise
         except Exception as exc:  # noqa: BLE001 - an unreadable file is this image's failure

@@ -60,8 +60,11 @@ def study_upload(
     one transaction with them: if anything fails, the files written by this call are removed.
     The inference task is sent only after the transaction commits.
     """
+    # check_only: a JPEG that serves as its own display copy is only checked here (decoded at
+    # an eighth of its size, every step still read); the worker decodes it for the model.
     decoded = decode_upload(
-        data, max_bytes=settings.CXR_MAX_UPLOAD_BYTES, max_pixels=settings.CXR_MAX_IMAGE_PIXELS
+        data, max_bytes=settings.CXR_MAX_UPLOAD_BYTES, max_pixels=settings.CXR_MAX_IMAGE_PIXELS,
+        check_only=True,
     )
     dicom = decoded.dicom
     patient_id = _clean(patient_id, 64) or (_clean(dicom.patient_id, 64) if dicom else "")
@@ -201,7 +204,7 @@ def _image_create(
     else:
         image.original.save("original", ContentFile(data), save=False)
         written.append(image.original.name)
-        if decoded.original_is_display:  # an 8-bit grayscale PNG: the file itself serves
+        if decoded.original_is_display:  # 8-bit grayscale PNG/JPEG: the file itself serves
             image.display.name = image.original.name
         else:
             image.display.save("display.png", ContentFile(decoded.to_png_bytes()), save=False)

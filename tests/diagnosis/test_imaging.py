@@ -33,17 +33,19 @@ MAX_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 40_000_000
 
 
-def decode(data: bytes, **limits: int) -> DecodedImage:
+def decode(data: bytes, **kw: int) -> DecodedImage:
     return decode_upload(
         data,
-        max_bytes=limits.get("max_bytes", MAX_BYTES),
-        max_pixels=limits.get("max_pixels", MAX_PIXELS),
+        max_bytes=kw.get("max_bytes", MAX_BYTES),
+        max_pixels=kw.get("max_pixels", MAX_PIXELS),
+        read_long_side=kw.get("read_long_side"),
+        check_only=bool(kw.get("check_only")),
     )
 
 
-def rejection(data: bytes, **limits: int) -> UploadRejected:
+def rejection(data: bytes, **kw: int) -> UploadRejected:
     with pytest.raises(UploadRejected) as info:
-        decode(data, **limits)
+        decode(data, **kw)
     return info.value
 
 
@@ -234,15 +236,75 @@ def test_it_says_what_an_unsupported_image_looks_like() -> None:
     assert "TIFF" in str(error)
 
 
+@pytest.mark.parametrize("check_only", [False, True], ids=["decoded", "checked"])
 @pytest.mark.parametrize(
     "data",
     [imagegen.truncated_png(), imagegen.truncated_jpeg()],
     ids=["png", "jpeg"],
 )
-def test_it_rejects_a_truncated_image(data: bytes) -> None:
-    error = rejection(data)
+def test_it_rejects_a_truncated_image(data: bytes, check_only: bool) -> None:
+    # The upload path checks a grayscale JPEG at an eighth of its size: still every step is read.
+    error = rejection(data, check_only=check_only)
     assert error.code == "corrupt"
     assert "truncated" in str(error)
+
+
+def test_the_upload_path_only_checks_a_jpeg_that_is_its_own_display_copy() -> None:
+    data = imagegen.jpeg_bytes(imagegen.make_xray(1200, 900, seed=3))
+    checked = decode(data, check_only=True)
+    assert checked.image.size == (150, 113)  # an eighth: the decoder's own reduction
+    assert checked.original_is_display
+    assert (checked.width, checked.height) == (1200, 900)  # the stored size
+    with pytest.raises(ValueError, match="reduced"):
+        checked.to_png_bytes()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        imagegen.jpeg_bytes(imagegen.make_xray(1200, 900, mode="RGB")),
+        imagegen.jpeg_bytes(imagegen.make_xray(900, 1200), exif_orientation=6),
+        imagegen.png_bytes(imagegen.make_xray(1200, 900)),
+    ],
+    ids=["rgb-jpeg", "turned-jpeg", "png"],
+)
+def test_a_picture_that_needs_a_display_copy_is_decoded_whole_on_the_upload_path(
+    data: bytes,
+) -> None:
+    decoded = decode(data, check_only=True)
+    assert decoded.image.size == (decoded.width, decoded.height) == (1200, 900)
+    if decoded.format == "JPEG":
+        assert not decoded.original_is_display
+        assert decoded.to_png_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize(
+    ("data", "long_side", "size"),
+    [
+        # A grayscale JPEG: reduced by its decoder by 2, 4 or 8 as far as the long side allows.
+        (imagegen.jpeg_bytes(imagegen.make_xray(1200, 900, seed=3)), 300, (300, 225)),
+        (imagegen.jpeg_bytes(imagegen.make_xray(1200, 900, seed=3)), 500, (600, 450)),
+        (imagegen.jpeg_bytes(imagegen.make_xray(1200, 900, seed=3)), 601, (1200, 900)),
+        # Anything else: decoded whole, then reduced by the largest whole factor that fits.
+        (imagegen.png_bytes(imagegen.make_xray(1200, 900)), 300, (300, 225)),
+        (imagegen.png_bytes(imagegen.make_xray(1200, 900)), 390, (400, 300)),
+        (imagegen.jpeg_bytes(imagegen.make_xray(1200, 900, mode="RGB")), 500, (600, 450)),
+        (imagegen.dicom_bytes(width=1200, height=900), 500, (600, 450)),
+        (imagegen.png_bytes(imagegen.make_xray(1200, 900)), 2000, (1200, 900)),
+    ],
+    ids=["jpeg-4", "jpeg-2", "jpeg-1", "png-4", "png-3", "rgb-jpeg-2", "dicom-2", "small"],
+)
+def test_read_for_a_model_an_image_keeps_at_least_the_long_side_asked_for(
+    data: bytes, long_side: int, size: tuple[int, int]
+) -> None:
+    decoded = decode(data, read_long_side=long_side)
+    assert decoded.image.mode == "L"
+    assert decoded.image.size == size
+    assert (decoded.width, decoded.height) == (1200, 900)
+    # Reduced by averaging, close to the whole picture shrunk; not a pick of pixels.
+    whole = decode(data).image
+    shrunk = np.asarray(whole.resize(size, Image.Resampling.BOX), dtype=np.float32)
+    assert np.abs(np.asarray(decoded.image, dtype=np.float32) - shrunk).mean() < 1.5
 
 
 def test_it_rejects_a_png_whose_checksum_is_wrong() -> None:

@@ -115,3 +115,35 @@ def test_a_waiting_prediction_is_not_run(radiologist):
     ).prediction
     assert services.prediction_run(prediction_id=waiting.pk) is None
     assert Prediction.objects.get(pk=waiting.pk).status == "queued"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [imagegen.jpeg_bytes(imagegen.make_xray(2200, 1700, seed=4)),
+     imagegen.dicom_bytes(width=2200, height=1700, patient_id="MRN-BIG")],
+    ids=["jpeg", "dicom"],
+)
+def test_a_large_image_is_read_as_training_reads_it(radiologist, production_model, data):
+    """A 2,200-pixel X-ray is read at half size by the worker (a grayscale JPEG by its decoder,
+    a DICOM's display copy by 2x2 averaging), pixel for pixel as the training loader reads the
+    same file, and still gives a full-size overlay."""
+    import numpy as np
+
+    from diagnosis.services.predictions import open_display
+    from training.ml.data import load_image
+    from training.ml.preprocessing import Preprocessing, reading_long_side
+
+    upload = services.study_upload(uploaded_by=radiologist, data=data, patient_id="MRN-BIG")
+    image = upload.image
+    assert (image.width, image.height) == (2200, 1700)
+
+    prep = Preprocessing.from_dict(production_model.preprocessing_dict())
+    worker_reads = open_display(image, prep)
+    training_reads = load_image(image.original.path, read_long_side=reading_long_side(prep))
+    assert worker_reads.size == (1100, 850)
+    assert np.array_equal(np.asarray(worker_reads), np.asarray(training_reads))
+
+    done = services.prediction_run(prediction_id=upload.prediction.pk, worker="w1")
+    assert done.status == Prediction.Status.DONE
+    with PILImage.open(done.overlay.path) as overlay:
+        assert overlay.size == (1024, 791)

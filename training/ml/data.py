@@ -252,7 +252,8 @@ def _check_file(
     if not verify:
         return "image", fmt, None
     try:
-        decode_upload(data, max_bytes=max_bytes, max_pixels=max_pixels)
+        # Checked as uploads are: an 8-bit grayscale JPEG at an eighth of its size.
+        decode_upload(data, max_bytes=max_bytes, max_pixels=max_pixels, check_only=True)
     except UploadRejected as exc:
         return "unreadable", str(exc), None
     return "image", fmt, _sha256_bytes(data)
@@ -458,8 +459,13 @@ def load_image(
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    read_long_side: int | None = None,
 ) -> Image.Image:
-    """Decode one PNG/JPEG/DICOM file the way uploads are decoded: an 8-bit "L" image."""
+    """Decode one PNG/JPEG/DICOM file the way uploads are decoded: an 8-bit "L" image.
+
+    ``read_long_side``: read as the workers read an upload for a model, reduced to no less than
+    that on its long side (see :func:`diagnosis.imaging.decode_upload`); None: every pixel.
+    """
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -468,7 +474,9 @@ def load_image(
             f"since it was scanned? Rescan it."
         ) from exc
     try:
-        return decode_upload(data, max_bytes=max_bytes, max_pixels=max_pixels).image
+        return decode_upload(
+            data, max_bytes=max_bytes, max_pixels=max_pixels, read_long_side=read_long_side
+        ).image
     except UploadRejected as exc:
         raise DatasetError(
             f"{path} cannot be used: {exc} Rescan the dataset with verification on, which lists "
@@ -483,6 +491,7 @@ class CXRDataset(Dataset):
     maps that PIL image to a tensor (see :mod:`training.ml.transforms`); without one the PIL image
     itself is returned. ``cache_size`` decoded images are kept in an LRU cache (per process: each
     DataLoader worker has its own), which pays off when decoding is slow (DICOM, large PNGs).
+    ``read_long_side``: see :func:`load_image` (training passes the model's, as the workers read).
     """
 
     def __init__(
@@ -495,6 +504,7 @@ class CXRDataset(Dataset):
         cache_size: int = 0,
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        read_long_side: int | None = None,
     ) -> None:
         self.root = Path(root)
         self.samples = [(str(rel), int(label)) for rel, label in samples]
@@ -508,6 +518,7 @@ class CXRDataset(Dataset):
         self.cache_size = int(cache_size)
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
+        self.read_long_side = read_long_side
         self._cache: OrderedDict[int, Image.Image] = OrderedDict()
 
     def __len__(self) -> int:
@@ -526,7 +537,8 @@ class CXRDataset(Dataset):
             self._cache.move_to_end(index)
             return cached
         image = load_image(
-            self.root / self.samples[index][0], max_bytes=self.max_bytes, max_pixels=self.max_pixels
+            self.root / self.samples[index][0], max_bytes=self.max_bytes,
+            max_pixels=self.max_pixels, read_long_side=self.read_long_side,
         )
         if self.cache_size > 0:
             self._cache[index] = image

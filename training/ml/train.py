@@ -58,7 +58,7 @@ from .data import (
     weighted_sampler,
 )
 from .metrics import classification_report, roc_curves
-from .preprocessing import Preprocessing
+from .preprocessing import Preprocessing, reading_long_side
 from .transforms import eval_transform, train_transform
 
 logger = logging.getLogger(__name__)
@@ -637,6 +637,7 @@ def fit(
         split["train"],
         train_transform(prep, augment=config.augment, hflip=config.hflip),
         cache_size=config.cache_size,
+        read_long_side=reading_long_side(prep),
     )
     train_labels = train_ds.labels
     sampler = None
@@ -657,7 +658,8 @@ def fit(
 
     def eval_loader(indices: list[int]) -> DataLoader:
         dataset = CXRDataset(
-            dataset_root, samples, indices, eval_transform(prep), cache_size=config.cache_size
+            dataset_root, samples, indices, eval_transform(prep), cache_size=config.cache_size,
+            read_long_side=reading_long_side(prep),
         )
         return make_loader(
             dataset, batch_size=config.batch_size * 2, num_workers=config.num_workers
@@ -947,7 +949,8 @@ def evaluate_checkpoint(
 
     device = resolve_device(device)
     model = build_for_inference(arch, names, state_dict).to(device)
-    dataset = CXRDataset(dataset_root, mapped, list(indices), eval_transform(prep))
+    dataset = CXRDataset(dataset_root, mapped, list(indices), eval_transform(prep),
+                         read_long_side=reading_long_side(prep))
     output = evaluate(
         model,
         make_loader(dataset, batch_size=batch_size),

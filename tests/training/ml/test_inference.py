@@ -400,6 +400,22 @@ def test_the_overlay_is_rgb_downscaled_to_max_side_and_untouched_where_the_cam_i
     assert np.abs(centre[..., 0] - centre[..., 2]).mean() > 10  # coloured where the model looked
 
 
+@pytest.mark.parametrize("size", [(2500, 2049), (1250, 1025), (3001, 1000)])
+def test_the_overlay_shrinks_with_averaging_not_by_picking_pixels(size) -> None:
+    """1-pixel stripes (the worst case for aliasing) come out grey at any factor, as area
+    averaging leaves them (36..164 here), not as bands of black and white."""
+    width, height = size
+    stripes = np.zeros((height, width), dtype=np.uint8)
+    stripes[:, ::2] = 200
+    overlay = render_overlay(Image.fromarray(stripes), np.zeros((7, 7), dtype=np.float32))
+    scale = 1024 / max(size)
+    assert overlay.size == (round(width * scale), round(height * scale))
+    grey = np.asarray(overlay)[..., 0].astype(int)
+    assert abs(grey.mean() - 100) < 3
+    # A pixel pick (OpenCV's bilinear, Pillow's box) leaves 0 and 200 at these factors.
+    assert grey.min() > 30 and grey.max() < 170
+
+
 def test_a_small_image_is_not_upscaled_and_zero_opacity_shows_the_xray_only() -> None:
     image = _xray_8bit(100, 80)
     overlay = render_overlay(image, np.ones((64, 64), dtype=np.float32), opacity=0.0)

@@ -110,3 +110,46 @@ def test_the_augmentation_keeps_the_heart_side() -> None:
 def test_an_unknown_augmentation_is_refused() -> None:
     with pytest.raises(ValueError, match="cxr"):
         train_transform(PREP, augment="heavy")
+
+
+def test_images_are_read_at_four_times_the_input_and_never_below_the_overlay() -> None:
+    from training.ml.preprocessing import reading_long_side
+
+    assert reading_long_side(Preprocessing(input_size=224)) == 1024
+    assert reading_long_side(Preprocessing(input_size=512)) == 2048
+
+
+@pytest.mark.parametrize(
+    ("size", "long_side", "scale"),
+    [((2500, 2048), 1024, 2), ((4100, 3000), 1024, 4), ((2047, 900), 1024, 1),
+     ((900, 2100), 256, 8), ((2500, 2048), 1, 8), ((300, 200), 1024, 1)],
+)
+def test_a_jpeg_is_reduced_by_the_decoder_as_far_as_the_long_side_allows(
+    size: tuple[int, int], long_side: int, scale: int
+) -> None:
+    from io import BytesIO
+
+    from training.ml.preprocessing import jpeg_draft
+
+    data = imagegen.jpeg_bytes(imagegen.make_xray(*size), quality=70)
+    with Image.open(BytesIO(data)) as image:
+        assert jpeg_draft(image, long_side) == scale
+        image.load()
+        assert max(image.size) >= min(long_side, max(size))
+        assert image.size == tuple(-(-s // scale) for s in size)
+
+
+def test_only_jpegs_are_reduced_by_their_decoder_others_by_a_whole_factor() -> None:
+    from io import BytesIO
+
+    from training.ml.preprocessing import jpeg_draft, reduce_for_reading
+
+    with Image.open(BytesIO(imagegen.png_bytes(imagegen.make_xray(2100, 300)))) as image:
+        assert jpeg_draft(image, 256) == 1
+        image.load()
+        assert image.size == (2100, 300)
+        assert reduce_for_reading(image, 256).size == (263, 38)  # by 8
+        assert reduce_for_reading(image, 700).size == (700, 100)  # by 3
+        assert reduce_for_reading(image, 1051) is image
+    block = Image.fromarray(np.array([[0, 40], [100, 60]], dtype=np.uint8))
+    assert np.asarray(reduce_for_reading(block, 1)).tolist() == [[50]]  # the block's mean
