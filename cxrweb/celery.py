@@ -2,12 +2,56 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 
 from celery import Celery
 from celery.signals import task_postrun, task_prerun
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cxrweb.settings")
+
+logger = logging.getLogger(__name__)
+
+
+def _survive_a_lost_broker_with_tasks_in_flight() -> None:
+    """Keep a worker alive when Redis goes away while it holds an unacknowledged task.
+
+    With late acknowledgement that is any task in flight. Celery 5.7's consumer, on losing the
+    broker, first collects the connection (its transport's ``client`` becomes None), then closes
+    it and connects anew. Two things then reach Redis through the collected connection:
+    closing its channel restores the unacknowledged messages, and the task in flight, when it
+    ends, acknowledges its message on that channel. Both fail with AttributeError, which is not
+    a connection error: "Unrecoverable error", and the whole worker exits (under `make run`,
+    the whole app with it). Reproduced by tests/faults: Redis stopped under a running
+    prediction.
+
+    Here a channel whose connection was collected raises a connection error instead, which
+    Celery and kombu handle as such: the restore is skipped and the late acknowledgement is
+    logged as failed. Those messages stay in Redis's set of unacknowledged ones, which kombu
+    puts back after the visibility timeout (a redelivered prediction finds itself done), and
+    the database's reconciler covers what a restarted, empty Redis lost.
+    """
+    import redis
+    from kombu.transport import redis as kombu_redis
+
+    connparams = kombu_redis.Channel._connparams
+    if getattr(connparams, "cxr_guarded", False):
+        return
+
+    @functools.wraps(connparams)
+    def _connparams(self, *args, **kwargs):
+        transport = self.connection
+        if transport is None or transport.client is None:
+            raise redis.exceptions.ConnectionError(
+                "this broker connection was closed after the broker was lost")
+        return connparams(self, *args, **kwargs)
+
+    _connparams.cxr_guarded = True
+    kombu_redis.Channel._connparams = _connparams
+
+
+_survive_a_lost_broker_with_tasks_in_flight()
 
 app = Celery("cxrweb")
 app.config_from_object("django.conf:settings", namespace="CELERY")

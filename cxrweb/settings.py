@@ -183,7 +183,20 @@ CELERY_TASK_TIME_LIMIT = env_positive_int("CXR_TASK_TIME_LIMIT", 600)
 CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 30
 # Redis redelivers an unacknowledged task after the visibility timeout: keep it above the hard
 # time limit so a task still running is not handed to a second worker.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT * 3}
+# A broker that stops answering without closing the connection (a paused or hung Redis, a
+# half-open TCP link) must not hang uploads: every command gives up after CXR_BROKER_TIMEOUT_S
+# (redis-py waits forever otherwise), and a publish is tried twice. The upload is committed
+# before the send, so a failed send loses nothing: the reconciler sends it again once the broker
+# answers. Workers reconnect on their own.
+CXR_BROKER_TIMEOUT_S = env_positive_int("CXR_BROKER_TIMEOUT_S", 3)
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": CELERY_TASK_TIME_LIMIT * 3,
+    "socket_timeout": CXR_BROKER_TIMEOUT_S,
+    "socket_connect_timeout": CXR_BROKER_TIMEOUT_S,
+}
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5,
+}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "inference"
 CELERY_TASK_ROUTES = {

