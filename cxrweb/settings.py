@@ -188,7 +188,7 @@ CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 30
 # (redis-py waits forever otherwise), and a publish is tried twice. The upload is committed
 # before the send, so a failed send loses nothing: the reconciler sends it again once the broker
 # answers. Workers reconnect on their own.
-CXR_BROKER_TIMEOUT_S = env_positive_int("CXR_BROKER_TIMEOUT_S", 3)
+CXR_BROKER_TIMEOUT_S = env_positive_int("CXR_BROKER_TIMEOUT_S", 2)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": CELERY_TASK_TIME_LIMIT * 3,
     "socket_timeout": CXR_BROKER_TIMEOUT_S,
