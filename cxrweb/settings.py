@@ -247,6 +247,10 @@ CXR_WORKER_PRELOAD_ML = env.bool("CXR_WORKER_PRELOAD_ML", default=True)
 # Each pool process of an inference worker loads the production model as soon as it is up,
 # rather than on its first prediction (~1-2 s on a CPU). false: on first use.
 CXR_WORKER_WARM_MODEL = env.bool("CXR_WORKER_WARM_MODEL", default=True)
+# How often (seconds) that thread looks for a newly promoted version to load ahead; 0: never.
+CXR_WORKER_WARM_POLL_S = env.int("CXR_WORKER_WARM_POLL_S", default=10)
+if CXR_WORKER_WARM_POLL_S < 0:
+    raise ImproperlyConfigured("CXR_WORKER_WARM_POLL_S must be 0 (never) or a number of seconds.")
 # A crashed prediction goes back to the queue after this delay (behind what is waiting).
 CXR_RETRY_DELAY_S = env.float("CXR_RETRY_DELAY_S", default=5.0)
 # The reconciler (a periodic task, and `manage.py reconcile_predictions`) re-sends a queued

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import OrderedDict
 
 import cv2
 import numpy as np
@@ -27,8 +28,14 @@ from training.models import ModelVersion
 
 logger = logging.getLogger(__name__)
 
-_cache: dict[tuple[int, str], Predictor] = {}
+# The models this process holds, least recently used first: the production version and the one
+# before it, so that predictions still queued for the old version after a promotion do not make
+# the two evict each other (each load takes 1-2 s on a CPU).
+_cache: OrderedDict[tuple[int, str], Predictor] = OrderedDict()
+CACHED_MODELS = 2
 _lock = threading.Lock()
+# Loads in progress: another thread that wants the same version waits for it (one load).
+_loading: dict[tuple[int, str], threading.Event] = {}
 # A CAM is a 7x7..14x14 map upsampled: more pixels add nothing (the browser scales it smoothly;
 # 128 pixels are 9 or more per cell). Half the PNG work of a 224-pixel map.
 HEATMAP_MAX_SIDE = 128
@@ -66,24 +73,49 @@ _threads_configured: set[int] = set()
 
 
 def predictor_for(version: ModelVersion) -> Predictor:
+    """The loaded model of ``version``, loaded on first use (1-2 s on a CPU) and then kept.
+
+    A load runs outside the lock: a task on the version already held is not held up while a
+    newly promoted one loads (diagnosis.tasks loads it ahead). A second thread that wants the
+    version being loaded waits for that load."""
     global _process_configured
     key = (version.pk, version.sha256)
-    with _lock:
-        if threading.get_ident() not in _threads_configured:
-            configure_torch_threads(int(os.environ.get("CXR_WORKER_CONCURRENCY", "1") or 1))
-            _threads_configured.add(threading.get_ident())
-        if not _process_configured:
-            if retain_freed_memory(settings.CXR_WORKER_HEAP_RETAIN_MB):
-                logger.info("keeping up to %d MB of freed memory for reuse",
-                            settings.CXR_WORKER_HEAP_RETAIN_MB)
-            _process_configured = True
-        predictor = _cache.get(key)
-        if predictor is None:
-            predictor = _load(version)
-            # Keep one model per process: a promotion replaces the old one.
-            _cache.clear()
+    while True:
+        with _lock:
+            if threading.get_ident() not in _threads_configured:
+                configure_torch_threads(int(os.environ.get("CXR_WORKER_CONCURRENCY", "1") or 1))
+                _threads_configured.add(threading.get_ident())
+            if not _process_configured:
+                if retain_freed_memory(settings.CXR_WORKER_HEAP_RETAIN_MB):
+                    logger.info("keeping up to %d MB of freed memory for reuse",
+                                settings.CXR_WORKER_HEAP_RETAIN_MB)
+                _process_configured = True
+            predictor = _cache.get(key)
+            if predictor is not None:
+                _cache.move_to_end(key)
+                return predictor
+            loading = _loading.get(key)
+            if loading is None:
+                loading = _loading[key] = threading.Event()
+                break
+        loading.wait()  # then look again: loaded, or that load failed and this one tries
+    try:
+        predictor = _load(version)
+        with _lock:
             _cache[key] = predictor
+            while len(_cache) > CACHED_MODELS:
+                _cache.popitem(last=False)
         return predictor
+    finally:
+        with _lock:
+            _loading.pop(key, None)
+        loading.set()
+
+
+def is_loaded(pk: int, sha256: str) -> bool:
+    """Whether this process holds that version's model (by its id and weights' sha256)."""
+    with _lock:
+        return (pk, sha256) in _cache
 
 
 def _load(version: ModelVersion) -> Predictor:

@@ -87,15 +87,30 @@ def _warm_production_model(**kwargs) -> None:
     background thread, so that the first prediction after a start, a restart or a replaced child
     does not wait for it (~1-2 s on a CPU: the weights, the checks, the frozen graph). A thread,
     because a pool process must report that it is up at once (Celery kills one that does not,
-    CXR_WORKER_PROC_ALIVE_TIMEOUT). A task that comes first waits for the same load (one lock),
-    as it would have without this."""
+    CXR_WORKER_PROC_ALIVE_TIMEOUT). A task that comes first waits for the same load, as it
+    would have without this. The thread then looks for a newly promoted version every
+    CXR_WORKER_WARM_POLL_S and loads it too, so the first prediction after a promotion does not
+    wait either (the previous version stays loaded beside it, for what is still queued)."""
     if _warm_in_pool:
         import threading
 
-        threading.Thread(target=_load_production_model, name="warm-model", daemon=True).start()
+        threading.Thread(target=_keep_production_model_loaded, name="warm-model",
+                         daemon=True).start()
 
 
-def _load_production_model() -> None:
+def _keep_production_model_loaded() -> None:
+    import time
+
+    from django.conf import settings
+
+    _load_production_model(first=True)
+    while settings.CXR_WORKER_WARM_POLL_S > 0:
+        time.sleep(settings.CXR_WORKER_WARM_POLL_S)
+        _load_production_model(first=False)
+
+
+def _load_production_model(*, first: bool) -> None:
+    """Load the production version unless this process holds it already (one small query)."""
     from django.db import connections
 
     log = logging.getLogger(__name__)
@@ -103,12 +118,15 @@ def _load_production_model() -> None:
         from diagnosis import inference  # imports torch: worker side only
         from training.models import ModelVersion
 
-        version = ModelVersion.objects.filter(status=ModelVersion.Status.PRODUCTION).first()
-        if version is not None:
+        production = ModelVersion.objects.filter(
+            status=ModelVersion.Status.PRODUCTION).values_list("pk", "sha256").first()
+        if production is not None and not inference.is_loaded(*production):
+            version = ModelVersion.objects.defer("metrics").get(pk=production[0])
             inference.predictor_for(version)
-            log.info("production model %s loaded ahead of the first task", version.name)
+            log.info("production model %s loaded ahead of the %s", version.name,
+                     "first task" if first else "first prediction since its promotion")
     except Exception:  # noqa: BLE001 - it loads on first use instead, and reports what fails there
-        log.warning("could not load the production model ahead of the first task; it loads on "
+        log.warning("could not load the production model ahead of its first task; it loads on "
                     "first use", exc_info=True)
     finally:
         connections.close_all()  # this thread's own connection

@@ -57,6 +57,7 @@ TIMINGS = {
     "CXR_PREDICTION_MAX_ATTEMPTS": 3,
     "CXR_PREDICTION_MAX_DISPATCHES": 5,
     "CXR_INFERENCE_BATCH_SIZE": 4,  # the CPU default, explicit: the scenarios count on batches
+    "CXR_WORKER_WARM_POLL_S": 1,
 }
 
 
