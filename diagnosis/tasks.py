@@ -109,8 +109,15 @@ def _keep_production_model_loaded() -> None:
         _load_production_model(first=False)
 
 
+_not_loadable: tuple[int, str] | None = None  # the version this thread failed to load, if any
+
+
 def _load_production_model(*, first: bool) -> None:
-    """Load the production version unless this process holds it already (one small query)."""
+    """Load the production version unless this process holds it already (one small query).
+
+    A version that fails to load is not tried again by this thread (nor logged every poll); the
+    first task on it reports why, as it would without this."""
+    global _not_loadable
     from django.db import connections
 
     log = logging.getLogger(__name__)
@@ -120,9 +127,15 @@ def _load_production_model(*, first: bool) -> None:
 
         production = ModelVersion.objects.filter(
             status=ModelVersion.Status.PRODUCTION).values_list("pk", "sha256").first()
-        if production is not None and not inference.is_loaded(*production):
+        if (production is not None and production != _not_loadable
+                and not inference.is_loaded(*production)):
             version = ModelVersion.objects.defer("metrics").get(pk=production[0])
-            inference.predictor_for(version)
+            try:
+                inference.predictor_for(version)
+            except Exception as exc:
+                if not isinstance(exc, DatabaseError):
+                    _not_loadable = production  # its file: missing, changed, unreadable
+                raise
             log.info("production model %s loaded ahead of the %s", version.name,
                      "first task" if first else "first prediction since its promotion")
     except Exception:  # noqa: BLE001 - it loads on first use instead, and reports what fails there

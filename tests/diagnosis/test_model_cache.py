@@ -85,3 +85,29 @@ def test_a_newly_promoted_version_is_loaded_ahead_beside_the_previous_one(
     assert inference.is_loaded(new.pk, new.sha256) and inference.is_loaded(old.pk, old.sha256)
     assert [r.getMessage() for r in caplog.records if "loaded ahead" in r.getMessage()] == [
         "production model ahead-new loaded ahead of the first prediction since its promotion"]
+
+
+def test_a_version_that_cannot_be_loaded_is_reported_once_not_every_poll(
+    transactional_db, state_dict_file, settings, caplog, monkeypatch
+):
+    import os
+
+    from diagnosis import inference, tasks
+    from training.services import model_version_import, model_version_promote
+
+    monkeypatch.setattr(tasks, "_not_loadable", None)
+    version = model_version_import(path=state_dict_file("mobilenet_v2"),
+                                   architecture="mobilenet_v2", classes=CLASSES, name="gone")
+    model_version_promote(version=version, reason="test")
+    os.remove(version.weights.path)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="diagnosis.tasks"):
+        for _ in range(3):
+            thread = threading.Thread(target=tasks._load_production_model,
+                                      kwargs={"first": False})
+            thread.start()
+            thread.join(60)
+    warnings = [r for r in caplog.records if "could not load the production model" in r.message]
+    assert len(warnings) == 1
+    assert "weights file of model version gone is missing" in str(warnings[0].exc_info[1])
+    assert not inference.is_loaded(version.pk, version.sha256)
