@@ -132,9 +132,10 @@ def _load_production_model(*, first: bool) -> None:
             version = ModelVersion.objects.defer("metrics").get(pk=production[0])
             try:
                 inference.predictor_for(version)
-            except Exception as exc:
-                if not isinstance(exc, DatabaseError):
-                    _not_loadable = production  # its file: missing, changed, unreadable
+            except DatabaseError:
+                raise
+            except Exception:
+                _not_loadable = production  # its file: missing, changed, unreadable
                 raise
             log.info("production model %s loaded ahead of the %s", version.name,
                      "first task" if first else "first prediction since its promotion")
