@@ -102,9 +102,9 @@ def study_json(
     }
 
 
-def _prediction_or_404(pk: int) -> Prediction:
+def _prediction_or_404(pk: int, selector=selectors.prediction_for_api) -> Prediction:
     try:
-        return selectors.prediction_for_api(pk)
+        return selector(pk)
     except Prediction.DoesNotExist as exc:
         raise Http404 from exc
 
@@ -179,14 +179,22 @@ class PredictionDetail(APIView):
 
 
 class PredictionFile(APIView):
-    """The overlay (`heatmap`) or the transparent colour map alone (`cam`), as PNG."""
+    """The overlay (`heatmap`) or the transparent colour map alone (`cam`), as PNG.
+
+    A download of a patient's image: an audit event, as the study page's view is (the page's own
+    overlays are part of that view; an API client may fetch these without ever reading the study).
+    """
 
     field = "overlay"
+    FILE_NAMES = {"overlay": "heatmap.png", "heatmap": "cam.png"}  # the field -> its URL's name
 
     def get(self, request, pk: int):
-        prediction = _prediction_or_404(pk)
+        prediction = _prediction_or_404(pk, selectors.prediction_file_for_api)
         f = getattr(prediction, self.field)
         if prediction.status != Prediction.Status.DONE or not f:
             return Response({"error": f"Prediction {pk} has no heatmap yet ({prediction.status})."},
                             status=status.HTTP_404_NOT_FOUND)
-        return FileResponse(f.open("rb"), content_type="image/png")
+        response = FileResponse(f.open("rb"), content_type="image/png")
+        audit(request, AuditEvent.Action.DOWNLOAD, prediction,
+              detail={"file": self.FILE_NAMES[self.field], "via": "api"})
+        return response

@@ -110,6 +110,15 @@ def prediction_for_api(pk: int) -> Prediction:
     ).get(pk=pk)
 
 
+def prediction_file_for_api(pk: int) -> Prediction:
+    """What the API's heatmap downloads read: :func:`prediction_for_api`, and the patient's
+    record number, which the download's audit event names (no further query for it)."""
+    return Prediction.objects.select_related("image__study__patient", "model_version").only(
+        *(f.name for f in Prediction._meta.concrete_fields),
+        "image__study__patient__mrn", "model_version__name",
+    ).get(pk=pk)
+
+
 def image_detail(pk: int) -> Image:
     return Image.objects.select_related("study__patient").get(pk=pk)
 

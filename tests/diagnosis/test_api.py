@@ -194,8 +194,9 @@ def test_an_upload_does_not_read_the_model_versions_metrics(api, production_mode
 def test_polling_a_finished_prediction_reads_neither_metrics_nor_dicom_tags(
     api, production_model, django_assert_num_queries
 ):
-    """Polls and heatmap downloads are the API's most frequent requests: two queries each, and
-    neither the version's metrics (curves, confusion matrices) nor the image's DICOM tags."""
+    """Polls and heatmap downloads are the API's most frequent requests: two queries each (a
+    download a third: its audit event), and neither the version's metrics (curves, confusion
+    matrices) nor the image's DICOM tags."""
     from django.core.files.base import ContentFile
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
@@ -208,15 +209,50 @@ def test_polling_a_finished_prediction_reads_neither_metrics_nor_dicom_tags(
     prediction.probabilities = {c: 1.0 / len(classes) for c in reversed(classes)}
     prediction.overlay.save("overlay.png", ContentFile(imagegen.png_bytes()), save=False)
     prediction.save()
-    for path in (f"/api/v1/predictions/{prediction.pk}/",
-                 f"/api/v1/predictions/{prediction.pk}/heatmap.png"):
-        with CaptureQueriesContext(connection) as queries, django_assert_num_queries(2):
+    for path, count in ((f"/api/v1/predictions/{prediction.pk}/", 2),
+                        (f"/api/v1/predictions/{prediction.pk}/heatmap.png", 3)):
+        with CaptureQueriesContext(connection) as queries, django_assert_num_queries(count):
             got = api.get(path)
         assert got.status_code == 200
-        row_read = queries[-1]["sql"]
+        row_read = queries[1]["sql"]
+        assert '"diagnosis_prediction"' in row_read
         assert '"metrics"' not in row_read and '"dicom_tags"' not in row_read
     body = api.get(f"/api/v1/predictions/{prediction.pk}/").json()
     assert body["status"] == "done" and body["label"] == classes[-1]
     assert list(body["probabilities"]) == classes  # the version's order, not the stored one
     assert body["study_id"] == resp.json()["id"]
     assert body["model_version"] == production_model.name
+
+
+@pytest.mark.parametrize("file_name, field", [("heatmap.png", "overlay"), ("cam.png", "heatmap")])
+def test_a_heatmap_downloaded_through_the_api_is_an_audit_event_naming_the_patient(
+    api, radiologist, production_model, file_name, field
+):
+    from django.core.files.base import ContentFile
+
+    from diagnosis.models import AuditEvent
+
+    resp = _post(api, imagegen.png_bytes(), patient_id="AUDIT-DL")
+    prediction = Prediction.objects.get(pk=resp.json()["prediction_id"])
+    prediction.status = Prediction.Status.DONE
+    getattr(prediction, field).save("f.png", ContentFile(imagegen.png_bytes()), save=False)
+    prediction.save()
+    before = AuditEvent.objects.filter(action=AuditEvent.Action.DOWNLOAD).count()
+
+    got = api.get(f"/api/v1/predictions/{prediction.pk}/{file_name}")
+
+    assert got.status_code == 200 and b"".join(got.streaming_content).startswith(b"\x89PNG")
+    [event] = AuditEvent.objects.filter(action=AuditEvent.Action.DOWNLOAD)[before:]
+    assert event.username == radiologist.username
+    assert event.patient_mrn == "AUDIT-DL"
+    assert (event.object_type, event.object_id) == ("Prediction", str(prediction.pk))
+    assert event.detail == {"file": file_name, "via": "api"}
+
+
+def test_a_heatmap_that_is_not_ready_is_a_404_and_not_an_audited_download(api, production_model):
+    from diagnosis.models import AuditEvent
+
+    resp = _post(api, imagegen.png_bytes(), patient_id="AUDIT-WAIT")
+    got = api.get(f"/api/v1/predictions/{resp.json()['prediction_id']}/heatmap.png")
+    assert got.status_code == 404 and "no heatmap yet" in got.json()["error"]
+    assert not AuditEvent.objects.filter(action=AuditEvent.Action.DOWNLOAD).exists()
