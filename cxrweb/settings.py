@@ -221,10 +221,13 @@ CXR_PREDICTION_STALE_AFTER_S = env_positive_int(
 CXR_PREDICTION_MAX_ATTEMPTS = env_positive_int("CXR_PREDICTION_MAX_ATTEMPTS", 3)
 # Micro-batching: a worker analyses up to this many queued predictions of the same model in one
 # forward/backward pass (only what is already waiting: a lone upload is never held back).
-# 0 = by device: 4 on a CPU (mobilenet_v2 on one thread, with the layers below the Grad-CAM
-# layer frozen (CXR_INFERENCE_FREEZE): ~66 images/s one at a time, ~82 in twos, ~89 in fours,
-# ~91 in eights; a batch's first result waits for the whole batch, so 4), 16 on a GPU. 1 turns
-# batching off.
+# 0 = by device: 8 on a CPU, 16 on a GPU; 1 turns batching off. On one CPU thread, with the
+# layers below the Grad-CAM layer frozen (CXR_INFERENCE_FREEZE), images/s one at a time / in
+# fours / in eights: mobilenet_v2 ~90 / ~108 / ~112, resnet18 ~24 / ~35 / ~37. Under sustained
+# uploads, eights took ~3 ms of worker CPU off each resnet18 prediction (~37 against ~40 ms) and
+# changed nothing measurable for mobilenet_v2 (bench/, session 7). A batch's first result waits
+# for the whole batch (resnet18: ~0.2 s for eight), but only under load, where queue wait is
+# seconds and a batch's throughput shortens it; a lone upload never waits for one.
 CXR_INFERENCE_BATCH_SIZE = env.int("CXR_INFERENCE_BATCH_SIZE", default=0)
 # On a CPU, a worker runs the model's layers below the Grad-CAM layer as one frozen TorchScript
 # graph (oneDNN, pre-packed weights): MobileNetV2 ~1.5x faster per image, ResNet ~1.2x; kept

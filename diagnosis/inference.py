@@ -57,7 +57,7 @@ def batch_size() -> int:
     """How many predictions a worker runs in one pass (CXR_INFERENCE_BATCH_SIZE; 0 = by device)."""
     if settings.CXR_INFERENCE_BATCH_SIZE > 0:
         return settings.CXR_INFERENCE_BATCH_SIZE
-    return 16 if torch.cuda.is_available() else 4
+    return 16 if torch.cuda.is_available() else 8
 
 
 def clear_cache() -> None:

@@ -163,7 +163,7 @@ def test_the_default_batch_size_suits_the_device(settings):
     from diagnosis import inference
 
     settings.CXR_INFERENCE_BATCH_SIZE = 0
-    assert inference.batch_size() == (16 if torch.cuda.is_available() else 4)
+    assert inference.batch_size() == (16 if torch.cuda.is_available() else 8)
     settings.CXR_INFERENCE_BATCH_SIZE = 5
     assert inference.batch_size() == 5
 
