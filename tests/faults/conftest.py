@@ -56,7 +56,7 @@ TIMINGS = {
     "CXR_TASK_TIME_LIMIT": 60,  # the broker's visibility timeout is 3x: 180 s
     "CXR_PREDICTION_MAX_ATTEMPTS": 3,
     "CXR_PREDICTION_MAX_DISPATCHES": 5,
-    "CXR_INFERENCE_BATCH_SIZE": 4,  # the CPU default, explicit: the scenarios count on batches
+    "CXR_INFERENCE_BATCH_SIZE": 8,  # the CPU default, explicit: the scenarios count on batches
     "CXR_WORKER_WARM_POLL_S": 1,
 }
 
