@@ -111,11 +111,10 @@ def prediction_for_api(pk: int) -> Prediction:
 
 
 def prediction_file_for_api(pk: int) -> Prediction:
-    """What the API's heatmap downloads read: :func:`prediction_for_api`, and the patient's
+    """What the API's heatmap downloads read: the prediction's own fields and the patient's
     record number, which the download's audit event names (no further query for it)."""
-    return Prediction.objects.select_related("image__study__patient", "model_version").only(
-        *(f.name for f in Prediction._meta.concrete_fields),
-        "image__study__patient__mrn", "model_version__name",
+    return Prediction.objects.select_related("image__study__patient").only(
+        *(f.name for f in Prediction._meta.concrete_fields), "image__study__patient__mrn",
     ).get(pk=pk)
 
 
