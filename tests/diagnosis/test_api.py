@@ -191,24 +191,35 @@ def test_an_upload_does_not_read_the_model_versions_metrics(api, production_mode
     assert '"metrics"' not in version_reads[0]
 
 
+def _finished_prediction(api, patient_id: str, *, field: str = "overlay", **values) -> Prediction:
+    """An upload through the API whose prediction is then marked done, with a PNG stored in
+    `field` (the overlay, or the colour map `heatmap`) and any other `values` set."""
+    from django.core.files.base import ContentFile
+
+    resp = _post(api, imagegen.png_bytes(), patient_id=patient_id)
+    prediction = Prediction.objects.get(pk=resp.json()["prediction_id"])
+    prediction.status = Prediction.Status.DONE
+    for name, value in values.items():
+        setattr(prediction, name, value)
+    getattr(prediction, field).save(f"{field}.png", ContentFile(imagegen.png_bytes()), save=False)
+    prediction.save()
+    return prediction
+
+
 def test_polling_a_finished_prediction_reads_neither_metrics_nor_dicom_tags(
     api, production_model, django_assert_num_queries
 ):
     """Polls and heatmap downloads are the API's most frequent requests: two queries each (a
     download a third: its audit event), and neither the version's metrics (curves, confusion
     matrices) nor the image's DICOM tags."""
-    from django.core.files.base import ContentFile
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    resp = _post(api, imagegen.png_bytes(), patient_id="POLL-DONE")
-    prediction = Prediction.objects.get(pk=resp.json()["prediction_id"])
     classes = list(production_model.class_labels)
-    prediction.status = Prediction.Status.DONE
-    prediction.label = classes[-1]
-    prediction.probabilities = {c: 1.0 / len(classes) for c in reversed(classes)}
-    prediction.overlay.save("overlay.png", ContentFile(imagegen.png_bytes()), save=False)
-    prediction.save()
+    prediction = _finished_prediction(
+        api, "POLL-DONE", label=classes[-1],
+        probabilities={c: 1.0 / len(classes) for c in reversed(classes)},
+    )
     for path, count in ((f"/api/v1/predictions/{prediction.pk}/", 2),
                         (f"/api/v1/predictions/{prediction.pk}/heatmap.png", 3)):
         with CaptureQueriesContext(connection) as queries, django_assert_num_queries(count):
@@ -220,7 +231,7 @@ def test_polling_a_finished_prediction_reads_neither_metrics_nor_dicom_tags(
     body = api.get(f"/api/v1/predictions/{prediction.pk}/").json()
     assert body["status"] == "done" and body["label"] == classes[-1]
     assert list(body["probabilities"]) == classes  # the version's order, not the stored one
-    assert body["study_id"] == resp.json()["id"]
+    assert body["study_id"] == Study.objects.get(patient__mrn="POLL-DONE").pk
     assert body["model_version"] == production_model.name
 
 
@@ -228,15 +239,9 @@ def test_polling_a_finished_prediction_reads_neither_metrics_nor_dicom_tags(
 def test_a_heatmap_downloaded_through_the_api_is_an_audit_event_naming_the_patient(
     api, radiologist, production_model, file_name, field
 ):
-    from django.core.files.base import ContentFile
-
     from diagnosis.models import AuditEvent
 
-    resp = _post(api, imagegen.png_bytes(), patient_id="AUDIT-DL")
-    prediction = Prediction.objects.get(pk=resp.json()["prediction_id"])
-    prediction.status = Prediction.Status.DONE
-    getattr(prediction, field).save("f.png", ContentFile(imagegen.png_bytes()), save=False)
-    prediction.save()
+    prediction = _finished_prediction(api, "AUDIT-DL", field=field)
 
     got = api.get(f"/api/v1/predictions/{prediction.pk}/{file_name}")
 
