@@ -141,6 +141,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.client_levels = [int(c) for c in args.clients.split(",") if c.strip()]
     if args.workers < 1 or args.concurrency < 1 or args.count < 1 or min(args.client_levels, default=0) < 1:
         p.error("--workers, --count and --clients must be positive")
+    if not args.images.is_dir():
+        p.error(f"--images: {args.images} is not a folder")
+    for option, path in (("--backbone-weights", args.backbone_weights),
+                         ("--training-images", args.training_images)):
+        if path is not None and not path.exists():
+            p.error(f"{option}: {path} does not exist")
     return args
 
 
@@ -507,6 +513,7 @@ def meta(
         "device_workers": devices,
         "device_floor": floor.get("device"),
         "model_execution_floor": floor.get("execution"),
+        "model_execution_workers": report.pop("_model_execution_workers", None),
         "cuda_device": floor.get("cuda_device"),
         "torch": floor.get("torch"),
         "torch_threads_per_worker": floor.get("torch_threads"),
@@ -627,6 +634,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.pg.close()
         if args.logs:
             stack.save_logs(args.logs)
+        report["_model_execution_workers"] = stack.model_executions()  # before stop: its logs
         stack.stop()
     report = finish(report, args, stack, len(files), source, devices, time.monotonic() - started)
     text = json.dumps(report, indent=2)

@@ -23,6 +23,8 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 log = logging.getLogger("bench.stack")
+# diagnosis.inference's log line for a model loaded by a pool process.
+_LOADED = re.compile(r"loaded model version \S+ \(\S+\) on \S+: (.*)$")
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -380,6 +382,17 @@ class Stack:
     @property
     def web(self) -> ManagedProcess:
         return next(p for p in self.processes if p.name == "gunicorn")
+
+    def model_executions(self) -> list[str]:
+        """How each pool process runs the model, from the workers' logs: one entry per load
+        ("frozen graph for ..." or "eager (...)", see training.ml.architectures.freeze_below)."""
+        found = []
+        for proc in self.workers:
+            for line in proc.log_path.read_text(errors="replace").splitlines():
+                match = _LOADED.search(line)
+                if match:
+                    found.append(match.group(1).strip())
+        return found
 
     def check_alive(self) -> None:
         for proc in self.processes:
