@@ -231,7 +231,8 @@ CXR_PREDICTION_MAX_ATTEMPTS = env_positive_int("CXR_PREDICTION_MAX_ATTEMPTS", 3)
 CXR_INFERENCE_BATCH_SIZE = env.int("CXR_INFERENCE_BATCH_SIZE", default=0)
 # On a CPU, a worker runs the model's layers below the Grad-CAM layer as one frozen TorchScript
 # graph (oneDNN, pre-packed weights): MobileNetV2 ~1.5x faster per image, ResNet ~1.2x; kept
-# only where it is faster and gives the same outputs (training.ml.architectures.freeze_below).
+# where it gives the same outputs and does not time slower than eager, the two timed in turns
+# at load (training.ml.architectures.freeze_below).
 # false: everything eager. Loading a model takes ~1 s longer.
 CXR_INFERENCE_FREEZE = env.bool("CXR_INFERENCE_FREEZE", default=True)
 # Workers lower their CPU priority by this much (nice) at start, so that on a host shared with

@@ -614,8 +614,8 @@ def freeze_below(
     measurably slower (EfficientNet's squeeze-excitation blocks gain nothing: ~7 % slower).
     The rule leans towards the graph because the two mistakes are not alike: an eager ResNet
     or MobileNet is 20-100 % slower for the life of the worker process, a frozen EfficientNet a
-    few percent; under the earlier rule (a tenth faster, or eager), a busy host left 1 ResNet
-    load in 4 eager. Any failure (an unknown layout, a tracing error, a difference, a torch
+    few percent; under the earlier rule (a tenth faster, or eager), a busy host left 3 ResNet
+    loads in 8 eager. Any failure (an unknown layout, a tracing error, a difference, a torch
     without TorchScript) leaves the model eager.
     Changes ``model`` in place; returns it and what was done, for the log. Other devices: eager.
     """
@@ -684,7 +684,7 @@ def _fastest_interleaved(
     """The fastest call of each layout of ``model``, in seconds, timed in turns: a round runs
     every layout once, so that a slow moment of the host (another process loading its model,
     a neighbour on a shared machine) slows all of them alike. Timed one after the other, a
-    burst of load during one layout's calls decided the outcome: on a busy 2-core host, 1 in 4
+    burst of load during one layout's calls decided the outcome: on a busy 2-core host, 3 in 8
     ResNet loads kept the slower, eager model for the life of the worker process. Each layout
     is called once untimed first (warm-up)."""
     best = dict.fromkeys(layouts, float("inf"))
