@@ -46,7 +46,8 @@ def test_an_upload_while_the_database_is_down_gets_a_503_and_stores_nothing(stac
 
 def test_the_database_going_away_in_the_middle_of_an_upload_leaves_no_file_behind(stack):
     """The upload's transaction is held up (a lock on the prediction table) after its files are
-    written, then PostgreSQL stops: the files it wrote must be removed, and the answer is 503."""
+    written, then its connection is cut and PostgreSQL stops: the files it wrote must be
+    removed, and the answer is 503."""
     import psycopg
 
     files_before = stack.media_files()
@@ -72,7 +73,13 @@ def test_the_database_going_away_in_the_middle_of_an_upload_leaves_no_file_behin
                  what="the upload to wait on the prediction table")
         written = stack.media_files() - files_before
         assert written, "the upload should have written its files before inserting its rows"
-        stack.pg.stop("fast")  # terminates every connection, the upload's included
+        # The upload's own connection is cut first, while the lock still holds it: a fast
+        # shutdown alone ends every backend at once, and when the lock holder's went first the
+        # upload could commit in between (a 201, rightly) before its own was ended.
+        locker.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE wait_event_type = "
+            "'Lock' AND query ILIKE 'INSERT INTO \"diagnosis_prediction\"%%'")
+        stack.pg.stop("fast")  # then the database goes away altogether
         thread.join(timeout=60)
         assert not thread.is_alive(), "the upload did not answer"
     finally:
