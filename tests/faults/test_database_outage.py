@@ -62,12 +62,12 @@ def test_the_database_going_away_in_the_middle_of_an_upload_leaves_no_file_behin
 
         thread = threading.Thread(target=upload, daemon=True)
         thread.start()
+        # The upload's backend, waiting on the lock to insert its prediction.
+        blocked_upload = ("FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                          "AND query ILIKE 'INSERT INTO \"diagnosis_prediction\"%%'")
 
         def upload_blocked():
-            rows = stack.sql(
-                "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND query ILIKE 'INSERT INTO \"diagnosis_prediction\"%%'")
-            return rows[0]["n"] >= 1
+            return stack.sql(f"SELECT count(*) AS n {blocked_upload}")[0]["n"] >= 1
 
         wait_for(upload_blocked, timeout=30, interval=0.1,
                  what="the upload to wait on the prediction table")
@@ -76,9 +76,8 @@ def test_the_database_going_away_in_the_middle_of_an_upload_leaves_no_file_behin
         # The upload's own connection is cut first, while the lock still holds it: a fast
         # shutdown alone ends every backend at once, and when the lock holder's went first the
         # upload could commit in between (a 201, rightly) before its own was ended.
-        locker.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE wait_event_type = "
-            "'Lock' AND query ILIKE 'INSERT INTO \"diagnosis_prediction\"%%'")
+        cut = locker.execute(f"SELECT pg_terminate_backend(pid) {blocked_upload}").fetchall()
+        assert cut == [(True,)], f"the upload's connection was not cut: {cut}"
         stack.pg.stop("fast")  # then the database goes away altogether
         thread.join(timeout=60)
         assert not thread.is_alive(), "the upload did not answer"
