@@ -246,20 +246,33 @@ def prediction_run(*, prediction_id: int, worker: str = "") -> Prediction | None
             prediction=prediction, limit=inference.batch_size() - 1, worker=worker
         )
     outcomes = _compute_batch(batch)
+    # The batch's outcomes are stored in one transaction: one commit (one WAL flush, for which
+    # the worker's core would otherwise sit idle) per batch instead of one or two per image. A
+    # database error stores none of them: their files are removed, the companions go back to
+    # the queue, and this task's retry takes its own claim back.
     finished: dict[int, Prediction | None] = {}
+    written: list[str] = []
     try:
-        for member, outcome in zip(batch, outcomes, strict=True):
-            finished[member.pk] = _prediction_finish(member, outcome)
+        with transaction.atomic():
+            for member, outcome in zip(batch, outcomes, strict=True):
+                finished[member.pk] = _prediction_finish(member, outcome, written=written)
     except DatabaseError:
-        _release_unfinished([m for m in batch[1:] if m.pk not in finished], worker=worker)
+        for name in written:
+            default_storage.delete(name)
+        _release_unfinished(batch[1:], worker=worker)
         raise
     if len(batch) > 1:
         logger.info("prediction %s: ran in a micro-batch of %d", prediction_id, len(batch))
     return finished[prediction.pk]
 
 
-def _prediction_finish(prediction: Prediction, outcome: dict | Exception) -> Prediction | None:
-    """Store one prediction's outcome: the result, a failure, or back to the queue."""
+def _prediction_finish(
+    prediction: Prediction, outcome: dict | Exception, *, written: list[str] | None = None
+) -> Prediction | None:
+    """Store one prediction's outcome: the result, a failure, or back to the queue.
+
+    The names of the files of a stored result are added to ``written``, for the caller to
+    remove when its transaction does not commit."""
     if isinstance(outcome, PredictionFailure):
         return _prediction_fail(prediction, str(outcome))
     if isinstance(outcome, Exception):
@@ -302,6 +315,8 @@ def _prediction_finish(prediction: Prediction, outcome: dict | Exception) -> Pre
         default_storage.delete(overlay_name)
         logger.warning("prediction %s: claim lost before saving the result", prediction.pk)
         return None
+    if written is not None:
+        written += [heatmap_name, overlay_name]
     for field, value in result.items():  # what the row now holds; no second query
         setattr(prediction, field, value)
     study_flag_from_prediction(prediction=prediction)
@@ -309,9 +324,10 @@ def _prediction_finish(prediction: Prediction, outcome: dict | Exception) -> Pre
 
 
 def _release_unfinished(predictions: list[Prediction], *, worker: str) -> None:
-    """Best effort, after a database error mid-batch: put the batch's unfinished companions
-    back in the queue (their claim is not counted) and send them again. When the database is
-    still away this fails too; then the reconciler finds them (stale) later."""
+    """Best effort, after a database error while a batch was stored (none of it was): put the
+    batch's companions back in the queue (their claim is not counted) and send them again.
+    When the database is still away this fails too; then the reconciler finds them (stale)
+    later."""
     if not predictions:
         return
     try:

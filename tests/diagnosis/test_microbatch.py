@@ -119,31 +119,65 @@ def test_an_image_that_crashes_the_batch_fails_alone(
     assert sent == [poison.pk]  # back in the queue, behind what is waiting
 
 
-def test_a_database_error_mid_batch_puts_the_unfinished_companions_back(
+def test_a_database_error_mid_batch_stores_none_of_it_and_puts_the_companions_back(
     radiologist, production_model, settings, sent, monkeypatch
 ):
+    """The batch's outcomes are stored in one transaction: an error while storing the second
+    keeps none of them (and no file of the first on disk); the companions go back to the queue,
+    and the task's retry (same process) takes its own claim back and finishes them all."""
     settings.CXR_INFERENCE_BATCH_SIZE = 3
     first, second, third = (_upload(radiologist, seed) for seed in (50, 51, 52))
     real_finish = prediction_service._prediction_finish
     calls = []
 
-    def finish_then_lose_the_database(prediction, outcome):
+    def finish_then_lose_the_database(prediction, outcome, **kwargs):
         calls.append(prediction.pk)
         if len(calls) == 2:
             raise OperationalError("server closed the connection unexpectedly")
-        return real_finish(prediction, outcome)
+        return real_finish(prediction, outcome, **kwargs)
 
     monkeypatch.setattr(prediction_service, "_prediction_finish", finish_then_lose_the_database)
     with pytest.raises(OperationalError):
         services.prediction_run(prediction_id=first.pk, worker="w1")
+    assert calls == [first.pk, second.pk]
     rows = {r.pk: r for r in Prediction.objects.all()}
-    assert rows[first.pk].status == "done"
+    assert (rows[first.pk].status, rows[first.pk].worker, rows[first.pk].attempts) == (
+        "running", "w1", 1)
+    assert not rows[first.pk].heatmap and not rows[first.pk].overlay
+    heatmaps = settings.MEDIA_ROOT / "heatmaps"
+    assert not heatmaps.exists() or not any(p.is_file() for p in heatmaps.rglob("*"))
     for pk in (second.pk, third.pk):
         assert (rows[pk].status, rows[pk].attempts) == ("queued", 0)
     assert sorted(sent) == sorted([second.pk, third.pk])
-    # The task's retry (same process) finishes what is left.
+    # The task's retry (same process) takes its own claim back; it was attempted, so it runs
+    # alone. The companions' messages, sent again, run them as a batch of two.
     monkeypatch.setattr(prediction_service, "_prediction_finish", real_finish)
-    services.prediction_run(prediction_id=second.pk, worker="w1")
+    again = services.prediction_run(prediction_id=first.pk, worker="w1")
+    assert again.status == "done" and again.attempts == 2
+    assert services.prediction_run(prediction_id=second.pk, worker="w1").status == "done"
+    assert Prediction.objects.get(pk=third.pk).attempts == 1
+    assert set(Prediction.objects.values_list("status", flat=True)) == {"done"}
+
+
+def test_a_batch_is_stored_with_one_commit(radiologist, production_model, settings,
+                                           monkeypatch):
+    """One transaction for the batch's results: not one commit (and WAL flush) per image."""
+    from django.db import connection
+
+    settings.CXR_INFERENCE_BATCH_SIZE = 4
+    waiting = [_upload(radiologist, seed) for seed in range(90, 94)]
+    blocks = []
+    real_finish = prediction_service._prediction_finish
+
+    def finish(prediction, outcome, **kwargs):
+        blocks.append(tuple(connection.savepoint_ids))
+        return real_finish(prediction, outcome, **kwargs)
+
+    monkeypatch.setattr(prediction_service, "_prediction_finish", finish)
+    outside = tuple(connection.savepoint_ids)  # the test's own transaction
+    services.prediction_run(prediction_id=waiting[0].pk, worker="w1")
+    assert len(blocks) == 4 and len(set(blocks)) == 1  # all four inside the same atomic block
+    assert len(blocks[0]) == len(outside) + 1 and blocks[0][: len(outside)] == outside
     assert set(Prediction.objects.values_list("status", flat=True)) == {"done"}
 
 
