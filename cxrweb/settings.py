@@ -227,7 +227,8 @@ CXR_PREDICTION_MAX_ATTEMPTS = env_positive_int("CXR_PREDICTION_MAX_ATTEMPTS", 3)
 # uploads, eights took ~3 ms of worker CPU off each resnet18 prediction (~37 against ~40 ms) and
 # changed nothing measurable for mobilenet_v2 (bench/, session 7). A batch's first result waits
 # for the whole batch (resnet18: ~0.2 s for eight), but only under load, where queue wait is
-# seconds and a batch's throughput shortens it; a lone upload never waits for one.
+# seconds and a batch's throughput shortens it; a lone upload never waits for one. Sixteens
+# on a CPU (session 11): resnet18 ~5 % faster sustained, mobilenet_v2 slower, more memory.
 CXR_INFERENCE_BATCH_SIZE = env.int("CXR_INFERENCE_BATCH_SIZE", default=0)
 # On a CPU, a worker runs the model's layers below the Grad-CAM layer as one frozen TorchScript
 # graph (oneDNN, pre-packed weights): MobileNetV2 ~1.5x faster per image, ResNet ~1.2x; kept
