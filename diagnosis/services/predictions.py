@@ -248,15 +248,16 @@ def prediction_run(*, prediction_id: int, worker: str = "") -> Prediction | None
     outcomes = _compute_batch(batch)
     # The batch's outcomes are stored in one transaction: one commit (one WAL flush, for which
     # the worker's core would otherwise sit idle) per batch instead of one or two per image. A
-    # database error stores none of them: their files are removed, the companions go back to
-    # the queue, and this task's retry takes its own claim back.
+    # database error (or any other, e.g. a full disk) stores none of them: their files are
+    # removed, the companions go back to the queue, and this task's retry (or the reconciler)
+    # takes its own claim back.
     finished: dict[int, Prediction | None] = {}
     written: list[str] = []
     try:
         with transaction.atomic():
             for member, outcome in zip(batch, outcomes, strict=True):
                 finished[member.pk] = _prediction_finish(member, outcome, written=written)
-    except DatabaseError:
+    except BaseException:
         for name in written:
             default_storage.delete(name)
         _release_unfinished(batch[1:], worker=worker)
@@ -324,7 +325,7 @@ def _prediction_finish(
 
 
 def _release_unfinished(predictions: list[Prediction], *, worker: str) -> None:
-    """Best effort, after a database error while a batch was stored (none of it was): put the
+    """Best effort, after an error while a batch was stored (none of it was): put the
     batch's companions back in the queue (their claim is not counted) and send them again.
     When the database is still away this fails too; then the reconciler finds them (stale)
     later."""

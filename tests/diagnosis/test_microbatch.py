@@ -159,6 +159,37 @@ def test_a_database_error_mid_batch_stores_none_of_it_and_puts_the_companions_ba
     assert set(Prediction.objects.values_list("status", flat=True)) == {"done"}
 
 
+def test_a_full_disk_mid_batch_leaves_no_file_and_puts_the_companions_back(
+    radiologist, production_model, settings, sent, monkeypatch
+):
+    """Not only database errors: a file that cannot be written (disk full) while the batch is
+    stored keeps none of it, removes the files already written and requeues the companions."""
+    from django.core.files.storage import default_storage
+
+    settings.CXR_INFERENCE_BATCH_SIZE = 3
+    first, second, third = (_upload(radiologist, seed) for seed in (55, 56, 57))
+    real_save = default_storage.save
+    saves = []
+
+    def save_until_the_disk_is_full(name, content, **kwargs):
+        saves.append(name)
+        if len(saves) == 3:  # the second prediction's first file
+            raise OSError(28, "No space left on device")
+        return real_save(name, content, **kwargs)
+
+    monkeypatch.setattr(default_storage, "save", save_until_the_disk_is_full)
+    with pytest.raises(OSError, match="No space left"):
+        services.prediction_run(prediction_id=first.pk, worker="w1")
+    heatmaps = settings.MEDIA_ROOT / "heatmaps"
+    assert not heatmaps.exists() or not any(p.is_file() for p in heatmaps.rglob("*"))
+    rows = {r.pk: r for r in Prediction.objects.all()}
+    assert (rows[first.pk].status, rows[first.pk].worker) == ("running", "w1")
+    assert not rows[first.pk].overlay
+    for pk in (second.pk, third.pk):
+        assert (rows[pk].status, rows[pk].attempts) == ("queued", 0)
+    assert sorted(sent) == sorted([second.pk, third.pk])
+
+
 def test_a_batch_is_stored_with_one_commit(radiologist, production_model, settings,
                                            monkeypatch):
     """One transaction for the batch's results: not one commit (and WAL flush) per image."""
