@@ -46,15 +46,13 @@ def task_timelines(lines) -> dict[int, list[tuple[float, float, str]]]:
 
 def busiest_stretch(tasks: list[tuple[float, float, str]], idle_gap_s: float) -> list:
     """The longest run of tasks with no gap above idle_gap_s between one and the next."""
-    best: list = []
-    current: list = []
-    for task in tasks:
-        if current and task[0] - current[-1][1] > idle_gap_s:
-            current = []
-        current.append(task)
-        if len(current) > len(best):
-            best = list(current)
-    return best
+    best, start = (0, 0), 0
+    for i in range(1, len(tasks) + 1):
+        if i == len(tasks) or tasks[i][0] - tasks[i - 1][1] > idle_gap_s:
+            if i - start > best[1] - best[0]:
+                best = (start, i)
+            start = i
+    return tasks[best[0]:best[1]]
 
 
 def skipped_cost(stretch: list[tuple[float, float, str]]) -> dict:
