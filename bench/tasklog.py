@@ -4,7 +4,8 @@
 
 `bench/run.py --logs LOGS` keeps the workers' logs. Each log line carries the process id, and
 Celery logs every finished task with its run time and result, so each pool process's timeline
-can be rebuilt: the tasks that ran a prediction (alone or as a micro-batch, "done" / "failed"),
+can be rebuilt: the tasks that ran a prediction (alone or as a micro-batch: "done", "failed",
+or "queued" when it crashed and was put back),
 the ones whose prediction a batch had already taken ("skipped": micro-batching leaves one such
 message for each companion it claimed), and the gaps between tasks (the message's way from
 Redis through the worker's main process into the pool process).
