@@ -557,7 +557,7 @@ def checks(report: dict) -> dict:
         out[f"upload_p95_{levels[-1]}_over_p50_{levels[0]}"] = round(
             up[levels[-1]]["p95"] / up[levels[0]]["p50"], 1
         )
-        queueing = upload_queueing(report, levels[0], levels[-1])
+        queueing = upload_queueing(report, up, levels[0], levels[-1])
         if queueing:
             out[f"upload_{levels[-1]}_queueing"] = queueing
     growth = report.get("worker_rss_mb", {}).get("growth_100_to_n_pct")
@@ -566,30 +566,30 @@ def checks(report: dict) -> dict:
     return out
 
 
-def upload_queueing(report: dict, low: str, top: str) -> dict:
+def upload_queueing(report: dict, up: dict, low: str, top: str) -> dict:
     """Why upload p95 at the top level is a multiple of p50 at one client: queueing, in figures.
 
     The clients are a closed loop (each sends its next upload as soon as the last is answered),
     so by Little's law their mean latency is clients / uploads per second: the time spent
     waiting for the cores, whatever the server. The least it can be is the request path's own
     CPU per upload (gunicorn + PostgreSQL, measured with the workers paused) times the clients,
-    spread over every core; divided by p50 at one client, the least multiple any server with
-    that CPU cost could show on this machine, with the workers stopped. An empty dict when the
-    run lacks a figure.
+    spread over every core; divided by the same p50 at one client as the headline multiple, the
+    least multiple any server with that CPU cost could show on this machine even if the workers
+    took no CPU. `up` is the report's upload_ms; an empty dict when the run lacks a figure.
     """
-    loaded = report.get("upload_ms", {}).get(top, {})
+    loaded, p50_low = up[top], up[low]["p50"]
     paused = report.get("upload_ms_workers_paused", {}).get(top, {})
-    p50_low = report.get("upload_ms", {}).get(low, {}).get("p50")
     cores = report.get("meta", {}).get("cpu_count") or os.cpu_count() or 1
     clients = int(top[1:])
-    cpu_ms = [paused.get("gunicorn_cpu_ms_per_upload"), paused.get("postgres_cpu_ms_per_upload")]
-    if not (loaded.get("uploads_per_s") and loaded.get("mean") and p50_low) or None in cpu_ms:
+    parts = [paused.get("gunicorn_cpu_ms_per_upload"), paused.get("postgres_cpu_ms_per_upload")]
+    if not (loaded.get("uploads_per_s") and loaded.get("mean")) or None in parts:
         return {}
-    least_ms = clients * sum(cpu_ms) / cores
+    cpu_ms = sum(parts)
+    least_ms = clients * cpu_ms / cores
     return {
         "littles_law_mean_ms": round(clients * 1000 / loaded["uploads_per_s"], 1),
         "observed_mean_ms": loaded["mean"],
-        "request_path_cpu_ms_per_upload": round(sum(cpu_ms), 1),
+        "request_path_cpu_ms_per_upload": round(cpu_ms, 1),
         "least_mean_ms_on_these_cores": round(least_ms, 1),
         f"least_multiple_of_p50_{low}": round(least_ms / p50_low, 1),
     }
