@@ -8,6 +8,7 @@ ALLOWED_HOSTS and DEBUG=false.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -23,6 +24,13 @@ def env_positive_int(name: str, default: int) -> int:
     value = env.int(name, default=default)
     if value <= 0:
         raise ImproperlyConfigured(f"{name} must be a positive integer, got {value!r}.")
+    return value
+
+
+def env_non_negative_int(name: str, default: int) -> int:
+    value = env.int(name, default=default)
+    if value < 0:
+        raise ImproperlyConfigured(f"{name} must be 0 or a positive integer, got {value!r}.")
     return value
 
 
@@ -48,16 +56,19 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
+    "knox",
     "axes",
     "diagnosis",
     "training",
+    "apitokens",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "cxrweb.middleware.UploadSizeLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # After WhiteNoise, so static files keep their long cache life.
+    "cxrweb.middleware.SecurityHeadersMiddleware",
     "cxrweb.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -166,6 +177,15 @@ MEDIA_URL = "/media-is-not-public/"
 # by the upload service), and DATA_UPLOAD_MAX_MEMORY_SIZE caps the non-file part of a request.
 CXR_MAX_UPLOAD_BYTES = env_positive_int("CXR_MAX_UPLOAD_BYTES", 64 * 1024 * 1024)
 CXR_MAX_IMAGE_PIXELS = env_positive_int("CXR_MAX_IMAGE_PIXELS", 50_000_000)
+# A chest X-ray has at least CXR_MIN_IMAGE_SIDE pixels on its short side and its long side is at
+# most CXR_MAX_ASPECT_RATIO times that: a thumbnail, an icon or a 20000 x 8 sliver is refused.
+CXR_MIN_IMAGE_SIDE = env_positive_int("CXR_MIN_IMAGE_SIDE", 128)
+CXR_MAX_ASPECT_RATIO = env.float("CXR_MAX_ASPECT_RATIO", default=3.0)
+if not CXR_MAX_ASPECT_RATIO >= 1:  # also NaN
+    raise ImproperlyConfigured(
+        f"CXR_MAX_ASPECT_RATIO must be a number of 1 or more (3 means 1:3), got "
+        f"{CXR_MAX_ASPECT_RATIO!r}."
+    )
 FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024
 
 # Celery. Status lives in our rows, not in Celery results, so no result backend is needed.
@@ -286,13 +306,25 @@ CXR_MODELS_SUBDIR = "models"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "diagnosis.permissions.TokenAuthentication",
+        "apitokens.auth.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["diagnosis.permissions.IsClinicalUser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "diagnosis.api.exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+# API tokens (django-rest-knox): only a digest is stored, the key is shown once at creation
+# (`manage.py create_token`), and a token expires CXR_API_TOKEN_TTL_DAYS after it was issued.
+KNOX_TOKEN_MODEL = "apitokens.ApiToken"
+# knox's migrations would create its default table, which the swapped-in model never uses; left
+# there, its foreign key to the users would also stop tests from truncating the tables.
+MIGRATION_MODULES = {"knox": None}
+CXR_API_TOKEN_TTL_DAYS = env_positive_int("CXR_API_TOKEN_TTL_DAYS", 90)
+REST_KNOX = {
+    "TOKEN_TTL": timedelta(days=CXR_API_TOKEN_TTL_DAYS),
+    "AUTH_HEADER_PREFIX": "Token",  # `Authorization: Token KEY`, as API clients already send
+    "AUTO_REFRESH": False,
 }
 
 # Sessions end after CXR_SESSION_MINUTES without activity, and when the browser closes.
@@ -303,8 +335,18 @@ SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_HTTPONLY = False  # the upload page reads the token from the form, not the cookie
 X_FRAME_OPTIONS = "DENY"
+# Every response with a patient's pixels or results is an audit event; a user's repeated views of
+# the same thing (the study page's image, its results panel polled every few seconds) within this
+# many seconds are one event. 0: an event for every response.
+CXR_AUDIT_VIEW_COALESCE_S = env_non_negative_int("CXR_AUDIT_VIEW_COALESCE_S", 300)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+# The app's pages and the Django admin load only their own scripts and styles (no inline script,
+# style attribute or event handler); set from JavaScript, element.style is allowed.
+CXR_CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "object-src 'none'; base-uri 'self'; frame-ancestors 'none'; form-action 'self'"
+)
 # Production behind HTTPS: CXR_HTTPS=true turns on secure cookies, HSTS and the HTTPS redirect
 # (`manage.py check --deploy` passes with it). Off by default so that `make run` works on
 # http://127.0.0.1:8000.

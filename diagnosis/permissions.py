@@ -6,12 +6,11 @@ training). Superusers count as admins. Anyone else is refused, server-side, ever
 
 from __future__ import annotations
 
-from functools import lru_cache, wraps
+from functools import wraps
 from typing import TYPE_CHECKING
 
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
-from rest_framework import authentication, exceptions
 from rest_framework.permissions import BasePermission
 
 if TYPE_CHECKING:
@@ -43,70 +42,6 @@ def is_model_admin(user: AbstractBaseUser | AnonymousUser) -> bool:
     if not user.is_authenticated or not user.is_active:
         return False
     return user.is_superuser or ADMIN_GROUP in _roles(user)
-
-
-class TokenAuthentication(authentication.TokenAuthentication):
-    """DRF's token authentication, reading the token, its user and the user's roles in one
-    query, always fresh (a revoked token or a deactivated user is refused on the next request).
-
-    The query is built once per process from the models' tables and columns: compiling the
-    equivalent ORM query (a join and two EXISTS) on every request was about half the CPU of a
-    prediction poll.
-    """
-
-    def authenticate_credentials(self, key):
-        from django.contrib.auth import get_user_model
-        from django.db import connection
-
-        sql, fields = _token_user_query()
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [RADIOLOGIST_GROUP, ADMIN_GROUP, key])
-            row = cursor.fetchone()
-        if row is None:
-            raise exceptions.AuthenticationFailed("Invalid token.")
-        user_model = get_user_model()
-        user = user_model.from_db(connection.alias, fields, row[: len(fields)])
-        if not user.is_active:
-            raise exceptions.AuthenticationFailed("User inactive or deleted.")
-        is_radiologist, is_admin, created = row[len(fields):]
-        user._cxr_roles = frozenset(
-            name for name, held in ((RADIOLOGIST_GROUP, is_radiologist), (ADMIN_GROUP, is_admin))
-            if held
-        )
-        token = self.get_model()(key=key, user=user, created=created)
-        token._state.adding, token._state.db = False, connection.alias
-        return user, token
-
-
-@lru_cache(maxsize=1)
-def _token_user_query() -> tuple[str, list[str]]:
-    """SELECT the user's concrete fields, two role flags and the token's creation time by key."""
-    from django.contrib.auth import get_user_model
-    from django.db import connection
-    from rest_framework.authtoken.models import Token
-
-    q = connection.ops.quote_name
-    user_model = get_user_model()
-    groups = user_model._meta.get_field("groups")
-    through = groups.remote_field.through._meta
-    group = groups.related_model._meta
-    user_col = through.get_field(groups.m2m_field_name()).column
-    group_col = through.get_field(groups.m2m_reverse_field_name()).column
-    fields = [f.attname for f in user_model._meta.concrete_fields]
-    columns = ", ".join(f"u.{q(f.column)}" for f in user_model._meta.concrete_fields)
-    has_role = (
-        f"EXISTS (SELECT 1 FROM {q(through.db_table)} ug INNER JOIN {q(group.db_table)} g "
-        f"ON g.{q(group.pk.column)} = ug.{q(group_col)} "
-        f"WHERE ug.{q(user_col)} = u.{q(user_model._meta.pk.column)} AND g.{q('name')} = %s)"
-    )
-    token = Token._meta
-    sql = (
-        f"SELECT {columns}, {has_role}, {has_role}, t.{q(token.get_field('created').column)} "
-        f"FROM {q(token.db_table)} t INNER JOIN {q(user_model._meta.db_table)} u "
-        f"ON u.{q(user_model._meta.pk.column)} = t.{q(token.get_field('user').column)} "
-        f"WHERE t.{q(token.pk.column)} = %s"
-    )
-    return sql, fields
 
 
 def _denied(request, message: str) -> PermissionDenied:

@@ -7,7 +7,7 @@ from diagnosis.permissions import ADMIN_GROUP, RADIOLOGIST_GROUP
 # The admin role manages users, model versions and training in the Django admin. It may view,
 # but never change or delete, the audit trail and signed readings (the admin has no such views
 # for them anyway).
-ADMIN_APPS = ("auth", "authtoken", "training", "diagnosis", "axes")
+ADMIN_APPS = ("auth", "apitokens", "training", "diagnosis", "axes")
 READ_ONLY_MODELS = ("auditevent", "reading")
 
 

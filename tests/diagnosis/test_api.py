@@ -101,10 +101,10 @@ def test_the_api_refuses_requests_without_a_token(db):
 
 
 def test_the_api_refuses_a_user_without_a_clinical_role(outsider):
-    from rest_framework.authtoken.models import Token
+    from apitokens.models import ApiToken
 
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=outsider).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {ApiToken.objects.create(user=outsider)[1]}")
     resp = _post(client, imagegen.png_bytes(), patient_id="X")
     assert resp.status_code == 403
     assert Study.objects.count() == 0

@@ -1,0 +1,51 @@
+"""Issuing and revoking API tokens; both are audit events."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+from django.db import transaction
+
+from apitokens.models import ApiToken
+from diagnosis.audit import audit
+from diagnosis.models import AuditEvent
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+    from django.db.models import QuerySet
+
+# The audit trail has no token actions of its own (a new choice would need a migration of the
+# diagnosis app): an issued token is recorded as a sign-in and a revoked one as a sign-out, as
+# knox's own login and logout views treat them, with `detail["api_token"]` saying which.
+
+
+def token_create(*, user: AbstractBaseUser, expiry_days: int | None = None, name: str = "",
+                 actor: AbstractBaseUser | None = None, via: str,
+                 request=None) -> tuple[ApiToken, str]:
+    """Issue a token for `user`; returns the row and the key, which is not stored anywhere."""
+    days = expiry_days if expiry_days is not None else settings.CXR_API_TOKEN_TTL_DAYS
+    with transaction.atomic():
+        token, key = ApiToken.objects.create(user=user, expiry=timedelta(days=days), name=name)
+        _audit(token, "created", actor=actor, via=via, request=request,
+               expires=token.expiry.isoformat())
+    return token, key
+
+
+def tokens_revoke(*, tokens: QuerySet[ApiToken], actor: AbstractBaseUser | None = None,
+                  via: str, request=None) -> int:
+    """Revoke (delete) `tokens`; returns how many there were."""
+    with transaction.atomic():
+        revoked = list(tokens.select_related("user"))
+        for token in revoked:
+            _audit(token, "revoked", actor=actor, via=via, request=request)
+        ApiToken.objects.filter(pk__in=[t.pk for t in revoked]).delete()
+    return len(revoked)
+
+
+def _audit(token: ApiToken, what: str, *, actor, via: str, request, **extra) -> None:
+    action = AuditEvent.Action.LOGIN if what == "created" else AuditEvent.Action.LOGOUT
+    audit(request, action, token, user=actor,
+          detail={"api_token": what, "token_id": token.pk, "owner": token.user.get_username(),
+                  "name": token.name, "via": via, **extra})
