@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import re
+from xml.sax.saxutils import escape
 
 from django.utils import timezone
 
@@ -34,7 +36,7 @@ def report_context(study: Study) -> dict:
 def render_pdf(study: Study, *, generated_by=None) -> bytes:
     from reportlab.lib import colors
     from reportlab.lib.pagesizes import A4
-    from reportlab.lib.styles import getSampleStyleSheet
+    from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
     from reportlab.lib.units import mm
     from reportlab.platypus import (
         Image as RLImage,
@@ -49,10 +51,17 @@ def render_pdf(study: Study, *, generated_by=None) -> bytes:
 
     ctx = report_context(study)
     styles = getSampleStyleSheet()
+    cell_style = ParagraphStyle("cell", parent=styles["Normal"], fontSize=9, leading=11)
+
+    def cell(value: object) -> Paragraph:
+        # Data in table cells as escaped Paragraphs too: one rule for every value, and long
+        # names wrap inside their column instead of running over the page.
+        return Paragraph(_markup(value), cell_style)
+
     buf = io.BytesIO()
     doc = SimpleDocTemplate(buf, pagesize=A4, leftMargin=18 * mm, rightMargin=18 * mm,
                             topMargin=16 * mm, bottomMargin=16 * mm,
-                            title=f"Chest X-ray report {study.accession_number}")
+                            title=_plain(f"Chest X-ray report {study.accession_number}"))
     grid = TableStyle([
         ("GRID", (0, 0), (-1, -1), 0.4, colors.grey),
         ("BACKGROUND", (0, 0), (0, -1), colors.HexColor("#eef2f6")),
@@ -61,16 +70,16 @@ def render_pdf(study: Study, *, generated_by=None) -> bytes:
     ])
     patient = study.patient
     story = [
-        Paragraph(f"Chest X-ray report — {study.accession_number}", styles["Title"]),
+        Paragraph(f"Chest X-ray report — {_markup(study.accession_number)}", styles["Title"]),
         Paragraph(NOTICE, styles["Italic"]),
         Spacer(1, 4 * mm),
         Table([
-            ["Patient ID", patient.mrn, "Name", patient.name or "—"],
-            ["Sex", patient.get_sex_display() or "—", "Birth date",
+            ["Patient ID", cell(patient.mrn), "Name", cell(patient.name or "—")],
+            ["Sex", cell(patient.get_sex_display() or "—"), "Birth date",
              patient.birth_date.isoformat() if patient.birth_date else "—"],
             ["Study date", study.study_date.isoformat() if study.study_date else "—", "View",
-             study.get_view_display() or "—"],
-            ["Priority", study.get_priority_display(), "Uploaded",
+             cell(study.get_view_display() or "—")],
+            ["Priority", cell(study.get_priority_display()), "Uploaded",
              f"{timezone.localtime(study.created_at):%Y-%m-%d %H:%M}"],
         ], colWidths=[28 * mm, 55 * mm, 28 * mm, 55 * mm], style=grid),
         Spacer(1, 5 * mm),
@@ -93,17 +102,18 @@ def render_pdf(study: Study, *, generated_by=None) -> bytes:
         story.append(Spacer(1, 3 * mm))
         if prediction is None or prediction.status != Prediction.Status.DONE:
             status = prediction.status_message if prediction else "No analysis."
-            story.append(Paragraph(f"Model result: {status}", styles["Normal"]))
+            story.append(Paragraph(f"Model result: {_markup(status)}", styles["Normal"]))
             continue
         version = prediction.model_version
         rows = [["Class", "Probability", "Threshold"]] + [
-            [label, f"{p:.3f}", f"{version.threshold_for(label):.2f}"]
+            [cell(label), f"{p:.3f}", f"{version.threshold_for(label):.2f}"]
             for label, p in prediction.sorted_probabilities
         ]
         story += [
-            Paragraph(f"Model result: <b>{prediction.label}</b> — model version {version.name} "
-                      f"({version.architecture}), {prediction.cam_method} heatmap of "
-                      f"“{prediction.cam_class}”", styles["Normal"]),
+            Paragraph(f"Model result: <b>{_markup(prediction.label)}</b> — model version "
+                      f"{_markup(version.name)} ({_markup(version.architecture)}), "
+                      f"{_markup(prediction.cam_method)} heatmap of "
+                      f"“{_markup(prediction.cam_class)}”", styles["Normal"]),
             Spacer(1, 2 * mm),
             Table(rows, colWidths=[60 * mm, 30 * mm, 30 * mm], style=TableStyle([
                 ("GRID", (0, 0), (-1, -1), 0.4, colors.grey),
@@ -119,15 +129,18 @@ def render_pdf(study: Study, *, generated_by=None) -> bytes:
     else:
         agreement = {True: "agrees with the model", False: "overrides the model",
                      None: "no model result"}[reading.agrees_with_model]
+        signer = reading.radiologist.get_full_name() or reading.radiologist
         story += [
-            Paragraph(f"Final label: <b>{reading.final_label}</b> ({agreement})", styles["Normal"]),
-            Paragraph(f"Signed by {reading.radiologist.get_full_name() or reading.radiologist} "
+            Paragraph(f"Final label: <b>{_markup(reading.final_label)}</b> ({agreement})",
+                      styles["Normal"]),
+            Paragraph(f"Signed by {_markup(signer)} "
                       f"on {timezone.localtime(reading.signed_at):%Y-%m-%d %H:%M}"
                       + (" (amendment)" if reading.amends_id else ""), styles["Normal"]),
         ]
         if reading.notes:
-            story.append(Paragraph(f"Notes: {_escape(reading.notes)}", styles["Normal"]))
-    by = f" by {generated_by}" if generated_by is not None else ""
+            story.append(Paragraph(f"Notes: {_markup(reading.notes, newlines=True)}",
+                                   styles["Normal"]))
+    by = f" by {_markup(generated_by)}" if generated_by is not None else ""
     story += [Spacer(1, 6 * mm), Paragraph(
         f"Generated {timezone.localtime(ctx['generated_at']):%Y-%m-%d %H:%M}{by}. {NOTICE}",
         styles["Italic"])]
@@ -135,6 +148,21 @@ def render_pdf(study: Study, *, generated_by=None) -> bytes:
     return buf.getvalue()
 
 
-def _escape(text: str) -> str:
-    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-            .replace("\n", "<br/>"))
+# C0 controls and DEL (tab and newline kept where they mean something): shown as U+FFFD, so a
+# stored value from before input validation prints visibly instead of as an invisible glyph.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_MARKUP_ENTITIES = {'"': "&quot;", "'": "&#39;"}
+
+
+def _plain(value: object) -> str:
+    """Text for PDF metadata (not markup): one line, control characters replaced."""
+    return _CONTROL.sub("\ufffd", re.sub(r"\s+", " ", str(value)))
+
+
+def _markup(value: object, *, newlines: bool = False) -> str:
+    """A value from a user, a file or the database as literal text in ReportLab's Paragraph
+    mini-markup: ``<``, ``>``, ``&`` and both quotes escaped, so nothing in it becomes a tag (an
+    image read from the server's disk, a link, hidden text) or breaks out of an attribute.
+    ``newlines`` keeps line breaks (notes) as ``<br/>``."""
+    text = escape(_CONTROL.sub("\ufffd", str(value).replace("\r\n", "\n")), _MARKUP_ENTITIES)
+    return text.replace("\n", "<br/>") if newlines else text

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 
 from django.conf import settings
@@ -13,9 +12,9 @@ from django.http import Http404, HttpResponse, JsonResponse, StreamingHttpRespon
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from cxrweb.responses import private_file_response
+from cxrweb.responses import csv_response, download_name, private_file_response, set_attachment
 from diagnosis import reports, selectors, services
-from diagnosis.audit import audit
+from diagnosis.audit import audit, audit_upload, audit_upload_rejected, audit_view
 from diagnosis.forms import ReadingForm, StudyUploadForm, WorklistFilterForm
 from diagnosis.imaging import UploadRejected
 from diagnosis.models import AuditEvent, ClassHeatmap, Image, Prediction, Reading, Study
@@ -40,6 +39,11 @@ def worklist(request):
         rows.append({"study": study, "prediction": predictions[0] if predictions else None,
                      "reading": readings[0] if readings else None})
     pending = any(r["prediction"] and not r["prediction"].is_finished for r in rows)
+    if rows:  # the page lists these patients' studies and results: one event names them all
+        audit_view(request, Action.VIEW_STUDY, None, view="worklist", study=None, detail={
+            "studies": [r["study"].pk for r in rows],
+            "patients": [r["study"].patient.mrn for r in rows],
+        })
     query = request.GET.copy()
     query.pop("page", None)
     return render(request, "diagnosis/worklist.html", {
@@ -59,10 +63,15 @@ def upload(request):
         if form.is_valid():
             try:
                 result = services.study_upload(uploaded_by=request.user, **form.upload_kwargs())
+            except services.IdentityMismatch as exc:
+                # The confirm step: both sets of details and the box to tick. The file is not
+                # kept between the two posts, so it is chosen again.
+                audit_upload_rejected(request, exc)
+                return render(request, "diagnosis/upload.html",
+                              {**context, "form": form, "identity_mismatch": exc}, status=409)
             except UploadRejected as exc:
-                audit(request, Action.UPLOAD_REJECTED,
-                      detail={"code": exc.code, "filename": request.FILES["image"].name[:200]})
-                form.add_error("image", str(exc))
+                audit_upload_rejected(request, exc)
+                form.add_error(getattr(exc, "field", "image"), str(exc))
             except DatabaseError:
                 logger.exception("upload failed: database unavailable")
                 form.add_error(
@@ -70,8 +79,12 @@ def upload(request):
                 )
                 return render(request, "diagnosis/upload.html", {**context, "form": form},
                               status=503)
+            except services.StorageUnavailable as exc:
+                form.add_error(None, str(exc))
+                return render(request, "diagnosis/upload.html", {**context, "form": form},
+                              status=503)
             else:
-                audit(request, Action.UPLOAD, result.image)
+                audit_upload(request, result, via="form")
                 messages.success(
                     request, f"Uploaded {result.study.accession_number}; analysis queued."
                 )
@@ -138,7 +151,7 @@ def _reading_classes(prediction: Prediction | None, predictions: list[Prediction
 @clinical_user_required
 def study_detail(request, pk: int):
     study = _study_or_404(pk)
-    audit(request, Action.VIEW_STUDY, study)
+    audit_view(request, Action.VIEW_STUDY, study, view="page", study=study)
     return render(request, "diagnosis/study.html",
                   {**_study_context(study), **_reading_context(study)})
 
@@ -147,9 +160,9 @@ def study_detail(request, pk: int):
 @clinical_user_required
 def study_results(request, pk: int):
     """The results panel alone: the study page polls it until every prediction has finished."""
-    response = render(request, "diagnosis/_results.html", _study_context(_study_or_404(pk)))
-    response["Cache-Control"] = "no-store"
-    return response
+    study = _study_or_404(pk)
+    audit_view(request, Action.VIEW_STUDY, study, view="results", study=study)
+    return render(request, "diagnosis/_results.html", _study_context(study))
 
 
 @require_GET
@@ -157,10 +170,8 @@ def study_results(request, pk: int):
 def study_reading(request, pk: int):
     """The reading section alone: the study page swaps it in once the model's result arrives."""
     study = _study_or_404(pk)
-    response = render(request, "diagnosis/_reading.html", {"study": study,
-                                                           **_reading_context(study)})
-    response["Cache-Control"] = "no-store"
-    return response
+    audit_view(request, Action.VIEW_STUDY, study, view="reading", study=study)
+    return render(request, "diagnosis/_reading.html", {"study": study, **_reading_context(study)})
 
 
 @require_POST
@@ -228,7 +239,11 @@ def prediction_rerun(request, pk: int):
 @require_GET
 @clinical_user_required
 def image_display(request, pk: int):
-    image = get_object_or_404(Image, pk=pk)
+    """The image as the viewer shows it. For an 8-bit PNG or JPEG upload this file is the original
+    byte for byte, so it is audited like the original's download (as a coalesced view): it is no
+    way around that download's audit event."""
+    image = get_object_or_404(Image.objects.select_related("study__patient"), pk=pk)
+    audit_view(request, Action.VIEW_IMAGE, image, view="display", study=image.study)
     return private_file_response(image.display, image.display_content_type)
 
 
@@ -238,29 +253,43 @@ def image_original(request, pk: int):
     image = get_object_or_404(Image.objects.select_related("study__patient"), pk=pk)
     ext = {"PNG": "png", "JPEG": "jpg", "DICOM": "dcm"}[image.format]
     ctype = {"PNG": "image/png", "JPEG": "image/jpeg", "DICOM": "application/dicom"}[image.format]
-    audit(request, Action.DOWNLOAD, image, detail={"file": "original"})
-    return private_file_response(image.original, ctype,
-                          download_name=f"{image.study.accession_number}-{image.pk}.{ext}")
+    audit(request, Action.DOWNLOAD, image, detail={"file": "original", "study": image.study_id})
+    return private_file_response(image.original, ctype, download_name=download_name(
+        image.study.accession_number, f"-{image.pk}.{ext}", fallback="image"))
+
+
+def _done_prediction_or_404(pk: int) -> Prediction:
+    return get_object_or_404(Prediction.objects.select_related("image__study__patient"), pk=pk,
+                             status=Prediction.Status.DONE)
 
 
 @require_GET
 @clinical_user_required
 def prediction_heatmap(request, pk: int):
-    prediction = get_object_or_404(Prediction, pk=pk, status=Prediction.Status.DONE)
+    prediction = _done_prediction_or_404(pk)
+    audit_view(request, Action.VIEW_IMAGE, prediction, view="heatmap",
+               study=prediction.image.study)
     return private_file_response(prediction.heatmap, "image/png")
 
 
 @require_GET
 @clinical_user_required
 def prediction_overlay(request, pk: int):
-    prediction = get_object_or_404(Prediction, pk=pk, status=Prediction.Status.DONE)
+    prediction = _done_prediction_or_404(pk)
+    audit_view(request, Action.VIEW_IMAGE, prediction, view="overlay",
+               study=prediction.image.study)
     return private_file_response(prediction.overlay, "image/png")
 
 
 @require_GET
 @clinical_user_required
 def class_heatmap_file(request, pk: int):
-    heatmap = get_object_or_404(ClassHeatmap, pk=pk, status=ClassHeatmap.Status.DONE)
+    heatmap = get_object_or_404(
+        ClassHeatmap.objects.select_related("prediction__image__study__patient"),
+        pk=pk, status=ClassHeatmap.Status.DONE,
+    )
+    audit_view(request, Action.VIEW_IMAGE, heatmap, view="class_heatmap",
+               study=heatmap.prediction.image.study, detail={"class": heatmap.class_label})
     return private_file_response(heatmap.file, "image/png")
 
 
@@ -269,7 +298,7 @@ def class_heatmap_file(request, pk: int):
 def study_report(request, pk: int):
     """The printable report (the browser's print dialog makes paper or PDF from it)."""
     study = _study_or_404(pk)
-    audit(request, Action.REPORT, study, detail={"format": "html"})
+    audit(request, Action.REPORT, study, detail={"format": "html", "study": study.pk})
     return render(request, "diagnosis/report.html", reports.report_context(study))
 
 
@@ -277,10 +306,10 @@ def study_report(request, pk: int):
 @clinical_user_required
 def study_report_pdf(request, pk: int):
     study = _study_or_404(pk)
-    audit(request, Action.DOWNLOAD, study, detail={"file": "report.pdf"})
+    audit(request, Action.DOWNLOAD, study, detail={"file": "report.pdf", "study": study.pk})
     pdf = reports.render_pdf(study, generated_by=request.user)
     response = HttpResponse(pdf, content_type="application/pdf")
-    response["Content-Disposition"] = f'attachment; filename="report-{study.accession_number}.pdf"'
+    set_attachment(response, download_name(f"report-{study.accession_number}", ".pdf"))
     response["Cache-Control"] = "no-store"
     return response
 
@@ -311,23 +340,10 @@ def audit_log(request):
                   {"form": form, "page": page, "query": query.urlencode()})
 
 
-class _Echo:
-    def write(self, value: str) -> str:
-        return value
-
-
 def _audit_csv(events) -> StreamingHttpResponse:
-    writer = csv.writer(_Echo())
     header = ["at", "username", "action", "object_type", "object_id", "patient_mrn",
               "ip_address", "user_agent", "path", "detail"]
-
-    def rows():
-        yield writer.writerow(header)
-        for e in events.iterator(chunk_size=2000):
-            yield writer.writerow([e.at.isoformat(), e.username, e.action, e.object_type,
-                                   e.object_id, e.patient_mrn, e.ip_address or "", e.user_agent,
-                                   e.path, e.detail])
-
-    response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = 'attachment; filename="audit-trail.csv"'
-    return response
+    rows = ([e.at.isoformat(), e.username, e.action, e.object_type, e.object_id, e.patient_mrn,
+             e.ip_address or "", e.user_agent, e.path, e.detail]
+            for e in events.iterator(chunk_size=2000))
+    return csv_response("audit-trail.csv", header, rows)

@@ -8,7 +8,6 @@ services that train or evaluate run on the `training` queue.
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 from urllib.parse import urlencode
 
@@ -19,7 +18,7 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from cxrweb.responses import private_file_response
+from cxrweb.responses import download_name, private_file_response
 from diagnosis.audit import audit
 from diagnosis.models import AuditEvent
 from diagnosis.permissions import model_admin_required
@@ -450,8 +449,7 @@ def _version_context(version: ModelVersion, *, evaluation_form: EvaluationForm |
 
 
 def checkpoint_name(version: ModelVersion) -> str:
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", version.name).strip("-.") or "model"
-    return f"{name}-{version.sha256[:12]}.pt"
+    return download_name(version.name, f"-{version.sha256[:12]}.pt", fallback="model")
 
 
 @require_GET
