@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import datetime
 import logging
+import re
 import struct
 import warnings
 import zlib
@@ -47,6 +48,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "DecodedImage",
     "DicomInfo",
+    "UploadPolicy",
     "UploadRejected",
     "decode_upload",
     "sniff_format",
@@ -69,6 +71,9 @@ REJECTION_CODES = frozenset(
         "too_many_pixels",
         "dicom_no_pixels",
         "dicom_unsupported",
+        "too_small",
+        "bad_aspect_ratio",
+        "trailing_data",
     }
 )
 
@@ -96,6 +101,21 @@ class UploadRejected(ValueError):
 
 def _make_rejection(message: str, code: str) -> UploadRejected:
     return UploadRejected(message, code=code)
+
+
+@dataclass(frozen=True)
+class UploadPolicy:
+    """What a file a user uploads must also be, beyond decodable (training data is not held to it).
+
+    ``min_side``: pixels on the short side, at least; ``max_aspect_ratio``: long side over short
+    side, at most. Both are checked from the header, before any pixel is decoded. A PNG or JPEG
+    must also end at its end marker (IEND, EOI): bytes after it (a polyglot: HTML, a ZIP or a
+    script riding on an image) are refused, never stored or served. Only NUL padding after the
+    marker is accepted, as some devices write it to round a file's length; it carries nothing.
+    """
+
+    min_side: int
+    max_aspect_ratio: float
 
 
 @dataclass
@@ -297,6 +317,27 @@ def _reject_dicom_unsupported(ts: str, reason: str = "") -> UploadRejected:
     )
 
 
+def _check_plausible(width: int, height: int, policy: UploadPolicy | None) -> None:
+    """Refuse a picture no chest X-ray has: too small to read, or a sliver (1 x 1, 20000 x 8)."""
+    if policy is None or width <= 0 or height <= 0:
+        return
+    short, long = sorted((width, height))
+    if short < policy.min_side:
+        raise UploadRejected(
+            f"The image is only {width} x {height} pixels: a chest X-ray needs at least "
+            f"{policy.min_side} pixels on its shorter side to be read. Please upload the image "
+            "at its full resolution, not a thumbnail or an icon.",
+            code="too_small",
+        )
+    if long > policy.max_aspect_ratio * short:
+        raise UploadRejected(
+            f"The image is {width} x {height} pixels, {long / short:.1f} times longer than it "
+            f"is wide; a chest X-ray is at most {policy.max_aspect_ratio:g} times. This does not "
+            "look like a chest X-ray: please check that you chose the right file.",
+            code="bad_aspect_ratio",
+        )
+
+
 def _check_pixels(width: int, height: int, max_pixels: int) -> None:
     if width <= 0 or height <= 0:
         raise UploadRejected(
@@ -320,6 +361,7 @@ def decode_upload(
     max_pixels: int,
     read_long_side: int | None = None,
     check_only: bool = False,
+    policy: UploadPolicy | None = None,
 ) -> DecodedImage:
     """Validate and decode one uploaded file.
 
@@ -339,6 +381,13 @@ def decode_upload(
     - ``check_only``: the upload path, which needs the pixels only to write a display copy. A
       file that is its own display copy (``original_is_display``) is only checked: decoded at an
       eighth of its size, every step of the file still read.
+
+    ``policy``: what a user's upload must also be (:class:`UploadPolicy`); training datasets,
+    read with none, keep their small or unusual images.
+
+    Memory stays near one 8-bit copy of the picture (two with the display copy's encoding), not
+    one per colour channel or a float copy: colour PNGs are turned grey by libpng row by row,
+    colour JPEGs decode their luma only, 16-bit pictures are scaled a strip at a time.
     """
     size = len(data)
     if size == 0:
@@ -356,10 +405,14 @@ def decode_upload(
     try:
         with _decompression_bomb_guard():
             if fmt == "DICOM":
-                decoded = _decode_dicom(data, max_bytes=max_bytes, max_pixels=max_pixels)
+                decoded = _decode_dicom(
+                    data, max_bytes=max_bytes, max_pixels=max_pixels, policy=policy
+                )
             else:
                 draft = 1 if check_only else read_long_side
-                decoded = _decode_raster(data, fmt, max_pixels=max_pixels, draft_long_side=draft)
+                decoded = _decode_raster(
+                    data, fmt, max_pixels=max_pixels, draft_long_side=draft, policy=policy
+                )
             if read_long_side is not None:
                 decoded.image = reduce_for_reading(decoded.image, read_long_side)
             return decoded
@@ -412,18 +465,23 @@ _HIGH_BIT_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 
 
 def _decode_raster(
-    data: bytes, fmt: str, *, max_pixels: int, draft_long_side: int | None = None
+    data: bytes, fmt: str, *, max_pixels: int, draft_long_side: int | None = None,
+    policy: UploadPolicy | None = None,
 ) -> DecodedImage:
     # 0. Our own header read first, so that a bomb is rejected with its dimensions even when
     #    it is big enough for Pillow's own guard to refuse it inside Image.open.
     declared = _png_declared_size(data) if fmt == "PNG" else _jpeg_declared_size(data)
     if declared is not None:
         _check_pixels(*declared, max_pixels)
+        _check_plausible(*declared, policy)
+    if policy is not None:
+        _check_ends_at_end_marker(data, fmt)
 
     # 1. Header only: Image.open reads the size without decoding pixels.
     with Image.open(BytesIO(data), formats=[fmt]) as probe:
         width, height = probe.size
         _check_pixels(width, height, max_pixels)
+        _check_plausible(width, height, policy)
         # verify() checks the structure (PNG chunk CRCs) but leaves the image unusable.
         probe.verify()
 
@@ -441,9 +499,15 @@ def _decode_raster(
     )
     if as_stored and draft_long_side is not None:
         jpeg_draft(stored, draft_long_side)
-    stored.load()
-    img = _exif_transpose(stored) if turned else stored
-    gray = _to_grayscale(img)
+    if fmt == "PNG" and source_mode in _LIBPNG_GRAY_MODES:
+        stored.close()
+        gray = _png_to_gray_by_libpng(data)
+    else:
+        if fmt == "JPEG" and source_mode in ("RGB", "YCbCr"):
+            stored.draft("L", None)  # libjpeg decodes the luma alone: no RGB copy
+        stored.load()
+        img = _exif_transpose(stored) if turned else stored
+        gray = _to_grayscale(img)
     return DecodedImage(
         format=fmt,
         image=gray,
@@ -453,6 +517,95 @@ def _decode_raster(
         dicom=None,
         original_is_display=as_stored,
     )
+
+
+# Pillow would hold these at 2-4 bytes a pixel (a 7000 x 7000 RGBA PNG: 196 MB) before the grey copy.
+_LIBPNG_GRAY_MODES = frozenset({"RGB", "RGBA", "LA"})
+
+
+def _png_to_gray_by_libpng(data: bytes) -> Image.Image:
+    """A colour PNG decoded straight to 8-bit grey by libpng (through OpenCV), row by row.
+
+    The same values as Pillow's ``convert("L")`` (ITU-R 601-2 luma, alpha ignored) to within one
+    level of rounding, without the full-colour copy. Its pixels only: Pillow has already checked
+    the file's structure and chunk checksums, and an EXIF orientation in a PNG is not applied
+    (as before, when Pillow decoded it).
+    """
+    import cv2  # only here: a colour PNG is rare on the upload path
+
+    flags = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION
+    pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    if pixels is None:
+        raise _reject_corrupt("PNG", "its pixel data cannot be decoded")
+    return Image.fromarray(pixels)
+
+
+def _png_end(data: bytes) -> int | None:
+    """The offset just after the IEND chunk, walking the chunks; None without one."""
+    pos = len(PNG_SIGNATURE)
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack_from(">I", data, pos)
+        kind = data[pos + 4 : pos + 8]
+        pos += 12 + length  # length, type, data, CRC
+        if kind == b"IEND":
+            return pos if pos <= len(data) else None
+    return None
+
+
+# The marker that ends entropy-coded data: 0xFF (any fill bytes) then a byte that is not a
+# stuffed zero, a restart marker (RST0-7) or more fill.
+_JPEG_MARKER_AFTER_SCAN = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
+
+
+def _jpeg_end(data: bytes) -> int | None:
+    """The offset just after the EOI marker, walking segments and scans; None without one.
+
+    Segments are skipped by their length (so an EXIF thumbnail's own EOI is not taken for the
+    end), scans up to their next marker; stray bytes between segments are skipped as libjpeg
+    does."""
+    pos = 2  # after SOI
+    while True:
+        pos = data.find(b"\xff", pos)
+        if pos < 0:
+            return None
+        while pos < len(data) and data[pos] == 0xFF:  # fill bytes before a marker
+            pos += 1
+        if pos >= len(data):
+            return None
+        marker = data[pos]
+        pos += 1
+        if marker == 0xD9:  # EOI
+            return pos
+        if marker in (0x00, 0x01) or 0xD0 <= marker <= 0xD8:  # no length field
+            continue
+        if pos + 2 > len(data):
+            return None
+        (seg_len,) = struct.unpack_from(">H", data, pos)
+        if seg_len < 2:
+            return None
+        pos += seg_len
+        if marker == 0xDA:  # start of scan: entropy-coded data up to the next marker
+            found = _JPEG_MARKER_AFTER_SCAN.search(data, pos)
+            if found is None:
+                return None
+            pos = found.start()
+
+
+def _check_ends_at_end_marker(data: bytes, fmt: str) -> None:
+    """Refuse bytes after a PNG's IEND or a JPEG's EOI, other than NUL padding (a polyglot)."""
+    end = _png_end(data) if fmt == "PNG" else _jpeg_end(data)
+    marker = "IEND" if fmt == "PNG" else "end-of-image"
+    if end is None:
+        raise _reject_corrupt(fmt, f"it has no {marker} marker")
+    extra = len(data) - end
+    if extra and data.count(b"\x00", end) != extra:
+        raise UploadRejected(
+            f"The {_FORMAT_NAMES[fmt]} carries {extra:,} bytes of other data after its "
+            f"{marker} marker. An X-ray file holds only the image, so it is refused: such a "
+            "file can hide a web page or a program. Please export the image again from its "
+            "source (a PACS viewer or the modality) and upload the new file.",
+            code="trailing_data",
+        )
 
 
 def _exif_orientation(img: Image.Image) -> int | None:
@@ -481,12 +634,38 @@ def _to_grayscale(img: Image.Image) -> Image.Image:
         return img
     if mode in _HIGH_BIT_DEPTH_MODES:
         # Pillow's convert("L") clips 16-bit values at 255 instead of scaling them.
-        arr = np.asarray(img)
-        return Image.fromarray(_minmax_to_uint8(arr))
+        return Image.fromarray(_wide_to_uint8(img))
     try:
         return img.convert("L")
     except ValueError:  # modes with no direct conversion to L (e.g. some YCbCr/LAB variants)
         return img.convert("RGB").convert("L")
+
+
+# Rows of a 16/32-bit picture scaled at a time: a strip's float copy stays a few megabytes.
+_STRIP_PIXELS = 1 << 20
+
+
+def _wide_to_uint8(img: Image.Image) -> np.ndarray:
+    """:func:`_minmax_to_uint8` of a 16- or 32-bit image, a strip of rows at a time, so that
+    neither a whole-image array copy nor its float32 copy (4 bytes a pixel) is ever made."""
+    width, height = img.size
+    step = max(1, _STRIP_PIXELS // max(1, width))
+    tops = range(0, height, step)
+
+    def strip(top: int) -> np.ndarray:
+        arr = np.asarray(img.crop((0, top, width, min(height, top + step))))
+        if arr.dtype.kind == "f":
+            arr = np.where(np.isfinite(arr), arr, 0)
+        return arr
+
+    out = np.empty((height, width), dtype=np.uint8)
+    if out.size == 0:
+        return out
+    bounds = [(float(a.min()), float(a.max())) for a in map(strip, tops)]
+    lo, hi = min(b[0] for b in bounds), max(b[1] for b in bounds)
+    for top in tops:
+        out[top : top + step] = _scale_to_uint8(strip(top), lo, hi)
+    return out
 
 
 def _minmax_to_uint8(arr: np.ndarray) -> np.ndarray:
@@ -580,7 +759,9 @@ _DISPLAY_TAGS = (
 _MAX_TAG_TEXT = 256
 
 
-def _decode_dicom(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImage:
+def _decode_dicom(
+    data: bytes, *, max_bytes: int, max_pixels: int, policy: UploadPolicy | None = None
+) -> DecodedImage:
     ts, meta_end = _file_meta_transfer_syntax(data)
     if not ts:
         raise _reject_corrupt(
@@ -613,6 +794,7 @@ def _decode_dicom(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedIma
         )
     # Only the first frame is decoded (below), so one frame's size is what costs memory.
     _check_pixels(cols, rows, max_pixels)
+    _check_plausible(cols, rows, policy)
 
     tsuid = UID(str(ds.file_meta.get("TransferSyntaxUID") or ts))
     if not tsuid.is_transfer_syntax:
@@ -867,11 +1049,11 @@ def _dicom_info(ds: Any) -> DicomInfo:
     photometric = _text(ds, "PhotometricInterpretation").upper()
     sex = _text(ds, "PatientSex").upper()
     return DicomInfo(
-        patient_id=_text(ds, "PatientID"),
+        patient_id=_identifier_text(ds, "PatientID"),
         patient_name=_person_name(ds),
         patient_sex=sex if sex in ("M", "F", "O") else "",
         patient_birth_date=_parse_da(_text(ds, "PatientBirthDate")),
-        accession_number=_text(ds, "AccessionNumber"),
+        accession_number=_identifier_text(ds, "AccessionNumber"),
         study_date=_parse_da(_text(ds, "StudyDate")),
         study_description=_text(ds, "StudyDescription"),
         view_position=_VIEW_POSITIONS.get(_text(ds, "ViewPosition").upper(), ""),
@@ -906,6 +1088,17 @@ def _text(ds: Any, keyword: str) -> str:
     if isinstance(value, list | tuple | MultiValue):
         value = value[0] if len(value) else ""
     return _clean(str(value))
+
+
+def _identifier_text(ds: Any, keyword: str) -> str:
+    """An identifier tag as the file holds it, only its padding trimmed: nothing removed or cut,
+    so that the upload refuses a control character or an overlong ID instead of storing another."""
+    value = _get(ds, keyword)
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple | MultiValue):
+        value = "\\".join(str(v) for v in value)
+    return str(value).strip(" \x00")
 
 
 def _clean(text: str) -> str:

@@ -13,16 +13,75 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.files.base import ContentFile
-from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
-from diagnosis.imaging import DecodedImage, UploadRejected, decode_upload
+from diagnosis import identity
+from diagnosis.imaging import (
+    DecodedImage,
+    DicomInfo,
+    UploadPolicy,
+    UploadRejected,
+    decode_upload,
+)
 from diagnosis.models import Image, Patient, Prediction, Study
-from diagnosis.services.predictions import prediction_enqueue_on_commit
+from diagnosis.services.predictions import prediction_enqueue_on_commit, storage_delete_quietly
 from training.models import ModelVersion
 
 logger = logging.getLogger(__name__)
+
+
+class UploadFieldRejected(UploadRejected):
+    """One of the upload's fields (typed, or read from a DICOM tag) cannot be stored as it is."""
+
+    def __init__(self, message: str, *, code: str, field: str) -> None:
+        super().__init__(message, code=code)
+        self.field = field
+
+
+class StorageUnavailable(Exception):
+    """The file could not be written (media not writable, a full disk): nothing was stored."""
+
+    code = "storage_unavailable"
+
+    def __init__(self, error: OSError) -> None:
+        reason = error.strerror or type(error).__name__
+        super().__init__(
+            f"The server could not store the image ({reason}); nothing was stored. Please try "
+            "again later, and tell your administrator if it keeps happening."
+        )
+
+
+class IdentityMismatch(UploadRejected):
+    """The patient ID is on record with another name, sex or birth date than the upload's."""
+
+    def __init__(self, *, mrn: str, stored: identity.Demographics,
+                 submitted: identity.Demographics, fields: list[str]) -> None:
+        names = ", ".join(f.replace("_", " ") for f in fields)
+        super().__init__(
+            f"Patient {mrn} is on record with another {names}. Check that this image is of that "
+            "patient; if it is, confirm the identity to add it to the patient on record (whose "
+            "details stay as they are).",
+            code="identity_mismatch",
+        )
+        self.mrn, self.stored, self.submitted, self.fields = mrn, stored, submitted, fields
+
+    def as_dict(self) -> dict:
+        """Both sets of demographics, JSON-safe (for the API's answer and the audit trail)."""
+        return {"patient_id": self.mrn, "mismatched": self.fields,
+                "stored": self.stored.as_dict(), "submitted": self.submitted.as_dict()}
+
+    def rows(self) -> list[dict]:
+        """(label, on record, this upload, differs) per field, for the upload form's warning."""
+        stored, submitted = self.stored.as_dict(), self.submitted.as_dict()
+        sexes = dict(Patient.Sex.choices)
+        return [
+            {"label": label,
+             "stored": sexes.get(stored[key], "") if key == "sex" else stored[key],
+             "submitted": sexes.get(submitted[key], "") if key == "sex" else submitted[key],
+             "differs": key in self.fields}
+            for key, label in (("name", "Name"), ("sex", "Sex"), ("birth_date", "Birth date"))
+        ]
 
 
 @dataclass
@@ -31,6 +90,8 @@ class UploadResult:
     image: Image
     prediction: Prediction
     study_created: bool = True  # False: the image was added to an existing study (accession)
+    # Set when the upload confirmed a demographics mismatch: the caller records it in the audit.
+    identity_confirmed: IdentityMismatch | None = None
 
 
 def _clean(value: str | None, max_length: int) -> str:
@@ -53,29 +114,42 @@ def study_upload(
     patient_name: str = "",
     patient_sex: str = "",
     patient_birth_date: dt.date | None = None,
+    confirm_identity: bool = False,
 ) -> UploadResult:
     """Validate an uploaded chest X-ray, store it and queue its analysis.
 
-    Raises UploadRejected (nothing stored) for bad input. Files are written before the rows, in
-    one transaction with them: if anything fails, the files written by this call are removed.
+    Raises UploadRejected (nothing stored) for bad input: UploadFieldRejected names the field
+    (control characters, a value too long to store, an implausible birth date), IdentityMismatch
+    an existing patient ID whose name, sex or birth date differ from the upload's, unless
+    ``confirm_identity``: then the image joins the stored patient, whose details stay unchanged,
+    and the result's ``identity_confirmed`` says what differed.
+
+    Files are written before the rows, in one transaction with them: if anything fails, the files
+    written by this call are removed.
     The inference task is sent only after the transaction commits.
     """
     # check_only: a JPEG that serves as its own display copy is only checked here (decoded at
     # an eighth of its size, every step still read); the worker decodes it for the model.
     decoded = decode_upload(
         data, max_bytes=settings.CXR_MAX_UPLOAD_BYTES, max_pixels=settings.CXR_MAX_IMAGE_PIXELS,
-        check_only=True,
+        check_only=True, policy=UploadPolicy(min_side=settings.CXR_MIN_IMAGE_SIDE,
+                                             max_aspect_ratio=settings.CXR_MAX_ASPECT_RATIO),
     )
     dicom = decoded.dicom
-    patient_id = _clean(patient_id, 64) or (_clean(dicom.patient_id, 64) if dicom else "")
+    patient_id = _checked_text(patient_id, dicom, field="patient_id", max_length=64)
     if not patient_id:
         raise UploadRejected(
             "A patient ID (medical record number) is required: enter it, or upload a DICOM file "
             "that carries one.",
             code="missing_patient_id",
         )
-    accession_number = _clean(accession_number, 64) or (
-        _clean(dicom.accession_number, 64) if dicom else ""
+    accession_number = _checked_text(accession_number, dicom, field="accession_number",
+                                     max_length=64)
+    submitted = identity.Demographics(
+        name=_checked_text(patient_name, dicom, field="patient_name", max_length=200,
+                           identifier=False),
+        sex=_known_sex(patient_sex or (dicom.patient_sex if dicom else "")),
+        birth_date=_checked_birth_date(patient_birth_date, dicom),
     )
     view = (view or (dicom.view_position if dicom else "") or "").upper()
     if view not in Study.View.values:
@@ -89,11 +163,8 @@ def study_upload(
     written: list[str] = []
     try:
         with transaction.atomic():
-            patient = _patient_for_upload(
-                mrn=patient_id,
-                name=_clean(patient_name, 200) or (dicom.patient_name if dicom else ""),
-                sex=(patient_sex or (dicom.patient_sex if dicom else "")).upper()[:1],
-                birth_date=patient_birth_date or (dicom.patient_birth_date if dicom else None),
+            patient, confirmed = _patient_for_upload(
+                mrn=patient_id, submitted=submitted, confirm_identity=confirm_identity
             )
             study, study_created = _study_for_upload(
                 patient=patient,
@@ -108,37 +179,100 @@ def study_upload(
                 written=written,
             )
             prediction = _prediction_create(image=image)
-    except BaseException:
-        for name in written:
-            default_storage.delete(name)
+    except BaseException as exc:
+        storage_delete_quietly(written)
+        if isinstance(exc, OSError):  # the media storage: unwritable, full, gone
+            logger.error("upload not stored: %s", exc)
+            raise StorageUnavailable(exc) from exc
         raise
     logger.info(
         "upload: study %s image %s prediction %s (%s, %d bytes)",
         study.pk, image.pk, prediction.pk, decoded.format, len(data),
     )
     return UploadResult(
-        study=study, image=image, prediction=prediction, study_created=study_created
+        study=study, image=image, prediction=prediction, study_created=study_created,
+        identity_confirmed=confirmed,
     )
 
 
-def _patient_for_upload(*, mrn: str, name: str, sex: str, birth_date: dt.date | None) -> Patient:
+# The DICOM tag each field falls back to, and how an error names the typed field.
+_FIELD_TAGS = {"patient_id": "PatientID", "accession_number": "AccessionNumber",
+               "patient_name": "PatientName", "patient_birth_date": "PatientBirthDate"}
+_FIELD_LABELS = {"patient_id": "The patient ID", "accession_number": "The accession number",
+                 "patient_name": "The patient name", "patient_birth_date": "The birth date"}
+
+
+def _source_label(field: str, from_dicom: bool) -> str:
+    return f"The DICOM file's {_FIELD_TAGS[field]}" if from_dicom else _FIELD_LABELS[field]
+
+
+def _checked_text(
+    value: str, dicom: DicomInfo | None, *, field: str, max_length: int, identifier: bool = True
+) -> str:
+    """The typed value, else the DICOM tag's; refused (never cut) when it cannot be stored as is.
+
+    Only spaces are trimmed: a tab or line break at either end is refused like one inside.
+    """
+    value = (value or "").strip(" ")
+    from_dicom = not value and dicom is not None
+    if from_dicom:
+        value = getattr(dicom, field)
+    problem = identity.text_problem(value, max_length=max_length, identifier=identifier)
+    if problem is not None:
+        code, message = problem
+        raise UploadFieldRejected(f"{_source_label(field, from_dicom)} {message}", code=code,
+                                  field=field)
+    return value
+
+
+def _known_sex(value: str) -> str:
+    value = (value or "").strip().upper()[:1]
+    return value if value in Patient.Sex.values else ""
+
+
+def _checked_birth_date(value: dt.date | None, dicom: DicomInfo | None) -> dt.date | None:
+    from_dicom = value is None and dicom is not None
+    if from_dicom:
+        value = dicom.patient_birth_date
+    problem = identity.birth_date_problem(value, today=timezone.localdate())
+    if problem is not None:
+        raise UploadFieldRejected(f"{_source_label('patient_birth_date', from_dicom)} {problem}",
+                                  code="bad_birth_date", field="patient_birth_date")
+    return value
+
+
+def _patient_for_upload(
+    *, mrn: str, submitted: identity.Demographics, confirm_identity: bool
+) -> tuple[Patient, IdentityMismatch | None]:
+    """The patient with this ID (created when new), and the mismatch the upload confirmed."""
+    name, sex, birth_date = submitted.name, submitted.sex, submitted.birth_date
     patient, created = Patient.objects.select_for_update().get_or_create(
         mrn=mrn,
-        defaults={"name": name, "sex": sex if sex in Patient.Sex.values else "",
-                  "birth_date": birth_date},
+        defaults={"name": name, "sex": sex, "birth_date": birth_date},
     )
-    if not created:
-        # Fill what we did not know; never overwrite what is recorded.
-        changed = []
-        if name and not patient.name:
-            patient.name, changed = name, [*changed, "name"]
-        if sex in ("F", "M", "O") and not patient.sex:
-            patient.sex, changed = sex, [*changed, "sex"]
-        if birth_date and not patient.birth_date:
-            patient.birth_date, changed = birth_date, [*changed, "birth_date"]
-        if changed:
-            patient.save(update_fields=changed)
-    return patient
+    if created:
+        return patient, None
+    stored = identity.Demographics(name=patient.name, sex=patient.sex,
+                                   birth_date=patient.birth_date)
+    fields = identity.mismatched_fields(stored, submitted)
+    if fields:
+        mismatch = IdentityMismatch(mrn=mrn, stored=stored, submitted=submitted, fields=fields)
+        if not confirm_identity:
+            raise mismatch
+        # Confirmed as the same patient: the record stays as it is, details filled in included
+        # (they come from an upload that already disagrees with it).
+        return patient, mismatch
+    # Fill what we did not know; never overwrite what is recorded.
+    changed = []
+    if name and not patient.name:
+        patient.name, changed = name, [*changed, "name"]
+    if sex and not patient.sex:
+        patient.sex, changed = sex, [*changed, "sex"]
+    if birth_date and not patient.birth_date:
+        patient.birth_date, changed = birth_date, [*changed, "birth_date"]
+    if changed:
+        patient.save(update_fields=changed)
+    return patient, None
 
 
 def _study_for_upload(
