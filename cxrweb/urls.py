@@ -4,6 +4,9 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+# A request Django refuses to read (too many fields or files): JSON on the API, a page elsewhere.
+handler400 = "cxrweb.responses.bad_request"
+
 admin.site.site_header = "CXR triage administration"
 admin.site.site_title = "CXR triage"
 

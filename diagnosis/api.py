@@ -1,9 +1,10 @@
-"""JSON API, version 1. Token auth: `Authorization: Token KEY` (manage.py drf_create_token USER)."""
+"""JSON API, version 1. Token auth: `Authorization: Token KEY` (manage.py create_token USER)."""
 
 from __future__ import annotations
 
 import logging
 
+from django.core.exceptions import SuspiciousOperation
 from django.db import DatabaseError
 from django.http import FileResponse, Http404
 from django.urls import reverse
@@ -13,8 +14,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from cxrweb.responses import bad_request_body
 from diagnosis import selectors, services
-from diagnosis.audit import audit
+from diagnosis.audit import audit, audit_upload, audit_upload_rejected, audit_view
 from diagnosis.forms import StudyUploadForm
 from diagnosis.imaging import UploadRejected, read_dicom_header
 from diagnosis.models import AuditEvent, Prediction, Study
@@ -35,6 +37,11 @@ def exception_handler(exc, context):
             {"error": "The database is unavailable; nothing was stored. Try again shortly."},
             status=status.HTTP_503_SERVICE_UNAVAILABLE,
         )
+    if isinstance(exc, services.StorageUnavailable):
+        return Response({"error": str(exc), "code": exc.code},
+                        status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "60"})
+    if isinstance(exc, SuspiciousOperation):  # too many fields or files, a malformed request
+        return Response(bad_request_body(exc), status=status.HTTP_400_BAD_REQUEST)
     return None
 
 
@@ -124,12 +131,18 @@ class StudyListCreate(APIView):
             )
         try:
             result = services.study_upload(uploaded_by=request.user, **form.upload_kwargs())
+        except services.IdentityMismatch as exc:
+            audit_upload_rejected(request, exc)
+            return Response({"error": f"{exc} To confirm, send confirm_identity=true.",
+                             "code": exc.code, **exc.as_dict()},
+                            status=status.HTTP_409_CONFLICT)
         except UploadRejected as exc:
-            audit(request, AuditEvent.Action.UPLOAD_REJECTED,
-                  detail={"code": exc.code, "filename": request.FILES["image"].name[:200]})
-            return Response({"error": str(exc), "code": exc.code},
-                            status=status.HTTP_400_BAD_REQUEST)
-        audit(request, AuditEvent.Action.UPLOAD, result.image, detail={"via": "api"})
+            audit_upload_rejected(request, exc)
+            body = {"error": str(exc), "code": exc.code}
+            if isinstance(exc, services.UploadFieldRejected):
+                body["field"] = exc.field
+            return Response(body, status=status.HTTP_400_BAD_REQUEST)
+        audit_upload(request, result, via="api")
         if result.study_created:  # all of it is in hand: no second round of queries
             body = study_json(result.study, request, images=[result.image],
                               predictions=[result.prediction])
@@ -169,13 +182,18 @@ class StudyDetail(APIView):
             study = selectors.study_detail(pk)
         except Study.DoesNotExist as exc:
             raise Http404 from exc
-        audit(request, AuditEvent.Action.VIEW_STUDY, study, detail={"via": "api"})
+        audit_view(request, AuditEvent.Action.VIEW_STUDY, study, view="study", study=study,
+                   detail={"via": "api"})
         return Response(study_json(study, request))
 
 
 class PredictionDetail(APIView):
     def get(self, request, pk: int):
-        return Response(prediction_json(_prediction_or_404(pk), request))
+        prediction = _prediction_or_404(pk)
+        # Clients poll this until the result is in: a repeat is one query, not one event.
+        audit_view(request, AuditEvent.Action.VIEW_STUDY, prediction, view="prediction",
+                   study=prediction.image.study_id, detail={"via": "api"})
+        return Response(prediction_json(prediction, request))
 
 
 class PredictionFile(APIView):
@@ -196,5 +214,6 @@ class PredictionFile(APIView):
                             status=status.HTTP_404_NOT_FOUND)
         response = FileResponse(f.open("rb"), content_type="image/png")
         audit(request, AuditEvent.Action.DOWNLOAD, prediction,
-              detail={"file": self.FILE_NAMES[self.field], "via": "api"})
+              detail={"file": self.FILE_NAMES[self.field], "via": "api",
+                      "study": prediction.image.study_id})
         return response

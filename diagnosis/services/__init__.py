@@ -20,11 +20,20 @@ from diagnosis.services.predictions import (
     study_flag_from_prediction,
 )
 from diagnosis.services.readings import ReadingRejected, reading_sign
-from diagnosis.services.uploads import UploadResult, study_upload
+from diagnosis.services.uploads import (
+    IdentityMismatch,
+    StorageUnavailable,
+    UploadFieldRejected,
+    UploadResult,
+    study_upload,
+)
 
 __all__ = [
+    "IdentityMismatch",
     "PredictionFailure",
     "ReadingRejected",
+    "StorageUnavailable",
+    "UploadFieldRejected",
     "UploadResult",
     "class_heatmap_request",
     "class_heatmap_run",

@@ -56,9 +56,17 @@ def class_heatmap_run(*, heatmap_id: int) -> ClassHeatmap | None:
             status=ClassHeatmap.Status.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000]
         )
         return ClassHeatmap.objects.get(pk=heatmap.pk)
-    name = default_storage.save(
-        f"heatmaps/{prediction.pk}/cam-{heatmap.class_label}.png", ContentFile(heatmap_png)
-    )
+    try:
+        name = default_storage.save(
+            f"heatmaps/{prediction.pk}/cam-{heatmap.class_label}.png", ContentFile(heatmap_png)
+        )
+    except OSError as exc:  # failed at once (asking again retries), not left queued
+        ClassHeatmap.objects.filter(pk=heatmap.pk).update(
+            status=ClassHeatmap.Status.FAILED,
+            error=(f"The heatmap could not be stored ({exc.strerror or type(exc).__name__}): "
+                   "the media storage is full or not writable."),
+        )
+        return ClassHeatmap.objects.get(pk=heatmap.pk)
     ClassHeatmap.objects.filter(pk=heatmap.pk).update(status=ClassHeatmap.Status.DONE, file=name)
     return ClassHeatmap.objects.get(pk=heatmap.pk)
 

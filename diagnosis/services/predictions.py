@@ -250,16 +250,22 @@ def prediction_run(*, prediction_id: int, worker: str = "") -> Prediction | None
     # the worker's core would otherwise sit idle) per batch instead of one or two per image. A
     # database error (or any other, e.g. a full disk) stores none of them: their files are
     # removed, the companions go back to the queue, and this task's retry (or the reconciler)
-    # takes its own claim back.
+    # takes its own claim back. A storage that cannot take the files (not writable, full) is
+    # each prediction's error at once: retried, then failed, not left running for the reconciler.
     finished: dict[int, Prediction | None] = {}
     written: list[str] = []
     try:
         with transaction.atomic():
             for member, outcome in zip(batch, outcomes, strict=True):
                 finished[member.pk] = _prediction_finish(member, outcome, written=written)
-    except BaseException:
-        for name in written:
-            default_storage.delete(name)
+    except BaseException as exc:
+        storage_delete_quietly(written)
+        if isinstance(exc, OSError):
+            logger.error("prediction %s: results not stored: %s", prediction_id, exc)
+            reason = exc.strerror or type(exc).__name__
+            message = (f"The result could not be stored ({reason}): the media storage is full "
+                       "or not writable.")
+            return {m.pk: _prediction_retry_or_fail(m, message) for m in batch}[prediction.pk]
         _release_unfinished(batch[1:], worker=worker)
         raise
     if len(batch) > 1:
@@ -277,12 +283,7 @@ def _prediction_finish(
     if isinstance(outcome, PredictionFailure):
         return _prediction_fail(prediction, str(outcome))
     if isinstance(outcome, Exception):
-        message = f"{type(outcome).__name__}: {outcome}"
-        if prediction.attempts >= settings.CXR_PREDICTION_MAX_ATTEMPTS:
-            return _prediction_fail(
-                prediction, f"Failed {prediction.attempts} times; last error: {message}"
-            )
-        return _prediction_requeue(prediction, message)
+        return _prediction_retry_or_fail(prediction, f"{type(outcome).__name__}: {outcome}")
 
     heatmap_name = default_storage.save(
         f"heatmaps/{prediction.pk}/cam-{outcome['cam_class']}.png", ContentFile(outcome["heatmap"])
@@ -322,6 +323,25 @@ def _prediction_finish(
         setattr(prediction, field, value)
     study_flag_from_prediction(prediction=prediction)
     return prediction
+
+
+def _prediction_retry_or_fail(prediction: Prediction, message: str) -> Prediction:
+    """Back to the queue with this error, or failed with it once the attempts are spent."""
+    if prediction.attempts >= settings.CXR_PREDICTION_MAX_ATTEMPTS:
+        return _prediction_fail(
+            prediction, f"Failed {prediction.attempts} times; last error: {message}"
+        )
+    return _prediction_requeue(prediction, message)
+
+
+def storage_delete_quietly(names: list[str]) -> None:
+    """Remove files written for rows that were not stored; a storage that fails here too (the
+    reason they were not) must not hide the first error."""
+    for name in names:
+        try:
+            default_storage.delete(name)
+        except OSError:
+            logger.warning("could not remove %s", name, exc_info=True)
 
 
 def _release_unfinished(predictions: list[Prediction], *, worker: str) -> None:

@@ -159,11 +159,13 @@ def test_a_database_error_mid_batch_stores_none_of_it_and_puts_the_companions_ba
     assert set(Prediction.objects.values_list("status", flat=True)) == {"done"}
 
 
-def test_a_full_disk_mid_batch_leaves_no_file_and_puts_the_companions_back(
-    radiologist, production_model, settings, sent, monkeypatch
+def test_a_full_disk_mid_batch_leaves_no_file_and_retries_the_whole_batch_at_once(
+    radiologist, production_model, settings, sent, monkeypatch,
+    django_capture_on_commit_callbacks,
 ):
     """Not only database errors: a file that cannot be written (disk full) while the batch is
-    stored keeps none of it, removes the files already written and requeues the companions."""
+    stored keeps none of it, removes the files already written, and puts every prediction of
+    the batch back in the queue with the error at once (none is left running)."""
     from django.core.files.storage import default_storage
 
     settings.CXR_INFERENCE_BATCH_SIZE = 3
@@ -178,16 +180,17 @@ def test_a_full_disk_mid_batch_leaves_no_file_and_puts_the_companions_back(
         return real_save(name, content, **kwargs)
 
     monkeypatch.setattr(default_storage, "save", save_until_the_disk_is_full)
-    with pytest.raises(OSError, match="No space left"):
-        services.prediction_run(prediction_id=first.pk, worker="w1")
+    with django_capture_on_commit_callbacks(execute=True):
+        own = services.prediction_run(prediction_id=first.pk, worker="w1")
+    assert own.status == "queued" and "No space left on device" in own.error
     heatmaps = settings.MEDIA_ROOT / "heatmaps"
     assert not heatmaps.exists() or not any(p.is_file() for p in heatmaps.rglob("*"))
     rows = {r.pk: r for r in Prediction.objects.all()}
-    assert (rows[first.pk].status, rows[first.pk].worker) == ("running", "w1")
     assert not rows[first.pk].overlay
-    for pk in (second.pk, third.pk):
-        assert (rows[pk].status, rows[pk].attempts) == ("queued", 0)
-    assert sorted(sent) == sorted([second.pk, third.pk])
+    for pk in (first.pk, second.pk, third.pk):
+        assert (rows[pk].status, rows[pk].attempts) == ("queued", 1)
+        assert "could not be stored" in rows[pk].error
+    assert sorted(sent) == sorted([first.pk, second.pk, third.pk])
 
 
 def test_a_batch_is_stored_with_one_commit(radiologist, production_model, settings,
