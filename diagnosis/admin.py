@@ -3,6 +3,8 @@ from __future__ import annotations
 from django.contrib import admin, messages
 
 from diagnosis import services
+from diagnosis.audit import audit
+from diagnosis.forms import PatientAdminForm
 from diagnosis.models import AuditEvent, ClassHeatmap, Image, Patient, Prediction, Reading, Study
 
 
@@ -20,6 +22,28 @@ class PatientAdmin(admin.ModelAdmin):
     list_display = ("mrn", "name", "sex", "birth_date", "created_at")
     search_fields = ("mrn", "name")
     inlines = [StudyInline]
+    form = PatientAdminForm
+    IDENTITY_FIELDS = ("mrn", "name", "sex", "birth_date")
+
+    def save_model(self, request, obj, form, change):
+        """Save; a change of the patient's identity is an audit event with old and new values."""
+        old = None
+        if change:
+            old = Patient.objects.filter(pk=obj.pk).values(*self.IDENTITY_FIELDS).first()
+        super().save_model(request, obj, form, change)
+        if old is None:
+            return
+        changes = {
+            field: {"old": _json_value(old[field]), "new": _json_value(getattr(obj, field))}
+            for field in self.IDENTITY_FIELDS if old[field] != getattr(obj, field)
+        }
+        if changes:
+            audit(request, AuditEvent.Action.PATIENT_EDITED, obj, patient_mrn=obj.mrn,
+                  detail={"via": "admin", "changes": changes})
+
+
+def _json_value(value):
+    return value.isoformat() if hasattr(value, "isoformat") else value
 
 
 class ImageInline(admin.TabularInline):

@@ -2,15 +2,19 @@
 
 Call `audit(request, action, obj=...)` from views; sign-ins, sign-outs and failed sign-ins are
 recorded by the auth signals below. Recording never breaks the request it describes: a failure to
-write the event is logged as an error instead.
+write the event is logged as an error instead. Every response that carries a patient's pixels or
+results calls `audit_view`, which coalesces a user's repeated views of one thing.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
+from django.conf import settings
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.dispatch import receiver
+from django.utils import timezone
 
 from diagnosis.models import AuditEvent, Image, Prediction, Study
 
@@ -62,6 +66,47 @@ def audit(request, action: str, obj=None, *, user=None, detail: dict | None = No
         return None
 
 
+
+def audit_view(request, action: str, obj, *, view: str, study: Study | int | None,
+               detail: dict | None = None) -> AuditEvent | None:
+    """Record that the user was shown `view` (a page, a result, an image) of `obj` in `study`.
+
+    A repeat within CXR_AUDIT_VIEW_COALESCE_S seconds of an event with the same user, action,
+    object and detail is already on record and costs one small query. The check reads the
+    database, not process memory, so it holds across web server processes; two first views that
+    race both write their event, so the first one is never lost. `study` may be a Study with its
+    patient loaded, or its id (the patient's record number is then read only when an event is
+    written); None for a list of several patients' studies (the worklist).
+    """
+    detail = {"view": view, **(detail or {})}
+    if study is not None:
+        detail["study"] = study if isinstance(study, int) else study.pk
+    if _viewed_recently(request, action, obj, detail):
+        return None
+    if isinstance(study, Study):
+        mrn = study.patient.mrn
+    elif study is not None:
+        mrn = Study.objects.filter(pk=study).values_list("patient__mrn", flat=True).first() or ""
+    else:
+        mrn = ""
+    return audit(request, action, obj, detail=detail, patient_mrn=mrn)
+
+
+def _viewed_recently(request, action: str, obj, detail: dict) -> bool:
+    window = settings.CXR_AUDIT_VIEW_COALESCE_S
+    user = getattr(request, "user", None)
+    if not window or user is None or not user.is_authenticated:
+        return False
+    try:
+        return AuditEvent.objects.filter(
+            at__gte=timezone.now() - timedelta(seconds=window), user_id=user.pk, action=action,
+            object_type=type(obj).__name__ if obj is not None else "",
+            object_id=str(obj.pk) if obj is not None else "", detail=detail,
+        ).exists()
+    except Exception:  # noqa: BLE001 - as in audit(): when in doubt, write the event
+        logger.exception("could not look for a recent %s event", action)
+        return False
+
 @receiver(user_logged_in)
 def _logged_in(sender, request, user, **kwargs) -> None:
     audit(request, AuditEvent.Action.LOGIN, user=user)
@@ -77,3 +122,22 @@ def _logged_out(sender, request, user, **kwargs) -> None:
 def _login_failed(sender, credentials, request=None, **kwargs) -> None:
     audit(request, AuditEvent.Action.LOGIN_FAILED,
           detail={"username": str(credentials.get("username", ""))[:150]})
+
+
+def audit_upload(request, result, *, via: str) -> None:
+    """An accepted upload; with a confirmed identity mismatch, that confirmation with both sets of
+    the patient's details (the upload left the record unchanged)."""
+    audit(request, AuditEvent.Action.UPLOAD, result.image, detail={"via": via})
+    if result.identity_confirmed is not None:
+        audit(request, AuditEvent.Action.IDENTITY_CONFIRMED, result.study,
+              detail={"via": via, **result.identity_confirmed.as_dict()})
+
+
+def audit_upload_rejected(request, exc) -> None:
+    """A refused upload: its code, file name and, for an identity mismatch, which fields differed."""
+    detail = {"code": exc.code, "filename": request.FILES["image"].name[:200]}
+    for key in ("field", "fields"):
+        if hasattr(exc, key):
+            detail[key] = getattr(exc, key)
+    audit(request, AuditEvent.Action.UPLOAD_REJECTED, detail=detail,
+          patient_mrn=getattr(exc, "mrn", ""))

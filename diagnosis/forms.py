@@ -2,12 +2,53 @@ from __future__ import annotations
 
 from django import forms
 from django.conf import settings
+from django.utils import timezone
 
+from diagnosis import identity
 from diagnosis.models import Patient, Study
 
 
 def _mb(n: int) -> str:
     return f"{n / (1024 * 1024):.1f} MB"
+
+
+class PatientTextField(forms.CharField):
+    """Refuses control and invisible characters anywhere, the ends included (a CharField's strip
+    would hide a trailing line break), then trims spaces; the length is checked after the trim."""
+
+    def __init__(self, *, identifier: bool = True, **kwargs) -> None:
+        super().__init__(strip=False, **kwargs)
+        self.identifier = identifier
+
+    def to_python(self, value):
+        value = super().to_python(value)
+        ch = identity.forbidden_character(value, identifier=self.identifier)
+        if ch is not None:
+            raise forms.ValidationError(f"The value {identity.control_character_problem(ch)}",
+                                        code="control_character")
+        return value.strip(" ")
+
+
+def plausible_birth_date(value):
+    """The date, unless it is in the future or before 1900 (a ValidationError then)."""
+    problem = identity.birth_date_problem(value, today=timezone.localdate())
+    if problem is not None:
+        raise forms.ValidationError(f"The birth date {problem}", code="bad_birth_date")
+    return value
+
+
+class PatientAdminForm(forms.ModelForm):
+    """The Django admin's patient form, under the upload's rules for IDs, names and birth dates."""
+
+    mrn = PatientTextField(label="Patient ID (MRN)", max_length=64)
+    name = PatientTextField(max_length=200, required=False, identifier=False)
+
+    class Meta:
+        model = Patient
+        fields = ["mrn", "name", "sex", "birth_date"]
+
+    def clean_birth_date(self):
+        return plausible_birth_date(self.cleaned_data.get("birth_date"))
 
 
 class StudyUploadForm(forms.Form):
@@ -16,11 +57,11 @@ class StudyUploadForm(forms.Form):
         help_text="PNG, JPEG or DICOM. The file's content decides its type, not its name.",
         widget=forms.ClearableFileInput(attrs={"accept": ".png,.jpg,.jpeg,.dcm,.dicom,image/png,image/jpeg,application/dicom"}),
     )
-    patient_id = forms.CharField(
+    patient_id = PatientTextField(
         label="Patient ID (MRN)", max_length=64, required=False,
         help_text="Required unless the DICOM file carries it.",
     )
-    accession_number = forms.CharField(
+    accession_number = PatientTextField(
         max_length=64, required=False,
         help_text="Optional: generated when empty. An existing accession adds the image to that study.",
     )
@@ -30,13 +71,17 @@ class StudyUploadForm(forms.Form):
         choices=Study.Priority.choices, coerce=int, initial=Study.Priority.ROUTINE, required=False,
         empty_value=Study.Priority.ROUTINE,
     )
-    patient_name = forms.CharField(max_length=200, required=False)
+    patient_name = PatientTextField(max_length=200, required=False, identifier=False)
     patient_sex = forms.ChoiceField(
         label="Sex", choices=[("", "Unknown")] + [c for c in Patient.Sex.choices if c[0]],
         required=False,
     )
     patient_birth_date = forms.DateField(
         label="Birth date", required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
+    confirm_identity = forms.BooleanField(
+        label="This is the same patient", required=False,
+        help_text="The image joins the patient on record; the recorded details stay as they are.",
     )
 
     def __init__(self, *args, api: bool = False, **kwargs):
@@ -51,6 +96,9 @@ class StudyUploadForm(forms.Form):
                 f"The file is {_mb(f.size)}; the upload limit is {_mb(limit)}.", code="too_large"
             )
         return f
+
+    def clean_patient_birth_date(self):
+        return plausible_birth_date(self.cleaned_data.get("patient_birth_date"))
 
     def clean_view(self):
         return (self.cleaned_data.get("view") or "").upper()
@@ -76,6 +124,7 @@ class StudyUploadForm(forms.Form):
             "patient_name": self.cleaned_data.get("patient_name") or "",
             "patient_sex": self.cleaned_data.get("patient_sex") or "",
             "patient_birth_date": self.cleaned_data.get("patient_birth_date"),
+            "confirm_identity": bool(self.cleaned_data.get("confirm_identity")),
         }
 
 

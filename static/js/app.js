@@ -27,6 +27,19 @@
     if (xray) xray.style.filter = "brightness(" + s.brightness + "%) contrast(" + s.contrast + "%)";
   }
 
+  // Sizes drawn by the server come as data-style-* attributes, applied here through
+  // element.style: the Content-Security-Policy refuses style="" attributes, not this.
+  function applyDataStyles(root) {
+    var rules = { "data-style-ar": function (el, v) { el.style.setProperty("--ar", v); },
+                  "data-style-width": function (el, v) { el.style.width = v + "%"; },
+                  "data-style-left": function (el, v) { el.style.left = v + "%"; } };
+    Object.keys(rules).forEach(function (name) {
+      (root || document).querySelectorAll("[" + name + "]").forEach(function (el) {
+        rules[name](el, el.getAttribute(name));
+      });
+    });
+  }
+
   function restore(root) {
     (root || document).querySelectorAll("[data-image-id]").forEach(function (section) {
       var id = section.getAttribute("data-image-id");
@@ -182,6 +195,7 @@
         .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.text(); })
         .then(function (html) {
           el.innerHTML = html;
+          applyDataStyles(el);
           restore(el);
           if (el.querySelector("[data-pending]:not([data-pending=''])")) poll(el);
           else { el.removeAttribute("data-poll-ms"); settled(el); }
@@ -232,6 +246,7 @@
           var fresh = new DOMParser().parseFromString(html, "text/html").getElementById(el.id);
           if (!fresh) return;
           el.innerHTML = fresh.innerHTML;
+          applyDataStyles(el);
           var next = fresh.getAttribute("data-refresh");
           if (next) { el.setAttribute("data-refresh", next); refreshRegion(el); }
           else el.removeAttribute("data-refresh");
@@ -307,7 +322,27 @@
     });
     zone.addEventListener("drop", function (ev) { add(ev.dataTransfer.files); });
 
-    function uploadOne(file, i) {
+    // A 409 identity_mismatch: both sets of details (as text: they are patient data) and a button
+    // that sends the same file again with confirm_identity=true.
+    function showMismatch(li, st, data, file, i) {
+      st.textContent = data.error;
+      var box = document.createElement("div");
+      box.className = "notice identity-mismatch";
+      [["name", "Name"], ["sex", "Sex"], ["birth_date", "Birth date"]].forEach(function (f) {
+        var p = document.createElement("p");
+        p.textContent = f[1] + ": on record " + (data.stored[f[0]] || "—") + ", this upload " +
+          (data.submitted[f[0]] || "—") + (data.mismatched.indexOf(f[0]) >= 0 ? " (differs)" : "");
+        box.appendChild(p);
+      });
+      var button = document.createElement("button");
+      button.type = "button"; button.className = "button";
+      button.textContent = "This is the same patient: upload";
+      button.addEventListener("click", function () { box.remove(); uploadOne(file, i, true); });
+      box.appendChild(button);
+      li.appendChild(box);
+    }
+
+    function uploadOne(file, i, confirmIdentity) {
       return new Promise(function (resolve) {
         var li = document.getElementById("upload-file-" + i);
         var bar = li.querySelector("progress"), st = li.querySelector(".fstate");
@@ -317,6 +352,8 @@
           var el = form.elements[name];
           if (el && el.value) body.append(name, el.value);
         });
+        var confirmBox = form.elements.confirm_identity;
+        if (confirmIdentity || (confirmBox && confirmBox.checked)) body.append("confirm_identity", "true");
         var xhr = new XMLHttpRequest();
         xhr.open("POST", form.getAttribute("data-api-url"));
         xhr.setRequestHeader("X-CSRFToken", csrfToken());
@@ -330,6 +367,10 @@
             st.innerHTML = 'uploaded: <a></a>';
             var a = st.querySelector("a"); a.href = data.url; a.textContent = data.accession_number;
             resolve(true);
+          } else if (xhr.status === 409 && data.code === "identity_mismatch") {
+            st.className = "fstate err"; st.setAttribute("role", "alert");
+            showMismatch(li, st, data, file, i);
+            resolve(false);
           } else {
             st.className = "fstate err"; st.setAttribute("role", "alert");
             st.textContent = data.error || ("Upload failed (HTTP " + xhr.status + ").");
@@ -366,6 +407,7 @@
 
   window.cxrPoll = poll;
   document.addEventListener("DOMContentLoaded", function () {
+    applyDataStyles();
     document.querySelectorAll("[data-poll-url][data-poll-ms]").forEach(poll);
     document.querySelectorAll("[data-refresh]").forEach(refreshRegion);
     document.querySelectorAll("[data-multi-upload]").forEach(setupUploader);
