@@ -335,6 +335,8 @@ class AuditEvent(AppendOnlyModel):
         LOGOUT = "logout", "Signed out"
         ACCESS_DENIED = "access_denied", "Access denied"
         EXPORT = "export", "Exported the audit trail"
+        IDENTITY_CONFIRMED = "identity_confirmed", "Confirmed a patient despite other details"
+        PATIENT_EDITED = "patient_edited", "Edited a patient's identity"
 
     at = models.DateTimeField(auto_now_add=True, db_index=True)
     # No database constraint: deleting a user must not rewrite the trail (username is kept).
