@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.db import models
+from django.db import connections, models, router, transaction
 from django.db.models import Q
 from django.urls import reverse
+from django.utils import timezone
+
+from diagnosis import audit_chain
 
 
 class Patient(models.Model):
@@ -229,6 +232,13 @@ class AppendOnlyQuerySet(models.QuerySet):
     _raw_delete = delete
 
 
+class ChainedQuerySet(AppendOnlyQuerySet):
+    """Rows are chained one by one in save(): bulk inserts would leave them unchained."""
+
+    def bulk_create(self, *args, **kwargs):
+        raise ValueError(f"{self.model.__name__} rows are chained: create them one by one.")
+
+
 class AppendOnlyModel(models.Model):
     """Rows that are written once: never changed or deleted, one by one or in bulk."""
 
@@ -338,7 +348,8 @@ class AuditEvent(AppendOnlyModel):
         IDENTITY_CONFIRMED = "identity_confirmed", "Confirmed a patient despite other details"
         PATIENT_EDITED = "patient_edited", "Edited a patient's identity"
 
-    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # Set before the insert (not auto_now_add, which is set during it), as the chain hash needs it.
+    at = models.DateTimeField(default=timezone.now, editable=False, db_index=True)
     # No database constraint: deleting a user must not rewrite the trail (username is kept).
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.DO_NOTHING,
@@ -353,9 +364,28 @@ class AuditEvent(AppendOnlyModel):
     user_agent = models.CharField(max_length=300, blank=True)
     path = models.CharField(max_length=300, blank=True)
     detail = models.JSONField(default=dict, blank=True)
+    # The hash chain (diagnosis.audit_chain; checked by `manage.py verify_audit`).
+    prev_hash = models.CharField(max_length=64, blank=True, editable=False)
+    hash = models.CharField(max_length=64, blank=True, editable=False)
+
+    objects = ChainedQuerySet.as_manager()
 
     class Meta:
         ordering = ["-at"]
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.username or '-'} {self.action}"
+
+    def save(self, *args, **kwargs):
+        """Insert the event as the chain's new head. The lock and the head are read in the same
+        transaction as the insert, so concurrent writers cannot fork the chain."""
+        if self.pk is not None:
+            raise ValueError(self.change_refused)
+        using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
+        with transaction.atomic(using=using):
+            audit_chain.append_lock(connections[using])
+            head = (type(self).objects.using(using).order_by("-pk")
+                    .values_list("hash", flat=True).first())
+            self.prev_hash = head or audit_chain.GENESIS
+            self.hash = audit_chain.link_hash(self.prev_hash, audit_chain.chain_values(self))
+            super().save(*args, **kwargs)
