@@ -294,11 +294,10 @@ class Stack:
             "u = User.objects.create_user('bench-radiologist'); "
             "u.groups.add(Group.objects.get(name='radiologist'))",
         )
-        out = self.manage("drf_create_token", "bench-radiologist")
-        match = re.search(r"token (\w+)", out)
-        if not match:
-            raise StackError(f"drf_create_token printed no token: {out!r}")
-        self.token = match.group(1)
+        out = self.manage("create_token", "bench-radiologist", "--name", "bench")
+        if not re.fullmatch(r"\w+", out.strip()):
+            raise StackError(f"create_token printed no token: {out!r}")
+        self.token = out.strip()
 
     def _spawn(self, name: str, args: list[str]) -> ManagedProcess:
         log_path = self.tmp / "logs" / f"{name}.log"

@@ -77,7 +77,7 @@ cat <<MSG
     .venv/bin/python manage.py createsuperuser              # the first (admin) user
     .venv/bin/python manage.py import_model WEIGHTS.pt --arch resnet18 \\
         --classes normal,bacterial_pneumonia,viral_pneumonia,covid19 --promote
-    .venv/bin/python manage.py drf_create_token USERNAME    # an API token
+    .venv/bin/python manage.py create_token USERNAME        # an API token (shown once)
   Radiologists: add users to the "radiologist" group in the admin (http://$HOST:$PORT/admin/).
   Ctrl-C stops the web server, the worker and the broker.
 

@@ -469,10 +469,9 @@ class FaultStack:
         password = secrets.token_urlsafe(24)
         self.manage("create_user", "faults-rad", "--role", "radiologist",
                     extra_env={"CXR_NEW_USER_PASSWORD": password})
-        out = self.manage("drf_create_token", "faults-rad")
-        match = re.search(r"token (\w+)", out)
-        assert match, f"drf_create_token printed no token: {out!r}"
-        self.token = match.group(1)
+        out = self.manage("create_token", "faults-rad", "--name", "fault tests")
+        assert re.fullmatch(r"\w+", out.strip()), f"create_token printed no token: {out!r}"
+        self.token = out.strip()
         self.api = Api(f"http://127.0.0.1:{self.web_port}", self.token)
         self.start_web()
         self.start_beat()
