@@ -34,6 +34,16 @@ def env_non_negative_int(name: str, default: int) -> int:
     return value
 
 
+def env_paths(name: str, default: list[Path]) -> list[Path]:
+    """A comma-separated list of absolute paths."""
+    raw = env.list(name, default=[str(path) for path in default])
+    paths = [Path(item.strip()).expanduser() for item in raw if item.strip()]
+    if not paths or not all(path.is_absolute() for path in paths):
+        raise ImproperlyConfigured(
+            f"{name} must be a comma-separated list of absolute paths, got {raw!r}.")
+    return paths
+
+
 DEBUG = env.bool("DEBUG", default=False)
 SECRET_KEY = env.str("SECRET_KEY", default="")
 if not SECRET_KEY:
@@ -88,6 +98,11 @@ AUTHENTICATION_BACKENDS = [
 # Sign-in throttling: after AXES_FAILURE_LIMIT failures for a user name from one address, that
 # pair is locked out for AXES_COOLOFF_MINUTES.
 AXES_FAILURE_LIMIT = env_positive_int("AXES_FAILURE_LIMIT", 5)
+# Password spraying (one password tried on many user names): after CXR_SIGNIN_IP_FAILURE_LIMIT
+# failures from one address, whatever the user names, the address is locked out as well. Keep it
+# above a busy ward's honest typos if many users share one address (NAT, a proxy).
+CXR_SIGNIN_IP_FAILURE_LIMIT = env_positive_int("CXR_SIGNIN_IP_FAILURE_LIMIT", 20)
+AXES_HANDLER = "cxrweb.signin.SprayAwareAxesHandler"
 AXES_COOLOFF_TIME = env_positive_int("AXES_COOLOFF_MINUTES", 15) / 60  # hours
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
@@ -286,6 +301,10 @@ CXR_RECONCILE_EVERY_S = env_positive_int("CXR_RECONCILE_EVERY_S", 60)
 CXR_TRAINING_TIME_LIMIT = env_positive_int("CXR_TRAINING_TIME_LIMIT", 24 * 3600)
 # A training run with no heartbeat for this long is marked failed (its worker died).
 CXR_TRAINING_STALE_AFTER_S = env_positive_int("CXR_TRAINING_STALE_AFTER_S", 300)
+# Datasets are registered only from folders under these roots (comma-separated absolute paths;
+# symlinks and ".." are resolved first). Any other path is refused with one message, whether it
+# exists or not, so the form cannot be used to explore the server's folders.
+CXR_DATASET_ROOTS = env_paths("CXR_DATASET_ROOTS", [VAR_DIR / "datasets"])
 CELERY_BEAT_SCHEDULE = {
     "reconcile-training-runs": {
         "task": "training.tasks.reconcile_training_runs",

@@ -30,6 +30,12 @@ TINY = {"arch": "mobilenet_v2", "weights": None, "strategy": "head", "epochs": 2
         "early_stopping_patience": None}
 
 
+@pytest.fixture(autouse=True)
+def _dataset_roots(settings, tmp_path):
+    """Folders registered here are made under tmp_path (CXR_DATASET_ROOTS)."""
+    settings.CXR_DATASET_ROOTS = [tmp_path]
+
+
 @pytest.fixture
 def folder(tmp_path):
     root = make_folder(tmp_path / "data", per_class=14)

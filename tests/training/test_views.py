@@ -22,6 +22,12 @@ from diagnosis.models import AuditEvent
 from tests.conftest import CLASSES
 from training.models import Dataset, Evaluation, ModelPromotion, ModelVersion, TrainingRun
 
+
+@pytest.fixture(autouse=True)
+def _dataset_roots(settings, tmp_path):
+    """Folders registered here are made under tmp_path (CXR_DATASET_ROOTS)."""
+    settings.CXR_DATASET_ROOTS = [tmp_path]
+
 pytestmark = pytest.mark.django_db
 
 # --------------------------------------------------------------------------------------------------
@@ -258,7 +264,8 @@ def test_the_register_form_creates_a_dataset_and_queues_its_scan(
 
 
 @pytest.mark.parametrize("data, message", [
-    ({"root": "/no/such/folder"}, "No such folder"),
+    ({"root": "/no/such/folder"}, "only from folders under the dataset roots"),
+    ({"root": "{tmp}/nope"}, "No such folder"),
     ({"val_fraction": "0.7"}, "less than or equal to 0.49"),
     ({"name": ""}, "This field is required"),
 ])
@@ -266,6 +273,7 @@ def test_the_register_form_shows_what_is_wrong_and_registers_nothing(
         admin_client, tmp_path, data, message):
     form = {"name": "x", "root": str(tmp_path), "seed": "0", "val_fraction": "0.15",
             "test_fraction": "0.15", **data}
+    form["root"] = form["root"].replace("{tmp}", str(tmp_path))
     resp = admin_client.post("/training/datasets/", form)
     assert resp.status_code == 400
     assert message in resp.content.decode()
@@ -634,6 +642,7 @@ TORCH_FREE_SCRIPT = textwrap.dedent(
     os.environ["DATABASE_URL"] = "sqlite:///" + os.path.join(tempfile.mkdtemp(), "db.sqlite3")
     os.environ["MEDIA_ROOT"] = tempfile.mkdtemp()
     os.environ["STATIC_ROOT"] = tempfile.mkdtemp()
+    os.environ["CXR_DATASET_ROOTS"] = tempfile.gettempdir()
     import django
     django.setup()
     from django.core.management import call_command

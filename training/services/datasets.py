@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from django.conf import settings
 from django.db import transaction
 
 from training.models import Dataset
@@ -14,6 +15,24 @@ logger = logging.getLogger(__name__)
 
 class DatasetRejected(ValueError):
     """The folder cannot become a dataset; the message says why."""
+
+
+OUTSIDE_ROOTS = ("Datasets are registered only from folders under the dataset roots this server "
+                 "is configured with (CXR_DATASET_ROOTS): ask its administrator to put or mount "
+                 "the folder there.")
+
+
+def dataset_root_resolve(root: str) -> Path:
+    """The folder, with symlinks and ".." resolved, if it lies under one of CXR_DATASET_ROOTS.
+    Anywhere else it is refused with one message, before any look at whether it exists, so that
+    the answers cannot map the server's folders."""
+    try:
+        path = Path(root).resolve()
+    except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a symlink loop
+        raise DatasetRejected(OUTSIDE_ROOTS) from exc
+    if any(path.is_relative_to(Path(allowed).resolve()) for allowed in settings.CXR_DATASET_ROOTS):
+        return path
+    raise DatasetRejected(OUTSIDE_ROOTS)
 
 
 def dataset_register(
@@ -27,14 +46,14 @@ def dataset_register(
         raise DatasetRejected("Give the dataset a name.")
     if Dataset.objects.filter(name=name).exists():
         raise DatasetRejected(f"A dataset named {name!r} already exists.")
-    path = Path(root).expanduser()
+    path = dataset_root_resolve(root)
     if not path.is_dir():
         raise DatasetRejected(f"No such folder: {path}. Give the path of a folder with one "
                               "sub-folder per class, as the training workers see it.")
     if not (0 < val_fraction < 0.5 and 0 < test_fraction < 0.5):
         raise DatasetRejected("The validation and test fractions must each be between 0 and 0.5.")
     dataset = Dataset.objects.create(
-        name=name, root=str(path.resolve()), created_by=created_by, split_seed=seed,
+        name=name, root=str(path), created_by=created_by, split_seed=seed,
         val_fraction=val_fraction, test_fraction=test_fraction,
     )
     if scan_now:
