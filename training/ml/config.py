@@ -54,6 +54,12 @@ class TrainConfig:
     head does not push large gradients through the pretrained backbone. ``unfreeze_blocks`` is how
     many of the last backbone blocks ``"partial"`` trains (see :func:`backbone_blocks`).
     ``early_stopping_patience`` of ``None`` or 0 turns early stopping off.
+
+    Input (:mod:`training.ml.pipeline`): every image is decoded once per run into uint8 pixels at
+    the input size, by ``num_workers`` threads (0: one per core); they stay in memory up to
+    ``cache_memory_mb`` and are memory-mapped from a file under ``cache_dir`` (default: the
+    system's temporary folder) beyond it. ``cache_size`` is no longer used (the run's cache holds
+    every image); it stays so that stored configurations still load.
     """
 
     arch: str
@@ -78,6 +84,8 @@ class TrainConfig:
     input_size: int | None = None
     num_workers: int = 0
     cache_size: int = 0
+    cache_memory_mb: int = 4096
+    cache_dir: str | None = None
     amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
     threshold_strategy: str = "sensitivity"
     target_sensitivity: float = 0.9
@@ -93,6 +101,8 @@ class TrainConfig:
             fail(f"Unknown architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURE_NAMES)}.")
         if self.weights is not None and (not isinstance(self.weights, str) or not self.weights):
             fail("weights must be None, 'imagenet' or the path of a backbone weights file.")
+        if self.cache_dir is not None and (not isinstance(self.cache_dir, str) or not self.cache_dir):
+            fail("cache_dir must be None (the system's temporary folder) or a folder path.")
         if self.strategy not in STRATEGIES:
             fail(f"Unknown strategy {self.strategy!r}; choose one of {STRATEGIES}.")
         if self.imbalance not in IMBALANCE_MODES:
@@ -105,7 +115,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not is_int(value) or value < low:
                 fail(f"{name} must be an integer >= {low}, got {value!r}.")
-        for name in ("warmup_head_epochs", "num_workers", "cache_size", "seed"):
+        for name in ("warmup_head_epochs", "num_workers", "cache_size", "cache_memory_mb", "seed"):
             value = getattr(self, name)
             if not is_int(value) or value < 0:
                 fail(f"{name} must be an integer >= 0, got {value!r}.")

@@ -13,7 +13,8 @@
    the checkpoint with them in its meta, then measure the test split once.
 
 Progress goes to ``progress_callback(dict)``; ``should_stop()`` is polled before every step so a
-cancelled run stops within one batch.
+cancelled run stops within one batch. The images come from :mod:`training.ml.pipeline`: decoded
+once per run into a cache, augmented in batches on the training device.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from .architectures import (
     head_name,
     head_parameters,
 )
+from .cache import DecodedImages
 from .calibration import (
     choose_thresholds,
     expected_calibration_error,
@@ -48,20 +50,16 @@ from .calibration import (
     softmax,
 )
 from .checkpoint import CheckpointMeta, build_for_inference, load_weights_file, save_checkpoint
-from .data import (
-    CXRDataset,
-    DatasetError,
-    FolderScan,
-    check_split,
-    class_weights,
-    make_loader,
-    weighted_sampler,
-)
+from .data import DatasetError, FolderScan, check_split, class_weights
+from .gpu_augment import BatchAugment
 from .metrics import classification_report, roc_curves
-from .preprocessing import Preprocessing, reading_long_side
-from .transforms import eval_transform, train_transform
+from .pipeline import DeviceBatches, place_model, run_batches
+from .preprocessing import Preprocessing
 
 logger = logging.getLogger(__name__)
+
+#: What train_one_epoch and evaluate iterate: a run's device batches, or any DataLoader.
+Batches = DataLoader | DeviceBatches
 
 __all__ = [
     "DEFAULT_LR",
@@ -270,13 +268,13 @@ def _autocast(device: torch.device, amp: bool) -> Any:
     return torch.autocast(device.type, enabled=False)
 
 
-def _steps(loader: DataLoader, max_steps: int | None) -> int:
+def _steps(loader: Batches, max_steps: int | None) -> int:
     return len(loader) if max_steps is None else min(len(loader), max_steps)
 
 
 def train_one_epoch(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Batches,
     optimizer: torch.optim.Optimizer,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     device: str | torch.device,
@@ -294,13 +292,8 @@ def train_one_epoch(
     """
     device = torch.device(device)
     train_mode(model)
-    steps = _steps(loader, max_steps)
-    total_loss = 0.0
-    correct = 0
-    images = 0
-    done = 0
+    tally = _Tally(optimizer, progress, _steps(loader, max_steps), late=device.type == "cuda")
     cancelled = False
-    start = time.perf_counter()
     for inputs, targets in loader:
         if should_stop is not None and should_stop():
             cancelled = True
@@ -311,43 +304,82 @@ def train_one_epoch(
         with _autocast(device, amp):
             logits = model(inputs)
         loss = loss_fn(logits.float(), targets)
-        if not torch.isfinite(loss):
-            lr = optimizer.param_groups[0]["lr"]
-            raise TrainingError(
-                f"The training loss became {loss.item()} at step {done + 1}: training diverged. "
-                f"Lower the learning rate (now {lr:g}) or check the images."
-            )
         loss.backward()
         optimizer.step()
+        tally.add(loss, logits, targets)
+        if tally.done >= tally.steps:
+            break  # before the loader decodes a batch that would not be used
+    return {**tally.finish(), "cancelled": cancelled}
 
-        batch = targets.shape[0]
-        done += 1
-        images += batch
-        total_loss += loss.item() * batch
-        correct += int((logits.argmax(dim=1) == targets).sum())
-        if progress is not None:
-            elapsed = time.perf_counter() - start
-            progress(
+
+class _Tally:
+    """An epoch's loss and accuracy. With ``late`` (on a GPU) each step's loss is read one step
+    late: the next step is queued on the GPU before Python waits for this one, so the GPU never
+    idles for Python; a non-finite loss then stops the run one step later (on the CPU, at once:
+    there the ops run as they are called, so waiting later gains nothing).
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        progress: ProgressCallback | None,
+        steps: int,
+        *,
+        late: bool,
+    ) -> None:
+        self.optimizer, self.progress, self.steps, self.late = optimizer, progress, steps, late
+        self.total_loss, self.correct, self.images, self.done = 0.0, 0, 0, 0
+        self.pending: tuple[torch.Tensor, torch.Tensor, int] | None = None
+        self.start = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        hits = (logits.detach().argmax(dim=1) == targets).sum()
+        self._settle()
+        self.pending = (loss.detach(), hits, int(targets.shape[0]))
+        self.done += 1
+        if not self.late:
+            self._settle()
+
+    def _settle(self) -> None:
+        if self.pending is None:
+            return
+        loss, hits, batch = self.pending
+        self.pending = None
+        value = loss.item()
+        if not math.isfinite(value):
+            lr = self.optimizer.param_groups[0]["lr"]
+            raise TrainingError(
+                f"The training loss became {value} at step {self.done}: training diverged. "
+                f"Lower the learning rate (now {lr:g}) or check the images."
+            )
+        self.images += batch
+        self.total_loss += value * batch
+        self.correct += int(hits)
+        if self.progress is not None:
+            elapsed = time.perf_counter() - self.start
+            self.progress(
                 {
-                    "step": done,
-                    "steps": steps,
-                    "loss": total_loss / images,
-                    "images_per_s": images / elapsed if elapsed > 0 else None,
+                    "step": self.done,
+                    "steps": self.steps,
+                    "loss": self.total_loss / self.images,
+                    "images_per_s": self.images / elapsed if elapsed > 0 else None,
                     "seconds": elapsed,
                 }
             )
-        if done >= steps:
-            break  # before the loader decodes a batch that would not be used
-    seconds = time.perf_counter() - start
-    return {
-        "loss": total_loss / images if images else float("nan"),
-        "accuracy": correct / images if images else float("nan"),
-        "images": images,
-        "seconds": seconds,
-        "steps": done,
-        "images_per_s": images / seconds if images and seconds > 0 else None,
-        "cancelled": cancelled,
-    }
+
+    def finish(self) -> dict[str, Any]:
+        """``{loss, accuracy, images, seconds, steps, images_per_s}`` of the steps taken."""
+        self._settle()
+        seconds = time.perf_counter() - self.start
+        images = self.images
+        return {
+            "loss": self.total_loss / images if images else float("nan"),
+            "accuracy": self.correct / images if images else float("nan"),
+            "images": images,
+            "seconds": seconds,
+            "steps": self.done,
+            "images_per_s": images / seconds if images and seconds > 0 else None,
+        }
 
 
 @dataclass
@@ -380,7 +412,7 @@ class EvalOutput:
 
 def evaluate(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Batches,
     device: str | torch.device,
     *,
     temperature: float = 1.0,
@@ -631,46 +663,13 @@ def fit(
     prep = config.preprocessing()
     k = len(class_names)
 
-    train_ds = CXRDataset(
-        dataset_root,
-        samples,
-        split["train"],
-        train_transform(prep, augment=config.augment, hflip=config.hflip),
-        cache_size=config.cache_size,
-        read_long_side=reading_long_side(prep),
-    )
-    train_labels = train_ds.labels
-    sampler = None
-    if config.imbalance == "sampler":
-        sampler = weighted_sampler(
-            train_labels, generator=torch.Generator().manual_seed(config.seed)
-        )
-    train_loader = make_loader(
-        train_ds,
-        batch_size=config.batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
-        num_workers=config.num_workers,
-        # A last batch of one image breaks BatchNorm in train mode.
-        drop_last=len(train_ds) > config.batch_size,
-        seed=config.seed,
-    )
-
-    def eval_loader(indices: list[int]) -> DataLoader:
-        dataset = CXRDataset(
-            dataset_root, samples, indices, eval_transform(prep), cache_size=config.cache_size,
-            read_long_side=reading_long_side(prep),
-        )
-        return make_loader(
-            dataset, batch_size=config.batch_size * 2, num_workers=config.num_workers
-        )
-
-    val_loader = eval_loader(split["val"])
-    test_loader = eval_loader(split["test"]) if split["test"] else None
+    batches = run_batches(config, dataset_root, samples, split, prep, device)
+    train_labels = batches.train_labels
+    train_loader, val_loader, test_loader = batches.train, batches.val, batches.test
 
     model = build_model(config.arch, k, weights=config.weights)
     load_report = getattr(model, "backbone_load_report", None)
-    model.to(device)
+    place_model(model, device)
 
     weight = (
         class_weights(train_labels, k).to(device) if config.imbalance == "weighted_loss" else None
@@ -948,12 +947,12 @@ def evaluate_checkpoint(
     mapped = [(path, remap[label]) for path, label in samples]
 
     device = resolve_device(device)
-    model = build_for_inference(arch, names, state_dict).to(device)
-    dataset = CXRDataset(dataset_root, mapped, list(indices), eval_transform(prep),
-                         read_long_side=reading_long_side(prep))
+    model = place_model(build_for_inference(arch, names, state_dict), device)
+    images = DecodedImages(dataset_root, mapped, indices, prep)
+    plain = BatchAugment(prep, augment="none")
     output = evaluate(
         model,
-        make_loader(dataset, batch_size=batch_size),
+        DeviceBatches(images, mapped, indices, plain, device, batch_size=batch_size),
         device,
         temperature=temperature,
         progress=progress,

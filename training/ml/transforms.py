@@ -1,4 +1,8 @@
-"""Train and eval transforms: PIL "L" image -> normalised 3xHxW tensor.
+"""Train and eval transforms: PIL "L" image -> normalised 3xHxW tensor, one image at a time.
+
+``fit`` applies the same policy to whole batches on the training device instead
+(:mod:`training.ml.gpu_augment`); these per-image steps serve :class:`~training.ml.data.CXRDataset`
+users and define what the batched version must match.
 
 The eval transform gives exactly :func:`training.ml.preprocessing.to_model_input`'s tensor, so a
 model is evaluated on what the inference worker will feed it. The train transform takes the steps
