@@ -12,8 +12,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax
 
 __all__ = [
     "THRESHOLD_STRATEGIES",
@@ -67,6 +65,8 @@ def nll(logits: Any, labels: Any, temperature: float = 1.0) -> float:
     y = _as_labels(labels, len(z), z.shape[1])
     if not len(y):
         return float("nan")
+    from scipy.special import log_softmax  # here: importing the training loop needs no scipy
+
     logp = log_softmax(z / float(temperature), axis=1)
     return float(-logp[np.arange(len(y)), y].mean())
 
@@ -92,6 +92,8 @@ def fit_temperature(
     low, high = bounds
     if not 0 < low < 1 < high:
         raise ValueError(f"bounds must satisfy 0 < low < 1 < high, got {bounds!r}.")
+    from scipy.optimize import minimize_scalar
+
     result = minimize_scalar(
         lambda log_t: nll(z, y, math.exp(log_t)),
         bounds=(math.log(low), math.log(high)),

@@ -23,8 +23,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import confusion_matrix as sk_confusion_matrix
-from sklearn.metrics import roc_auc_score, roc_curve
 
 from .calibration import _as_2d, _as_labels, expected_calibration_error
 
@@ -68,6 +66,8 @@ def _check(labels: Any, probs: Any, classes: Sequence[str]) -> tuple[np.ndarray,
 def _auc(positive: np.ndarray, scores: np.ndarray) -> float | None:
     if positive.all() or not positive.any():
         return None
+    from sklearn.metrics import roc_auc_score  # here: importing the training loop needs no sklearn
+
     return float(roc_auc_score(positive, scores))
 
 
@@ -85,7 +85,9 @@ def classification_report(
     y, p = _check(labels, probs, classes)
     n, k = p.shape
     predicted = p.argmax(axis=1)
-    matrix = sk_confusion_matrix(y, predicted, labels=list(range(k)))
+    from sklearn.metrics import confusion_matrix
+
+    matrix = confusion_matrix(y, predicted, labels=list(range(k)))
     total = int(matrix.sum())
 
     per_class: dict[str, dict[str, Any]] = {}
@@ -143,6 +145,8 @@ def roc_curves(
     y, p = _check(labels, probs, classes)
     if max_points < 2:
         raise ValueError(f"max_points must be at least 2, got {max_points!r}.")
+    from sklearn.metrics import roc_curve
+
     out: dict[str, dict[str, list[float]] | None] = {}
     for c, name in enumerate(classes):
         positive = y == c
