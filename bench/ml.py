@@ -274,6 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--backbone-weights")
     t.add_argument("--limit", type=int, default=96, help="images per epoch")
     t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument(
+        "--epochs", type=int, default=2, help="app epochs per strategy (the first decodes)"
+    )
+    t.add_argument(
+        "--fit", action="store_true", help="also time training.ml.train.fit on the whole folder"
+    )
     t.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     if args.command == "weights":
