@@ -80,3 +80,20 @@ class SessionMiddleware(DjangoSessionMiddleware):
         except DatabaseError:
             logger.error("could not save the session: database unavailable")
             return response
+
+
+class SecurityHeadersMiddleware:
+    """A Content-Security-Policy on every response, and `Cache-Control: no-store` on every one
+    that does not set its own: pages, files and API answers carry patient data, which must not
+    stay in a browser's or a proxy's cache. Static files are served (and cached) by WhiteNoise
+    before this runs. Referrer-Policy is Django's (SECURE_REFERRER_POLICY)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        response.setdefault("Content-Security-Policy", settings.CXR_CONTENT_SECURITY_POLICY)
+        if "Cache-Control" not in response:
+            response["Cache-Control"] = "no-store"
+        return response

@@ -221,3 +221,41 @@ def wait_for(predicate: Callable[[], object], *, timeout: float = 90, interval: 
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for "
                                  f"{what or predicate.__doc__ or predicate}")
         time.sleep(interval)
+
+
+# ---- browser tests (tests/browser, tests/security): one Chromium for the whole session ----------
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """Where browser tests save their screenshots (CXR_TEST_ARTIFACTS, default test-artifacts/)."""
+    path = Path(os.environ.get("CXR_TEST_ARTIFACTS", "test-artifacts")) / "screenshots"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS
+
+    # Playwright's sync API runs an event loop in this thread; the Django ORM calls the tests
+    # make around it are ordinary synchronous code. Only while the browser tests run.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"Chromium not found at {CHROMIUM}: install Debian's `chromium` (make test does).")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+    if previous is None:
+        os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    yield page
+    context.close()

@@ -11,10 +11,12 @@ from training.services import model_version_promote
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
+# A function, not an expression: the page's Content-Security-Policy refuses the eval that
+# Playwright would poll an expression with.
 ALL_IMAGES_LOADED = (
-    "(() => { const imgs = [...document.querySelectorAll('img')];"
+    "() => { const imgs = [...document.querySelectorAll('img')];"
     " imgs.forEach(i => { i.loading = 'eager'; });"
-    " return imgs.every(i => i.complete && i.naturalWidth > 0); })()"
+    " return imgs.every(i => i.complete && i.naturalWidth > 0); }"
 )
 
 
