@@ -62,8 +62,8 @@ def test_a_reading_while_the_model_works_offers_its_classes_and_the_form_follows
     rad_client, radiologist, production_model
 ):
     """Opened before the result: the reading can only override, but with the model's classes to
-    choose from; the page then fetches the reading section again (not audited as a view), which
-    now offers to agree."""
+    choose from; the page then fetches the reading section again (its own audit event, not a
+    second page view), which now offers to agree."""
     result = services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(seed=3),
                                    patient_id="V-WAIT")
     page = rad_client.get(f"/studies/{result.study.pk}/").content.decode()
@@ -71,12 +71,14 @@ def test_a_reading_while_the_model_works_offers_its_classes_and_the_form_follows
     for label in production_model.class_labels:
         assert f'<option value="{label}">' in page
     services.prediction_run(prediction_id=result.prediction.pk)
-    views_before = AuditEvent.objects.filter(action="view_study").count()
+    views_before = AuditEvent.objects.filter(action="view_study", detail__view="page").count()
     fragment = rad_client.get(f"/studies/{result.study.pk}/reading-form/")
     assert fragment.status_code == 200 and fragment["Cache-Control"] == "no-store"
     html = fragment.content.decode()
     assert "Agree with the model" in html and "data-awaits-result" not in html
-    assert AuditEvent.objects.filter(action="view_study").count() == views_before
+    assert AuditEvent.objects.filter(action="view_study", detail__view="page").count() \
+        == views_before
+    assert AuditEvent.objects.filter(action="view_study", detail__view="reading").count() == 1
     # A label chosen from the waiting form is accepted once the result is in.
     label = production_model.class_labels[0]
     resp = rad_client.post(f"/studies/{result.study.pk}/reading/",
