@@ -26,10 +26,22 @@ cd "$(dirname "$0")/.."
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 if ! "$PY" -c "import pydicom, isal" 2>/dev/null; then
-    # Into a folder of this run only: the machine's own environment is left as it is.
-    "$PY" -m pip install --quiet --no-index --no-deps --find-links "$DATA/wheels" \
-        --target "$work/site" pydicom isal
+    # Unpacked into a folder of this run only (no pip needed; the machine is left as it is):
+    # the pure-Python wheels and those built for this Python.
+    "$PY" - "$DATA/wheels" "$work/site" <<'EOF'
+import pathlib, sys, zipfile
+tag = f"-cp{sys.version_info.major}{sys.version_info.minor}-"
+wheels = [w for w in sorted(pathlib.Path(sys.argv[1]).glob("*.whl"))
+          if "-py3-none-any" in w.name or tag in w.name]
+for wheel in wheels:
+    zipfile.ZipFile(wheel).extractall(sys.argv[2])
+print("unpacked:", ", ".join(w.name for w in wheels) or "nothing", file=sys.stderr)
+EOF
     export PYTHONPATH="$work/site${PYTHONPATH:+:$PYTHONPATH}"
+    "$PY" -c "import pydicom, isal" || {
+        echo "pydicom and isal are needed: put their wheels for this Python in $DATA/wheels" >&2
+        exit 2
+    }
 fi
 fit=()
 if "$PY" -c "import scipy, sklearn" 2>/dev/null; then
