@@ -70,7 +70,7 @@ INSTALLED_APPS = [
     "axes",
     "diagnosis",
     "training",
-    "apitokens",
+    "cxrweb.apitokens",
 ]
 
 MIDDLEWARE = [
@@ -305,6 +305,8 @@ CXR_TRAINING_STALE_AFTER_S = env_positive_int("CXR_TRAINING_STALE_AFTER_S", 300)
 # symlinks and ".." are resolved first). Any other path is refused with one message, whether it
 # exists or not, so the form cannot be used to explore the server's folders.
 CXR_DATASET_ROOTS = env_paths("CXR_DATASET_ROOTS", [VAR_DIR / "datasets"])
+# Likewise for the backbone weights files a training run may start from (the form takes a path).
+CXR_WEIGHTS_ROOTS = env_paths("CXR_WEIGHTS_ROOTS", [VAR_DIR / "weights"])
 CELERY_BEAT_SCHEDULE = {
     "reconcile-training-runs": {
         "task": "training.tasks.reconcile_training_runs",
@@ -325,7 +327,7 @@ CXR_MODELS_SUBDIR = "models"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "apitokens.auth.TokenAuthentication",
+        "cxrweb.apitokens.auth.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["diagnosis.permissions.IsClinicalUser"],

@@ -347,6 +347,8 @@ class AuditEvent(AppendOnlyModel):
         EXPORT = "export", "Exported the audit trail"
         IDENTITY_CONFIRMED = "identity_confirmed", "Confirmed a patient despite other details"
         PATIENT_EDITED = "patient_edited", "Edited a patient's identity"
+        TOKEN_CREATED = "token_created", "Issued an API token"
+        TOKEN_REVOKED = "token_revoked", "Revoked an API token"
 
     # Set before the insert (not auto_now_add, which is set during it), as the chain hash needs it.
     at = models.DateTimeField(default=timezone.now, editable=False, db_index=True)

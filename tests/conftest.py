@@ -117,7 +117,7 @@ def rad_client(client, radiologist):
 
 @pytest.fixture
 def api_token(radiologist) -> str:
-    from apitokens.models import ApiToken
+    from cxrweb.apitokens.models import ApiToken
 
     return ApiToken.objects.create(user=radiologist)[1]
 

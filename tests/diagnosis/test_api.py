@@ -101,7 +101,7 @@ def test_the_api_refuses_requests_without_a_token(db):
 
 
 def test_the_api_refuses_a_user_without_a_clinical_role(outsider):
-    from apitokens.models import ApiToken
+    from cxrweb.apitokens.models import ApiToken
 
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {ApiToken.objects.create(user=outsider)[1]}")

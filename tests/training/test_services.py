@@ -98,12 +98,37 @@ def test_a_run_trains_and_registers_a_candidate_with_its_metrics_and_plots(datas
     assert training_run_execute(run_id=run.pk) is None  # idempotent
 
 
-def test_a_bad_configuration_is_refused_before_anything_runs(dataset):
+def test_a_bad_configuration_is_refused_before_anything_runs(dataset, settings, tmp_path):
+    settings.CXR_WEIGHTS_ROOTS = [tmp_path]
     with pytest.raises(TrainingRejected):
         training_run_create(dataset=dataset, config={**TINY, "epochs": 0})
     with pytest.raises(TrainingRejected, match="does not exist"):
-        training_run_create(dataset=dataset, config={**TINY, "weights": "/nope/weights.pth"})
+        training_run_create(dataset=dataset, config={**TINY, "weights": str(tmp_path / "no.pth")})
     assert TrainingRun.objects.count() == 0
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "/nope/weights.pth", "{roots}/../outside.pth",
+                                  "{roots}/link.pth"])
+def test_a_weights_file_outside_the_weights_roots_is_refused_alike_whether_it_exists_or_not(
+        dataset, settings, tmp_path, path):
+    roots = tmp_path / "weights"
+    roots.mkdir()
+    (tmp_path / "outside.pth").write_bytes(b"x")
+    (roots / "link.pth").symlink_to(tmp_path / "outside.pth")
+    settings.CXR_WEIGHTS_ROOTS = [roots]
+    with pytest.raises(TrainingRejected) as refused:
+        training_run_create(dataset=dataset, config={**TINY, "weights": path.format(roots=roots)})
+    assert "CXR_WEIGHTS_ROOTS" in str(refused.value)
+    assert "outside" not in str(refused.value) and "passwd" not in str(refused.value)
+    assert TrainingRun.objects.count() == 0
+
+
+def test_a_weights_file_under_the_weights_roots_is_taken(dataset, settings, tmp_path):
+    settings.CXR_WEIGHTS_ROOTS = [tmp_path]
+    (tmp_path / "backbone.pth").write_bytes(b"x")
+    run = training_run_create(dataset=dataset, enqueue=False,
+                              config={**TINY, "weights": str(tmp_path / "backbone.pth")})
+    assert run.weights == str(tmp_path / "backbone.pth")
 
 
 def test_a_queued_run_is_cancelled_at_once_and_a_running_one_stops(dataset):

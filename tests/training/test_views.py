@@ -356,7 +356,8 @@ def test_horizontal_flips_are_off_unless_asked_for(admin_client, dataset, monkey
 @pytest.mark.parametrize("changes, message", [
     ({"epochs": "0"}, "greater than or equal to 1"),
     ({"epochs": "many"}, "Enter a whole number"),
-    ({"weights": "file", "weights_path": "/no/such/backbone.pt"}, "does not exist"),
+    ({"weights": "file", "weights_path": "/no/such/backbone.pt"}, "CXR_WEIGHTS_ROOTS"),
+    ({"weights": "file", "weights_path": "/etc/passwd"}, "CXR_WEIGHTS_ROOTS"),
     ({"weights": "file", "weights_path": ""}, "Give the path of the weights file"),
     ({"warmup_head_epochs": "2"}, "only apply to full fine-tuning"),
     ({"strategy": "full", "warmup_head_epochs": "5"}, "must be fewer than epochs"),

@@ -22,17 +22,25 @@ OUTSIDE_ROOTS = ("Datasets are registered only from folders under the dataset ro
                  "the folder there.")
 
 
-def dataset_root_resolve(root: str) -> Path:
-    """The folder, with symlinks and ".." resolved, if it lies under one of CXR_DATASET_ROOTS.
-    Anywhere else it is refused with one message, before any look at whether it exists, so that
-    the answers cannot map the server's folders."""
+def path_under_roots(path: str, roots: list) -> Path | None:
+    """`path` with symlinks and ".." resolved, if it lies under one of `roots`; else None, decided
+    before any look at whether it exists, so that answers cannot map the server's folders."""
     try:
-        path = Path(root).resolve()
-    except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a symlink loop
-        raise DatasetRejected(OUTSIDE_ROOTS) from exc
-    if any(path.is_relative_to(Path(allowed).resolve()) for allowed in settings.CXR_DATASET_ROOTS):
-        return path
-    raise DatasetRejected(OUTSIDE_ROOTS)
+        resolved = Path(path).resolve()
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, a symlink loop
+        return None
+    if any(resolved.is_relative_to(Path(allowed).resolve()) for allowed in roots):
+        return resolved
+    return None
+
+
+def dataset_root_resolve(root: str) -> Path:
+    """The folder, resolved, if it lies under one of CXR_DATASET_ROOTS; anywhere else it is
+    refused with one message."""
+    path = path_under_roots(root, settings.CXR_DATASET_ROOTS)
+    if path is None:
+        raise DatasetRejected(OUTSIDE_ROOTS)
+    return path
 
 
 def dataset_register(

@@ -39,11 +39,8 @@ def training_run_create(*, dataset: Dataset, config: dict, created_by=None,
         cfg = TrainConfig.from_dict(config)
     except (MLError, TypeError, ValueError) as exc:
         raise TrainingRejected(str(exc)) from exc
-    if cfg.weights not in (None, "imagenet") and not Path(cfg.weights).is_file():
-        raise TrainingRejected(
-            f"The weights file {cfg.weights} does not exist (on this machine). Give the path as "
-            "the training workers see it, or use imagenet or none."
-        )
+    if cfg.weights not in (None, "imagenet"):
+        _check_weights_file(cfg.weights)
     run = TrainingRun.objects.create(
         dataset=dataset, architecture=cfg.arch, strategy=cfg.strategy,
         weights=cfg.weights or "none", config=cfg.to_dict(), created_by=created_by,
@@ -53,6 +50,23 @@ def training_run_create(*, dataset: Dataset, config: dict, created_by=None,
 
         transaction.on_commit(lambda: run_training.delay(run.pk), robust=True)
     return run
+
+
+def _check_weights_file(path: str) -> None:
+    """A backbone weights file must lie under CXR_WEIGHTS_ROOTS: the web form takes a path on the
+    server, and neither its answer nor the worker's loading may reach any other file."""
+    from training.services.datasets import path_under_roots
+
+    if path_under_roots(path, settings.CXR_WEIGHTS_ROOTS) is None:
+        raise TrainingRejected(
+            "Backbone weights files are read only from the folders this server is configured "
+            "with (CXR_WEIGHTS_ROOTS): ask its administrator to put the file there."
+        )
+    if not Path(path).is_file():
+        raise TrainingRejected(
+            f"The weights file {path} does not exist (on this machine). Give the path as the "
+            "training workers see it, or use imagenet or none."
+        )
 
 
 def training_run_cancel(*, run: TrainingRun) -> TrainingRun:

@@ -4,6 +4,7 @@ from django.apps import AppConfig
 
 
 class ApiTokensConfig(AppConfig):
-    name = "apitokens"
+    name = "cxrweb.apitokens"
+    label = "apitokens"
     verbose_name = "API tokens"
     default_auto_field = "django.db.models.BigAutoField"

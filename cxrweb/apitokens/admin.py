@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 
-from apitokens import services
-from apitokens.models import ApiToken
+from cxrweb.apitokens import services
+from cxrweb.apitokens.models import ApiToken
 from diagnosis.admin import ReadOnlyAdmin
 
 

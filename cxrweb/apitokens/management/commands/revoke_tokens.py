@@ -5,8 +5,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 from knox.settings import CONSTANTS
 
-from apitokens import services
-from apitokens.models import ApiToken
+from cxrweb.apitokens import services
+from cxrweb.apitokens.models import ApiToken
 
 
 class Command(BaseCommand):

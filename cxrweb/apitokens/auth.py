@@ -30,7 +30,7 @@ class TokenAuthentication(knox_auth.TokenAuthentication):
         from django.contrib.auth import get_user_model
         from django.db import connection
 
-        from apitokens.models import ApiToken
+        from cxrweb.apitokens.models import ApiToken
 
         key = token.decode("latin-1")  # the header's own encoding: never fails
         if not (key.isascii() and key.isprintable()):  # a NUL is an error in PostgreSQL
@@ -80,7 +80,7 @@ def _token_user_query() -> tuple[str, list[Col], list[Col]]:
     from django.contrib.auth import get_user_model
     from django.db import connection
 
-    from apitokens.models import ApiToken
+    from cxrweb.apitokens.models import ApiToken
 
     q = connection.ops.quote_name
     user_model = get_user_model()

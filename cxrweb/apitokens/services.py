@@ -8,17 +8,13 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.db import transaction
 
-from apitokens.models import ApiToken
+from cxrweb.apitokens.models import ApiToken
 from diagnosis.audit import audit
 from diagnosis.models import AuditEvent
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
     from django.db.models import QuerySet
-
-# The audit trail has no token actions of its own (a new choice would need a migration of the
-# diagnosis app): an issued token is recorded as a sign-in and a revoked one as a sign-out, as
-# knox's own login and logout views treat them, with `detail["api_token"]` saying which.
 
 
 def token_create(*, user: AbstractBaseUser, expiry_days: int | None = None, name: str = "",
@@ -45,7 +41,7 @@ def tokens_revoke(*, tokens: QuerySet[ApiToken], actor: AbstractBaseUser | None 
 
 
 def _audit(token: ApiToken, what: str, *, actor, via: str, request, **extra) -> None:
-    action = AuditEvent.Action.LOGIN if what == "created" else AuditEvent.Action.LOGOUT
+    action = AuditEvent.Action.TOKEN_CREATED if what == "created" else AuditEvent.Action.TOKEN_REVOKED
     audit(request, action, token, user=actor,
-          detail={"api_token": what, "token_id": token.pk, "owner": token.user.get_username(),
+          detail={ "token_id": token.pk, "owner": token.user.get_username(),
                   "name": token.name, "via": via, **extra})

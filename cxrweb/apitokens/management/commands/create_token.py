@@ -4,7 +4,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from apitokens import services
+from cxrweb.apitokens import services
 
 
 def positive_int(value: str) -> int:
