@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import io
+import logging
 import re
+from pathlib import Path
 from xml.sax.saxutils import escape
 
 from django.utils import timezone
 
 from diagnosis import selectors
 from diagnosis.models import Prediction, Study
+
+logger = logging.getLogger(__name__)
 
 NOTICE = (
     "Decision support only. The model's output and heatmap support, and do not replace, a "
@@ -51,6 +57,10 @@ def render_pdf(study: Study, *, generated_by=None) -> bytes:
 
     ctx = report_context(study)
     styles = getSampleStyleSheet()
+    font = _unicode_font()
+    for style in styles.byName.values():
+        if getattr(style, "fontName", "").startswith("Helvetica"):
+            style.fontName = _FONT_FACES[style.fontName.removeprefix("Helvetica")].format(font)
     cell_style = ParagraphStyle("cell", parent=styles["Normal"], fontSize=9, leading=11)
 
     def cell(value: object) -> Paragraph:
@@ -67,6 +77,7 @@ def render_pdf(study: Study, *, generated_by=None) -> bytes:
         ("BACKGROUND", (0, 0), (0, -1), colors.HexColor("#eef2f6")),
         ("VALIGN", (0, 0), (-1, -1), "TOP"),
         ("FONTSIZE", (0, 0), (-1, -1), 9),
+        ("FONTNAME", (0, 0), (-1, -1), font),
     ])
     patient = study.patient
     story = [
@@ -119,6 +130,7 @@ def render_pdf(study: Study, *, generated_by=None) -> bytes:
                 ("GRID", (0, 0), (-1, -1), 0.4, colors.grey),
                 ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#eef2f6")),
                 ("FONTSIZE", (0, 0), (-1, -1), 9),
+                ("FONTNAME", (0, 0), (-1, -1), font),
             ])),
             Spacer(1, 5 * mm),
         ]
@@ -146,6 +158,38 @@ def render_pdf(study: Study, *, generated_by=None) -> bytes:
         styles["Italic"])]
     doc.build(story)
     return buf.getvalue()
+
+
+# ReportLab's standard fonts cover Latin-1 only: names in Greek, Cyrillic, Arabic, Hebrew... would
+# print as black boxes. DejaVu Sans covers them; it ships with matplotlib (a pinned dependency),
+# so no system font is needed. Faces by the suffix of the Helvetica face a sample style uses.
+_FONT_FACES = {"": "{}", "-Bold": "{}-Bold", "-Oblique": "{}-Oblique",
+               "-BoldOblique": "{}-BoldOblique"}
+
+
+@functools.cache
+def _unicode_font() -> str:
+    """Register DejaVu Sans (four faces) with ReportLab once; its family name, or Helvetica when
+    matplotlib's font files cannot be found."""
+    from reportlab.lib.fonts import addMapping
+    from reportlab.pdfbase import pdfmetrics
+    from reportlab.pdfbase.ttfonts import TTFont
+
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is None or not spec.submodule_search_locations:
+        return "Helvetica"
+    folder = Path(spec.submodule_search_locations[0]) / "mpl-data" / "fonts" / "ttf"
+    family = "DejaVuSans"
+    try:
+        for suffix, (bold, italic) in {"": (0, 0), "-Bold": (1, 0), "-Oblique": (0, 1),
+                                       "-BoldOblique": (1, 1)}.items():
+            pdfmetrics.registerFont(TTFont(family + suffix, str(folder / f"{family}{suffix}.ttf")))
+            addMapping(family, bold, italic, family + suffix)
+    except OSError:
+        logger.warning("DejaVu Sans not found under %s: PDF reports use Helvetica (Latin-1 only)",
+                       folder)
+        return "Helvetica"
+    return family
 
 
 # C0 controls and DEL (tab and newline kept where they mean something): shown as U+FFFD, so a

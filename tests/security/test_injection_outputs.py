@@ -165,6 +165,22 @@ def test_control_characters_in_stored_data_do_not_break_the_pdf(client, uploader
     assert _single_filename(resp["Content-Disposition"]) == "report-ctl-end.pdf"
 
 
+@pytest.mark.parametrize("name", ["Παπαδόπουλος^Νίκος", "Иванов^Пётр", "Łukasz Żółć"])
+def test_a_name_in_another_script_prints_as_its_letters_not_as_boxes(client, uploader, name):
+    study = _hostile_study("ACC-1", uploader=uploader, reader=uploader)
+    Patient.objects.filter(pk=study.patient_id).update(name=name)
+    client.force_login(uploader)
+    resp = client.get(f"/studies/{study.pk}/report.pdf")
+    assert resp.status_code == 200
+    pdf = PdfReader(io.BytesIO(resp.content))
+    fonts = {str(font) for page in pdf.pages
+             for font in (page["/Resources"].get("/Font") or {}).get_object().values()
+             if "DejaVu" in str(font.get_object().get("/BaseFont"))}
+    assert fonts, "the report embeds DejaVu Sans"
+    text = "".join(page.extract_text() for page in pdf.pages)
+    assert all(part in text for part in name.split("^")), text
+
+
 @pytest.mark.parametrize("value", ['x"; filename="evil.html', "ACC\r\nX-Evil: 1",
                                    "../../etc/passwd", "ＡＣＣ/２"])
 def test_every_download_named_from_data_has_exactly_one_safe_file_name(
