@@ -75,11 +75,14 @@ class IdentityMismatch(UploadRejected):
         """(label, on record, this upload, differs) per field, for the upload form's warning."""
         stored, submitted = self.stored.as_dict(), self.submitted.as_dict()
         sexes = dict(Patient.Sex.choices)
+
+        def shown(key: str, value: str) -> str:
+            # A blank is "not given" (shown as a dash), never a mismatch: not the choice "Unknown".
+            return sexes.get(value, value) if key == "sex" and value else value
+
         return [
-            {"label": label,
-             "stored": sexes.get(stored[key], "") if key == "sex" else stored[key],
-             "submitted": sexes.get(submitted[key], "") if key == "sex" else submitted[key],
-             "differs": key in self.fields}
+            {"label": label, "stored": shown(key, stored[key]),
+             "submitted": shown(key, submitted[key]), "differs": key in self.fields}
             for key, label in (("name", "Name"), ("sex", "Sex"), ("birth_date", "Birth date"))
         ]
 

@@ -322,38 +322,87 @@
     });
     zone.addEventListener("drop", function (ev) { add(ev.dataTransfer.files); });
 
-    // A 409 identity_mismatch: both sets of details (as text: they are patient data) and a button
-    // that sends the same file again with confirm_identity=true.
-    function showMismatch(li, st, data, file, i) {
-      st.textContent = data.error;
+    // The summary under the list, once every file has an answer; a file whose patient is to be
+    // checked has none yet. One file uploaded alone goes straight to its study.
+    function summarise() {
+      var lis = list.querySelectorAll("li");
+      var ok = list.querySelectorAll(".fstate.ok").length;
+      var waiting = list.querySelectorAll(".identity-mismatch").length;
+      if (lis.length === 1 && ok === 1) {
+        window.location.href = list.querySelector(".fstate.ok a").href;
+        return;
+      }
+      if (!note) return;
+      note.hidden = false;
+      note.textContent = ok + " of " + lis.length + " file(s) uploaded" + (waiting ?
+        "; " + waiting + (waiting === 1 ? " waits" : " wait") + " for you to check the patient." :
+        (ok ? ". They appear in the worklist as they are analysed." : "."));
+    }
+
+    function sexLabel(code) {
+      var select = form.elements.patient_sex;
+      var option = code && select && Array.prototype.find.call(select.options, function (o) { return o.value === code; });
+      return option ? option.textContent : (code || "");
+    }
+
+    // A 409 identity_mismatch: both sets of details, as the page without JavaScript shows them
+    // (as text: they are patient data), a button that sends the same file and fields again with
+    // confirm_identity=true, and one that leaves it unsent.
+    function showMismatch(li, st, data, file, i, fields) {
+      st.textContent = "Not uploaded yet: check the patient.";
       var box = document.createElement("div");
       box.className = "notice identity-mismatch";
+      box.setAttribute("role", "alert");
+      box.innerHTML = '<p><strong></strong> Check that this image is of that patient before you go on.</p>' +
+        '<table class="table"><thead><tr><th scope="col">Detail</th><th scope="col">On record</th>' +
+        '<th scope="col">This upload</th></tr></thead><tbody></tbody></table><p class="actions"></p>';
+      box.querySelector("strong").textContent = "Patient " + data.patient_id + " is on record with other details.";
+      var tbody = box.querySelector("tbody");
       [["name", "Name"], ["sex", "Sex"], ["birth_date", "Birth date"]].forEach(function (f) {
-        var p = document.createElement("p");
-        p.textContent = f[1] + ": on record " + (data.stored[f[0]] || "—") + ", this upload " +
-          (data.submitted[f[0]] || "—") + (data.mismatched.indexOf(f[0]) >= 0 ? " (differs)" : "");
-        box.appendChild(p);
+        var tr = document.createElement("tr"), differs = data.mismatched.indexOf(f[0]) >= 0;
+        if (differs) tr.className = "differs";
+        [f[1] + (differs ? " (differs)" : ""), data.stored[f[0]], data.submitted[f[0]]].forEach(function (v, col) {
+          var cell = document.createElement(col ? "td" : "th");
+          if (!col) cell.scope = "row";
+          cell.textContent = (f[0] === "sex" && col ? sexLabel(v) : v) || "—";
+          tr.appendChild(cell);
+        });
+        tbody.appendChild(tr);
       });
-      var button = document.createElement("button");
-      button.type = "button"; button.className = "button";
-      button.textContent = "This is the same patient: upload";
-      button.addEventListener("click", function () { box.remove(); uploadOne(file, i, true); });
-      box.appendChild(button);
+      var actions = box.querySelector(".actions");
+      var confirm = document.createElement("button");
+      confirm.type = "button"; confirm.className = "button primary";
+      confirm.textContent = "This is the same patient: upload";
+      confirm.addEventListener("click", function () {
+        box.remove();
+        uploadOne(file, i, fields, true).then(summarise);
+      });
+      var cancel = document.createElement("button");
+      cancel.type = "button"; cancel.className = "button";
+      cancel.textContent = "Not the same patient: do not upload";
+      cancel.addEventListener("click", function () {
+        box.remove();
+        st.textContent = "Not uploaded: the details do not match patient " + data.patient_id + ".";
+        summarise();
+      });
+      actions.appendChild(confirm); actions.appendChild(cancel);
+      var help = document.createElement("p");
+      help.className = "help";
+      help.textContent = "The image joins the patient on record; the recorded details stay as they are. The confirmation is recorded in the audit trail.";
+      box.appendChild(help);
       li.appendChild(box);
     }
 
-    function uploadOne(file, i, confirmIdentity) {
+    // fields: the form's values when the file was first sent, so that a confirmation applies to
+    // the details shown, even if the form was edited since.
+    function uploadOne(file, i, fields, confirmIdentity) {
       return new Promise(function (resolve) {
         var li = document.getElementById("upload-file-" + i);
         var bar = li.querySelector("progress"), st = li.querySelector(".fstate");
         var body = new FormData();
         body.append("image", file, file.name);
-        ["patient_id", "accession_number", "view", "priority", "patient_name", "patient_sex", "patient_birth_date"].forEach(function (name) {
-          var el = form.elements[name];
-          if (el && el.value) body.append(name, el.value);
-        });
-        var confirmBox = form.elements.confirm_identity;
-        if (confirmIdentity || (confirmBox && confirmBox.checked)) body.append("confirm_identity", "true");
+        Object.keys(fields).forEach(function (name) { body.append(name, fields[name]); });
+        if (confirmIdentity) body.append("confirm_identity", "true");
         var xhr = new XMLHttpRequest();
         xhr.open("POST", form.getAttribute("data-api-url"));
         xhr.setRequestHeader("X-CSRFToken", csrfToken());
@@ -363,13 +412,13 @@
           var data = {};
           try { data = JSON.parse(xhr.responseText); } catch (e) { data = { error: "HTTP " + xhr.status }; }
           if (xhr.status === 201) {
-            bar.value = 100; st.className = "fstate ok";
+            bar.value = 100; st.className = "fstate ok"; st.removeAttribute("role");
             st.innerHTML = 'uploaded: <a></a>';
             var a = st.querySelector("a"); a.href = data.url; a.textContent = data.accession_number;
             resolve(true);
           } else if (xhr.status === 409 && data.code === "identity_mismatch") {
-            st.className = "fstate err"; st.setAttribute("role", "alert");
-            showMismatch(li, st, data, file, i);
+            st.className = "fstate err";
+            showMismatch(li, st, data, file, i, fields);
             resolve(false);
           } else {
             st.className = "fstate err"; st.setAttribute("role", "alert");
@@ -378,7 +427,7 @@
           }
         };
         xhr.onerror = function () { st.className = "fstate err"; st.textContent = "Network error: the file was not uploaded."; resolve(false); };
-        st.textContent = "uploading…";
+        st.className = "fstate"; st.textContent = "uploading…";
         xhr.send(body);
       });
     }
@@ -388,19 +437,21 @@
       ev.preventDefault();
       var button = form.querySelector("[data-upload-button]");
       button.disabled = true;
-      var results = [];
+      var fields = {};
+      ["patient_id", "accession_number", "view", "priority", "patient_name", "patient_sex", "patient_birth_date"].forEach(function (name) {
+        var el = form.elements[name];
+        if (el && el.value) fields[name] = el.value;
+      });
+      // The box the page without JavaScript shows after a mismatch, ticked: confirmed for all.
+      var confirmBox = form.elements.confirm_identity, confirmAll = !!(confirmBox && confirmBox.checked);
+      render();  // a new submit starts the list afresh (an earlier confirm step is dropped)
       (function next(i) {
         if (i >= files.length) {
           button.disabled = false;
-          var ok = results.filter(Boolean).length;
-          if (files.length === 1 && ok === 1) {  // one file: straight to its study
-            window.location.href = list.querySelector(".fstate.ok a").href;
-            return;
-          }
-          if (note) { note.hidden = false; note.textContent = ok + " of " + files.length + " file(s) uploaded. They appear in the worklist as they are analysed."; }
+          summarise();
           return;
         }
-        uploadOne(files[i], i).then(function (r) { results.push(r); next(i + 1); });
+        uploadOne(files[i], i, fields, confirmAll).then(function () { next(i + 1); });
       })(0);
     });
   }
