@@ -162,6 +162,8 @@ def study_upload(
     if priority not in Study.Priority.values:
         raise UploadRejected(f"Unknown priority {priority!r}.", code="bad_priority")
 
+    if decoded.format == Image.Format.DICOM:
+        data = _zeroed_preamble(data)
     sha256 = hashlib.sha256(data).hexdigest()
     written: list[str] = []
     try:
@@ -203,6 +205,13 @@ _FIELD_TAGS = {"patient_id": "PatientID", "accession_number": "AccessionNumber",
                "patient_name": "PatientName", "patient_birth_date": "PatientBirthDate"}
 _FIELD_LABELS = {"patient_id": "The patient ID", "accession_number": "The accession number",
                  "patient_name": "The patient name", "patient_birth_date": "The birth date"}
+
+
+def _zeroed_preamble(data: bytes) -> bytes:
+    """A DICOM file with its 128-byte preamble zeroed. The preamble is free-form, so it can hold
+    the header of another file type (a DICOM/PE or DICOM/ZIP polyglot, CVE-2019-11687); zeros are
+    what PS3.10 asks of an application that does not use it, and the data set is unchanged."""
+    return data if not any(data[:128]) else bytes(128) + data[128:]
 
 
 def _source_label(field: str, from_dicom: bool) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import zlib
 from io import BytesIO
@@ -10,6 +11,7 @@ import pytest
 from PIL import Image
 
 from diagnosis.imaging import PNG_SIGNATURE, UploadPolicy, UploadRejected, decode_upload
+from diagnosis.models import Image as ImageRow
 from tests import imagegen
 from tests.conftest import run_python
 from tests.security.upload_helpers import api_client, post_api, post_form, stored
@@ -103,6 +105,20 @@ def test_a_polyglot_is_neither_stored_nor_served(api_token):
     assert stored() == before
 
 
+@pytest.mark.django_db
+def test_a_dicom_preamble_carrying_another_file_is_stored_and_served_zeroed(api_token):
+    dicom = imagegen.dicom_bytes(width=256, height=256)
+    polyglot = b"MZ\x90\x00" + b"This program cannot be run in DOS mode".ljust(124, b"!") + dicom[128:]
+    api = api_client(api_token)
+    resp = post_api(api, polyglot, name="chest.dcm", patient_id="PL-4")
+    assert resp.status_code == 201, resp.content
+    image = ImageRow.objects.get(study_id=resp.json()["id"])
+    with image.original.open("rb") as fh:
+        kept = fh.read()
+    assert kept[:128] == bytes(128) and kept[128:] == dicom[128:]
+    assert image.sha256 == hashlib.sha256(kept).hexdigest()
+
+
 def test_a_progressive_jpeg_with_an_exif_thumbnail_ends_where_it_ends():
     """Several scans, and a thumbnail (with its own end marker) inside the EXIF segment."""
     thumb = BytesIO()
@@ -142,6 +158,7 @@ def _flat_rgba_png(side: int) -> bytes:
 
 MEASURE = """
 import resource, sys
+from diagnosis.models import Image as ImageRow
 from diagnosis.imaging import UploadPolicy, decode_upload
 data = open(sys.argv[1], "rb").read()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
