@@ -422,7 +422,7 @@ class Api:
         return resp.json()
 
 
-def png(seed: int, size: int = 64) -> bytes:
+def png(seed: int, size: int = 128) -> bytes:
     """A small synthetic chest X-ray, distinct bytes per seed (so no de-duplication)."""
     from tests import imagegen
 
