@@ -15,23 +15,23 @@ from typing import Any
 
 EARLIEST_BIRTH_DATE = dt.date(1900, 1, 1)
 
-# IDs: every control (C0, DEL, C1 with U+0085), format (zero-width, bidi, BOM), line/paragraph
-# separator, surrogate or private-use character: invisible or line-breaking, they let two IDs
-# look alike or split a header/log line. Names keep format characters that scripts need (ZWJ,
-# ZWNJ, LRM/RLM) but not the bidi embeddings, overrides and isolates, which reorder what is shown.
-_IDENTIFIER_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co"})
-_NAME_CATEGORIES = frozenset({"Cc", "Zl", "Zp", "Cs"})
-_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# IDs: every control (C0, DEL, C1 with U+0085), format (zero-width, soft hyphen, bidi, BOM, tags),
+# line/paragraph separator, surrogate, private-use or unassigned character: invisible or
+# line-breaking, they let two values look alike or split a header/log line. Names refuse the same,
+# keeping only ZWNJ and ZWJ, which Persian and Indic scripts need to spell a name; every bidi mark
+# (LRM, RLM, ALM), embedding, override and isolate is refused, as they reorder what is shown.
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+_NAME_JOINERS = frozenset("\u200c\u200d")
 
 
 def forbidden_character(value: str, *, identifier: bool = True) -> str | None:
     """The first character that an ID (or, with ``identifier=False``, a name) may not hold."""
     for ch in value:
-        category = unicodedata.category(ch)
-        if identifier and category in _IDENTIFIER_CATEGORIES:
-            return ch
-        if not identifier and (category in _NAME_CATEGORIES or ch in _BIDI_CONTROLS):
-            return ch
+        if unicodedata.category(ch) not in _FORBIDDEN_CATEGORIES:
+            continue
+        if not identifier and ch in _NAME_JOINERS:
+            continue
+        return ch
     return None
 
 

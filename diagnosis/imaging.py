@@ -1113,19 +1113,28 @@ def _as_int(value: Any) -> int | None:
 
 
 def _person_name(ds: Any) -> str:
-    """PatientName as "Family Given Middle" (DICOM stores "Family^Given^Middle^Prefix^Suffix")."""
+    """PatientName as "Family Given Middle" (DICOM stores "Family^Given^Middle^Prefix^Suffix").
+
+    Only the padding (spaces, NULs) at the ends of each part is trimmed: a NUL, line break or
+    other control character inside stays, so that the upload refuses the name instead of storing
+    another one (nor is a long name cut here)."""
     pn = _get(ds, "PatientName")
     if pn is None:
         return ""
     try:
-        parts = [pn.family_name, pn.given_name, pn.middle_name]
-        name = " ".join(str(p).strip() for p in parts if str(p).strip())
+        parts = [str(p).strip(_NAME_PADDING) for p in (pn.family_name, pn.given_name,
+                                                         pn.middle_name)]
+        name = " ".join(p for p in parts if p)
     except Exception:  # noqa: BLE001 - fall back to the raw text
         name = ""
     if not name:
         # e.g. a name given only in its ideographic/phonetic groups ("=..."): show the raw text.
-        name = " ".join(str(pn).replace("^", " ").replace("=", " ").split())
-    return _clean(name)
+        raw = str(pn).replace("^", " ").replace("=", " ").strip(_NAME_PADDING)
+        name = " ".join(p for p in raw.split(" ") if p)
+    return name
+
+
+_NAME_PADDING = " \x00"
 
 
 def _parse_da(value: str) -> datetime.date | None:

@@ -122,3 +122,75 @@ def test_ids_and_names_in_other_scripts_and_padded_with_spaces_are_accepted(api_
     patient = Patient.objects.get()
     assert patient.mrn == "MRN-Zoë-1"
     assert patient.name == "Zoë Müller-\u0645\u200c\u06cc"
+
+
+# Invisible format characters and bidi marks that a name refuses as well (every Unicode category
+# Cc, Cf, Cs, Co, Cn, Zl, Zp but ZWNJ and ZWJ): zero-width space, soft hyphen, word joiner,
+# Mongolian vowel separator, Arabic letter mark, LRM, RLM, a language tag, the isolates and
+# overrides, a private-use and an unassigned code point.
+INVISIBLE_IN_NAMES = ["\u200b", "\u00ad", "\u2060", "\u180e", "\u061c", "\u200e", "\u200f",
+                      "\U000e0001", "\u202e", "\u2066", "\u2069", "\ufeff", "\ue000", "\U000e0080"]
+
+
+@pytest.mark.parametrize("ch", INVISIBLE_IN_NAMES, ids=lambda ch: f"U+{ord(ch):04X}")
+def test_the_api_refuses_an_invisible_or_bidi_character_in_a_patient_name(api_token, ch):
+    before = stored()
+    resp = post_api(api_client(api_token), imagegen.png_bytes(), patient_id="MRN-N",
+                    patient_name=f"A{ch}B")
+    assert resp.status_code == 400, resp.content
+    assert resp.json()["code"] == "control_character"
+    assert "patient_name" in resp.json()["fields"]
+    assert f"U+{ord(ch):04X}" in resp.json()["error"]
+    assert stored() == before
+
+
+@pytest.mark.parametrize("ch", INVISIBLE_IN_NAMES, ids=lambda ch: f"U+{ord(ch):04X}")
+def test_the_browser_form_refuses_an_invisible_or_bidi_character_in_a_patient_name(
+    rad_client, ch
+):
+    before = stored()
+    resp = post_form(rad_client, imagegen.png_bytes(), patient_id="MRN-N", patient_name=f"A{ch}B")
+    assert resp.status_code == 400
+    errors = resp.context["form"].errors.as_data()
+    assert [e.code for e in errors["patient_name"]] == ["control_character"]
+    assert stored() == before
+
+
+@pytest.mark.parametrize("name", ["DOE^A\x00B", "DOE\x00X^ANN", *(f"DOE^A{ch}B" for ch in
+                                                                   INVISIBLE_IN_NAMES)],
+                         ids=repr)
+def test_a_dicom_patient_name_with_a_nul_or_invisible_character_is_refused_not_dropped(
+    api_token, name
+):
+    before = stored()
+    resp = post_api(api_client(api_token), imagegen.dicom_bytes(patient_name=name), name="x.dcm")
+    assert resp.status_code == 400, resp.content
+    body = resp.json()
+    assert (body["code"], body["field"]) == ("control_character", "patient_name")
+    assert "The DICOM file's PatientName contains a control or invisible character" in body["error"]
+    assert stored() == before
+
+
+def test_a_dicom_patient_name_with_a_nul_is_refused_on_the_browser_form_field(rad_client):
+    before = stored()
+    resp = post_form(rad_client, imagegen.dicom_bytes(patient_name="DOE^A\x00B"), name="x.dcm")
+    assert resp.status_code == 400
+    [message] = resp.context["form"].errors["patient_name"]
+    assert message.startswith("The DICOM file's PatientName contains a control or invisible")
+    assert stored() == before
+
+
+@pytest.mark.parametrize("name", ["\u0915\u094d\u200d\u0937", "\u0645\u200c\u06cc",
+                                  "\u0d28\u0d4d\u200d"])
+def test_a_name_keeps_zwj_and_zwnj_which_indic_and_persian_scripts_need(api_token, name):
+    resp = post_api(api_client(api_token), imagegen.png_bytes(), patient_id="MRN-J",
+                    patient_name=name)
+    assert resp.status_code == 201, resp.content
+    assert Patient.objects.get().name == name
+
+
+def test_a_dicom_patient_name_padded_with_spaces_or_nuls_is_accepted_trimmed(api_token):
+    resp = post_api(api_client(api_token), imagegen.dicom_bytes(patient_name="DOE^JANE \x00"),
+                    name="x.dcm")
+    assert resp.status_code == 201, resp.content
+    assert Patient.objects.get().name == "DOE JANE"
