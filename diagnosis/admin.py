@@ -8,6 +8,43 @@ from diagnosis.forms import PatientAdminForm
 from diagnosis.models import AuditEvent, ClassHeatmap, Image, Patient, Prediction, Reading, Study
 
 
+class AuditedAdmin(admin.ModelAdmin):
+    """The admin's pages show patient data too: opening a record, and each page of a list, is an
+    audit event (view_admin) naming the patient(s), like the clinical pages."""
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        response = super().change_view(request, object_id, form_url, extra_context)
+        if request.method == "GET" and response.status_code == 200:
+            obj = response.context_data.get("original")
+            if obj is not None:
+                audit(request, AuditEvent.Action.VIEW_ADMIN, obj, patient_mrn=_mrn_of(obj),
+                      detail={"view": f"admin {self.opts.model_name}"})
+        return response
+
+    def changelist_view(self, request, extra_context=None):
+        response = super().changelist_view(request, extra_context)
+        changelist = getattr(response, "context_data", {}).get("cl")
+        if changelist is not None:
+            mrns = sorted({_mrn_of(obj) for obj in changelist.result_list} - {""})
+            audit(request, AuditEvent.Action.VIEW_ADMIN,
+                  patient_mrn=mrns[0] if len(mrns) == 1 else "",
+                  detail={"view": f"admin {self.opts.model_name} list",
+                          "query": request.GET.urlencode()[:200], "patients": mrns})
+        return response
+
+
+def _mrn_of(obj) -> str:
+    """The record number of the patient a record belongs to (its joins are selected already)."""
+    for path in ("mrn", "patient.mrn", "study.patient.mrn", "image.study.patient.mrn",
+                 "prediction.image.study.patient.mrn"):
+        value = obj
+        for name in path.split("."):
+            value = getattr(value, name, None)
+        if isinstance(value, str):
+            return value
+    return ""
+
+
 class StudyInline(admin.TabularInline):
     model = Study
     fields = ("accession_number", "study_date", "view", "priority", "created_at")
@@ -18,7 +55,7 @@ class StudyInline(admin.TabularInline):
 
 
 @admin.register(Patient)
-class PatientAdmin(admin.ModelAdmin):
+class PatientAdmin(AuditedAdmin):
     list_display = ("mrn", "name", "sex", "birth_date", "created_at")
     search_fields = ("mrn", "name")
     inlines = [StudyInline]
@@ -56,7 +93,7 @@ class ImageInline(admin.TabularInline):
 
 
 @admin.register(Study)
-class StudyAdmin(admin.ModelAdmin):
+class StudyAdmin(AuditedAdmin):
     list_display = ("accession_number", "patient", "study_date", "view", "priority", "uploaded_by",
                     "created_at")
     list_filter = ("view", "priority", "study_date")
@@ -67,7 +104,7 @@ class StudyAdmin(admin.ModelAdmin):
 
 
 @admin.register(Image)
-class ImageAdmin(admin.ModelAdmin):
+class ImageAdmin(AuditedAdmin):
     list_display = ("id", "study", "format", "width", "height", "size_bytes", "created_at")
     list_filter = ("format",)
     search_fields = ("sha256", "study__accession_number", "sop_instance_uid")
@@ -78,7 +115,7 @@ class ImageAdmin(admin.ModelAdmin):
 
 
 @admin.register(Prediction)
-class PredictionAdmin(admin.ModelAdmin):
+class PredictionAdmin(AuditedAdmin):
     list_display = ("id", "image", "model_version", "status", "label", "attempts", "compute_ms",
                     "queued_at", "finished_at")
     list_filter = ("status", "model_version")
@@ -121,16 +158,17 @@ class AuditEventAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Reading)
-class ReadingAdmin(ReadOnlyAdmin):
+class ReadingAdmin(AuditedAdmin, ReadOnlyAdmin):
     list_display = ("study", "radiologist", "final_label", "agrees_with_model", "model_version",
                     "signed_at", "amends")
     list_filter = ("agrees_with_model", "model_version", "signed_at")
     search_fields = ("study__accession_number", "study__patient__mrn", "radiologist__username")
-    list_select_related = ("study", "radiologist", "model_version", "amends")
+    list_select_related = ("study__patient", "radiologist", "model_version", "amends")
 
 
 @admin.register(ClassHeatmap)
-class ClassHeatmapAdmin(admin.ModelAdmin):
+class ClassHeatmapAdmin(AuditedAdmin):
     list_display = ("prediction", "class_label", "method", "status", "created_at")
+    list_select_related = ("prediction__image__study__patient",)
     list_filter = ("status", "method")
     readonly_fields = ("prediction", "class_label", "method", "status", "error", "file")
