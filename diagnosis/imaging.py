@@ -74,6 +74,7 @@ REJECTION_CODES = frozenset(
         "too_small",
         "bad_aspect_ratio",
         "trailing_data",
+        "unsupported_colour",
     }
 )
 
@@ -112,6 +113,8 @@ class UploadPolicy:
     must also end at its end marker (IEND, EOI): bytes after it (a polyglot: HTML, a ZIP or a
     script riding on an image) are refused, never stored or served. Only NUL padding after the
     marker is accepted, as some devices write it to round a file's length; it carries nothing.
+    A JPEG must be grey or RGB by its header: a CMYK or YCCK one (a print format) is refused
+    before it is decoded.
     """
 
     min_side: int
@@ -338,6 +341,26 @@ def _check_plausible(width: int, height: int, policy: UploadPolicy | None) -> No
         )
 
 
+# What a JPEG upload may hold, as Pillow names it once the header is read: one grey channel, or
+# three (YCbCr, or RGB with Adobe's "no transform"), turned grey from the luma alone. A four-channel
+# JPEG (CMYK, YCCK) is a print format: no chest X-ray is one, and libjpeg would hold all four
+# channels' coefficients of a progressive file (~8 bytes a pixel) before any grey copy is made.
+_UPLOAD_JPEG_MODES = frozenset({"L", "RGB"})
+
+
+def _check_jpeg_colour(probe: Image.Image, policy: UploadPolicy | None) -> None:
+    """Refuse a JPEG upload stored in a colour model other than grey or RGB (from its header)."""
+    if policy is None or probe.mode in _UPLOAD_JPEG_MODES:
+        return
+    kind = "YCCK" if probe.mode == "CMYK" and probe.info.get("adobe_transform") == 2 else probe.mode
+    raise UploadRejected(
+        f"The JPEG image is stored in {kind} colour, a format for printing, not for an X-ray, so "
+        "it is not accepted. Please export the image again as a greyscale (or RGB) JPEG or PNG, "
+        "or upload the DICOM file.",
+        code="unsupported_colour",
+    )
+
+
 def _check_pixels(width: int, height: int, max_pixels: int) -> None:
     if width <= 0 or height <= 0:
         raise UploadRejected(
@@ -482,6 +505,8 @@ def _decode_raster(
         width, height = probe.size
         _check_pixels(width, height, max_pixels)
         _check_plausible(width, height, policy)
+        if fmt == "JPEG":
+            _check_jpeg_colour(probe, policy)
         # verify() checks the structure (PNG chunk CRCs) but leaves the image unusable.
         probe.verify()
 

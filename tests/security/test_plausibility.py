@@ -158,7 +158,6 @@ def _flat_rgba_png(side: int) -> bytes:
 
 MEASURE = """
 import resource, sys
-from diagnosis.models import Image as ImageRow
 from diagnosis.imaging import UploadPolicy, decode_upload
 data = open(sys.argv[1], "rb").read()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -181,3 +180,75 @@ def test_a_small_7000_pixel_rgba_png_is_checked_in_less_than_one_rgba_copy_of_me
     growth, width = (int(v) for v in done.stdout.split())
     assert width == side
     assert growth < 4 * side * side, f"peak grew by {growth / 2**20:.0f} MB"
+
+
+# --- colour models no X-ray has ------------------------------------------------------------------
+
+
+def _cmyk_jpeg(width: int, height: int, *, ycck: bool = False, **save) -> bytes:
+    buf = BytesIO()
+    Image.new("CMYK", (width, height), (10, 20, 30, 40)).save(buf, "JPEG", **save)
+    data = bytearray(buf.getvalue())
+    adobe = data.index(b"\xff\xee")  # the APP14 (Adobe) segment
+    assert data[adobe + 4 : adobe + 9] == b"Adobe"
+    if ycck:  # Adobe's colour transform 2: the four channels are YCCK, not CMYK
+        data[adobe + 15] = 2
+    return bytes(data)
+
+
+@pytest.mark.parametrize(("ycck", "kind"), [(False, "CMYK"), (True, "YCCK")])
+def test_it_refuses_a_cmyk_or_ycck_jpeg_from_its_header(ycck, kind):
+    with pytest.raises(UploadRejected) as refused:
+        _decode(_cmyk_jpeg(300, 260, ycck=ycck, progressive=True))
+    assert refused.value.code == "unsupported_colour"
+    assert f"stored in {kind} colour" in str(refused.value)
+
+
+def test_training_data_may_still_be_a_cmyk_jpeg():
+    decoded = _decode(_cmyk_jpeg(300, 260), policy=None)
+    assert (decoded.width, decoded.height, decoded.source_mode) == (300, 260, "CMYK")
+
+
+@pytest.mark.django_db
+def test_a_cmyk_jpeg_is_a_json_400_on_the_api_and_stores_nothing(api_token):
+    before = stored()
+    resp = post_api(api_client(api_token), _cmyk_jpeg(300, 260), name="chest.jpg",
+                    patient_id="PL-5")
+    assert resp.status_code == 400 and resp["Content-Type"] == "application/json"
+    assert resp.json()["code"] == "unsupported_colour"
+    assert stored() == before
+
+
+@pytest.mark.django_db
+def test_the_form_shows_the_cmyk_refusal_beside_the_file(rad_client):
+    resp = post_form(rad_client, _cmyk_jpeg(300, 260), name="chest.jpg", patient_id="PL-6")
+    assert resp.status_code == 400
+    assert "stored in CMYK colour" in resp.content.decode()
+    assert stored()["images"] == 0
+
+
+REFUSAL_MEMORY = """
+import resource, sys
+from diagnosis.imaging import UploadPolicy, UploadRejected, decode_upload
+data = open(sys.argv[1], "rb").read()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    decode_upload(data, max_bytes=64 << 20, max_pixels=50_000_000, check_only=True,
+                  policy=UploadPolicy(min_side=128, max_aspect_ratio=3))
+except UploadRejected as exc:
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024, exc.code)
+"""
+
+
+def test_a_large_progressive_cmyk_jpeg_is_refused_before_a_pixel_is_decoded(tmp_path):
+    """A small file that libjpeg would hold at ~8 bytes a pixel (all four channels'
+    coefficients) before any grey copy: refused while the peak grows by less than a byte a
+    pixel."""
+    side = 4000
+    path = tmp_path / "cmyk.jpg"
+    path.write_bytes(_cmyk_jpeg(side, side, progressive=True, quality=50))
+    done = run_python(REFUSAL_MEMORY, str(path), timeout=300)
+    assert done.returncode == 0, done.stderr
+    growth, code = done.stdout.split()
+    assert code == "unsupported_colour"
+    assert int(growth) < side * side, f"peak grew by {int(growth) / 2**20:.0f} MB"
