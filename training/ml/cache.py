@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DatasetError, load_image
+from .data import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DatasetError, dataset_file, load_image
 from .preprocessing import Preprocessing, reading_long_side
 from .transforms import GrayscaleResize
 
@@ -142,7 +142,7 @@ class DecodedImages:
 
     def _decode(self, row: int) -> None:
         image = load_image(
-            self.root / self.paths[self.index_at[row]],
+            dataset_file(self.root, self.paths[self.index_at[row]]),
             max_bytes=self.max_bytes,
             max_pixels=self.max_pixels,
             read_long_side=self.read_long_side,

@@ -91,6 +91,7 @@ class FolderScan:
     formats: dict[str, int] = field(default_factory=dict)
     sha256: list[str] = field(default_factory=list)
     verified: bool = True
+    outside: list[str] = field(default_factory=list)
 
     @property
     def labels(self) -> list[int]:
@@ -107,6 +108,7 @@ class FolderScan:
             "formats": dict(self.formats),
             "sha256": list(self.sha256),
             "verified": self.verified,
+            "outside": list(self.outside),
         }
 
     @classmethod
@@ -121,11 +123,35 @@ class FolderScan:
             formats={str(k): int(v) for k, v in d.get("formats", {}).items()},
             sha256=[str(h) for h in d.get("sha256", [])],
             verified=bool(d.get("verified", True)),
+            outside=[str(p) for p in d.get("outside", [])],
         )
 
 
 def _hidden(name: str) -> bool:
     return name.startswith(".") or name.startswith("__")
+
+
+def _resolved_inside(path: Path, root: Path) -> Path | None:
+    """``path`` with its links followed, if that lies under ``root`` (itself resolved); else None
+    (a link that leads elsewhere, a link loop)."""
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError):
+        return None
+    return resolved if resolved.is_relative_to(root) else None
+
+
+def dataset_file(root: str | os.PathLike[str], rel: str) -> Path:
+    """The file ``rel`` of the dataset folder ``root``, if it (links followed) is still inside
+    that folder; a :class:`DatasetError` otherwise, so that no read leaves the dataset."""
+    base = Path(root).resolve()
+    path = _resolved_inside(base / rel, base)
+    if path is None or Path(rel).is_absolute():
+        raise DatasetError(
+            f"{rel} in the dataset folder {root} leads outside that folder (a link): it is not "
+            f"read. Remove the link, or copy the files into the folder, then rescan the dataset."
+        )
+    return path
 
 
 def scan_image_folder(
@@ -146,6 +172,10 @@ def scan_image_folder(
     Files whose content is not PNG, JPEG or DICOM (notes, CSVs, ``.DS_Store``, hidden files) are
     listed in ``skipped``. ``progress(done, total)`` is called once per file.
 
+    Links are followed only within the folder: a class folder, sub-folder or file whose resolved
+    path lies outside ``root`` (resolved) is left out and listed in ``outside`` by its name inside
+    the dataset, never by where it leads; a folder reached twice (a link loop) is walked once.
+
     Raises :class:`DatasetError` when the folder is missing, has fewer than two class folders, or
     a class folder holds no readable image.
     """
@@ -157,32 +187,53 @@ def scan_image_folder(
             f"per class (e.g. {root_path}/NORMAL/*.png, {root_path}/PNEUMONIA/*.png)."
         )
 
+    base = root_path.resolve()
     skipped: list[str] = []
+    outside: list[str] = []
     class_dirs: list[str] = []
     for entry in sorted(os.scandir(root_path), key=lambda e: e.name):
-        if entry.is_dir() and not _hidden(entry.name):
+        if _resolved_inside(Path(entry.path), base) is None:
+            outside.append(entry.name)
+        elif entry.is_dir() and not _hidden(entry.name):
             class_dirs.append(entry.name)
         else:
             skipped.append(entry.name)  # files at the top level belong to no class
     if len(class_dirs) < 2:
         found = f"only {class_dirs[0]!r}" if class_dirs else "none"
+        left_out = (f" ({', '.join(map(repr, outside))} left out: links that lead outside the "
+                    "dataset folder)") if outside else ""
         raise DatasetError(
             f"Dataset folder {root_path} needs at least 2 class sub-folders (one per class, "
-            f"holding that class's images); found {found}."
+            f"holding that class's images); found {found}{left_out}."
         )
 
     files: list[tuple[str, int]] = []
     for label, name in enumerate(class_dirs):
         found: list[str] = []
+        walked: set[Path] = set()
         for dirpath, dirnames, filenames in os.walk(root_path / name, followlinks=True):
+            here = _resolved_inside(Path(dirpath), base)
+            if here is None or here in walked:
+                dirnames[:] = []
+                continue
+            walked.add(here)
             # Hidden folders (.ipynb_checkpoints, .git) are not data; sorted for a stable order.
-            kept = sorted(d for d in dirnames if not _hidden(d))
-            skipped += [_relative(root_path, Path(dirpath) / d) for d in dirnames if _hidden(d)]
+            kept = []
+            for d in sorted(dirnames):
+                rel = _relative(root_path, Path(dirpath) / d)
+                if _hidden(d):
+                    skipped.append(rel)
+                elif _resolved_inside(Path(dirpath) / d, base) is None:
+                    outside.append(rel)
+                else:
+                    kept.append(d)
             dirnames[:] = kept
             for filename in sorted(filenames):
                 rel = _relative(root_path, Path(dirpath) / filename)
                 if _hidden(filename):
                     skipped.append(rel)
+                elif _resolved_inside(Path(dirpath) / filename, base) is None:
+                    outside.append(rel)
                 else:
                     found.append(rel)
         files += [(rel, label) for rel in sorted(found)]
@@ -221,6 +272,8 @@ def scan_image_folder(
         )
     if unreadable:
         logger.warning("%d unreadable files in %s", len(unreadable), root_path)
+    if outside:
+        logger.warning("%d links leading outside %s left out", len(outside), root_path)
     return FolderScan(
         root=str(root_path),
         classes=class_dirs,
@@ -231,6 +284,7 @@ def scan_image_folder(
         formats=dict(formats),
         sha256=hashes,
         verified=verify,
+        outside=outside,
     )
 
 
@@ -284,7 +338,7 @@ def duplicates_by_hash(
     carry different labels is a labelling conflict worth showing to the user.
     """
     if hashes is None or len(hashes) != len(samples):
-        hashes = [file_sha256(Path(root) / rel) for rel, _ in samples]
+        hashes = [file_sha256(dataset_file(root, rel)) for rel, _ in samples]
     by_hash: dict[str, list[int]] = defaultdict(list)
     for index, digest in enumerate(hashes):
         by_hash[digest].append(index)
@@ -537,7 +591,7 @@ class CXRDataset(Dataset):
             self._cache.move_to_end(index)
             return cached
         image = load_image(
-            self.root / self.samples[index][0], max_bytes=self.max_bytes,
+            dataset_file(self.root, self.samples[index][0]), max_bytes=self.max_bytes,
             max_pixels=self.max_pixels, read_long_side=self.read_long_side,
         )
         if self.cache_size > 0:

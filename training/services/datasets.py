@@ -43,6 +43,16 @@ def dataset_root_resolve(root: str) -> Path:
     return path
 
 
+def dataset_folder(dataset: Dataset) -> str:
+    """The dataset's folder as read now: still under CXR_DATASET_ROOTS once its links are followed
+    (it may have been replaced by a link since it was registered), else DatasetRejected. The files
+    in it are read only where they resolve inside it (``training.ml.data.dataset_file``)."""
+    path = path_under_roots(dataset.root, settings.CXR_DATASET_ROOTS)
+    if path is None:
+        raise DatasetRejected(OUTSIDE_ROOTS)
+    return str(path)
+
+
 def dataset_register(
     *, name: str, root: str, created_by=None, seed: int = 0, val_fraction: float = 0.15,
     test_fraction: float = 0.15, scan_now: bool = True,
@@ -85,7 +95,15 @@ def dataset_scan(*, dataset_id: int, progress=None) -> Dataset:
 
     dataset = Dataset.objects.get(pk=dataset_id)
     try:
-        scan = scan_image_folder(dataset.root, verify=True, progress=progress)
+        root = dataset_folder(dataset)
+    except DatasetRejected as exc:
+        Dataset.objects.filter(pk=dataset.pk).update(status=Dataset.Status.FAILED, error=str(exc))
+        dataset.refresh_from_db()
+        return dataset
+    try:
+        # Links inside the folder are followed only where they stay inside it: the rest are left
+        # out and listed (scan["outside"]), by their names in the folder, not where they lead.
+        scan = scan_image_folder(root, verify=True, progress=progress)
         # Identical files (the same patient uploaded twice) stay on one side of the split.
         groups = duplicate_group_ids(
             len(scan.samples), duplicates_by_hash(scan.root, scan.samples, hashes=scan.sha256)

@@ -8,6 +8,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from training.models import Dataset, Evaluation, ModelVersion
+from training.services.datasets import DatasetRejected, dataset_folder
 from training.services.plots import save_result_plots
 
 logger = logging.getLogger(__name__)
@@ -64,9 +65,9 @@ def evaluation_execute(*, evaluation_id: int, progress=None,
             # the model knows; no sample of theirs is in `indices`.
             dataset_classes = [c if c in version.class_labels else version.class_labels[0]
                                for c in dataset_classes]
-        out = evaluate_checkpoint(path, dataset.root, samples, indices, dataset_classes,
+        out = evaluate_checkpoint(path, dataset_folder(dataset), samples, indices, dataset_classes,
                                   progress=progress)
-    except (MLError, FileNotFoundError) as exc:
+    except (MLError, FileNotFoundError, DatasetRejected) as exc:
         return _fail(evaluation, str(exc))
     except Exception as exc:  # noqa: BLE001
         logger.exception("evaluation %s failed", evaluation.pk)

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from cxrweb.processes import process_identity, process_is_dead
 from training.models import Dataset, ModelVersion, TrainingRun
+from training.services.datasets import DatasetRejected, dataset_folder
 from training.services.plots import save_result_plots
 
 logger = logging.getLogger(__name__)
@@ -129,10 +130,14 @@ def training_run_execute(
             ).exists()
         return bool(last_cancel_check[1])
 
+    try:
+        root = dataset_folder(dataset)
+    except DatasetRejected as exc:
+        return _fail(run, str(exc))
     with tempfile.TemporaryDirectory(prefix=f"cxr-run-{run.pk}-") as tmp:
         checkpoint = Path(tmp) / "best.pt"
         try:
-            result = fit(cfg, dataset.root, FolderScan.from_dict(dataset.scan), dataset.split,
+            result = fit(cfg, root, FolderScan.from_dict(dataset.scan), dataset.split,
                          checkpoint_path=checkpoint, classes=dataset.classes,
                          progress_callback=progress, should_stop=should_stop)
         except MLError as exc:

@@ -36,3 +36,9 @@ class Command(BaseCommand):
                 f"{len(dataset.unreadable)} unreadable file(s), left out:"))
             for rel, reason in dataset.unreadable[:50]:
                 self.stdout.write(f"  {rel}: {reason}")
+        outside = (dataset.scan or {}).get("outside", [])
+        if outside:
+            self.stdout.write(self.style.WARNING(
+                f"{len(outside)} link(s) leading outside the dataset folder, not followed:"))
+            for rel in outside[:50]:
+                self.stdout.write(f"  {rel}")
