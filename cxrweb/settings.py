@@ -343,6 +343,16 @@ KNOX_TOKEN_MODEL = "apitokens.ApiToken"
 MIGRATION_MODULES = {"knox": None}
 CXR_API_TOKEN_TTL_DAYS = env_positive_int("CXR_API_TOKEN_TTL_DAYS", 90)
 REST_KNOX = {
+# The longest lifetime a token may be issued with (`create_token --expiry-days`): a leaked key
+# must not stay valid for decades. At most 10 years; the default lifetime may not exceed it.
+CXR_API_TOKEN_MAX_TTL_DAYS = env_positive_int("CXR_API_TOKEN_MAX_TTL_DAYS", 365)
+if CXR_API_TOKEN_MAX_TTL_DAYS > 3650:
+    raise ImproperlyConfigured(
+        f"CXR_API_TOKEN_MAX_TTL_DAYS must be at most 3650 (10 years), got {CXR_API_TOKEN_MAX_TTL_DAYS}.")
+if CXR_API_TOKEN_TTL_DAYS > CXR_API_TOKEN_MAX_TTL_DAYS:
+    raise ImproperlyConfigured(
+        f"CXR_API_TOKEN_TTL_DAYS ({CXR_API_TOKEN_TTL_DAYS}) must not exceed "
+        f"CXR_API_TOKEN_MAX_TTL_DAYS ({CXR_API_TOKEN_MAX_TTL_DAYS}).")
     "TOKEN_TTL": timedelta(days=CXR_API_TOKEN_TTL_DAYS),
     "AUTH_HEADER_PREFIX": "Token",  # `Authorization: Token KEY`, as API clients already send
     "AUTO_REFRESH": False,

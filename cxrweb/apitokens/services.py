@@ -17,11 +17,21 @@ if TYPE_CHECKING:
     from django.db.models import QuerySet
 
 
+class TokenExpiryTooLong(ValueError):
+    """A token asked for with a lifetime over CXR_API_TOKEN_MAX_TTL_DAYS."""
+
+
 def token_create(*, user: AbstractBaseUser, expiry_days: int | None = None, name: str = "",
                  actor: AbstractBaseUser | None = None, via: str,
                  request=None) -> tuple[ApiToken, str]:
-    """Issue a token for `user`; returns the row and the key, which is not stored anywhere."""
+    """Issue a token for `user`; returns the row and the key, which is not stored anywhere.
+
+    Raises TokenExpiryTooLong when `expiry_days` exceeds CXR_API_TOKEN_MAX_TTL_DAYS."""
     days = expiry_days if expiry_days is not None else settings.CXR_API_TOKEN_TTL_DAYS
+    if days > settings.CXR_API_TOKEN_MAX_TTL_DAYS:
+        raise TokenExpiryTooLong(
+            f"A token may live at most {settings.CXR_API_TOKEN_MAX_TTL_DAYS} days "
+            f"(CXR_API_TOKEN_MAX_TTL_DAYS), not {days}: issue a shorter-lived one and renew it.")
     with transaction.atomic():
         token, key = ApiToken.objects.create(user=user, expiry=timedelta(days=days), name=name)
         _audit(token, "created", actor=actor, via=via, request=request,

@@ -75,6 +75,35 @@ def test_create_token_refuses_an_expiry_that_is_not_a_positive_number(radiologis
     assert not ApiToken.objects.exists()
 
 
+@pytest.mark.parametrize("days", ["366", "100000", "999999999"])
+def test_create_token_refuses_an_expiry_beyond_the_maximum_lifetime(radiologist, days):
+    with pytest.raises(CommandError, match=r"at most 365 days \(CXR_API_TOKEN_MAX_TTL_DAYS\)"):
+        _create_token("rad1", "--expiry-days", days)
+    assert not ApiToken.objects.exists()
+    assert not AuditEvent.objects.filter(action=AuditEvent.Action.TOKEN_CREATED).exists()
+
+
+def test_create_token_takes_the_maximum_lifetime_and_the_setting_moves_it(radiologist, settings):
+    _create_token("rad1", "--expiry-days", "365")
+    settings.CXR_API_TOKEN_MAX_TTL_DAYS = 30
+    with pytest.raises(CommandError, match="at most 30 days"):
+        _create_token("rad1", "--expiry-days", "31")
+    assert ApiToken.objects.count() == 1
+    assert ApiToken.objects.get().expiry - timezone.now() <= timedelta(days=365)
+
+
+@pytest.mark.parametrize("env", [{"CXR_API_TOKEN_MAX_TTL_DAYS": "0"},
+                                 {"CXR_API_TOKEN_MAX_TTL_DAYS": "many"},
+                                 {"CXR_API_TOKEN_MAX_TTL_DAYS": "100000"},
+                                 {"CXR_API_TOKEN_MAX_TTL_DAYS": "30",
+                                  "CXR_API_TOKEN_TTL_DAYS": "90"}])
+def test_a_bad_maximum_token_lifetime_stops_the_app(env):
+    done = run_python("import django; django.setup()",
+                      env={"DJANGO_SETTINGS_MODULE": "cxrweb.settings", **env})
+    assert done.returncode != 0
+    assert "CXR_API_TOKEN_MAX_TTL_DAYS" in done.stderr or "invalid literal" in done.stderr
+
+
 def test_create_token_refuses_an_unknown_or_inactive_user(radiologist):
     with pytest.raises(CommandError, match="No user named"):
         _create_token("nobody")

@@ -26,7 +26,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--expiry-days", type=positive_int, default=None, metavar="N",
             help=f"days until the token expires (default {settings.CXR_API_TOKEN_TTL_DAYS}, "
-                 "CXR_API_TOKEN_TTL_DAYS)")
+                 f"CXR_API_TOKEN_TTL_DAYS; at most {settings.CXR_API_TOKEN_MAX_TTL_DAYS}, "
+                 "CXR_API_TOKEN_MAX_TTL_DAYS)")
         parser.add_argument("--name", default="", metavar="NOTE",
                             help="what the token is for (shown in the admin)")
 
@@ -38,8 +39,11 @@ class Command(BaseCommand):
             raise CommandError(f"User {username!r} is inactive; a token would not work.")
         if len(name) > 100:
             raise CommandError("--name is at most 100 characters.")
-        token, key = services.token_create(user=user, expiry_days=expiry_days, name=name,
-                                           via="manage.py create_token")
+        try:
+            token, key = services.token_create(user=user, expiry_days=expiry_days, name=name,
+                                               via="manage.py create_token")
+        except services.TokenExpiryTooLong as exc:
+            raise CommandError(str(exc)) from exc
         self.stdout.write(key)
         self.stderr.write(
             f"Token {token.pk} for {username!r}, expires {token.expiry:%Y-%m-%d %H:%M %Z}. "
