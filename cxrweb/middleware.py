@@ -14,6 +14,8 @@ from django.contrib.sessions.middleware import SessionMiddleware as DjangoSessio
 from django.db import DatabaseError, InterfaceError
 from django.http import HttpResponse, JsonResponse
 
+from cxrweb.responses import StoredFileUnreadable, storage_unavailable
+
 logger = logging.getLogger("cxrweb")
 
 # Room for the multipart envelope and the form fields around the file.
@@ -68,6 +70,22 @@ class DatabaseUnavailableMiddleware:
                                     content_type="text/plain; charset=utf-8")
         response["Retry-After"] = "30"
         return response
+
+
+class StorageUnavailableMiddleware:
+    """A view whose stored file the media storage cannot read answers 503 (JSON on the API, a
+    plain message elsewhere), not a 500 page: see :func:`cxrweb.responses.open_stored_file`."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_exception(self, request, exception):
+        if not isinstance(exception, StoredFileUnreadable):
+            return None
+        return storage_unavailable(request, exception)
 
 
 class SessionMiddleware(DjangoSessionMiddleware):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import re
 from collections.abc import Iterable
 
@@ -12,12 +13,16 @@ from django.db.models.fields.files import FieldFile
 from django.http import (
     FileResponse,
     Http404,
+    HttpResponse,
     HttpResponseBase,
     JsonResponse,
     StreamingHttpResponse,
 )
 from django.shortcuts import render
 from django.utils.http import content_disposition_header
+from django.views import defaults
+
+logger = logging.getLogger(__name__)
 
 # Characters a spreadsheet reads as the start of a formula (OWASP "CSV Injection"), with their
 # full-width forms, which some spreadsheets fold to the ASCII ones.
@@ -25,13 +30,51 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uf
 _NOT_IN_FILE_NAMES = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def private_file_response(f: FieldFile, content_type: str, *,
-                          download_name: str | None = None) -> FileResponse:
-    """A stored file (never public media) to a user the calling view has already authorized."""
+class StoredFileUnreadable(Exception):
+    """A stored file exists on record but the media storage cannot be read (a folder replaced,
+    unmounted or unreadable, an I/O error): the server's fault, not a missing file, so a 503."""
+
+    code = "storage_unavailable"
+
+    def __init__(self, error: OSError) -> None:
+        reason = error.strerror or type(error).__name__
+        super().__init__(
+            f"The server cannot read the stored file right now ({reason}). Please try again "
+            "later, and tell your administrator if it keeps happening."
+        )
+
+
+def open_stored_file(f: FieldFile) -> object:
+    """``f`` opened for reading. Raises Http404 when it is missing (no file on record, or none
+    on disk), :class:`StoredFileUnreadable` when the storage itself fails."""
     try:
-        handle = f.open("rb")
+        return f.open("rb")
     except (FileNotFoundError, ValueError) as exc:
         raise Http404("The file is missing from storage.") from exc
+    except OSError as exc:
+        logger.error("cannot read stored file %s: %s", f.name, exc)
+        raise StoredFileUnreadable(exc) from exc
+
+
+def storage_unavailable(request, exception: StoredFileUnreadable) -> HttpResponseBase:
+    """A 503 for a file the storage cannot read: JSON on the API, a plain message elsewhere."""
+    if request.path.startswith("/api/"):
+        response: HttpResponseBase = JsonResponse(
+            {"error": str(exception), "code": exception.code}, status=503)
+    else:
+        response = HttpResponse(str(exception), status=503,
+                                content_type="text/plain; charset=utf-8")
+    response["Retry-After"] = "60"
+    return response
+
+
+def private_file_response(f: FieldFile, content_type: str, *,
+                          download_name: str | None = None) -> FileResponse:
+    """A stored file (never public media) to a user the calling view has already authorized.
+
+    A missing file is a 404; storage that cannot be read raises :class:`StoredFileUnreadable`
+    (a 503, by :class:`cxrweb.middleware.StorageUnavailableMiddleware` or the API's handler)."""
+    handle = open_stored_file(f)
     response = FileResponse(handle, content_type=content_type, as_attachment=bool(download_name),
                             filename=download_name or "")
     response["Cache-Control"] = "no-store"  # a patient's image: kept in no cache
@@ -99,3 +142,11 @@ def bad_request(request, exception: Exception | None = None) -> HttpResponseBase
     if request.path.startswith("/api/"):
         return JsonResponse(body, status=400)
     return render(request, "400.html", {"message": body["error"]}, status=400)
+
+
+def not_found(request, exception: Exception | None = None) -> HttpResponseBase:
+    """handler404: JSON on the API (an unknown path there too), Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"error": "Not found: there is no such API endpoint or object.",
+                             "code": "not_found"}, status=404)
+    return defaults.page_not_found(request, exception)

@@ -89,6 +89,7 @@ MIDDLEWARE = [
     "axes.middleware.AxesMiddleware",
     # Innermost, so that its process_exception sees a view's database errors first.
     "cxrweb.middleware.DatabaseUnavailableMiddleware",
+    "cxrweb.middleware.StorageUnavailableMiddleware",
 ]
 
 AUTHENTICATION_BACKENDS = [

@@ -6,6 +6,8 @@ from django.urls import include, path
 
 # A request Django refuses to read (too many fields or files): JSON on the API, a page elsewhere.
 handler400 = "cxrweb.responses.bad_request"
+# An unknown path: JSON under /api/ (clients parse every answer there), the usual page elsewhere.
+handler404 = "cxrweb.responses.not_found"
 
 admin.site.site_header = "CXR triage administration"
 admin.site.site_title = "CXR triage"

@@ -6,7 +6,7 @@ import logging
 
 from django.core.exceptions import SuspiciousOperation
 from django.db import DatabaseError
-from django.http import FileResponse, Http404
+from django.http import Http404
 from django.urls import reverse
 from rest_framework import status
 from rest_framework.parsers import FormParser, MultiPartParser
@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from cxrweb.responses import bad_request_body
+from cxrweb.responses import StoredFileUnreadable, bad_request_body, private_file_response
 from diagnosis import selectors, services
 from diagnosis.audit import audit, audit_upload, audit_upload_rejected, audit_view
 from diagnosis.forms import StudyUploadForm
@@ -38,6 +38,9 @@ def exception_handler(exc, context):
             status=status.HTTP_503_SERVICE_UNAVAILABLE,
         )
     if isinstance(exc, services.StorageUnavailable):
+        return Response({"error": str(exc), "code": exc.code},
+                        status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "60"})
+    if isinstance(exc, StoredFileUnreadable):  # media that cannot be read: not a missing file
         return Response({"error": str(exc), "code": exc.code},
                         status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "60"})
     if isinstance(exc, SuspiciousOperation):  # too many fields or files, a malformed request
@@ -212,7 +215,8 @@ class PredictionFile(APIView):
         if prediction.status != Prediction.Status.DONE or not f:
             return Response({"error": f"Prediction {pk} has no heatmap yet ({prediction.status})."},
                             status=status.HTTP_404_NOT_FOUND)
-        response = FileResponse(f.open("rb"), content_type="image/png")
+        # A file missing from storage: JSON 404; storage that cannot be read: JSON 503.
+        response = private_file_response(f, "image/png")
         audit(request, AuditEvent.Action.DOWNLOAD, prediction,
               detail={"file": self.FILE_NAMES[self.field], "via": "api",
                       "study": prediction.image.study_id})

@@ -106,8 +106,11 @@ def render_pdf(study: Study, *, generated_by=None) -> bytes:
             if height > 130 * mm:
                 width, height = width * 130 * mm / height, 130 * mm
             story.append(RLImage(data, width=width, height=height))
-        except (FileNotFoundError, ValueError):
+        except (FileNotFoundError, ValueError):  # no file on record, or none on disk
             story.append(Paragraph("(image file missing from storage)", styles["Normal"]))
+        except OSError as exc:  # the storage itself fails: the rest of the report still prints
+            logger.error("report %s: cannot read %s: %s", study.pk, picture.name, exc)
+            story.append(Paragraph("(image file unreadable in storage)", styles["Normal"]))
         caption = "X-ray with the Grad-CAM overlay" if picture is not image.display else "X-ray"
         story.append(Paragraph(caption, styles["Italic"]))
         story.append(Spacer(1, 3 * mm))

@@ -10,7 +10,7 @@ from django.core.paginator import Paginator
 from django.db import DatabaseError
 from django.http import Http404, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from cxrweb.responses import csv_response, download_name, private_file_response, set_attachment
 from diagnosis import reports, selectors, services
@@ -24,8 +24,11 @@ from training.models import ModelVersion
 logger = logging.getLogger(__name__)
 Action = AuditEvent.Action
 
+# Read-only views take GET and HEAD (require_safe). A HEAD runs the view as its GET does and only
+# loses the body, so it is audited as the GET is: it still tells that a patient's file exists.
 
-@require_GET
+
+@require_safe
 @clinical_user_required
 def worklist(request):
     form = WorklistFilterForm(request.GET or None, findings=selectors.known_findings())
@@ -147,7 +150,7 @@ def _reading_classes(prediction: Prediction | None, predictions: list[Prediction
     return list(version.class_labels) if version else []
 
 
-@require_GET
+@require_safe
 @clinical_user_required
 def study_detail(request, pk: int):
     study = _study_or_404(pk)
@@ -156,7 +159,7 @@ def study_detail(request, pk: int):
                   {**_study_context(study), **_reading_context(study)})
 
 
-@require_GET
+@require_safe
 @clinical_user_required
 def study_results(request, pk: int):
     """The results panel alone: the study page polls it until every prediction has finished."""
@@ -165,7 +168,7 @@ def study_results(request, pk: int):
     return render(request, "diagnosis/_results.html", _study_context(study))
 
 
-@require_GET
+@require_safe
 @clinical_user_required
 def study_reading(request, pk: int):
     """The reading section alone: the study page swaps it in once the model's result arrives."""
@@ -236,7 +239,7 @@ def prediction_rerun(request, pk: int):
     return redirect("diagnosis:study", pk=prediction.image.study_id)
 
 
-@require_GET
+@require_safe
 @clinical_user_required
 def image_display(request, pk: int):
     """The image as the viewer shows it. For an 8-bit PNG or JPEG upload this file is the original
@@ -247,7 +250,7 @@ def image_display(request, pk: int):
     return private_file_response(image.display, image.display_content_type)
 
 
-@require_GET
+@require_safe
 @clinical_user_required
 def image_original(request, pk: int):
     image = get_object_or_404(Image.objects.select_related("study__patient"), pk=pk)
@@ -263,7 +266,7 @@ def _done_prediction_or_404(pk: int) -> Prediction:
                              status=Prediction.Status.DONE)
 
 
-@require_GET
+@require_safe
 @clinical_user_required
 def prediction_heatmap(request, pk: int):
     prediction = _done_prediction_or_404(pk)
@@ -272,7 +275,7 @@ def prediction_heatmap(request, pk: int):
     return private_file_response(prediction.heatmap, "image/png")
 
 
-@require_GET
+@require_safe
 @clinical_user_required
 def prediction_overlay(request, pk: int):
     prediction = _done_prediction_or_404(pk)
@@ -281,7 +284,7 @@ def prediction_overlay(request, pk: int):
     return private_file_response(prediction.overlay, "image/png")
 
 
-@require_GET
+@require_safe
 @clinical_user_required
 def class_heatmap_file(request, pk: int):
     heatmap = get_object_or_404(
@@ -293,7 +296,7 @@ def class_heatmap_file(request, pk: int):
     return private_file_response(heatmap.file, "image/png")
 
 
-@require_GET
+@require_safe
 @clinical_user_required
 def study_report(request, pk: int):
     """The printable report (the browser's print dialog makes paper or PDF from it)."""
@@ -302,7 +305,7 @@ def study_report(request, pk: int):
     return render(request, "diagnosis/report.html", reports.report_context(study))
 
 
-@require_GET
+@require_safe
 @clinical_user_required
 def study_report_pdf(request, pk: int):
     study = _study_or_404(pk)
@@ -314,14 +317,14 @@ def study_report_pdf(request, pk: int):
     return response
 
 
-@require_GET
+@require_safe
 @model_admin_required
 def agreement(request):
     return render(request, "diagnosis/agreement.html",
                   {"rows": selectors.agreement_by_version()})
 
 
-@require_GET
+@require_safe
 @model_admin_required
 def audit_log(request):
     from diagnosis.forms import AuditFilterForm
