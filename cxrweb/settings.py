@@ -343,7 +343,6 @@ KNOX_TOKEN_MODEL = "apitokens.ApiToken"
 # there, its foreign key to the users would also stop tests from truncating the tables.
 MIGRATION_MODULES = {"knox": None}
 CXR_API_TOKEN_TTL_DAYS = env_positive_int("CXR_API_TOKEN_TTL_DAYS", 90)
-REST_KNOX = {
 # The longest lifetime a token may be issued with (`create_token --expiry-days`): a leaked key
 # must not stay valid for decades. At most 10 years; the default lifetime may not exceed it.
 CXR_API_TOKEN_MAX_TTL_DAYS = env_positive_int("CXR_API_TOKEN_MAX_TTL_DAYS", 365)
@@ -354,6 +353,7 @@ if CXR_API_TOKEN_TTL_DAYS > CXR_API_TOKEN_MAX_TTL_DAYS:
     raise ImproperlyConfigured(
         f"CXR_API_TOKEN_TTL_DAYS ({CXR_API_TOKEN_TTL_DAYS}) must not exceed "
         f"CXR_API_TOKEN_MAX_TTL_DAYS ({CXR_API_TOKEN_MAX_TTL_DAYS}).")
+REST_KNOX = {
     "TOKEN_TTL": timedelta(days=CXR_API_TOKEN_TTL_DAYS),
     "AUTH_HEADER_PREFIX": "Token",  # `Authorization: Token KEY`, as API clients already send
     "AUTO_REFRESH": False,
