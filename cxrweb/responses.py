@@ -144,6 +144,15 @@ def bad_request(request, exception: Exception | None = None) -> HttpResponseBase
     return render(request, "400.html", {"message": body["error"]}, status=400)
 
 
+def permission_denied(request, exception: Exception | None = None) -> HttpResponseBase:
+    """handler403: JSON on the API, elsewhere a page in the app's layout that says why, tells the
+    user to ask an administrator for a role, and offers to sign out (as another user, say)."""
+    message = str(exception or "") or "You do not have permission to open this page."
+    if request.path.startswith("/api/"):
+        return JsonResponse({"error": message, "code": "permission_denied"}, status=403)
+    return render(request, "403.html", {"message": message}, status=403)
+
+
 def not_found(request, exception: Exception | None = None) -> HttpResponseBase:
     """handler404: JSON on the API (an unknown path there too), Django's page elsewhere."""
     if request.path.startswith("/api/"):

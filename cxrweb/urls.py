@@ -8,6 +8,8 @@ from django.urls import include, path
 handler400 = "cxrweb.responses.bad_request"
 # An unknown path: JSON under /api/ (clients parse every answer there), the usual page elsewhere.
 handler404 = "cxrweb.responses.not_found"
+# A refused page: the app's layout with a way to sign out; JSON under /api/.
+handler403 = "cxrweb.responses.permission_denied"
 
 admin.site.site_header = "CXR triage administration"
 admin.site.site_title = "CXR triage"

@@ -145,7 +145,7 @@ class StudyListCreate(APIView):
             if isinstance(exc, services.UploadFieldRejected):
                 body["field"] = exc.field
             return Response(body, status=status.HTTP_400_BAD_REQUEST)
-        audit_upload(request, result, via="api")
+        audit_upload(request, result)  # browser or api: by how it signed in
         if result.study_created:  # all of it is in hand: no second round of queries
             body = study_json(result.study, request, images=[result.image],
                               predictions=[result.prediction])

@@ -124,10 +124,25 @@ def _login_failed(sender, credentials, request=None, **kwargs) -> None:
           detail={"username": str(credentials.get("username", ""))[:150]})
 
 
-def audit_upload(request, result, *, via: str) -> None:
-    """An accepted upload; with a confirmed identity mismatch, that confirmation with both sets of
-    the patient's details (the upload left the record unchanged)."""
-    audit(request, AuditEvent.Action.UPLOAD, result.image, detail={"via": via})
+UPLOAD_CHANNELS = ("browser", "api", "dicom")
+
+
+def upload_channel(request) -> str:
+    """Where an upload came from: "api" for a client signed in with an API token, "browser" for a
+    person signed in to the app (its upload form, or the page's script posting to the API)."""
+    return "api" if getattr(request, "auth", None) is not None else "browser"
+
+
+def audit_upload(request, result, *, via: str | None = None) -> None:
+    """An accepted upload, with its channel (`via`: browser, api, or dicom for a DICOM network
+    receiver; by default read from the request) and the file's format; with a confirmed identity
+    mismatch, that confirmation with both sets of the patient's details (the upload left the
+    record unchanged)."""
+    via = via or upload_channel(request)
+    if via not in UPLOAD_CHANNELS:
+        raise ValueError(f"Unknown upload channel {via!r}: use one of {', '.join(UPLOAD_CHANNELS)}.")
+    audit(request, AuditEvent.Action.UPLOAD, result.image,
+          detail={"via": via, "format": result.image.format})
     if result.identity_confirmed is not None:
         audit(request, AuditEvent.Action.IDENTITY_CONFIRMED, result.study,
               detail={"via": via, **result.identity_confirmed.as_dict()})

@@ -87,7 +87,7 @@ def upload(request):
                 return render(request, "diagnosis/upload.html", {**context, "form": form},
                               status=503)
             else:
-                audit_upload(request, result, via="form")
+                audit_upload(request, result, via="browser")
                 messages.success(
                     request, f"Uploaded {result.study.accession_number}; analysis queued."
                 )

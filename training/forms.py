@@ -159,6 +159,13 @@ class TrainingRunForm(forms.Form):
 class EvaluationForm(forms.Form):
     dataset = DatasetChoiceField(queryset=Dataset.objects.none(), empty_label=None)
     split = forms.ChoiceField(choices=SPLIT_CHOICES, initial="test")
+    # As evaluate_model --skip-unknown-classes: an external dataset often has classes the model
+    # was never trained on (a "Tuberculosis" folder for a NORMAL/PNEUMONIA model).
+    skip_unknown_classes = forms.BooleanField(
+        required=False, label="Leave out classes the model lacks",
+        help_text="Images of dataset classes the model does not know are left out (and listed "
+                  "with the result); without this, such a dataset fails.",
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -24,10 +24,10 @@ def run_training(run_id: int) -> None:
 
 
 @shared_task(acks_late=True, ignore_result=True)
-def run_evaluation(evaluation_id: int) -> None:
+def run_evaluation(evaluation_id: int, skip_unknown: bool = False) -> None:
     from training.services import evaluation_execute
 
-    evaluation_execute(evaluation_id=evaluation_id)
+    evaluation_execute(evaluation_id=evaluation_id, skip_unknown=skip_unknown)
 
 
 @shared_task(ignore_result=True)

@@ -139,13 +139,18 @@ def compare_rows(candidate: dict, production: dict) -> list[dict[str, Any]]:
     rows = [_diff_row(label, candidate.get(key), production.get(key), higher)
             for key, label, higher in SUMMARY_METRICS
             if key in ("accuracy", "balanced_accuracy", "macro_auc", "ece", "brier")]
-    c_classes = dict(_in_class_order(candidate))
-    p_classes = dict(_in_class_order(production))
-    names = list(c_classes) + [n for n in p_classes if n not in c_classes]
-    for name in names:
+    # Class names are matched case-insensitively ("Normal" is "NORMAL"), as evaluations match a
+    # dataset's folders to a model's classes: one row per class, named as the candidate names it.
+    c_classes = {name.casefold(): (name, f) for name, f in _in_class_order(candidate)}
+    p_classes = {name.casefold(): (name, f) for name, f in _in_class_order(production)}
+    keys = list(c_classes) + [k for k in p_classes if k not in c_classes]
+    for k in keys:
+        name = (c_classes.get(k) or p_classes[k])[0]
+        c_figures = (c_classes.get(k) or ("", {}))[1] or {}
+        p_figures = (p_classes.get(k) or ("", {}))[1] or {}
         for key, label in COMPARE_CLASS_METRICS:
-            rows.append(_diff_row(label, (c_classes.get(name) or {}).get(key),
-                                  (p_classes.get(name) or {}).get(key), True, group=name))
+            rows.append(_diff_row(label, c_figures.get(key), p_figures.get(key), True,
+                                  group=name))
     return rows
 
 
@@ -475,7 +480,8 @@ def version_evaluate(request, pk: int):
         try:
             evaluation = evaluation_create(version=version, dataset=form.cleaned_data["dataset"],
                                            split=form.cleaned_data["split"],
-                                           created_by=request.user)
+                                           created_by=request.user,
+                                           skip_unknown=form.cleaned_data["skip_unknown_classes"])
         except ValueError as exc:
             form.add_error(None, str(exc))
         else:

@@ -261,7 +261,7 @@ def test_without_javascript_the_form_asks_with_a_box_to_tick(
         assert Study.objects.get().patient_id == patient.pk
         assert _record(patient) == ("DOE^JOHN", "M", "1970-01-01")
         event = AuditEvent.objects.get(action=AuditEvent.Action.IDENTITY_CONFIRMED)
-        assert event.detail["via"] == "form"
+        assert event.detail["via"] == "browser"
         assert watch.conflicts == [f"{live_server.url}/studies/upload/"]
         assert watch.problems == []
     finally:

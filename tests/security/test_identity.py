@@ -129,7 +129,7 @@ def test_the_browser_form_asks_to_confirm_then_attaches_with_the_box_ticked(
     assert resp["Location"] == study.get_absolute_url()
     assert study.patient_id == on_record.pk
     event = AuditEvent.objects.get(action=AuditEvent.Action.IDENTITY_CONFIRMED)
-    assert event.detail["via"] == "form"
+    assert event.detail["via"] == "browser"
     assert event.detail["submitted"]["name"] == "<img src=x onerror=alert(1)>"
 
 

@@ -479,7 +479,7 @@ def test_the_evaluate_form_queues_an_evaluation(admin_client, admin_user, model_
     from training import tasks
 
     queued = []
-    monkeypatch.setattr(tasks.run_evaluation, "delay", lambda pk: queued.append(pk))
+    monkeypatch.setattr(tasks.run_evaluation, "delay", lambda pk, **kw: queued.append(pk))
     with django_capture_on_commit_callbacks(execute=True):
         resp = admin_client.post(f"/training/models/{model_version.pk}/evaluate/",
                                  {"dataset": dataset.pk, "split": "val"})
@@ -578,7 +578,7 @@ def test_compare_offers_to_evaluate_what_is_missing_then_polls(
     from training import tasks
 
     queued = []
-    monkeypatch.setattr(tasks.run_evaluation, "delay", lambda pk: queued.append(pk))
+    monkeypatch.setattr(tasks.run_evaluation, "delay", lambda pk, **kw: queued.append(pk))
     candidate = second_version(production_model)
     url = f"/training/compare/?candidate={candidate.pk}&dataset={dataset.pk}"
     html = admin_client.get(url).content.decode()

@@ -17,7 +17,10 @@ SPLITS = ("test", "val", "train", "all")
 
 
 def evaluation_create(*, version: ModelVersion, dataset: Dataset, split: str = "test",
-                      created_by=None, enqueue: bool = True) -> Evaluation:
+                      created_by=None, enqueue: bool = True,
+                      skip_unknown: bool = False) -> Evaluation:
+    """A queued evaluation; ``skip_unknown`` leaves out images of classes the model lacks (the
+    worker is told so with the task, as the command passes it to ``evaluation_execute``)."""
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}: use one of {', '.join(SPLITS)}.")
     if dataset.status != Dataset.Status.READY:
@@ -27,7 +30,8 @@ def evaluation_create(*, version: ModelVersion, dataset: Dataset, split: str = "
     if enqueue:
         from training.tasks import run_evaluation
 
-        transaction.on_commit(lambda: run_evaluation.delay(evaluation.pk), robust=True)
+        transaction.on_commit(
+            lambda: run_evaluation.delay(evaluation.pk, skip_unknown=skip_unknown), robust=True)
     return evaluation
 
 
