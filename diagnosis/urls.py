@@ -11,6 +11,7 @@ urlpatterns = [
     path("studies/upload/", views.upload, name="upload"),
     path("studies/<int:pk>/", views.study_detail, name="study"),
     path("studies/<int:pk>/reading-form/", views.study_reading, name="study-reading"),
+    path("studies/<int:pk>/neighbours/", views.study_neighbours, name="study-neighbours"),
     path("studies/<int:pk>/results/", views.study_results, name="study-results"),
     path("studies/<int:pk>/reading/", views.reading_sign, name="reading-sign"),
     path("studies/<int:pk>/report/", views.study_report, name="report"),

@@ -10,6 +10,7 @@ from django.core.paginator import Paginator
 from django.db import DatabaseError
 from django.http import Http404, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from cxrweb.responses import csv_response, download_name, private_file_response, set_attachment
@@ -350,3 +351,24 @@ def _audit_csv(events) -> StreamingHttpResponse:
              e.ip_address or "", e.user_agent, e.path, e.detail]
             for e in events.iterator(chunk_size=2000))
     return csv_response("audit-trail.csv", header, rows)
+
+
+@require_safe
+@clinical_user_required
+def study_neighbours(request, pk: int):
+    """The studies before and after this one in the worklist's reading order (the study page's
+    j and k keys): the order is the worklist selector's own, not a copy of it. Links only, no
+    patient data, so no audit event: the study page they lead to records its own view."""
+    order = list(selectors.worklist().values_list("pk", flat=True))
+    try:
+        at = order.index(pk)
+    except ValueError:
+        raise Http404("No such study.") from None
+
+    def link(index: int) -> str | None:
+        return reverse("diagnosis:study", args=[order[index]]) if 0 <= index < len(order) else None
+
+    response = JsonResponse({"previous": link(at - 1), "next": link(at + 1),
+                             "position": at + 1, "count": len(order)})
+    response["Cache-Control"] = "no-store"
+    return response

@@ -9,6 +9,12 @@ from django.db import transaction
 from diagnosis.models import ClassHeatmap, Prediction
 from diagnosis.services.predictions import open_display
 
+# Grad-CAM keeps only what raises the class's score (a ReLU over the weighted activations) and
+# scales the map to [0, 1]: a map with nothing above this level is empty, not a failure.
+EMPTY_CAM_LEVEL = 1e-3
+EMPTY_CAM_NOTE = ("The model's attention for this class is empty: no region of the image raises "
+                  "its score, so this heatmap shows nothing.")
+
 
 @transaction.atomic
 def class_heatmap_request(*, prediction: Prediction, class_label: str) -> ClassHeatmap:
@@ -47,6 +53,7 @@ def class_heatmap_run(*, heatmap_id: int) -> ClassHeatmap | None:
         picture = open_display(prediction.image, predictor.preprocessing)
         [result] = predictor.predict([picture], cam_classes=[heatmap.class_label])
         heatmap_png, _ = inference.render_pngs(picture, result.cam, overlay=False)
+        empty = float(result.cam.max()) < EMPTY_CAM_LEVEL
     except Exception as exc:  # noqa: BLE001
         from django.db import DatabaseError
 
@@ -67,7 +74,9 @@ def class_heatmap_run(*, heatmap_id: int) -> ClassHeatmap | None:
                    "the media storage is full or not writable."),
         )
         return ClassHeatmap.objects.get(pk=heatmap.pk)
-    ClassHeatmap.objects.filter(pk=heatmap.pk).update(status=ClassHeatmap.Status.DONE, file=name)
+    # A finished heatmap's `error` says why it shows nothing (the viewer puts it in words).
+    ClassHeatmap.objects.filter(pk=heatmap.pk).update(status=ClassHeatmap.Status.DONE, file=name,
+                                                      error=EMPTY_CAM_NOTE if empty else "")
     return ClassHeatmap.objects.get(pk=heatmap.pk)
 
 

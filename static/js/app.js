@@ -61,7 +61,27 @@
         var opt = select.selectedOptions[0];
         if (opt && opt.dataset.src && heat) heat.src = opt.dataset.src;
       }
+      if (select) camNote(select);
     });
+  }
+
+  // A class heatmap that came back empty (nothing raises that class's score) draws nothing: say
+  // so under the controls instead of leaving the reader to wonder.
+  function camNote(select) {
+    var opt = select.selectedOptions[0];
+    var id = "cam-empty-" + select.id;
+    var note = document.getElementById(id);
+    var text = opt && opt.dataset.empty;
+    if (!text) { if (note) note.hidden = true; return; }
+    if (!note) {
+      note = document.createElement("p");
+      note.id = id;
+      note.className = "notice cam-empty";
+      note.setAttribute("role", "status");
+      select.parentNode.insertAdjacentElement("afterend", note);
+    }
+    note.textContent = text;
+    note.hidden = false;
   }
 
   function zoom(id, factor, cx, cy) {
@@ -170,6 +190,7 @@
       var opt = t.selectedOptions[0];
       state(id).camClass = t.value;
       var heat = document.getElementById(classFor);
+      camNote(t);
       if (opt.dataset.src) { if (heat) heat.src = opt.dataset.src; return; }
       var body = new FormData();
       body.append("class_label", t.value);
@@ -456,8 +477,57 @@
     });
   }
 
+  // ---- keyboard shortcuts on the study page ----------------------------------------------------
+  // j / k: next / previous study in the worklist's order (asked of the server, which reads it from
+  // the worklist selector); o: overlays on/off; a: agree; v: override. Never while typing.
+  function typing(el) {
+    if (!el || !el.tagName) return false;
+    var tag = el.tagName;
+    return el.isContentEditable || tag === "TEXTAREA" || tag === "SELECT" ||
+      (tag === "INPUT" && !/^(checkbox|radio|range|button|submit|reset)$/i.test(el.type));
+  }
+
+  function setupStudyKeys(root) {
+    var url = root.getAttribute("data-neighbours-url");
+    var help = document.getElementById("study-keys-status");
+
+    function say(text) { if (help) help.textContent = text; }
+
+    function go(direction) {
+      fetch(url, { credentials: "same-origin", headers: { "X-Requested-With": "fetch" } })
+        .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
+        .then(function (d) {
+          if (d[direction]) window.location.href = d[direction];
+          else say(direction === "next" ? "This is the last study in the worklist." : "This is the first study in the worklist.");
+        })
+        .catch(function () { say("The worklist could not be reached; try again."); });
+    }
+
+    function decide(value) {
+      var radio = document.querySelector("#reading input[name=decision][value=" + value + "]");
+      if (!radio) return;
+      radio.click();
+      var form = radio.form;
+      var target = value === "override" ? form.querySelector("select[name=final_label]")
+                                        : form.querySelector("button[type=submit]");
+      if (target) target.focus();
+    }
+
+    document.addEventListener("keydown", function (ev) {
+      if (ev.defaultPrevented || ev.ctrlKey || ev.metaKey || ev.altKey || typing(ev.target)) return;
+      var key = ev.key;
+      if (key === "j" || key === "k") go(key === "j" ? "next" : "previous");
+      else if (key === "o") document.querySelectorAll("[data-heatmap-toggle]").forEach(function (t) { t.click(); });
+      else if (key === "a") decide("agree");
+      else if (key === "v") decide("override");
+      else return;
+      ev.preventDefault();
+    });
+  }
+
   window.cxrPoll = poll;
   document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("[data-neighbours-url]").forEach(setupStudyKeys);
     applyDataStyles();
     document.querySelectorAll("[data-poll-url][data-poll-ms]").forEach(poll);
     document.querySelectorAll("[data-refresh]").forEach(refreshRegion);

@@ -48,6 +48,8 @@ EXEMPT = {
     "diagnosis:class-heatmap-request": "POST only: answers the heatmap's id and status",
     "diagnosis:agreement": "counts per model version, no patient",
     "diagnosis:audit": "the audit trail itself, for admins; its CSV export is an EXPORT event",
+    "diagnosis:study-neighbours": "the links to the studies before and after in the worklist: "
+                                  "ids only; the study page they lead to is audited",
     "api:studies": "POST only: an upload, an UPLOAD event",
     "api:dicom-peek": "reads back the header of the file the client sends; nothing stored",
 }
