@@ -2,7 +2,8 @@
 
 PostgreSQL (a fresh database), Redis (a flushed database), a temporary MEDIA_ROOT, migrate,
 collectstatic, a promoted model version (import_model), a radiologist with an API token,
-gunicorn, and N Celery workers (`-Q inference --concurrency 1 --pool prefork`). Every child runs
+gunicorn, and N Celery workers (`-Q inference --concurrency 1 --pool prefork`; the queues are
+``StackConfig.queues``), and on request the training queue's own worker. Every child runs
 in its own process group, so stopping it stops its children too; every wait is bounded.
 """
 
@@ -55,6 +56,7 @@ class StackConfig:
     log_level: str = "INFO"
     keep: bool = False
     seed: int = 0
+    queues: str = "inference"  # what the --workers workers consume (-Q)
 
 
 @dataclass
@@ -299,13 +301,14 @@ class Stack:
             raise StackError(f"create_token printed no token: {out!r}")
         self.token = out.strip()
 
-    def _spawn(self, name: str, args: list[str]) -> ManagedProcess:
+    def _spawn(self, name: str, args: list[str],
+               extra_env: dict[str, str] | None = None) -> ManagedProcess:
         log_path = self.tmp / "logs" / f"{name}.log"
         with log_path.open("wb") as fh:
             popen = subprocess.Popen(
                 [str(self.cfg.python), *args],
                 cwd=self.cfg.repo,
-                env=self.env,
+                env={**self.env, **(extra_env or {})},
                 stdout=fh,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -344,7 +347,7 @@ class Stack:
                 "cxrweb",
                 "worker",
                 "-Q",
-                "inference",
+                self.cfg.queues,
                 "--concurrency",
                 str(self.cfg.concurrency),
                 "--pool",
@@ -356,9 +359,23 @@ class Stack:
             ],
         )
 
-    def _wait_workers_ready(self, timeout_s: float) -> None:
+    def start_training_worker(self, nice: int = 19, timeout_s: float = 120) -> ManagedProcess:
+        """The training queue's own worker, as `make run` starts it (scripts/run.sh): one pool
+        process at the lowest CPU priority. Not one of ``workers`` (never paused)."""
+        proc = self._spawn(
+            "training-worker",
+            ["-m", "celery", "-A", "cxrweb", "worker", "-Q", "training", "--concurrency", "1",
+             "--pool", "prefork", "--hostname", f"training-{secrets.token_hex(2)}@%h",
+             "--loglevel", self.cfg.log_level],
+            extra_env={"CXR_WORKER_NICE": str(nice)},
+        )
+        self._wait_workers_ready(timeout_s, [proc])
+        return proc
+
+    def _wait_workers_ready(self, timeout_s: float,
+                            procs: list[ManagedProcess] | None = None) -> None:
         deadline = time.monotonic() + timeout_s
-        pending = list(self.workers)
+        pending = list(self.workers if procs is None else procs)
         while pending and time.monotonic() < deadline:
             for proc in list(pending):
                 if not proc.alive():

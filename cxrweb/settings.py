@@ -218,7 +218,8 @@ CELERY_DB_REUSE_MAX = 1_000_000
 CELERY_TASK_TIME_LIMIT = env_positive_int("CXR_TASK_TIME_LIMIT", 600)
 CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 30
 # Redis redelivers an unacknowledged task after the visibility timeout: keep it above the hard
-# time limit so a task still running is not handed to a second worker.
+# time limit so a task still running is not handed to a second worker. Training runs last far
+# longer (CXR_TRAINING_TIME_LIMIT): their task acknowledges early instead (training/tasks.py).
 # A broker that stops answering without closing the connection (a paused or hung Redis, a
 # half-open TCP link) must not hang uploads: every command gives up after CXR_BROKER_TIMEOUT_S
 # (redis-py waits forever otherwise), and a publish is tried twice. The upload is committed

@@ -120,7 +120,11 @@ def _prediction_or_404(pk: int, selector=selectors.prediction_for_api) -> Predic
 
 
 class StudyListCreate(APIView):
+    """POST one or several `image` files with one patient's fields: one study (see
+    services.study_upload); an image joins the study when patient and accession match."""
+
     parser_classes = [MultiPartParser, FormParser]
+    CONFLICTS = ("accession_conflict", "study_uid_conflict")
 
     def post(self, request):
         form = StudyUploadForm(request.POST, request.FILES, api=True)
@@ -132,8 +136,15 @@ class StudyListCreate(APIView):
                  "fields": fields},
                 status=status.HTTP_400_BAD_REQUEST,
             )
+        kwargs = form.upload_kwargs()
+        several = len(form.image_files()) > 1
         try:
-            result = services.study_upload(uploaded_by=request.user, **form.upload_kwargs())
+            if several:  # sent together: one study, all stored or none
+                del kwargs["data"], kwargs["filename"]
+                uploaded = services.study_upload_many(uploaded_by=request.user,
+                                                      files=form.upload_files(), **kwargs)
+            else:
+                uploaded = [services.study_upload(uploaded_by=request.user, **kwargs)]
         except services.IdentityMismatch as exc:
             audit_upload_rejected(request, exc)
             return Response({"error": f"{exc} To confirm, send confirm_identity=true.",
@@ -144,9 +155,21 @@ class StudyListCreate(APIView):
             body = {"error": str(exc), "code": exc.code}
             if isinstance(exc, services.UploadFieldRejected):
                 body["field"] = exc.field
-            return Response(body, status=status.HTTP_400_BAD_REQUEST)
-        audit_upload(request, result)  # browser or api: by how it signed in
-        if result.study_created:  # all of it is in hand: no second round of queries
+            if several:
+                body["filename"] = getattr(exc, "filename", "")
+                body["error"] = f"{body['filename']}: {exc} Nothing was stored."
+            # Another patient's study: a conflict with what is stored, never a silent attach.
+            return Response(body, status=status.HTTP_409_CONFLICT if exc.code in self.CONFLICTS
+                            else status.HTTP_400_BAD_REQUEST)
+        for result in uploaded:
+            audit_upload(request, result)  # browser or api: by how it signed in
+        result = uploaded[0]
+        if several:
+            body = study_json(selectors.study_detail(result.study.pk), request)
+            body["image_ids"] = [r.image.pk for r in uploaded]
+            body["prediction_ids"] = [r.prediction.pk for r in uploaded]
+            body["study_ids"] = list(dict.fromkeys(r.study.pk for r in uploaded))
+        elif result.study_created:  # all of it is in hand: no second round of queries
             body = study_json(result.study, request, images=[result.image],
                               predictions=[result.prediction])
         else:

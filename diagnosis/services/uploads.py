@@ -9,7 +9,8 @@ import datetime as dt
 import hashlib
 import logging
 import secrets
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.core.files.base import ContentFile
@@ -95,6 +96,8 @@ class UploadResult:
     study_created: bool = True  # False: the image was added to an existing study (accession)
     # Set when the upload confirmed a demographics mismatch: the caller records it in the audit.
     identity_confirmed: IdentityMismatch | None = None
+    # The files this upload wrote (for a batch that must remove them when a later file fails).
+    stored_files: list[str] = field(default_factory=list)
 
 
 def _clean(value: str | None, max_length: int) -> str:
@@ -118,8 +121,15 @@ def study_upload(
     patient_sex: str = "",
     patient_birth_date: dt.date | None = None,
     confirm_identity: bool = False,
+    batch_accession: str = "",
 ) -> UploadResult:
     """Validate an uploaded chest X-ray, store it and queue its analysis.
+
+    The study it joins: the one with the accession number (typed, else the DICOM file's tag);
+    without one, a DICOM file joins the patient's study with its StudyInstanceUID; else
+    ``batch_accession`` (the study of an earlier file sent together with this one), else a new
+    study with a generated accession number. An accession number or a StudyInstanceUID of
+    another patient's study is refused (``accession_conflict``, ``study_uid_conflict``).
 
     Raises UploadRejected (nothing stored) for bad input: UploadFieldRejected names the field
     (control characters, a value too long to store, an implausible birth date), IdentityMismatch
@@ -178,6 +188,7 @@ def study_upload(
                 priority=priority,
                 uploaded_by=uploaded_by,
                 decoded=decoded,
+                batch_accession=_clean(batch_accession, 64),
             )
             image = _image_create(
                 study=study, decoded=decoded, data=data, sha256=sha256, filename=filename,
@@ -196,8 +207,38 @@ def study_upload(
     )
     return UploadResult(
         study=study, image=image, prediction=prediction, study_created=study_created,
-        identity_confirmed=confirmed,
+        identity_confirmed=confirmed, stored_files=written,
     )
+
+
+def study_upload_many(
+    *, uploaded_by, files: Iterable[tuple[bytes, str]], **fields
+) -> list[UploadResult]:
+    """Files sent together (``(data, filename)`` pairs, one patient and one set of fields): all
+    stored, or none.
+
+    They become one study: without an accession number of their own, every file after the first
+    joins the first one's study (``batch_accession``); DICOM files still follow their own
+    accession number or StudyInstanceUID. A refused file raises its UploadRejected with
+    ``filename`` set, and the files already stored are removed.
+    """
+    results: list[UploadResult] = []
+    fields.pop("batch_accession", None)
+    try:
+        with transaction.atomic():
+            for data, filename in files:
+                batch = results[0].study.accession_number if results else ""
+                try:
+                    results.append(study_upload(uploaded_by=uploaded_by, data=data,
+                                                filename=filename, batch_accession=batch,
+                                                **fields))
+                except UploadRejected as exc:
+                    exc.filename = filename
+                    raise
+    except BaseException:
+        storage_delete_quietly([name for r in results for name in r.stored_files])
+        raise
+    return results
 
 
 # The DICOM tag each field falls back to, and how an error names the typed field.
@@ -289,9 +330,28 @@ def _patient_for_upload(
 
 def _study_for_upload(
     *, patient: Patient, accession_number: str, view: str, priority: int, uploaded_by,
-    decoded: DecodedImage,
+    decoded: DecodedImage, batch_accession: str = "",
 ) -> tuple[Study, bool]:
+    """The study the image joins (and False), or a new one (and True).
+
+    The patient's row is locked by the caller, so two uploads of one patient's study (same
+    accession or StudyInstanceUID) arriving at once cannot both create it.
+    """
     dicom = decoded.dicom
+    study_uid = dicom.study_instance_uid[:64] if dicom else ""
+    if not accession_number and study_uid:
+        existing = Study.objects.select_for_update().filter(
+            study_instance_uid=study_uid
+        ).order_by("pk").first()
+        if existing is not None:
+            if existing.patient_id != patient.pk:
+                raise UploadRejected(
+                    "The DICOM file's StudyInstanceUID belongs to another patient's study "
+                    f"({existing.accession_number}). Check the patient ID and the file.",
+                    code="study_uid_conflict",
+                )
+            return _study_add_image(existing, priority=priority, study_uid=study_uid), False
+    accession_number = accession_number or batch_accession
     if accession_number:
         existing = Study.objects.select_for_update().filter(
             accession_number=accession_number
@@ -304,10 +364,7 @@ def _study_for_upload(
                     code="accession_conflict",
                 )
             # Another image of the same study (e.g. the lateral view).
-            if priority > existing.priority:
-                existing.priority = priority
-                existing.save(update_fields=["priority"])
-            return existing, False
+            return _study_add_image(existing, priority=priority, study_uid=study_uid), False
     else:
         accession_number = _new_accession_number()
     study = Study.objects.create(
@@ -316,11 +373,24 @@ def _study_for_upload(
         study_date=(dicom.study_date if dicom and dicom.study_date else timezone.localdate()),
         view=view,
         description=(dicom.study_description[:200] if dicom else ""),
-        study_instance_uid=(dicom.study_instance_uid[:64] if dicom else ""),
+        study_instance_uid=study_uid,
         priority=priority,
         uploaded_by=uploaded_by if getattr(uploaded_by, "pk", None) else None,
     )
     return study, True
+
+
+def _study_add_image(study: Study, *, priority: int, study_uid: str) -> Study:
+    """An existing study gains an image: the higher priority wins, and a study made from PNG or
+    JPEG files learns the StudyInstanceUID of the first DICOM file that joins it."""
+    changed = []
+    if priority > study.priority:
+        study.priority, changed = priority, [*changed, "priority"]
+    if study_uid and not study.study_instance_uid:
+        study.study_instance_uid, changed = study_uid, [*changed, "study_instance_uid"]
+    if changed:
+        study.save(update_fields=changed)
+    return study
 
 
 def _image_create(

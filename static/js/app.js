@@ -283,6 +283,9 @@
     var zone = form.querySelector("[data-dropzone]");
     var note = form.querySelector("[data-dicom-note]");
     var files = [];
+    // Files sent together are one study: every file after the first carries the accession number
+    // the first one got (the server uses it when a file has none of its own).
+    var batch = { accession: "" };
 
     function render() {
       list.innerHTML = "";
@@ -424,6 +427,7 @@
         body.append("image", file, file.name);
         Object.keys(fields).forEach(function (name) { body.append(name, fields[name]); });
         if (confirmIdentity) body.append("confirm_identity", "true");
+        if (batch.accession) body.append("batch_accession", batch.accession);
         var xhr = new XMLHttpRequest();
         xhr.open("POST", form.getAttribute("data-api-url"));
         xhr.setRequestHeader("X-CSRFToken", csrfToken());
@@ -436,6 +440,7 @@
             bar.value = 100; st.className = "fstate ok"; st.removeAttribute("role");
             st.innerHTML = 'uploaded: <a></a>';
             var a = st.querySelector("a"); a.href = data.url; a.textContent = data.accession_number;
+            if (!batch.accession) batch.accession = data.accession_number;
             resolve(true);
           } else if (xhr.status === 409 && data.code === "identity_mismatch") {
             st.className = "fstate err";
@@ -466,6 +471,7 @@
       // The box the page without JavaScript shows after a mismatch, ticked: confirmed for all.
       var confirmBox = form.elements.confirm_identity, confirmAll = !!(confirmBox && confirmBox.checked);
       render();  // a new submit starts the list afresh (an earlier confirm step is dropped)
+      batch = { accession: "" };
       (function next(i) {
         if (i >= files.length) {
           button.disabled = false;

@@ -18,3 +18,15 @@ def sign_in(page, live_server, username: str, password: str = "correct horse bat
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url(f"{live_server.url}/")
+
+
+def xray_files(tmp_path, *seeds: int, width: int = 400, height: int = 360) -> list[str]:
+    """Synthetic chest X-ray PNGs written under tmp_path (chest-SEED.png), for the file picker."""
+    from tests import imagegen
+
+    paths = []
+    for seed in seeds:
+        path = tmp_path / f"chest-{seed}.png"
+        path.write_bytes(imagegen.png_bytes(imagegen.make_xray(width, height, seed=seed)))
+        paths.append(str(path))
+    return paths

@@ -10,8 +10,7 @@ import re
 import pytest
 
 from diagnosis.models import AuditEvent, Image, Patient, Study
-from tests import imagegen
-from tests.browser.conftest import sign_in
+from tests.browser.conftest import sign_in, xray_files
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration,
               pytest.mark.django_db(transaction=True)]
@@ -67,13 +66,7 @@ def shots(artifacts_dir):
     return path
 
 
-def _xrays(tmp_path, *seeds: int) -> list[str]:
-    paths = []
-    for seed in seeds:
-        path = tmp_path / f"chest-{seed}.png"
-        path.write_bytes(imagegen.png_bytes(imagegen.make_xray(400, 360, seed=seed)))
-        paths.append(str(path))
-    return paths
+_xrays = xray_files
 
 
 def _fill(page, files: list[str], name: str, sex: str = "", birth_date: str = "") -> None:
@@ -215,7 +208,8 @@ def test_several_files_with_a_mismatch_each_ask_and_only_confirmed_ones_are_stor
                                  "are analysed.")
     page.screenshot(path=shots / "05-several-resolved.png", full_page=True)
 
-    assert _counts() == (1, 3, 3)
+    # The two confirmed files were sent together: one new study (issue #22, item 6).
+    assert _counts() == (1, 2, 3)
     assert set(Study.objects.values_list("patient_id", flat=True)) == {patient.pk}
     assert _record(patient) == ("DOE^JOHN", "M", "1970-01-01")
     assert AuditEvent.objects.filter(action=AuditEvent.Action.IDENTITY_CONFIRMED).count() == 2
