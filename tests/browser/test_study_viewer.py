@@ -161,3 +161,14 @@ def test_a_user_without_a_role_sees_the_refused_page_and_can_sign_out(
     page.wait_for_load_state()
     page.goto(f"{live_server.url}/")
     assert "/accounts/login/" in page.url
+
+
+def test_the_audit_trail_reads_as_key_value_lines(page, live_server, admin_user, studies,
+                                                  artifacts_dir):
+    sign_in(page, live_server, admin_user.username)
+    page.goto(f"{live_server.url}/audit/")
+    detail = page.locator("td dl.detail").first
+    detail.wait_for()
+    assert page.locator("dl.detail dt", has_text="view").first.is_visible()
+    assert "{'" not in page.locator("table").inner_text()  # no raw Python dicts
+    page.screenshot(path=artifacts_dir / "audit-trail.png")
