@@ -15,11 +15,11 @@ from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from cxrweb.responses import StoredFileUnreadable, bad_request_body, private_file_response
-from diagnosis import selectors, services
+from diagnosis import results, selectors, services
 from diagnosis.audit import audit, audit_upload, audit_upload_rejected, audit_view
 from diagnosis.forms import StudyUploadForm
 from diagnosis.imaging import UploadRejected, read_dicom_header
-from diagnosis.models import AuditEvent, Prediction, Study
+from diagnosis.models import AuditEvent, Prediction, Reading, Study
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +109,8 @@ def study_json(
             for image in images
         ],
         "predictions": [prediction_json(p, request) for p in predictions],
+        # The study's one result (diagnosis.results.study_result): what every surface shows.
+        "result": results.study_result(predictions).as_dict(),
     }
 
 
@@ -211,6 +213,88 @@ class StudyDetail(APIView):
         audit_view(request, AuditEvent.Action.VIEW_STUDY, study, view="study", study=study,
                    detail={"via": "api"})
         return Response(study_json(study, request))
+
+
+def reading_json(reading: Reading, request) -> dict:
+    return {
+        "id": reading.pk,
+        "study_id": reading.study_id,
+        "label": reading.final_label,
+        "agree": reading.agrees_with_model,
+        "notes": reading.notes,
+        "prediction_ids": list(reading.prediction_ids),
+        "model_version": reading.model_version.name if reading.model_version_id else None,
+        "radiologist": reading.radiologist.get_username(),
+        "amends": reading.amends_id,
+        "signed_at": reading.signed_at,
+        "study_url": request.build_absolute_uri(reverse("api:study", args=[reading.study_id])),
+    }
+
+
+class StudyReadings(APIView):
+    """POST a signed reading: ``{agree, label, notes, prediction_ids[, amends]}``.
+
+    ``prediction_ids`` are the study result's ``prediction_ids`` the reader was shown; when the
+    study's current ones differ (a view finished, a re-analysis) the answer is 409 and nothing
+    is stored. Agreeing signs the result's label. Same rules as the study page's form.
+    """
+
+    def post(self, request, pk: int):
+        try:
+            study = selectors.study_detail(pk)
+        except Study.DoesNotExist as exc:
+            raise Http404 from exc
+        data = request.data
+        agree = data.get("agree")
+        if not isinstance(agree, bool):
+            return Response({"error": "Send agree: true or false.", "code": "invalid",
+                             "field": "agree"}, status=status.HTTP_400_BAD_REQUEST)
+        ids = data.get("prediction_ids")
+        if not isinstance(ids, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in ids
+        ):
+            return Response({"error": "Send prediction_ids: the study result's prediction_ids "
+                             "you were shown (a list of integers, [] when there was none).",
+                             "code": "invalid", "field": "prediction_ids"},
+                            status=status.HTTP_400_BAD_REQUEST)
+        label, notes, amends_id = data.get("label") or "", data.get("notes") or "", data.get("amends")
+        if not isinstance(label, str) or not isinstance(notes, str) or len(notes) > 5000:
+            return Response({"error": "label and notes are text (notes at most 5000 "
+                             "characters).", "code": "invalid"},
+                            status=status.HTTP_400_BAD_REQUEST)
+        if not agree and not label.strip():
+            return Response({"error": "Send the final label when you do not agree.",
+                             "code": "invalid", "field": "label"},
+                            status=status.HTTP_400_BAD_REQUEST)
+        amends = None
+        if amends_id is not None:
+            amends = Reading.objects.filter(pk=amends_id, study=study).first() if isinstance(
+                amends_id, int) else None
+            if amends is None:
+                return Response({"error": f"No reading {amends_id} of this study to amend.",
+                                 "code": "invalid", "field": "amends"},
+                                status=status.HTTP_400_BAD_REQUEST)
+        try:
+            reading = services.reading_sign(
+                study=study, radiologist=request.user, final_label=label, agrees=agree,
+                notes=notes, amends=amends, prediction_ids=ids,
+            )
+        except services.ReadingStale as exc:
+            current = results.study_result(
+                Prediction.objects.filter(image__study=study).select_related("model_version"))
+            # The answer shows the current result: a view of the study's data.
+            audit_view(request, AuditEvent.Action.VIEW_STUDY, study, view="study", study=study,
+                       detail={"via": "api", "stale_reading": True})
+            return Response({"error": str(exc), "code": exc.code,
+                             "result": current.as_dict()}, status=status.HTTP_409_CONFLICT)
+        except services.ReadingRejected as exc:
+            return Response({"error": str(exc), "code": "invalid"},
+                            status=status.HTTP_400_BAD_REQUEST)
+        audit(request, AuditEvent.Action.READING, reading,
+              detail={"final_label": reading.final_label, "agrees": reading.agrees_with_model,
+                      "amends": amends.pk if amends else None,
+                      "prediction_ids": reading.prediction_ids})
+        return Response(reading_json(reading, request), status=status.HTTP_201_CREATED)
 
 
 class PredictionDetail(APIView):

@@ -175,6 +175,8 @@ class ReadingForm(forms.Form):
     notes = forms.CharField(widget=forms.Textarea(attrs={"rows": 4}), required=False,
                             max_length=5000)
     amends = forms.IntegerField(required=False, widget=forms.HiddenInput)
+    # The predictions of the study result the page showed: signing is refused when they changed.
+    prediction_ids = forms.CharField(required=False, widget=forms.HiddenInput)
 
     def __init__(self, *args, classes: list[str] = (), has_result: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
@@ -183,6 +185,14 @@ class ReadingForm(forms.Form):
         if not has_result:
             self.fields["decision"].choices = [("override", "Read without a model result")]
             self.fields["decision"].initial = "override"
+
+    def clean_prediction_ids(self) -> list[int]:
+        text = self.cleaned_data.get("prediction_ids") or ""
+        try:
+            return [int(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise forms.ValidationError("Reload the page: the shown result is unreadable.",
+                                        code="invalid") from None
 
     def clean(self):
         data = super().clean()

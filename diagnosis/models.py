@@ -54,10 +54,12 @@ class Study(models.Model):
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="studies"
     )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-    # Set by the worker when the model's top finding is abnormal and at or above the version's
-    # threshold for it. It only ever raises a study in the worklist; it never lowers `priority`.
+    # Stored from the study's result (diagnosis.results.study_result) whenever a view's
+    # prediction finishes, for the worklist to sort and filter by: flagged when any abnormal class
+    # reaches its operating threshold on some view. The model never changes `priority`.
     flagged_by_model = models.BooleanField(default=False)
     flagged_finding = models.CharField(max_length=64, blank=True)
+    result_label = models.CharField(max_length=64, blank=True)
 
     class Meta:
         ordering = ["-priority", "-created_at"]
@@ -270,7 +272,7 @@ class Reading(AppendOnlyModel):
     study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="readings")
     prediction = models.ForeignKey(
         Prediction, null=True, blank=True, on_delete=models.PROTECT, related_name="readings",
-        help_text="The model result the radiologist saw when signing.",
+        help_text="The prediction behind the study result's label when signing.",
     )
     model_version = models.ForeignKey(
         "training.ModelVersion", null=True, blank=True, on_delete=models.PROTECT,
@@ -278,6 +280,10 @@ class Reading(AppendOnlyModel):
     )
     radiologist = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="readings"
+    )
+    prediction_ids = models.JSONField(
+        default=list, blank=True,
+        help_text="The finished predictions of the study result the radiologist saw when signing.",
     )
     agrees_with_model = models.BooleanField(null=True, help_text="None when there was no result.")
     final_label = models.CharField(max_length=64)

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from diagnosis import selectors
 from diagnosis.models import Prediction, Study
+from diagnosis.results import StudyResult, prediction_bars
 
 logger = logging.getLogger(__name__)
 
@@ -29,14 +30,35 @@ def report_context(study: Study) -> dict:
         predictions = list(image.predictions.all())
         items.append({"image": image, "prediction": predictions[0] if predictions else None})
     readings = selectors.study_readings(study)
+    result = selectors.study_result(study)
     return {
         "study": study,
+        "result": result,
+        "result_text": result_text(result, views=len(items)),
         "items": items,
         "reading": next((r for r in readings if r.is_current), None),
         "readings": readings,
         "notice": NOTICE,
         "generated_at": timezone.now(),
     }
+
+
+def result_text(result: StudyResult, *, views: int) -> str:
+    """The study result in one sentence (plain text; the templates and the PDF escape it)."""
+    if result.label is None:
+        return {"failed": "Needs attention: the analysis of a view failed.",
+                "pending": "The analysis is not finished.",
+                }.get(result.status, "No analysis.")
+    text = f"Model result: {result.label} ({result.label_probability:.3f})"
+    text += ", flagged: " + ", ".join(result.flagged_classes) if result.flagged else ", not flagged"
+    if views > 1:
+        text += f"; {views} views combined (per class the highest probability)"
+    text += f"; model version {', '.join(result.model_versions)}."
+    if result.status == "failed":
+        text += " Needs attention: the analysis of a view failed."
+    elif result.status == "pending":
+        text += " Another view is still being analysed."
+    return text
 
 
 def render_pdf(study: Study, *, generated_by=None) -> bytes:
@@ -94,6 +116,9 @@ def render_pdf(study: Study, *, generated_by=None) -> bytes:
              f"{timezone.localtime(study.created_at):%Y-%m-%d %H:%M}"],
         ], colWidths=[28 * mm, 55 * mm, 28 * mm, 55 * mm], style=grid),
         Spacer(1, 5 * mm),
+        Paragraph("Study result", styles["Heading2"]),
+        Paragraph(_markup(ctx["result_text"]), styles["Normal"]),
+        Spacer(1, 4 * mm),
     ]
     for item in ctx["items"]:
         image, prediction = item["image"], item["prediction"]
@@ -116,15 +141,15 @@ def render_pdf(study: Study, *, generated_by=None) -> bytes:
         story.append(Spacer(1, 3 * mm))
         if prediction is None or prediction.status != Prediction.Status.DONE:
             status = prediction.status_message if prediction else "No analysis."
-            story.append(Paragraph(f"Model result: {_markup(status)}", styles["Normal"]))
+            story.append(Paragraph(f"This image: {_markup(status)}", styles["Normal"]))
             continue
         version = prediction.model_version
         rows = [["Class", "Probability", "Threshold"]] + [
-            [cell(label), f"{p:.3f}", f"{version.threshold_for(label):.2f}"]
-            for label, p in prediction.sorted_probabilities
+            [cell(label), f"{p:.3f}", f"{thr:.2f}" + (" (flagged)" if flagged else "")]
+            for label, p, thr, flagged in prediction_bars(prediction)
         ]
         story += [
-            Paragraph(f"Model result: <b>{_markup(prediction.label)}</b> — model version "
+            Paragraph(f"This image: <b>{_markup(prediction.label)}</b> — model version "
                       f"{_markup(version.name)} ({_markup(version.architecture)}), "
                       f"{_markup(prediction.cam_method)} heatmap of "
                       f"“{_markup(prediction.cam_class)}”", styles["Normal"]),

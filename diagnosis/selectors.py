@@ -13,12 +13,13 @@ from django.db.models import (
     Prefetch,
     Q,
     QuerySet,
-    Subquery,
     Value,
     When,
 )
 
+from diagnosis import results
 from diagnosis.models import AuditEvent, Image, Prediction, Reading, Study
+from diagnosis.results import StudyResult
 
 
 def study_list() -> QuerySet[Study]:
@@ -33,19 +34,21 @@ def study_list() -> QuerySet[Study]:
 
 def worklist(*, q: str = "", status: str = "", finding: str = "", reviewed: str = "",
              date_from: dt.date | None = None, date_to: dt.date | None = None) -> QuerySet[Study]:
-    """Studies in reading order: unreviewed studies the model flagged first, then by priority
-    (STAT, urgent, routine), longest waiting first; reviewed studies last, newest first."""
-    latest = Prediction.objects.filter(image__study=OuterRef("pk")).order_by("-queued_at")
+    """Studies in reading order. Unread studies first: those that need attention (a view's
+    current analysis failed), then those the study result flags, then the rest; within each,
+    by priority (STAT, urgent, routine), longest waiting first. Read studies last, newest first."""
+    # A view's current prediction is its latest (diagnosis.results): older ones are history.
+    newer = Prediction.objects.filter(image=OuterRef("image"), queued_at__gt=OuterRef("queued_at"))
+    current = Prediction.objects.filter(image__study=OuterRef("pk")).filter(~Exists(newer))
     studies = study_list().annotate(
         is_reviewed=Exists(Reading.objects.filter(study=OuterRef("pk"))),
-        latest_status=Subquery(latest.values("status")[:1]),
-        latest_version=Subquery(latest.values("model_version_id")[:1]),
-        latest_label=Subquery(latest.values("label")[:1]),
+        needs_attention=Exists(current.filter(status=Prediction.Status.FAILED)),
     ).annotate(
         sort_group=Case(
-            When(is_reviewed=False, flagged_by_model=True, then=Value(0)),
-            When(is_reviewed=False, then=Value(1)),
-            default=Value(2), output_field=IntegerField(),
+            When(is_reviewed=False, needs_attention=True, then=Value(0)),
+            When(is_reviewed=False, flagged_by_model=True, then=Value(1)),
+            When(is_reviewed=False, then=Value(2)),
+            default=Value(3), output_field=IntegerField(),
         )
     )
     if q:
@@ -53,16 +56,24 @@ def worklist(*, q: str = "", status: str = "", finding: str = "", reviewed: str 
             Q(patient__mrn__icontains=q) | Q(accession_number__icontains=q)
             | Q(patient__name__icontains=q)
         )
+    # The study result's status: failed (needs attention), done (every view), else the views
+    # still waiting for a model, queued or running.
+    queued = current.filter(status=Prediction.Status.QUEUED)
     if status == "waiting":
-        studies = studies.filter(latest_status="queued", latest_version__isnull=True)
+        studies = studies.filter(Exists(queued.filter(model_version__isnull=True)))
     elif status == "queued":
-        studies = studies.filter(latest_status="queued", latest_version__isnull=False)
-    elif status:
-        studies = studies.filter(latest_status=status)
+        studies = studies.filter(Exists(queued.filter(model_version__isnull=False)))
+    elif status == "running":
+        studies = studies.filter(Exists(current.filter(status=Prediction.Status.RUNNING)))
+    elif status == "failed":
+        studies = studies.filter(needs_attention=True)
+    elif status == "done":
+        studies = studies.filter(Exists(current)).exclude(
+            Exists(current.exclude(status=Prediction.Status.DONE)))
     if finding == "flagged":
         studies = studies.filter(flagged_by_model=True)
     elif finding:
-        studies = studies.filter(latest_label=finding)
+        studies = studies.filter(result_label=finding)
     if reviewed == "yes":
         studies = studies.filter(is_reviewed=True)
     elif reviewed == "no":
@@ -73,12 +84,13 @@ def worklist(*, q: str = "", status: str = "", finding: str = "", reviewed: str 
         studies = studies.filter(created_at__date__lte=date_to)
     return studies.order_by(
         "sort_group", "-priority",
-        Case(When(sort_group=2, then="created_at")).desc(nulls_last=True), "created_at",
+        Case(When(sort_group=3, then="created_at")).desc(nulls_last=True), "created_at",
     )
 
 
 def known_findings() -> list[str]:
-    return sorted(set(Prediction.objects.exclude(label="").values_list("label", flat=True)))
+    return sorted(set(Study.objects.exclude(result_label="").values_list("result_label",
+                                                                          flat=True)))
 
 
 def study_detail(pk: int) -> Study:
@@ -86,7 +98,14 @@ def study_detail(pk: int) -> Study:
 
 
 def study_predictions(study: Study) -> list[Prediction]:
+    """Every prediction of the study, history included (newest first per image)."""
     return [p for image in study.images.all() for p in image.predictions.all()]
+
+
+def study_result(study: Study) -> StudyResult:
+    """The study's one result (diagnosis.results.study_result), from the prefetched predictions
+    of study_list()/study_detail()."""
+    return results.study_result(study_predictions(study))
 
 
 def study_readings(study: Study) -> list[Reading]:

@@ -14,7 +14,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from cxrweb.responses import csv_response, download_name, private_file_response, set_attachment
-from diagnosis import reports, selectors, services
+from diagnosis import reports, results, selectors, services
 from diagnosis.audit import audit, audit_upload, audit_upload_rejected, audit_view
 from diagnosis.forms import ReadingForm, StudyUploadForm, WorklistFilterForm
 from diagnosis.imaging import UploadRejected
@@ -40,9 +40,11 @@ def worklist(request):
     for study in page:
         predictions = selectors.study_predictions(study)
         readings = selectors.study_readings(study)
-        rows.append({"study": study, "prediction": predictions[0] if predictions else None,
+        rows.append({"study": study, "result": selectors.study_result(study),
+                     # a study waiting for a model version says so in its status
+                     "waiting": any(p.is_waiting_for_model for p in predictions),
                      "reading": readings[0] if readings else None})
-    pending = any(r["prediction"] and not r["prediction"].is_finished for r in rows)
+    pending = any(r["result"].status == "pending" for r in rows)
     if rows:  # the page lists these patients' studies and results: one event names them all
         audit_view(request, Action.VIEW_STUDY, None, view="worklist", study=None, detail={
             "studies": [r["study"].pk for r in rows],
@@ -114,50 +116,55 @@ def _study_or_404(pk: int) -> Study:
 
 
 def _study_context(study: Study) -> dict:
+    """The study's one result (diagnosis.results) and, beside each image, its own result."""
     images = []
     for image in study.images.all():
         predictions = list(image.predictions.all())
-        prediction = predictions[0] if predictions else None
+        prediction = predictions[0] if predictions else None  # the image's current one
         heatmaps = {}
         if prediction is not None and prediction.status == Prediction.Status.DONE:
             heatmaps = {h.class_label: h for h in prediction.heatmaps.all()}
         images.append({"image": image, "prediction": prediction, "history": predictions[1:],
-                       "heatmaps": heatmaps})
+                       "heatmaps": heatmaps, "bars": results.prediction_bars(prediction)})
     pending = any(
         (i["prediction"] and not i["prediction"].is_finished)
         or any(h.status == ClassHeatmap.Status.QUEUED for h in i["heatmaps"].values())
         for i in images
     )
-    return {"study": study, "images": images, "pending": pending}
+    result = selectors.study_result(study)
+    driving_view = next((n for n, i in enumerate(images, 1)
+                         if i["image"].pk == result.driving_image), None)
+    return {"study": study, "images": images, "pending": pending, "result": result,
+            "driving_view": driving_view}
 
 
 def _reading_context(study: Study, form: ReadingForm | None = None) -> dict:
     readings = selectors.study_readings(study)
     current = next((r for r in readings if r.is_current), None)
-    predictions, prediction = _reading_result(study)
-    form = form or ReadingForm(classes=_reading_classes(prediction, predictions),
-                               has_result=prediction is not None,
-                               initial={"amends": current.pk if current else None})
-    return {"readings": readings, "current_reading": current, "reading_form": form,
-            "reading_prediction": prediction,
-            # The page swaps in a fresh reading form when the result it waits for arrives.
-            "reading_awaits_result": prediction is None
-            and any(not p.is_finished and p.model_version_id for p in predictions)}
-
-
-def _reading_result(study: Study) -> tuple[list[Prediction], Prediction | None]:
-    """The study's predictions, and the finished one a reading is made against (if any)."""
     predictions = selectors.study_predictions(study)
-    return predictions, next((p for p in predictions if p.status == Prediction.Status.DONE), None)
+    result = results.study_result(predictions)
+    form = form or ReadingForm(classes=_reading_classes(result, predictions),
+                               has_result=result.label is not None,
+                               initial={"amends": current.pk if current else None,
+                                        "prediction_ids": ",".join(
+                                            str(i) for i in result.prediction_ids)})
+    return {"readings": readings, "current_reading": current, "reading_form": form,
+            "reading_result": result,
+            # The page swaps in a fresh reading form when the views it waits for finish.
+            "reading_awaits_result": result.status == "pending"
+            and any(not p.is_finished and p.model_version_id
+                    for p in results.current_predictions(predictions))}
 
 
-def _reading_classes(prediction: Prediction | None, predictions: list[Prediction]) -> list[str]:
-    """The labels a reading offers: the finished result's model's classes; without one (still
-    queued, failed), those of the model the image was sent to, else of the production model."""
-    version = prediction.model_version if prediction else next(
+def _reading_classes(result: results.StudyResult, predictions: list[Prediction]) -> list[str]:
+    """The labels a reading offers: the classes of the study result's model; without a result
+    (still queued, failed), those of the model an image was sent to, else of the production
+    model."""
+    version = result.driving_prediction.model_version if result.driving_prediction else next(
         (p.model_version for p in predictions if p.model_version_id), None
     ) or ModelVersion.objects.filter(status=ModelVersion.Status.PRODUCTION).first()
-    return list(version.class_labels) if version else []
+    classes = list(version.class_labels) if version else []
+    return classes + [c for c in result.probabilities if c not in classes]
 
 
 @require_safe
@@ -190,10 +197,14 @@ def study_reading(request, pk: int):
 @require_POST
 @clinical_user_required
 def reading_sign(request, pk: int):
+    """Sign against the result the form showed (its prediction ids): a result that changed
+    meanwhile is refused (409) and the page shows the current one to review again."""
     study = _study_or_404(pk)
-    predictions, prediction = _reading_result(study)
-    form = ReadingForm(request.POST, classes=_reading_classes(prediction, predictions),
-                       has_result=prediction is not None)
+    predictions = selectors.study_predictions(study)
+    result = results.study_result(predictions)
+    form = ReadingForm(request.POST, classes=_reading_classes(result, predictions),
+                       has_result=result.label is not None)
+    status = 400
     if form.is_valid():
         amends = None
         if form.cleaned_data.get("amends"):
@@ -204,18 +215,29 @@ def reading_sign(request, pk: int):
                 final_label=form.cleaned_data.get("final_label") or "",
                 agrees=form.cleaned_data["decision"] == "agree",
                 notes=form.cleaned_data.get("notes") or "", amends=amends,
+                prediction_ids=form.cleaned_data["prediction_ids"],
             )
+        except services.ReadingStale as exc:
+            # The form now carries the current result's ids: signing again signs what is shown.
+            data = request.POST.copy()
+            data["prediction_ids"] = ",".join(str(i) for i in result.prediction_ids)
+            form = ReadingForm(data, classes=_reading_classes(result, predictions),
+                               has_result=result.label is not None)
+            form.is_valid()
+            form.add_error(None, str(exc))
+            status = 409
         except services.ReadingRejected as exc:
             form.add_error(None, str(exc))
         else:
             audit(request, Action.READING, reading,
                   detail={"final_label": reading.final_label,
                           "agrees": reading.agrees_with_model,
-                          "amends": amends.pk if amends else None})
+                          "amends": amends.pk if amends else None,
+                          "prediction_ids": reading.prediction_ids})
             messages.success(request, f"Reading signed: {reading.final_label}.")
             return redirect(study)
     return render(request, "diagnosis/study.html",
-                  {**_study_context(study), **_reading_context(study, form)}, status=400)
+                  {**_study_context(study), **_reading_context(study, form)}, status=status)
 
 
 @require_POST

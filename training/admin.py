@@ -24,6 +24,16 @@ class ModelVersionAdmin(admin.ModelAdmin):
         # Versions come from `manage.py import_model` or a training run, which check the weights.
         return False
 
+    def save_model(self, request, obj: ModelVersion, form, change) -> None:
+        super().save_model(request, obj, form, change)
+        if change and {"normal_classes", "thresholds"} & set(form.changed_data):
+            # Flags follow the new rule at once: the worklist sorts by the stored result.
+            from diagnosis.services import studies_restore_for_version
+
+            count = studies_restore_for_version(version=obj)
+            self.message_user(request, f"The results of {count} studies were updated.",
+                              messages.INFO)
+
     @admin.action(description="Promote the selected version to production (or roll back to it)")
     def promote(self, request, queryset):
         if queryset.count() != 1:

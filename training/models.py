@@ -21,6 +21,12 @@ class ModelVersion(models.Model):
     std = models.JSONField(default=list)
     temperature = models.FloatField(default=1.0, help_text="Softmax temperature (calibration).")
     thresholds = models.JSONField(default=dict, blank=True, help_text="Operating threshold per class.")
+    normal_classes = models.JSONField(
+        null=True, blank=True,
+        help_text='The classes that mean "no finding", e.g. ["NORMAL"]: any other class at or '
+        "above its operating threshold flags a study. Empty: every class is a finding. Left "
+        "blank, the classes named normal / no finding / healthy / negative.",
+    )
     weights = models.FileField(upload_to="models/", max_length=255)
     sha256 = models.CharField(max_length=64)
     metrics = models.JSONField(default=dict, blank=True)
@@ -55,14 +61,51 @@ class ModelVersion(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.architecture}, {self.get_status_display().lower()})"
 
+    def save(self, *args, **kwargs):
+        if self.normal_classes is None:
+            self.normal_classes = self.default_normal_classes(self.class_labels or [])
+        super().save(*args, **kwargs)
+
     @property
     def is_production(self) -> bool:
         return self.status == self.Status.PRODUCTION
 
+    # Class names that mean "nothing found", matched case-insensitively: the default of
+    # `normal_classes` when a version is created without one.
     NORMAL_LABELS = ("normal", "no finding", "no_finding", "healthy", "negative")
 
+    @classmethod
+    def default_normal_classes(cls, class_labels) -> list[str]:
+        """The classes of `class_labels` whose name says "normal" (see NORMAL_LABELS)."""
+        return [c for c in class_labels if str(c).strip().lower() in cls.NORMAL_LABELS]
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        super().clean()
+        if self.normal_classes is None:
+            return
+        if not isinstance(self.normal_classes, list) or not all(
+            isinstance(c, str) for c in self.normal_classes
+        ):
+            raise ValidationError({"normal_classes": 'A list of class names, e.g. ["NORMAL"].'})
+        wanted = {c.strip().lower() for c in self.normal_classes}
+        known = {str(c).strip().lower() for c in self.class_labels or []}
+        if wanted - known:
+            raise ValidationError({"normal_classes": (
+                f"Not classes of this version: {', '.join(sorted(wanted - known))}. "
+                f"Choose among {', '.join(self.class_labels or [])}."
+            )})
+
     def is_normal_label(self, label: str) -> bool:
-        return label.strip().lower() in self.NORMAL_LABELS
+        """Whether `label` is one of the version's normal classes (case-insensitive)."""
+        normal = (self.normal_classes if self.normal_classes is not None
+                  else self.default_normal_classes(self.class_labels or []))
+        return label.strip().lower() in {str(c).strip().lower() for c in normal}
+
+    def flags(self, label: str, probability: float) -> bool:
+        """The triage rule: an abnormal class at or above its operating threshold flags."""
+        return not self.is_normal_label(label) and probability >= self.threshold_for(label)
 
     def threshold_for(self, label: str) -> float:
         """The operating threshold of a class: stored with the version, else 0.5."""

@@ -17,9 +17,11 @@ from diagnosis.services.predictions import (
     prediction_run,
     predictions_assign_waiting,
     predictions_reconcile,
+    studies_restore_for_version,
     study_flag_from_prediction,
+    study_result_store,
 )
-from diagnosis.services.readings import ReadingRejected, reading_sign
+from diagnosis.services.readings import ReadingRejected, ReadingStale, reading_sign
 from diagnosis.services.uploads import (
     IdentityMismatch,
     StorageUnavailable,
@@ -33,6 +35,7 @@ __all__ = [
     "IdentityMismatch",
     "PredictionFailure",
     "ReadingRejected",
+    "ReadingStale",
     "StorageUnavailable",
     "UploadFieldRejected",
     "UploadResult",
@@ -45,7 +48,9 @@ __all__ = [
     "predictions_assign_waiting",
     "predictions_reconcile",
     "reading_sign",
+    "studies_restore_for_version",
     "study_flag_from_prediction",
+    "study_result_store",
     "study_upload",
     "study_upload_many",
 ]

@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from cxrweb.processes import process_identity, process_is_dead
 from diagnosis.models import Image, Prediction, Study
+from diagnosis.results import StudyResult, study_result
 from training.models import ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -363,24 +364,38 @@ def _release_unfinished(predictions: list[Prediction], *, worker: str) -> None:
                        "will", len(predictions), exc_info=True)
 
 
-def study_flag_from_prediction(*, prediction: Prediction) -> bool:
-    """Flag the study when the top finding is abnormal at or above its threshold.
+def study_result_store(*, study_id: int) -> StudyResult:
+    """Store what the worklist sorts and filters by from the study's result
+    (:func:`diagnosis.results.study_result`): the flag, its finding and the result's label.
 
-    Only ever raises a study: a later normal result (e.g. from another model version) does not
-    clear the flag, and the study's own priority is never changed by the model.
+    Called whenever a view's prediction finishes, and when a version's normal classes or
+    thresholds change: the flag follows the study's current result, up and down.
     """
-    version = prediction.model_version
-    if prediction.status != Prediction.Status.DONE or version is None or not prediction.label:
-        return False
-    probability = (prediction.probabilities or {}).get(prediction.label, 0.0)
-    if version.is_normal_label(prediction.label) or probability < version.threshold_for(
-        prediction.label
-    ):
-        return False
-    Study.objects.filter(pk=prediction.image.study_id, flagged_by_model=False).update(
-        flagged_by_model=True, flagged_finding=prediction.label[:64]
-    )
-    return True
+    result = study_result(Prediction.objects.filter(image__study_id=study_id)
+                          .select_related("model_version"))
+    finding = result.flagged_classes[0][:64] if result.flagged else ""
+    Study.objects.filter(pk=study_id).exclude(
+        flagged_by_model=result.flagged, flagged_finding=finding,
+        result_label=(result.label or "")[:64],
+    ).update(flagged_by_model=result.flagged, flagged_finding=finding,
+             result_label=(result.label or "")[:64])
+    return result
+
+
+def study_flag_from_prediction(*, prediction: Prediction) -> bool:
+    """After `prediction` finished: store its study's result (see study_result_store); whether
+    the study is flagged now."""
+    return study_result_store(study_id=prediction.image.study_id).flagged
+
+
+def studies_restore_for_version(*, version: ModelVersion) -> int:
+    """Store the result again of every study with a prediction of `version` (after its normal
+    classes or thresholds changed); how many studies."""
+    ids = list(Study.objects.filter(images__predictions__model_version=version)
+               .values_list("pk", flat=True).distinct())
+    for pk in ids:
+        study_result_store(study_id=pk)
+    return len(ids)
 
 
 def open_display(image: Image, preprocessing):

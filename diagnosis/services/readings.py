@@ -2,30 +2,56 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from django.db import transaction
 
 from diagnosis.models import Prediction, Reading, Study
+from diagnosis.results import study_result
 
 
 class ReadingRejected(ValueError):
     """The reading cannot be signed as given; the message says why."""
 
 
+class ReadingStale(ReadingRejected):
+    """The study's result changed after the radiologist saw it (a view finished, a re-analysis):
+    nothing is signed; the result must be reviewed again."""
+
+    code = "stale_result"
+
+
 @transaction.atomic
 def reading_sign(
     *, study: Study, radiologist, final_label: str, agrees: bool | None = None, notes: str = "",
-    amends: Reading | None = None,
+    amends: Reading | None = None, prediction_ids: Collection[int] | None = None,
 ) -> Reading:
-    """Sign a reading of `study`. An amendment is a new reading that points at the one it amends."""
+    """Sign a reading of `study` against its result (diagnosis.results.study_result).
+
+    `prediction_ids` are the result's predictions the radiologist was shown: when the study's
+    current ones differ, :class:`ReadingStale` is raised and nothing is stored. Every surface that
+    shows a result passes them; None (scripts, fixtures) signs against the current result.
+    Agreeing signs the result's label. An amendment is a new reading that points at the one it
+    amends.
+    """
     study = Study.objects.select_for_update().get(pk=study.pk)
-    prediction = (
-        Prediction.objects.filter(image__study=study, status=Prediction.Status.DONE)
-        .select_related("model_version").order_by("-finished_at").first()
+    result = study_result(
+        Prediction.objects.filter(image__study=study).select_related("model_version")
     )
-    classes = list(prediction.model_version.class_labels) if prediction else []
+    if prediction_ids is not None and sorted(set(prediction_ids)) != sorted(result.prediction_ids):
+        raise ReadingStale(
+            "The model's result for this study changed after you opened it (a view finished or "
+            "was analysed again). Review the current result, then sign again."
+        )
+    prediction = result.driving_prediction
+    version = prediction.model_version if prediction is not None else None
+    classes: list[str] = []
+    for label in (version.class_labels if version else []):
+        classes.append(label)
+    classes += [c for c in result.probabilities if c not in classes]
     final_label = (final_label or "").strip()
-    if agrees and prediction is not None:
-        final_label = prediction.label
+    if agrees and result.label:
+        final_label = result.label
     if not final_label:
         raise ReadingRejected("Choose the final label (one of the model's classes, or other).")
     if final_label != Reading.OTHER and classes and final_label not in classes:
@@ -44,12 +70,11 @@ def reading_sign(
     return Reading.objects.create(
         study=study,
         prediction=prediction,
-        model_version=prediction.model_version if prediction else None,
+        prediction_ids=list(result.prediction_ids),
+        model_version=version,
         radiologist=radiologist,
-        agrees_with_model=(final_label == prediction.label) if prediction else None,
+        agrees_with_model=(final_label == result.label) if result.label else None,
         final_label=final_label[:64],
         notes=notes.strip(),
         amends=amends,
     )
-
-

@@ -40,7 +40,8 @@ def test_upload_then_the_study_page_updates_itself_and_the_overlay_opacity_moves
     page.get_by_label("Agree with the model").wait_for(timeout=10_000)
     labels = page.locator("#reading select option").all_inner_texts()
     assert set(production_model.class_labels) <= set(labels)
-    assert page.get_by_text(f"Top finding: {prediction.label}").is_visible()
+    assert page.get_by_text(f"This image: {prediction.label}").is_visible()
+    assert page.locator("[data-study-label]").inner_text() == prediction.label
     assert page.get_by_text(production_model.name).first.is_visible()
     assert page.get_by_text("does not replace, a radiologist").first.is_visible()
 

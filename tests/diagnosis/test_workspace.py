@@ -11,6 +11,7 @@ from diagnosis import selectors, services
 from diagnosis.models import AuditEvent, ClassHeatmap, Prediction, Reading, Study
 from tests import imagegen
 from tests.conftest import CLASSES
+from training.models import ModelVersion
 
 
 def _upload(user, mrn: str, **kw):
@@ -68,13 +69,20 @@ def test_the_worklist_puts_unreviewed_flagged_studies_first_then_priority(
     assert list(selectors.worklist(date_from=tomorrow)) == []
 
 
-def test_a_later_normal_result_does_not_clear_the_flag(done, model_version):
+def test_the_flag_follows_the_current_result_of_the_view(done, production_model):
+    """The study shows one result, from each view's current prediction: a later confident normal
+    result of the same view (a re-analysis) clears the flag the earlier one raised."""
     study = Study.objects.get(pk=done.image.study_id)
-    again = Prediction.objects.create(image=done.image, model_version=None, status="done",
-                                      label="normal", probabilities={"normal": 1.0})
-    services.study_flag_from_prediction(prediction=again)
+    newer = ModelVersion.objects.create(name="v2", architecture="mobilenet_v2",
+                                        class_labels=CLASSES, weights="models/v2.pt", sha256="0")
+    again = Prediction.objects.create(
+        image=done.image, model_version=newer, status="done", label="normal",
+        probabilities={"normal": 0.97, "bacterial_pneumonia": 0.01, "viral_pneumonia": 0.01,
+                       "covid19": 0.01},
+    )
+    assert services.study_flag_from_prediction(prediction=again) is False
     study.refresh_from_db()
-    assert study.flagged_by_model
+    assert not study.flagged_by_model and study.result_label == "normal"
 
 
 def test_signing_agreeing_takes_the_model_label_and_records_the_version(done, radiologist):

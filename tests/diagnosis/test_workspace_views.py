@@ -45,7 +45,8 @@ def test_a_denied_page_is_a_403_and_is_audited(client, outsider, radiologist, st
 def test_signing_a_reading_in_the_browser(rad_client, study):
     prediction = study.images.get().predictions.get()
     resp = rad_client.post(f"/studies/{study.pk}/reading/", {
-        "decision": "override", "final_label": "other", "notes": "left pneumothorax"})
+        "decision": "override", "final_label": "other", "notes": "left pneumothorax",
+        "prediction_ids": str(prediction.pk)})
     assert resp.status_code == 302
     reading = Reading.objects.get()
     assert reading.final_label == "other" and reading.agrees_with_model is False
@@ -79,10 +80,18 @@ def test_a_reading_while_the_model_works_offers_its_classes_and_the_form_follows
     assert AuditEvent.objects.filter(action="view_study", detail__view="page").count() \
         == views_before
     assert AuditEvent.objects.filter(action="view_study", detail__view="reading").count() == 1
-    # A label chosen from the waiting form is accepted once the result is in.
+    # A reading signed from the waiting form did not see the result that arrived since: it is
+    # refused (nothing stored) and the page shows the result to review, its form bound to it.
     label = production_model.class_labels[0]
     resp = rad_client.post(f"/studies/{result.study.pk}/reading/",
-                           {"decision": "override", "final_label": label})
+                           {"decision": "override", "final_label": label, "prediction_ids": ""})
+    assert resp.status_code == 409 and not Reading.objects.exists()
+    html = resp.content.decode()
+    assert "Review the current result" in html
+    assert f'name="prediction_ids" value="{result.prediction.pk}"' in html
+    resp = rad_client.post(f"/studies/{result.study.pk}/reading/",
+                           {"decision": "override", "final_label": label,
+                            "prediction_ids": str(result.prediction.pk)})
     assert resp.status_code == 302 and Reading.objects.get().final_label == label
 
 

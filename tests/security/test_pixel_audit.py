@@ -51,6 +51,8 @@ EXEMPT = {
     "diagnosis:study-neighbours": "the links to the studies before and after in the worklist: "
                                   "ids only; the study page they lead to is audited",
     "api:studies": "POST only: an upload, an UPLOAD event",
+    "api:study-readings": "POST only: the signed reading is a READING event; a 409 that shows "
+    "the current result is a VIEW_STUDY event",
     "api:dicom-peek": "reads back the header of the file the client sends; nothing stored",
 }
 

@@ -30,6 +30,7 @@ def model_version_import(
     created_by=None,
     notes: str = "",
     expected_sha256: str = "",
+    normal_classes: list[str] | None = None,
 ) -> ModelVersion:
     """Register a torchvision state dict, or a checkpoint exported from a model version, as a
     candidate version.
@@ -89,12 +90,28 @@ def model_version_import(
         raise ModelImportError(
             f"The checkpoint says its architecture is {meta.arch!r}, not {architecture!r}."
         )
+    if normal_classes is None and meta is not None and isinstance(
+        (meta.extra or {}).get("normal_classes"), list
+    ):
+        normal_classes = list(meta.extra["normal_classes"])
+    if normal_classes is not None:
+        by_key = {c.lower(): c for c in classes}
+        unknown = [c for c in normal_classes if c.strip().lower() not in by_key]
+        if unknown:
+            raise ModelImportError(
+                f"--normal-classes names classes the model lacks: {', '.join(unknown)}. "
+                f"Its classes: {', '.join(classes)}."
+            )
+        normal_classes = [by_key[c.strip().lower()] for c in normal_classes]
+    else:
+        normal_classes = ModelVersion.default_normal_classes(classes)
     prep = meta.preprocessing if meta is not None else default_preprocessing(architecture)
     temperature = meta.temperature if meta is not None else 1.0
     thresholds = (meta.thresholds or {}) if meta is not None else {}
     checkpoint_meta = CheckpointMeta(
         arch=architecture, classes=classes, preprocessing=prep, temperature=temperature,
-        thresholds=thresholds, extra={"name": name, "source": path.name},
+        thresholds=thresholds,
+        extra={"name": name, "source": path.name, "normal_classes": normal_classes},
     )
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp) / "weights.pt"
@@ -108,6 +125,7 @@ def model_version_import(
             std=list(prep.std),
             temperature=temperature,
             thresholds=thresholds,
+            normal_classes=normal_classes,
             sha256=sha256,
             source=str(path)[:255],
             notes=notes,

@@ -172,6 +172,7 @@ def _finish(run: TrainingRun, result) -> TrainingRun:
                 std=list(prep.get("std", (0.229, 0.224, 0.225))),
                 temperature=result.temperature,
                 thresholds=result.thresholds or {},
+                normal_classes=ModelVersion.default_normal_classes(result.classes),
                 sha256=file_sha256(result.checkpoint_path),
                 metrics=result.test_metrics or {},
                 source=f"training run {run.pk} on dataset {run.dataset.name}",

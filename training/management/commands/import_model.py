@@ -23,6 +23,12 @@ class Command(BaseCommand):
             help="comma-separated class labels, in the order of the model's outputs (taken from "
                  "an exported checkpoint when omitted)",
         )
+        parser.add_argument(
+            "--normal-classes", default=None,
+            help='comma-separated classes that mean "no finding" (any other class at or above '
+                 "its threshold flags a study; default: those named normal, no finding, healthy "
+                 "or negative; an empty value: none)",
+        )
         parser.add_argument("--sha256", default="",
                             help="refuse the file unless its sha256 is this (from the export)")
         parser.add_argument("--name", default="", help="version name (default: arch + timestamp)")
@@ -39,12 +45,15 @@ class Command(BaseCommand):
                 name=options["name"],
                 notes=options["notes"],
                 expected_sha256=options["sha256"],
+                normal_classes=None if options["normal_classes"] is None else [
+                    c.strip() for c in options["normal_classes"].split(",") if c.strip()],
             )
         except ModelImportError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(self.style.SUCCESS(
             f"Imported model version {version.name!r} (id {version.pk}, {version.architecture}, "
-            f"classes: {', '.join(version.class_labels)}, sha256 {version.sha256[:12]}…)."
+            f"classes: {', '.join(version.class_labels)}, normal: "
+            f"{', '.join(version.normal_classes) or 'none'}, sha256 {version.sha256[:12]}…)."
         ))
         if options["promote"]:
             model_version_promote(

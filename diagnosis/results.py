@@ -1,0 +1,155 @@
+"""The study-level result: one rule that combines the predictions of a study's images (views).
+
+Plain Python, no Django: it reads the attributes of the predictions it is given (``pk``,
+``image_id``, ``status``, ``probabilities``, ``queued_at``, ``model_version`` with
+``class_labels``, ``name``, ``is_normal_label(label)`` and ``threshold_for(label)``), so every
+surface (worklist, flag, study page, reading, report, PDF, API) calls :func:`study_result` and
+shows the same thing.
+
+The rule:
+
+- Each image counts with its *current* prediction: its most recently queued one (earlier ones
+  are history).
+- ``status``: ``failed`` when any view's analysis failed (it needs attention), else ``pending``
+  while any view is queued or running, else ``done``; ``none`` for a study without analysis.
+- ``probabilities``: per class, the maximum over the views' finished predictions.
+- ``flagged_classes``: every abnormal class (not one of its version's normal classes) that reaches
+  its version's operating threshold on some view, highest first; ``flagged`` when there is one.
+- ``label``: the top flagged class if any, else the top class of ``probabilities``.
+- ``driving_image``: the image whose prediction gives the label its probability.
+- ``prediction_ids``: the finished predictions the result is made of. A reading records them and
+  is refused when they changed (a view finished later, a re-analysis) before it was signed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+DONE, FAILED, QUEUED, RUNNING = "done", "failed", "queued", "running"
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    status: str  # done | pending | failed | none
+    label: str | None = None
+    probabilities: dict[str, float] = field(default_factory=dict)
+    flagged: bool = False
+    flagged_classes: list[str] = field(default_factory=list)
+    driving_image: int | None = None
+    prediction_ids: list[int] = field(default_factory=list)
+    model_version: str | None = None  # the version behind the label
+    model_versions: list[str] = field(default_factory=list)
+    # Per class, the threshold of the version whose prediction gives the class its probability.
+    thresholds: dict[str, float] = field(default_factory=dict)
+    normal_classes: list[str] = field(default_factory=list)
+    driving_prediction: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def needs_attention(self) -> bool:
+        return self.status == FAILED
+
+    @property
+    def label_probability(self) -> float | None:
+        return self.probabilities.get(self.label) if self.label else None
+
+    def bars(self) -> list[tuple[str, float, float, bool]]:
+        """(class, probability, threshold, flagged) for each class, highest probability first."""
+        return [(label, p, self.thresholds.get(label, 0.5), label in self.flagged_classes)
+                for label, p in sorted(self.probabilities.items(), key=lambda kv: -kv[1])]
+
+    def as_dict(self) -> dict:
+        """The API's ``result`` object."""
+        return {
+            "status": self.status,
+            "label": self.label,
+            "probabilities": dict(self.probabilities),
+            "flagged": self.flagged,
+            "flagged_classes": list(self.flagged_classes),
+            "driving_image": self.driving_image,
+            "prediction_ids": list(self.prediction_ids),
+            "model_version": self.model_version,
+            "model_versions": list(self.model_versions),
+            "thresholds": dict(self.thresholds),
+        }
+
+
+def current_predictions(predictions: Iterable[Any]) -> list[Any]:
+    """The current prediction of each image (its most recently queued one), in image order of
+    first appearance."""
+    current: dict[int, Any] = {}
+    for p in predictions:
+        held = current.get(p.image_id)
+        if held is None or (p.queued_at, p.pk) > (held.queued_at, held.pk):
+            current[p.image_id] = p
+    return list(current.values())
+
+
+def study_result(predictions: Iterable[Any]) -> StudyResult:
+    """The result of a study from its predictions (all of them, history included: only each
+    image's current one counts). See the module's docstring for the rule."""
+    current = current_predictions(predictions)
+    if not current:
+        return StudyResult(status="none")
+    statuses = {p.status for p in current}
+    if FAILED in statuses:
+        status = FAILED
+    elif statuses & {QUEUED, RUNNING}:
+        status = "pending"
+    else:
+        status = DONE
+    done = sorted((p for p in current if p.status == DONE and p.probabilities
+                   and p.model_version is not None), key=lambda p: p.pk)
+    if not done:
+        return StudyResult(status=status)
+
+    best: dict[str, tuple[float, Any]] = {}  # class -> (max probability, its prediction)
+    flagged: dict[str, float] = {}
+    for p in done:
+        version = p.model_version
+        for label, prob in p.probabilities.items():
+            prob = float(prob)
+            if label not in best or prob > best[label][0]:
+                best[label] = (prob, p)
+            if not version.is_normal_label(label) and prob >= version.threshold_for(label):
+                flagged[label] = max(prob, flagged.get(label, 0.0))
+
+    order: list[str] = []
+    for p in done:
+        order += [c for c in p.model_version.class_labels if c in best and c not in order]
+    order += [c for c in best if c not in order]
+    probabilities = {c: best[c][0] for c in order}
+    flagged_classes = sorted(flagged, key=lambda c: (-flagged[c], order.index(c)))
+    if flagged_classes:
+        label = flagged_classes[0]
+    else:
+        label = max(order, key=lambda c: (probabilities[c], -order.index(c)))
+    driver = best[label][1]
+    thresholds = {c: best[c][1].model_version.threshold_for(c) for c in order}
+    normal = [c for c in order if best[c][1].model_version.is_normal_label(c)]
+    versions: list[str] = []
+    for p in done:
+        if p.model_version.name not in versions:
+            versions.append(p.model_version.name)
+    return StudyResult(
+        status=status, label=label, probabilities=probabilities, flagged=bool(flagged_classes),
+        flagged_classes=flagged_classes, driving_image=driver.image_id,
+        prediction_ids=[p.pk for p in done], model_version=driver.model_version.name,
+        model_versions=versions, thresholds=thresholds, normal_classes=normal,
+        driving_prediction=driver,
+    )
+
+
+def prediction_bars(prediction: Any) -> list[tuple[str, float, float, bool]]:
+    """One image's own result as (class, probability, threshold, flagged), highest first:
+    flagged (drawn red) only for an abnormal class at or above its threshold."""
+    if prediction is None or prediction.status != DONE or not prediction.probabilities \
+            or prediction.model_version is None:
+        return []
+    version = prediction.model_version
+    return [
+        (label, float(p), version.threshold_for(label),
+         not version.is_normal_label(label) and float(p) >= version.threshold_for(label))
+        for label, p in sorted(prediction.probabilities.items(), key=lambda kv: -float(kv[1]))
+    ]
