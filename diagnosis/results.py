@@ -153,3 +153,35 @@ def prediction_bars(prediction: Any) -> list[tuple[str, float, float, bool]]:
          not version.is_normal_label(label) and float(p) >= version.threshold_for(label))
         for label, p in sorted(prediction.probabilities.items(), key=lambda kv: -float(kv[1]))
     ]
+
+
+@dataclass(frozen=True)
+class ReanalysisNotice:
+    """That a study's result changed by a re-analysis: the version and date of the newest
+    re-read view, and what the study's result said before."""
+
+    version: str | None
+    at: Any
+    previous_status: str
+    previous_label: str | None
+    previous_version: str | None
+    pending: bool = False  # the re-analysis is still queued or running
+
+
+def reanalysis_notice(predictions: Iterable[Any]) -> ReanalysisNotice | None:
+    """None unless some view's current prediction replaced an earlier one. The previous result
+    is the study's result without those replacing predictions (same rule, one step back)."""
+    predictions = list(predictions)
+    current = current_predictions(predictions)
+    replaced = {c.pk for c in current
+                if any(p.image_id == c.image_id and p.pk != c.pk for p in predictions)}
+    if not replaced:
+        return None
+    newest = max((c for c in current if c.pk in replaced), key=lambda c: (c.queued_at, c.pk))
+    previous = study_result([p for p in predictions if p.pk not in replaced])
+    return ReanalysisNotice(
+        version=newest.model_version.name if newest.model_version is not None else None,
+        at=newest.queued_at, previous_status=previous.status, previous_label=previous.label,
+        previous_version=previous.model_version,
+        pending=any(c.status in (QUEUED, RUNNING) for c in current if c.pk in replaced),
+    )

@@ -14,6 +14,7 @@ urlpatterns = [
     path("studies/<int:pk>/neighbours/", views.study_neighbours, name="study-neighbours"),
     path("studies/<int:pk>/results/", views.study_results, name="study-results"),
     path("studies/<int:pk>/reading/", views.reading_sign, name="reading-sign"),
+    path("studies/<int:pk>/reanalyse/", views.study_reanalyse, name="study-reanalyse"),
     path("studies/<int:pk>/report/", views.study_report, name="report"),
     path("studies/<int:pk>/report.pdf", views.study_report_pdf, name="report-pdf"),
     path("predictions/<int:pk>/rerun/", views.prediction_rerun, name="prediction-rerun"),

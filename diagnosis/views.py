@@ -134,8 +134,24 @@ def _study_context(study: Study) -> dict:
     result = selectors.study_result(study)
     driving_view = next((n for n, i in enumerate(images, 1)
                          if i["image"].pk == result.driving_image), None)
+    predictions = selectors.study_predictions(study)
     return {"study": study, "images": images, "pending": pending, "result": result,
-            "driving_view": driving_view}
+            "driving_view": driving_view,
+            "reanalysis": results.reanalysis_notice(predictions),
+            # What "re-analyse with the production version" would do: offered unless every
+            # view's current prediction is already that version's (and did not fail).
+            "production_version": _reanalysable_with(predictions)}
+
+
+def _reanalysable_with(predictions: list[Prediction]) -> ModelVersion | None:
+    version = ModelVersion.objects.filter(status=ModelVersion.Status.PRODUCTION).only(
+        "pk", "name").first()
+    current = results.current_predictions(predictions)
+    if version is None or not current or all(
+        p.model_version_id == version.pk and p.status != Prediction.Status.FAILED for p in current
+    ):
+        return None
+    return version
 
 
 def _reading_context(study: Study, form: ReadingForm | None = None) -> dict:
@@ -269,6 +285,28 @@ def prediction_rerun(request, pk: int):
     else:
         messages.success(request, "The analysis was queued again.")
     return redirect("diagnosis:study", pk=prediction.image.study_id)
+
+
+@require_POST
+@clinical_user_required
+def study_reanalyse(request, pk: int):
+    """Re-analyse the study's views with the production version; earlier results stay as
+    history, and a reading must be signed against the new result."""
+    study = _study_or_404(pk)
+    try:
+        outcome = services.study_reanalyse(study=study)
+    except services.ReanalysisRefused as exc:
+        messages.error(request, str(exc))
+        return redirect("diagnosis:study", pk=study.pk)
+    version = ModelVersion.objects.get(status=ModelVersion.Status.PRODUCTION)
+    audit(request, Action.REANALYSE, study,
+          detail={"scope": "study", **outcome.as_detail(version)})
+    if outcome.queued:
+        messages.success(request, f"{outcome.queued} image(s) queued for re-analysis with "
+                                  f"{version.name}; the earlier results are kept.")
+    else:
+        messages.info(request, f"Already analysed with {version.name}: nothing to re-run.")
+    return redirect("diagnosis:study", pk=study.pk)
 
 
 @require_safe

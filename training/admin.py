@@ -14,7 +14,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
     search_fields = ("name", "architecture", "sha256")
     readonly_fields = ("sha256", "weights", "status", "promoted_at", "promoted_by",
                        "promotion_reason", "created_at", "created_by")
-    actions = ["promote"]
+    actions = ["promote", "promote_and_rerun_open"]
 
     @admin.display(description="classes")
     def classes(self, obj: ModelVersion) -> str:
@@ -43,6 +43,25 @@ class ModelVersionAdmin(admin.ModelAdmin):
         model_version_promote(version=version, promoted_by=request.user, request=request,
                               reason=f"promoted in the admin by {request.user}")
         self.message_user(request, f"{version.name} is now in production.", messages.SUCCESS)
+
+    @admin.action(description="Promote the selected version (or roll back to it) and re-run open "
+                              "(unsigned) studies with it")
+    def promote_and_rerun_open(self, request, queryset):
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one version to promote.", messages.ERROR)
+            return
+        version = model_version_promote(
+            version=queryset.get(), promoted_by=request.user, request=request,
+            reason=f"promoted in the admin by {request.user}", rerun_open=True,
+        )
+        rerun = version.reanalysis
+        if rerun is None:
+            self.message_user(request, f"{version.name} was already in production; nothing was "
+                                       "re-run.", messages.INFO)
+            return
+        self.message_user(request, f"{version.name} is now in production; {rerun.queued} images "
+                                   f"of {rerun.studies} open studies queued for re-analysis.",
+                          messages.SUCCESS)
 
 
 @admin.register(ModelPromotion)

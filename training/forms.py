@@ -180,6 +180,11 @@ class PromoteForm(forms.Form):
                   "and the audit trail).",
         error_messages={"required": "Give a reason: it is kept in the promotion history."},
     )
+    rerun_open = forms.BooleanField(
+        required=False, label="Re-run open (unsigned) studies with this version",
+        help_text="Their earlier results are kept as history; the re-runs wait behind new "
+                  "uploads.",
+    )
 
 
 class CompareForm(forms.Form):

@@ -508,9 +508,13 @@ def version_promote(request, pk: int):
                       _version_context(version, promote_form=form, next_url=next_url), status=400)
     rollback = version.status == ModelVersion.Status.RETIRED
     version = model_version_promote(version=version, promoted_by=request.user, request=request,
-                                    reason=form.cleaned_data["reason"])
+                                    reason=form.cleaned_data["reason"],
+                                    rerun_open=form.cleaned_data["rerun_open"])
+    rerun = version.reanalysis
     messages.success(request, f"{'Rolled back to' if rollback else 'Promoted'} {version.name}: "
-                              "new studies are read by this version.")
+                              "new studies are read by this version."
+                     + (f" {rerun.queued} images of {rerun.studies} open studies queued for "
+                        "re-analysis." if rerun is not None else ""))
     return redirect(_safe_next(request, default))
 
 

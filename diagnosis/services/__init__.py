@@ -2,6 +2,7 @@
 
 - uploads: study_upload, study_upload_many (web process; never imports torch)
 - predictions: queueing, the worker side (claim, run), re-runs, the reconciler
+- reanalysis: re-reading studies with another version (history kept), behind live uploads
 - readings: signed readings and amendments
 - heatmaps: per-class heatmaps on demand
 """
@@ -22,6 +23,13 @@ from diagnosis.services.predictions import (
     study_result_store,
 )
 from diagnosis.services.readings import ReadingRejected, ReadingStale, reading_sign
+from diagnosis.services.reanalysis import (
+    REANALYSIS_PRIORITY,
+    ReanalysisOutcome,
+    ReanalysisRefused,
+    studies_reanalyse_open,
+    study_reanalyse,
+)
 from diagnosis.services.uploads import (
     IdentityMismatch,
     StorageUnavailable,
@@ -34,6 +42,9 @@ from diagnosis.services.uploads import (
 __all__ = [
     "IdentityMismatch",
     "PredictionFailure",
+    "REANALYSIS_PRIORITY",
+    "ReanalysisOutcome",
+    "ReanalysisRefused",
     "ReadingRejected",
     "ReadingStale",
     "StorageUnavailable",
@@ -48,8 +59,10 @@ __all__ = [
     "predictions_assign_waiting",
     "predictions_reconcile",
     "reading_sign",
+    "studies_reanalyse_open",
     "studies_restore_for_version",
     "study_flag_from_prediction",
+    "study_reanalyse",
     "study_result_store",
     "study_upload",
     "study_upload_many",

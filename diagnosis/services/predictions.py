@@ -39,9 +39,13 @@ def prediction_enqueue_on_commit(prediction_id: int, *, recorded: bool = False) 
 
 
 def prediction_dispatch(
-    prediction_id: int, *, countdown: float | None = None, record: bool = True
+    prediction_id: int, *, countdown: float | None = None, record: bool = True,
+    priority: int | None = None,
 ) -> None:
     """Record the dispatch in the row (the reconciler reads it), then send the task.
+
+    `priority`: the broker's message priority, for re-runs that must wait behind uploads
+    (diagnosis.services.reanalysis); None sends at the default, the most urgent.
 
     If the broker is unreachable the row still says queued and the send is not counted: the
     reconciler sends it again at its next run after the broker is back (see _dispatch_failed).
@@ -53,8 +57,8 @@ def prediction_dispatch(
             dispatches=F("dispatches") + 1, last_dispatched_at=timezone.now()
         )
     try:
-        if countdown:
-            run_prediction.apply_async((prediction_id,), countdown=countdown)
+        if countdown or priority is not None:
+            run_prediction.apply_async((prediction_id,), countdown=countdown, priority=priority)
         else:
             run_prediction.delay(prediction_id)
     except Exception:

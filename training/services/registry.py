@@ -144,12 +144,16 @@ def model_version_import(
 
 @transaction.atomic
 def model_version_promote(
-    *, version: ModelVersion, promoted_by=None, reason: str = "", request=None
+    *, version: ModelVersion, promoted_by=None, reason: str = "", request=None,
+    rerun_open: bool = False,
 ) -> ModelVersion:
     """Put `version` into production; the current production version is retired.
 
     Promoting an earlier version is the roll back. Predictions keep the version that made them;
     predictions that were waiting for a production model are given this one and queued.
+    With `rerun_open`, every open (unsigned) study is re-analysed with it, behind live uploads
+    (diagnosis.services.reanalysis), audited with the counts; the returned version carries them
+    as ``reanalysis`` (a ReanalysisOutcome; None without `rerun_open`).
     """
     from diagnosis.services import predictions_assign_waiting
 
@@ -160,6 +164,7 @@ def model_version_promote(
         .exclude(pk=version.pk)
         .first()
     )
+    version.reanalysis = None
     if version.status == ModelVersion.Status.PRODUCTION:
         return version
     if current is not None:
@@ -180,6 +185,12 @@ def model_version_promote(
 
     audit(request, AuditEvent.Action.PROMOTE, version, user=version.promoted_by,
           detail={"previous": current.name if current else None, "reason": reason})
+    if rerun_open:
+        from diagnosis.services import studies_reanalyse_open
+
+        version.reanalysis = studies_reanalyse_open(version=version)
+        audit(request, AuditEvent.Action.REANALYSE, version, user=version.promoted_by,
+              detail={"scope": "open studies", **version.reanalysis.as_detail(version)})
     logger.info(
         "promoted %s to production (was %s); %d waiting predictions queued",
         version.name, current.name if current else "none", queued,
