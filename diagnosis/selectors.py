@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 
+from django.db import connection
 from django.db.models import (
     Case,
     Count,
     Exists,
     IntegerField,
+    Max,
+    Min,
     OuterRef,
     Prefetch,
     Q,
     QuerySet,
+    Sum,
     Value,
     When,
 )
@@ -86,6 +91,52 @@ def worklist(*, q: str = "", status: str = "", finding: str = "", reviewed: str 
         "sort_group", "-priority",
         Case(When(sort_group=3, then="created_at")).desc(nulls_last=True), "created_at",
     )
+
+
+# The prediction states a study passes through before its result is final. Each is a small
+# set of rows, read through the status index.
+_PENDING_BUCKETS = {
+    "waiting": Q(status=Prediction.Status.QUEUED, model_version__isnull=True),
+    "queued": Q(status=Prediction.Status.QUEUED, model_version__isnull=False),
+    "running": Q(status=Prediction.Status.RUNNING),
+}
+
+
+def worklist_token() -> str:
+    """A short token that changes whenever the worklist may have changed: a study uploaded, a
+    prediction queued, started, finished or failed (or queued again), a reading signed.
+
+    Two cheap queries, whatever the number of studies: the newest study, prediction and reading
+    ids (primary-key index), and a fingerprint (count, sum, min, max of the ids) of each pending
+    state's predictions (status index; these are the few rows still in flight). Rows only ever
+    reach done or failed by leaving a pending state, and readings are append-only, so every
+    change moves one of them. Not covered: an admin changing a version's normal classes (the
+    re-flagged studies show on the next page load). The part before the dot is the newest study
+    id, which worklist_new_count() reads back."""
+    quote = connection.ops.quote_name
+    newest = ", ".join(f"(SELECT MAX({quote('id')}) FROM {quote(m._meta.db_table)})"
+                       for m in (Study, Prediction, Reading))
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {newest}")
+        study_id, *others = cursor.fetchone()
+    pending = Prediction.objects.filter(
+        status__in=[Prediction.Status.QUEUED, Prediction.Status.RUNNING]
+    ).aggregate(**{
+        f"{name}_{agg.__name__}": agg("id", filter=where)
+        for name, where in _PENDING_BUCKETS.items() for agg in (Count, Sum, Min, Max)
+    })
+    parts = [study_id, *others, *(pending[k] for k in sorted(pending))]
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).hexdigest()
+    return f"{study_id or 0}.{digest}"
+
+
+def worklist_new_count(*, since: str, filters: dict) -> int:
+    """How many studies matching the worklist's `filters` were uploaded after the study that
+    was newest when `since` (a worklist_token()) was read; 0 for a token that is not one."""
+    newest, _, digest = since.partition(".")
+    if not newest.isdigit() or not digest:
+        return 0
+    return worklist(**filters).filter(pk__gt=int(newest)).count()
 
 
 def known_findings() -> list[str]:

@@ -8,6 +8,8 @@ app_name = "diagnosis"
 
 urlpatterns = [
     path("", views.worklist, name="worklist"),
+    path("worklist/rows/", views.worklist_rows, name="worklist-rows"),
+    path("worklist/changes/", views.worklist_changes, name="worklist-changes"),
     path("studies/upload/", views.upload, name="upload"),
     path("studies/<int:pk>/", views.study_detail, name="study"),
     path("studies/<int:pk>/reading-form/", views.study_reading, name="study-reading"),

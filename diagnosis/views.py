@@ -11,6 +11,7 @@ from django.db import DatabaseError
 from django.http import Http404, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from cxrweb.responses import csv_response, download_name, private_file_response, set_attachment
@@ -29,13 +30,16 @@ Action = AuditEvent.Action
 # loses the body, so it is audited as the GET is: it still tells that a patient's file exists.
 
 
-@require_safe
-@clinical_user_required
-def worklist(request):
+def _worklist_filters(request) -> tuple[WorklistFilterForm, dict]:
     form = WorklistFilterForm(request.GET or None, findings=selectors.known_findings())
     filters = form.cleaned_data if form.is_valid() else {}
-    studies = selectors.worklist(**{k: v for k, v in filters.items() if v})
-    page = Paginator(studies, 25).get_page(request.GET.get("page"))
+    return form, {k: v for k, v in filters.items() if v}
+
+
+def _worklist_table(request, *, view: str) -> dict:
+    """The worklist table's context (rows of the requested filters and page), audited as `view`."""
+    form, filters = _worklist_filters(request)
+    page = Paginator(selectors.worklist(**filters), 25).get_page(request.GET.get("page"))
     rows = []
     for study in page:
         predictions = selectors.study_predictions(study)
@@ -44,19 +48,49 @@ def worklist(request):
                      # a study waiting for a model version says so in its status
                      "waiting": any(p.is_waiting_for_model for p in predictions),
                      "reading": readings[0] if readings else None})
-    pending = any(r["result"].status == "pending" for r in rows)
     if rows:  # the page lists these patients' studies and results: one event names them all
-        audit_view(request, Action.VIEW_STUDY, None, view="worklist", study=None, detail={
+        audit_view(request, Action.VIEW_STUDY, None, view=view, study=None, detail={
             "studies": [r["study"].pk for r in rows],
             "patients": [r["study"].patient.mrn for r in rows],
         })
     query = request.GET.copy()
     query.pop("page", None)
-    return render(request, "diagnosis/worklist.html", {
-        "form": form, "page": page, "rows": rows, "pending": pending,
-        "query": query.urlencode(),
-        "production": ModelVersion.objects.filter(status=ModelVersion.Status.PRODUCTION).first(),
-    })
+    return {"form": form, "page": page, "rows": rows, "query": query.urlencode()}
+
+
+@require_safe
+@clinical_user_required
+def worklist(request):
+    token = selectors.worklist_token()  # before the rows: a change while they are read shows next
+    context = {**_worklist_table(request, view="worklist"), "token": token}
+    context["production"] = ModelVersion.objects.filter(
+        status=ModelVersion.Status.PRODUCTION).first()
+    return render(request, "diagnosis/worklist.html", context)
+
+
+@require_safe
+@never_cache
+@clinical_user_required
+def worklist_rows(request):
+    """The worklist's table alone (same filters and page), which the open page fetches when
+    worklist_changes says something changed. Patient data: audited as the page is, a repeat of
+    the same rows within the coalescing window being the one event already written."""
+    return render(request, "diagnosis/_worklist_table.html",
+                  _worklist_table(request, view="worklist-live"))
+
+
+@require_safe
+@never_cache
+@clinical_user_required
+def worklist_changes(request):
+    """GET ?since=TOKEN[&filters]: {token, changed, new}, polled by the open worklist. `new`
+    counts the studies matching the filters uploaded since TOKEN. No patient data: not audited."""
+    since = request.GET.get("since", "")
+    token = selectors.worklist_token()
+    new = 0
+    if token.partition(".")[0] != since.partition(".")[0]:  # a study was uploaded since
+        new = selectors.worklist_new_count(since=since, filters=_worklist_filters(request)[1])
+    return JsonResponse({"token": token, "changed": token != since, "new": new})
 
 
 @require_http_methods(["GET", "POST"])

@@ -256,7 +256,7 @@
       .catch(function () { /* the form still works: the server checks it against the result */ });
   }
 
-  // Reload a region of the current page (the worklist) while some rows are pending.
+  // Reload a region of the current page (a training page's list) while its work goes on.
   function refreshRegion(el) {
     var ms = parseInt(el.getAttribute("data-refresh"), 10);
     if (!ms) return;
@@ -274,6 +274,146 @@
         })
         .catch(function () { refreshRegion(el); });
     }, ms);
+  }
+
+  // ---- the live worklist ---------------------------------------------------------------------
+  // While the tab is visible, every few seconds: ask the change token whether anything the
+  // worklist shows may have changed (worklist/changes/?since=TOKEN with the page's filters, two
+  // small queries on the server), and only then fetch the table (worklist/rows/, the same filters
+  // and page) and swap it in. The reader keeps their place: the filters are outside the table,
+  // the first row on screen stays where it was, a focused link keeps its focus. Studies that
+  // arrive are marked, and an "N new" button jumps to the first of them and clears the marks.
+  function setupLiveWorklist(el) {
+    var ms = parseInt(el.getAttribute("data-live-ms"), 10) || 3000;
+    var token = el.getAttribute("data-live-token") || "";
+    var query = window.location.search.replace(/^\?/, "");
+    var marker = document.querySelector("[data-live-new]");
+    var button = marker && marker.querySelector("[data-live-new-button]");
+    var known = {};   // the study ids this page has shown
+    var arrived = 0;  // studies uploaded since the page opened or the reader cleared the marks
+    var lastHtml = null, timer = null, busy = false;
+    rows(el).forEach(function (tr) { known[tr.getAttribute("data-study-id")] = true; });
+
+    function rows(root) { return Array.prototype.slice.call(root.querySelectorAll("tr[data-study-id]")); }
+    function url(base, extra) {
+      var q = [query, extra].filter(Boolean).join("&");
+      return base + (q ? "?" + q : "");
+    }
+    function fetchOk(u, accept) {
+      return fetch(u, { credentials: "same-origin", headers: { Accept: accept } })
+        .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r; });
+    }
+    function schedule(delay) { window.clearTimeout(timer); timer = window.setTimeout(check, delay); }
+
+    function check() {
+      if (busy || document.visibilityState !== "visible") return;  // visibilitychange resumes
+      busy = true;
+      fetchOk(url(el.getAttribute("data-live-changes-url"), "since=" + encodeURIComponent(token)),
+              "application/json")
+        .then(function (r) { return r.json(); })
+        .then(function (data) {
+          if (!data.changed) return;
+          return fetchOk(url(el.getAttribute("data-live-rows-url"), ""), "text/html")
+            .then(function (r) { return r.text(); })
+            .then(function (html) {
+              if (html !== lastHtml) swap(html);
+              lastHtml = html;
+              token = data.token;
+              arrived += data["new"] || 0;
+              showMarker();
+            });
+        })
+        .then(function () { busy = false; schedule(ms); },
+              function () { busy = false; schedule(Math.min(ms * 4, 30000)); });
+    }
+
+    function focusKey(node) {
+      var tr = node.closest("tr[data-study-id]");
+      return { row: tr ? tr.getAttribute("data-study-id") : null, href: node.getAttribute("href"),
+               text: node.textContent };
+    }
+    function findFocus(key) {
+      return Array.prototype.find.call(el.querySelectorAll("a, button, [tabindex]"), function (n) {
+        var tr = n.closest("tr[data-study-id]");
+        return (tr ? tr.getAttribute("data-study-id") : null) === key.row &&
+          n.getAttribute("href") === key.href && (key.row || n.textContent === key.text);
+      });
+    }
+
+    function swap(html) {
+      var doc = new DOMParser().parseFromString(html, "text/html");
+      if (!doc.querySelector("table.worklist")) throw new Error("not the worklist (signed out?)");
+      // The reader's place: the first row still on screen, when they have scrolled into the table
+      // (at its top, new rows simply show above the others).
+      var anchor = null, anchorTop = 0;
+      if (el.getBoundingClientRect().top < 0) {
+        anchor = rows(el).find(function (tr) { return tr.getBoundingClientRect().bottom > 0; });
+        if (anchor) { anchorTop = anchor.getBoundingClientRect().top; anchor = anchor.getAttribute("data-study-id"); }
+      }
+      var active = document.activeElement;
+      var focus = active && active !== el && el.contains(active) ? focusKey(active) : null;
+      var marked = {};
+      rows(el).forEach(function (tr) { if (tr.classList.contains("row-new")) marked[tr.getAttribute("data-study-id")] = true; });
+
+      el.replaceChildren.apply(el, Array.prototype.map.call(doc.body.childNodes,
+        function (n) { return document.importNode(n, true); }));
+      rows(el).forEach(function (tr) {
+        var id = tr.getAttribute("data-study-id");
+        if (!known[id] || marked[id]) markNew(tr);
+        known[id] = true;
+      });
+      applyDataStyles(el);
+      if (focus) { var again = findFocus(focus); if (again) again.focus({ preventScroll: true }); }
+      if (anchor) {
+        var row = el.querySelector('tr[data-study-id="' + anchor + '"]');
+        if (row) window.scrollBy(0, row.getBoundingClientRect().top - anchorTop);
+      }
+    }
+
+    function markNew(tr) {
+      tr.classList.add("row-new");
+      var cell = tr.querySelector("td");
+      if (cell && !cell.querySelector(".new-badge")) {
+        var badge = document.createElement("span");
+        badge.className = "new-badge";
+        badge.textContent = "new";
+        cell.appendChild(badge);
+      }
+    }
+    function clearMarks() {
+      rows(el).forEach(function (tr) {
+        tr.classList.remove("row-new");
+        tr.querySelectorAll(".new-badge").forEach(function (b) { b.remove(); });
+      });
+    }
+    function showMarker() {
+      if (!marker || !button) return;
+      button.textContent = arrived + " new";
+      marker.hidden = arrived <= 0;
+    }
+
+    if (button) {
+      button.addEventListener("click", function () {
+        var first = el.querySelector("tr.row-new");
+        arrived = 0;
+        showMarker();
+        if (!first && /(^|&)page=/.test(query)) {  // they arrived on the first page
+          var rest = query.split("&").filter(function (p) { return p && p.indexOf("page=") !== 0; });
+          window.location.href = window.location.pathname + (rest.length ? "?" + rest.join("&") : "");
+          return;
+        }
+        clearMarks();
+        if (first) {
+          first.scrollIntoView({ block: "center" });
+          var link = first.querySelector("a");
+          if (link) link.focus({ preventScroll: true });
+        }
+      });
+    }
+    document.addEventListener("visibilitychange", function () {
+      if (document.visibilityState === "visible") schedule(0);
+    });
+    schedule(ms);
   }
 
   // ---- several uploads at once ----------------------------------------------------------------
@@ -537,6 +677,7 @@
     applyDataStyles();
     document.querySelectorAll("[data-poll-url][data-poll-ms]").forEach(poll);
     document.querySelectorAll("[data-refresh]").forEach(refreshRegion);
+    document.querySelectorAll("[data-live-changes-url]").forEach(setupLiveWorklist);
     document.querySelectorAll("[data-multi-upload]").forEach(setupUploader);
   });
 })();

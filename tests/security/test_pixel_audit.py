@@ -26,6 +26,7 @@ MRN = "AUD-1"
 # those of the `viewed` fixture; None: the URL takes no argument / the event names no one object.
 AUDITED = {
     "diagnosis:worklist": (None, None),
+    "diagnosis:worklist-rows": (None, None),
     "diagnosis:study": ("study", "study"),
     "diagnosis:study-reading": ("study", "study"),
     "diagnosis:study-results": ("study", "study"),
@@ -45,11 +46,15 @@ EXEMPT = {
     "diagnosis:upload": "a blank form (an upload itself is an UPLOAD event)",
     "diagnosis:reading-sign": "POST only: the signed reading is a READING event",
     "diagnosis:prediction-rerun": "POST only: redirects to the (audited) study page",
+    "diagnosis:study-reanalyse": "POST only: a REANALYSE event; redirects to the (audited) study "
+                                 "page",
     "diagnosis:class-heatmap-request": "POST only: answers the heatmap's id and status",
     "diagnosis:agreement": "counts per model version, no patient",
     "diagnosis:audit": "the audit trail itself, for admins; its CSV export is an EXPORT event",
     "diagnosis:study-neighbours": "the links to the studies before and after in the worklist: "
                                   "ids only; the study page they lead to is audited",
+    "diagnosis:worklist-changes": "the live worklist's change token and a count of new studies: "
+                                  "no patient; the rows it leads to are audited",
     "api:studies": "POST only: an upload, an UPLOAD event",
     "api:study-readings": "POST only: the signed reading is a READING event; a 409 that shows "
     "the current result is a VIEW_STUDY event",
