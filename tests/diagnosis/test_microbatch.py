@@ -25,7 +25,7 @@ def sent(monkeypatch):
     calls: list[int] = []
     monkeypatch.setattr(tasks.run_prediction, "delay", calls.append)
     monkeypatch.setattr(tasks.run_prediction, "apply_async",
-                        lambda args, countdown=None: calls.append(args[0]))
+                        lambda args, countdown=None, **options: calls.append(args[0]))
     return calls
 
 

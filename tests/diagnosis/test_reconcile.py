@@ -22,7 +22,7 @@ def sent(monkeypatch):
     calls: list[tuple[int, float | None]] = []
     monkeypatch.setattr(tasks.run_prediction, "delay", lambda pk: calls.append((pk, None)))
     monkeypatch.setattr(tasks.run_prediction, "apply_async",
-                        lambda args, countdown=None: calls.append((args[0], countdown)))
+                        lambda args, countdown=None, **options: calls.append((args[0], countdown)))
     return calls
 
 
