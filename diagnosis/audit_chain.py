@@ -100,7 +100,9 @@ def verify_chain(rows: Iterable[Mapping]) -> ChainReport:
 
 
 # SQLite: the database refuses UPDATE and DELETE on these tables, as PostgreSQL does since
-# migration 0004 (whose row triggers leave TRUNCATE to the database owner).
+# migration 0004 (whose row triggers leave TRUNCATE to the database owner). SQLite applies most
+# schema changes by rebuilding the table, which drops its triggers: a migration that changes one
+# of these tables' columns must create them again (as 0009 does); verify_audit reports them missing.
 
 def sqlite_trigger_names() -> list[str]:
     return [f"{table}_no_{op.lower()}" for table in APPEND_ONLY_TABLES for op in ("UPDATE", "DELETE")]

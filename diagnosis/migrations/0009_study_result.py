@@ -47,6 +47,16 @@ def store_results(apps, schema_editor):
         )
 
 
+def sqlite_triggers_again(apps, schema_editor):
+    """SQLite applies the AddField and AlterField on readings above by rebuilding the table, which
+    drops its append-only triggers (migration 0007): put them back."""
+    from diagnosis import audit_chain
+
+    if schema_editor.connection.vendor == "sqlite":
+        for sql in audit_chain.sqlite_create_triggers_sql():
+            schema_editor.execute(sql)
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -71,4 +81,5 @@ class Migration(migrations.Migration):
             field=models.ForeignKey(blank=True, help_text="The prediction behind the study result's label when signing.", null=True, on_delete=django.db.models.deletion.PROTECT, related_name='readings', to='diagnosis.prediction'),
         ),
         migrations.RunPython(store_results, migrations.RunPython.noop),
+        migrations.RunPython(sqlite_triggers_again, migrations.RunPython.noop),
     ]
