@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib import admin, messages
 
 from diagnosis import services
-from diagnosis.audit import audit
+from diagnosis.audit import audit, patient_mrn_of
 from diagnosis.forms import PatientAdminForm
 from diagnosis.models import AuditEvent, ClassHeatmap, Image, Patient, Prediction, Reading, Study
 
@@ -17,7 +17,7 @@ class AuditedAdmin(admin.ModelAdmin):
         if request.method == "GET" and response.status_code == 200:
             obj = response.context_data.get("original")
             if obj is not None:
-                audit(request, AuditEvent.Action.VIEW_ADMIN, obj, patient_mrn=_mrn_of(obj),
+                audit(request, AuditEvent.Action.VIEW_ADMIN, obj,
                       detail={"view": f"admin {self.opts.model_name}"})
         return response
 
@@ -25,24 +25,12 @@ class AuditedAdmin(admin.ModelAdmin):
         response = super().changelist_view(request, extra_context)
         changelist = getattr(response, "context_data", {}).get("cl")
         if changelist is not None:
-            mrns = sorted({_mrn_of(obj) for obj in changelist.result_list} - {""})
+            mrns = sorted({patient_mrn_of(obj) for obj in changelist.result_list} - {""})
             audit(request, AuditEvent.Action.VIEW_ADMIN,
                   patient_mrn=mrns[0] if len(mrns) == 1 else "",
                   detail={"view": f"admin {self.opts.model_name} list",
                           "query": request.GET.urlencode()[:200], "patients": mrns})
         return response
-
-
-def _mrn_of(obj) -> str:
-    """The record number of the patient a record belongs to (its joins are selected already)."""
-    for path in ("mrn", "patient.mrn", "study.patient.mrn", "image.study.patient.mrn",
-                 "prediction.image.study.patient.mrn"):
-        value = obj
-        for name in path.split("."):
-            value = getattr(value, name, None)
-        if isinstance(value, str):
-            return value
-    return ""
 
 
 class StudyInline(admin.TabularInline):

@@ -16,7 +16,7 @@ from django.contrib.auth.signals import user_logged_in, user_logged_out, user_lo
 from django.dispatch import receiver
 from django.utils import timezone
 
-from diagnosis.models import AuditEvent, Image, Prediction, Study
+from diagnosis.models import AuditEvent, Image, Patient, Prediction, Study
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +29,11 @@ def _client_ip(request) -> str | None:
     return request.META.get("REMOTE_ADDR") or None
 
 
-def _patient_mrn(obj) -> str:
+def patient_mrn_of(obj) -> str:
+    """The record number of the patient a record belongs to ("" for none)."""
     try:
+        if isinstance(obj, Patient):
+            return obj.mrn
         if isinstance(obj, Study):
             return obj.patient.mrn
         if isinstance(obj, Image):
@@ -39,6 +42,8 @@ def _patient_mrn(obj) -> str:
             return obj.image.study.patient.mrn
         if hasattr(obj, "study"):
             return obj.study.patient.mrn
+        if isinstance(getattr(obj, "prediction", None), Prediction):  # a class heatmap
+            return obj.prediction.image.study.patient.mrn
     except Exception:  # noqa: BLE001 - a missing relation must not hide the event itself
         return ""
     return ""
@@ -55,7 +60,7 @@ def audit(request, action: str, obj=None, *, user=None, detail: dict | None = No
             action=action,
             object_type=type(obj).__name__ if obj is not None else "",
             object_id=str(obj.pk) if obj is not None and getattr(obj, "pk", None) else "",
-            patient_mrn=(patient_mrn or _patient_mrn(obj))[:64],
+            patient_mrn=(patient_mrn or patient_mrn_of(obj))[:64],
             ip_address=_client_ip(request),
             user_agent=(request.META.get("HTTP_USER_AGENT", "") if request else "")[:300],
             path=(request.get_full_path() if request else "")[:300],

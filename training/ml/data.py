@@ -127,6 +127,22 @@ class FolderScan:
         )
 
 
+def _entries_kept(root: Path, folder: Path, names: Iterable[str], base: Path, *,
+                  skipped: list[str], outside: list[str]) -> list[tuple[str, str]]:
+    """(name, path relative to root) of the entries of `folder` to walk or read, sorted; hidden
+    ones go to `skipped` and those resolving outside `base` to `outside`, by relative path."""
+    kept = []
+    for name in sorted(names):
+        rel = _relative(root, folder / name)
+        if _hidden(name):
+            skipped.append(rel)
+        elif _resolved_inside(folder / name, base) is None:
+            outside.append(rel)
+        else:
+            kept.append((name, rel))
+    return kept
+
+
 def _hidden(name: str) -> bool:
     return name.startswith(".") or name.startswith("__")
 
@@ -218,24 +234,10 @@ def scan_image_folder(
                 continue
             walked.add(here)
             # Hidden folders (.ipynb_checkpoints, .git) are not data; sorted for a stable order.
-            kept = []
-            for d in sorted(dirnames):
-                rel = _relative(root_path, Path(dirpath) / d)
-                if _hidden(d):
-                    skipped.append(rel)
-                elif _resolved_inside(Path(dirpath) / d, base) is None:
-                    outside.append(rel)
-                else:
-                    kept.append(d)
-            dirnames[:] = kept
-            for filename in sorted(filenames):
-                rel = _relative(root_path, Path(dirpath) / filename)
-                if _hidden(filename):
-                    skipped.append(rel)
-                elif _resolved_inside(Path(dirpath) / filename, base) is None:
-                    outside.append(rel)
-                else:
-                    found.append(rel)
+            dirnames[:] = [name for name, _ in _entries_kept(
+                root_path, Path(dirpath), dirnames, base, skipped=skipped, outside=outside)]
+            found += [rel for _, rel in _entries_kept(
+                root_path, Path(dirpath), filenames, base, skipped=skipped, outside=outside)]
         files += [(rel, label) for rel in sorted(found)]
 
     samples: list[tuple[str, int]] = []
