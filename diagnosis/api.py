@@ -37,10 +37,8 @@ def exception_handler(exc, context):
             {"error": "The database is unavailable; nothing was stored. Try again shortly."},
             status=status.HTTP_503_SERVICE_UNAVAILABLE,
         )
-    if isinstance(exc, services.StorageUnavailable):
-        return Response({"error": str(exc), "code": exc.code},
-                        status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "60"})
-    if isinstance(exc, StoredFileUnreadable):  # media that cannot be read: not a missing file
+    # Media that cannot be written, or read (not a missing file): the server's fault, a 503.
+    if isinstance(exc, (services.StorageUnavailable, StoredFileUnreadable)):
         return Response({"error": str(exc), "code": exc.code},
                         status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "60"})
     if isinstance(exc, SuspiciousOperation):  # too many fields or files, a malformed request
@@ -280,13 +278,11 @@ class StudyReadings(APIView):
                 notes=notes, amends=amends, prediction_ids=ids,
             )
         except services.ReadingStale as exc:
-            current = results.study_result(
-                Prediction.objects.filter(image__study=study).select_related("model_version"))
             # The answer shows the current result: a view of the study's data.
             audit_view(request, AuditEvent.Action.VIEW_STUDY, study, view="study", study=study,
                        detail={"via": "api", "stale_reading": True})
             return Response({"error": str(exc), "code": exc.code,
-                             "result": current.as_dict()}, status=status.HTTP_409_CONFLICT)
+                             "result": exc.result.as_dict()}, status=status.HTTP_409_CONFLICT)
         except services.ReadingRejected as exc:
             return Response({"error": str(exc), "code": "invalid"},
                             status=status.HTTP_400_BAD_REQUEST)

@@ -7,7 +7,7 @@ from collections.abc import Collection
 from django.db import transaction
 
 from diagnosis.models import Prediction, Reading, Study
-from diagnosis.results import study_result
+from diagnosis.results import StudyResult, study_result
 
 
 class ReadingRejected(ValueError):
@@ -19,6 +19,10 @@ class ReadingStale(ReadingRejected):
     nothing is signed; the result must be reviewed again."""
 
     code = "stale_result"
+
+    def __init__(self, message: str, *, result: StudyResult) -> None:
+        super().__init__(message)
+        self.result = result  # the study's current result, to review again
 
 
 @transaction.atomic
@@ -41,7 +45,8 @@ def reading_sign(
     if prediction_ids is not None and sorted(set(prediction_ids)) != sorted(result.prediction_ids):
         raise ReadingStale(
             "The model's result for this study changed after you opened it (a view finished or "
-            "was analysed again). Review the current result, then sign again."
+            "was analysed again). Review the current result, then sign again.",
+            result=result,
         )
     prediction = result.driving_prediction
     version = prediction.model_version if prediction is not None else None
