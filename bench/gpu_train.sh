@@ -6,7 +6,7 @@
 #   bench/gpu_train.sh DATA_DIR
 #
 # DATA_DIR holds kermany-pediatric/ (an ImageFolder), mobilenet_v2-imagenet-features.pth and,
-# where the machine lacks them, wheels/ with pydicom and isal (diagnosis.imaging decodes the
+# where the machine lacks them, wheels/ with pydicom and isal (training.ml.imaging decodes the
 # images with them); nothing else beyond torch, torchvision, numpy and Pillow is needed. Prints
 # the JSON report and writes it to $OUT/trainbench.json when OUT is set. Settings by environment:
 # GPU_TRAIN_ARCH (mobilenet_v2), GPU_TRAIN_LIMIT (2500 images), GPU_TRAIN_EPOCHS (3: the first

@@ -6,7 +6,7 @@
   process gets, the production model version's weights file (loaded exactly as a worker loads it:
   diagnosis.inference.predictor_for, sha256 check included) is run through
   training.ml.inference.Predictor on images decoded the way the upload path decodes them
-  (diagnosis.imaging.decode_upload). Beside it, in the same process and on the same images, the
+  (training.ml.imaging.decode_upload). Beside it, in the same process and on the same images, the
   baseline a user would write without the app (``plain_script``): the same weights in a
   torchvision model, torchvision transforms, and pytorch-grad-cam's GradCAM called as its README
   shows.
@@ -52,7 +52,7 @@ def _load_images(paths: list[str], read_long_side: int | None = None) -> list:
     """Decoded as the app reads them for the model (``read_long_side``), outside any timing."""
     from django.conf import settings
 
-    from diagnosis.imaging import decode_upload
+    from training.ml.imaging import decode_upload
 
     images = []
     for path in paths:

@@ -18,8 +18,8 @@ from cxrweb.responses import StoredFileUnreadable, bad_request_body, private_fil
 from diagnosis import results, selectors, services
 from diagnosis.audit import audit, audit_upload, audit_upload_rejected, audit_view
 from diagnosis.forms import StudyUploadForm
-from diagnosis.imaging import UploadRejected, read_dicom_header
 from diagnosis.models import AuditEvent, Prediction, Reading, Study
+from training.ml.imaging import UploadRejected, read_dicom_header
 
 logger = logging.getLogger(__name__)
 

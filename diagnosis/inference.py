@@ -18,9 +18,9 @@ import torch
 from django.conf import settings
 from PIL import Image
 
-from diagnosis.imaging import png_uint8
 from diagnosis.services import PredictionFailure
 from training.ml.checkpoint import file_sha256
+from training.ml.imaging import png_uint8
 from training.ml.inference import Predictor, cam_to_heatmap_rgba, render_overlay
 from training.ml.memory import retain_freed_memory
 from training.ml.preprocessing import Preprocessing
@@ -164,7 +164,7 @@ def render_pngs(picture, cam, *, overlay: bool = True) -> tuple[bytes, bytes | N
 
 def png_bytes(image: Image.Image) -> bytes:
     """Encode an L, RGB or RGBA image as PNG with the writer the display copies use
-    (:func:`diagnosis.imaging.png_uint8`: the "up" filter, ISA-L deflate). A 1024-pixel overlay
+    (:func:`training.ml.imaging.png_uint8`: the "up" filter, ISA-L deflate). A 1024-pixel overlay
     takes ~5 ms instead of ~25 through OpenCV's encoder and ~70 through Pillow's. Lossless."""
     if image.mode not in ("L", "RGB", "RGBA"):
         raise ValueError(f"png_bytes takes L, RGB or RGBA images, not {image.mode}.")

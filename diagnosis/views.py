@@ -18,9 +18,9 @@ from cxrweb.responses import csv_response, download_name, private_file_response,
 from diagnosis import reports, results, selectors, services
 from diagnosis.audit import audit, audit_upload, audit_upload_rejected, audit_view
 from diagnosis.forms import ReadingForm, StudyUploadForm, WorklistFilterForm
-from diagnosis.imaging import UploadRejected
 from diagnosis.models import AuditEvent, ClassHeatmap, Image, Prediction, Reading, Study
 from diagnosis.permissions import clinical_user_required, model_admin_required
+from training.ml.imaging import UploadRejected
 from training.models import ModelVersion
 
 logger = logging.getLogger(__name__)

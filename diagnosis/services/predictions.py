@@ -404,7 +404,7 @@ def studies_restore_for_version(*, version: ModelVersion) -> int:
 
 def open_display(image: Image, preprocessing):
     """The stored display copy, read for a model with ``preprocessing`` the way training reads
-    its images (:func:`diagnosis.imaging.decode_upload`'s ``read_long_side``): no smaller than
+    its images (:func:`training.ml.imaging.decode_upload`'s ``read_long_side``): no smaller than
     the model's :func:`~training.ml.preprocessing.reading_long_side`, also enough for the
     overlay, a JPEG reduced by its decoder, anything larger then by a whole factor."""
     from PIL import Image as PILImage

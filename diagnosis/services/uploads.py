@@ -18,15 +18,15 @@ from django.db import transaction
 from django.utils import timezone
 
 from diagnosis import identity
-from diagnosis.imaging import (
+from diagnosis.models import Image, Patient, Prediction, Study
+from diagnosis.services.predictions import prediction_enqueue_on_commit, storage_delete_quietly
+from training.ml.imaging import (
     DecodedImage,
     DicomInfo,
     UploadPolicy,
     UploadRejected,
     decode_upload,
 )
-from diagnosis.models import Image, Patient, Prediction, Study
-from diagnosis.services.predictions import prediction_enqueue_on_commit, storage_delete_quietly
 from training.models import ModelVersion
 
 logger = logging.getLogger(__name__)

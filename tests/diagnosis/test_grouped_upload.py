@@ -11,9 +11,9 @@ from django.urls import reverse
 from rest_framework.test import APIClient
 
 from diagnosis import services
-from diagnosis.imaging import UploadRejected
 from diagnosis.models import AuditEvent, Image, Prediction, Study
 from tests import imagegen
+from training.ml.imaging import UploadRejected
 
 
 @pytest.fixture

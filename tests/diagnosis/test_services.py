@@ -7,9 +7,9 @@ import pytest
 from django.db import DatabaseError
 
 from diagnosis import services
-from diagnosis.imaging import UploadRejected
 from diagnosis.models import Image, Patient, Prediction, Study
 from tests import imagegen
+from training.ml.imaging import UploadRejected
 
 
 def _files_under(root) -> list[str]:
@@ -177,7 +177,7 @@ def test_the_display_copy_is_the_upload_itself_only_when_nothing_would_change(
 ):
     from PIL import Image as PILImage
 
-    from diagnosis.imaging import decode_upload
+    from training.ml.imaging import decode_upload
 
     data = make()
     result = services.study_upload(uploaded_by=radiologist, data=data, patient_id="DISP")

@@ -10,11 +10,11 @@ from io import BytesIO
 import pytest
 from PIL import Image
 
-from diagnosis.imaging import PNG_SIGNATURE, UploadPolicy, UploadRejected, decode_upload
 from diagnosis.models import Image as ImageRow
 from tests import imagegen
 from tests.conftest import run_python
 from tests.security.upload_helpers import api_client, post_api, post_form, stored
+from training.ml.imaging import PNG_SIGNATURE, UploadPolicy, UploadRejected, decode_upload
 
 POLICY = UploadPolicy(min_side=128, max_aspect_ratio=3)
 
@@ -158,7 +158,7 @@ def _flat_rgba_png(side: int) -> bytes:
 
 MEASURE = """
 import resource, sys
-from diagnosis.imaging import UploadPolicy, decode_upload
+from training.ml.imaging import UploadPolicy, decode_upload
 data = open(sys.argv[1], "rb").read()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 decoded = decode_upload(data, max_bytes=64 << 20, max_pixels=50_000_000, check_only=True,
@@ -229,7 +229,7 @@ def test_the_form_shows_the_cmyk_refusal_beside_the_file(rad_client):
 
 REFUSAL_MEMORY = """
 import resource, sys
-from diagnosis.imaging import UploadPolicy, UploadRejected, decode_upload
+from training.ml.imaging import UploadPolicy, UploadRejected, decode_upload
 data = open(sys.argv[1], "rb").read()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:

@@ -1,7 +1,7 @@
 """Training data: scan an ImageFolder tree, split it reproducibly, and load it as tensors.
 
 The layout is torchvision's ImageFolder (``root/<class name>/**/<image>``, class names sorted), but
-files are recognised and decoded by :mod:`diagnosis.imaging`, the same code that checks uploads:
+files are recognised and decoded by :mod:`training.ml.imaging`, the same code that checks uploads:
 the file's content decides its format (PNG, JPEG or DICOM), never its extension, and a training
 image looks exactly like an uploaded one (mode "L", EXIF orientation applied, DICOM windowed).
 
@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
 
-from diagnosis.imaging import UploadRejected, decode_upload, sniff_format
+from training.ml.imaging import UploadRejected, decode_upload, sniff_format
 
 from .architectures import MLError
 from .checkpoint import file_sha256
@@ -520,7 +520,7 @@ def load_image(
     """Decode one PNG/JPEG/DICOM file the way uploads are decoded: an 8-bit "L" image.
 
     ``read_long_side``: read as the workers read an upload for a model, reduced to no less than
-    that on its long side (see :func:`diagnosis.imaging.decode_upload`); None: every pixel.
+    that on its long side (see :func:`training.ml.imaging.decode_upload`); None: every pixel.
     """
     try:
         data = Path(path).read_bytes()
@@ -543,7 +543,7 @@ def load_image(
 class CXRDataset(Dataset):
     """``(transform(image), label)`` for the samples at ``indices`` (all samples when None).
 
-    Images are decoded with :mod:`diagnosis.imaging` (so DICOM works) as mode "L". ``transform``
+    Images are decoded with :mod:`training.ml.imaging` (so DICOM works) as mode "L". ``transform``
     maps that PIL image to a tensor (see :mod:`training.ml.transforms`); without one the PIL image
     itself is returned. ``cache_size`` decoded images are kept in an LRU cache (per process: each
     DataLoader worker has its own), which pays off when decoding is slow (DICOM, large PNGs).

@@ -366,7 +366,7 @@ def test_square_images_differ_by_class() -> None:
 
 
 def test_the_training_modules_import_without_django() -> None:
-    # data.py uses diagnosis.imaging: it must stay Django-free for the ML core to stay so.
+    # data.py uses training.ml.imaging: it must stay Django-free for the ML core to stay so.
     root = Path(__file__).resolve().parents[3]
     code = (
         "import sys\n"

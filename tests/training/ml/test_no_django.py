@@ -41,6 +41,19 @@ def test_importing_the_ml_core_does_not_import_django() -> None:
     assert result.stdout.strip() == "ok"
 
 
+def test_importing_the_imaging_core_loads_neither_the_apps_nor_torch() -> None:
+    # The upload view decodes with it, and the request path must never load torch.
+    result = _run(
+        "import sys, training.ml.imaging\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in\n"
+        "             {'django', 'diagnosis', 'cxrweb', 'torch', 'torchvision'})\n"
+        "assert not bad, bad\n"
+        "print('ok')"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
 def test_no_module_of_the_ml_core_imports_django_even_lazily() -> None:
     offenders = []
     for path in sorted(ML_PACKAGE.rglob("*.py")):
