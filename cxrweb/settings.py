@@ -20,17 +20,60 @@ environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 VAR_DIR = Path(env.str("CXR_VAR_DIR", default=str(BASE_DIR / "var")))
 
 
-def env_positive_int(name: str, default: int) -> int:
-    value = env.int(name, default=default)
-    if value <= 0:
-        raise ImproperlyConfigured(f"{name} must be a positive integer, got {value!r}.")
+_TRUE_STRINGS = ("true", "on", "ok", "y", "yes", "1")
+_FALSE_STRINGS = ("false", "off", "n", "no", "0", "")
+
+
+def env_int(name: str, default: int, *, minimum: int | None = None,
+            maximum: int | None = None) -> int:
+    """An integer setting; ImproperlyConfigured, naming the variable, on a bad value."""
+    raw = os.environ.get(name)
+    if raw is None:
+        value = default
+    else:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}.") from None
+    if minimum is not None and value < minimum:
+        least = {0: "0 or a positive integer", 1: "a positive integer"}.get(
+            minimum, f"at least {minimum}")
+        raise ImproperlyConfigured(f"{name} must be {least}, got {value!r}.")
+    if maximum is not None and value > maximum:
+        raise ImproperlyConfigured(f"{name} must be at most {maximum}, got {value!r}.")
     return value
 
 
+def env_positive_int(name: str, default: int) -> int:
+    return env_int(name, default, minimum=1)
+
+
 def env_non_negative_int(name: str, default: int) -> int:
-    value = env.int(name, default=default)
-    if value < 0:
-        raise ImproperlyConfigured(f"{name} must be 0 or a positive integer, got {value!r}.")
+    return env_int(name, default, minimum=0)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    """A boolean setting (true/false, yes/no, on/off, 1/0); anything else is refused."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    word = raw.strip().lower()
+    if word in _TRUE_STRINGS:
+        return True
+    if word in _FALSE_STRINGS:
+        return False
+    raise ImproperlyConfigured(f"{name} must be true or false, got {raw!r}.")
+
+
+def env_float(name: str, default: float, *, minimum: float) -> float:
+    """A number setting of at least `minimum` (NaN is refused too)."""
+    raw = os.environ.get(name)
+    try:
+        value = default if raw is None else float(raw.strip())
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}.") from None
+    if not value >= minimum:  # also NaN
+        raise ImproperlyConfigured(f"{name} must be a number of {minimum} or more, got {value!r}.")
     return value
 
 
@@ -44,7 +87,7 @@ def env_paths(name: str, default: list[Path]) -> list[Path]:
     return paths
 
 
-DEBUG = env.bool("DEBUG", default=False)
+DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env.str("SECRET_KEY", default="")
 if not SECRET_KEY:
     if DEBUG:
@@ -136,9 +179,9 @@ if DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":
     # Keep connections between requests and tasks (a new PostgreSQL connection per request
     # costs more than the upload itself); check them before reuse, so a restarted database
     # costs one failed request at most, answered 503.
-    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CXR_DB_CONN_MAX_AGE", default=60))
+    DATABASES["default"].setdefault("CONN_MAX_AGE", env_non_negative_int("CXR_DB_CONN_MAX_AGE", 60))
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
-    if env.bool("CXR_DB_PREPARED_STATEMENTS", default=True):
+    if env_bool("CXR_DB_PREPARED_STATEMENTS", True):
         # Server-side binding, so that psycopg prepares a statement the 5th time a connection
         # runs it: PostgreSQL then skips parsing and planning the app's few hot queries (claims,
         # uploads, polls). Turn off behind a transaction-mode connection pooler (PgBouncer).
@@ -196,12 +239,7 @@ CXR_MAX_IMAGE_PIXELS = env_positive_int("CXR_MAX_IMAGE_PIXELS", 50_000_000)
 # A chest X-ray has at least CXR_MIN_IMAGE_SIDE pixels on its short side and its long side is at
 # most CXR_MAX_ASPECT_RATIO times that: a thumbnail, an icon or a 20000 x 8 sliver is refused.
 CXR_MIN_IMAGE_SIDE = env_positive_int("CXR_MIN_IMAGE_SIDE", 128)
-CXR_MAX_ASPECT_RATIO = env.float("CXR_MAX_ASPECT_RATIO", default=3.0)
-if not CXR_MAX_ASPECT_RATIO >= 1:  # also NaN
-    raise ImproperlyConfigured(
-        f"CXR_MAX_ASPECT_RATIO must be a number of 1 or more (3 means 1:3), got "
-        f"{CXR_MAX_ASPECT_RATIO!r}."
-    )
+CXR_MAX_ASPECT_RATIO = env_float("CXR_MAX_ASPECT_RATIO", 3.0, minimum=1)  # 3 means 1:3
 FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024
 
 # Celery. Status lives in our rows, not in Celery results, so no result backend is needed.
@@ -248,53 +286,44 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # so a child that replaces a killed one is never killed in a loop on a busy machine.
 CELERY_WORKER_PROC_ALIVE_TIMEOUT = env_positive_int("CXR_WORKER_PROC_ALIVE_TIMEOUT", 60)
 # Threads torch may use per worker process (0 = the cores divided by the worker's concurrency).
-CXR_TORCH_THREADS = env.int("CXR_TORCH_THREADS", default=0)
+CXR_TORCH_THREADS = env_non_negative_int("CXR_TORCH_THREADS", 0)
 # A prediction that claims to be running for longer than this is considered abandoned (its
 # worker died) and may be claimed again by a redelivered task.
-CXR_PREDICTION_STALE_AFTER_S = CELERY_TASK_TIME_LIMIT + 60
 CXR_PREDICTION_STALE_AFTER_S = env_positive_int(
-    "CXR_PREDICTION_STALE_AFTER_S", CXR_PREDICTION_STALE_AFTER_S
+    "CXR_PREDICTION_STALE_AFTER_S", CELERY_TASK_TIME_LIMIT + 60
 )
 CXR_PREDICTION_MAX_ATTEMPTS = env_positive_int("CXR_PREDICTION_MAX_ATTEMPTS", 3)
 # Micro-batching: a worker analyses up to this many queued predictions of the same model in one
 # forward/backward pass (only what is already waiting: a lone upload is never held back).
-# 0 = by device: 8 on a CPU, 16 on a GPU; 1 turns batching off. On one CPU thread, with the
-# layers below the Grad-CAM layer frozen (CXR_INFERENCE_FREEZE), images/s one at a time / in
-# fours / in eights: mobilenet_v2 ~90 / ~108 / ~112, resnet18 ~24 / ~35 / ~37. Under sustained
-# uploads, eights took ~3 ms of worker CPU off each resnet18 prediction (~37 against ~40 ms) and
-# changed nothing measurable for mobilenet_v2 (bench/, session 7). A batch's first result waits
-# for the whole batch (resnet18: ~0.2 s for eight), but only under load, where queue wait is
-# seconds and a batch's throughput shortens it; a lone upload never waits for one. Sixteens
-# on a CPU (session 11): resnet18 ~5 % faster sustained, mobilenet_v2 slower, more memory.
-CXR_INFERENCE_BATCH_SIZE = env.int("CXR_INFERENCE_BATCH_SIZE", default=0)
+# 0 = by device: 8 on a CPU, 16 on a GPU; 1 turns batching off. The model's work per image is
+# lower in batches; a batch's first result waits for the whole batch, but only under load, where
+# a batch's throughput shortens the queue wait. Why 8 and not 16 on a CPU: bench/RESULTS.md.
+CXR_INFERENCE_BATCH_SIZE = env_non_negative_int("CXR_INFERENCE_BATCH_SIZE", 0)
 # On a CPU, a worker runs the model's layers below the Grad-CAM layer as one frozen TorchScript
-# graph (oneDNN, pre-packed weights): MobileNetV2 ~1.5x faster per image, ResNet ~1.2x; kept
-# where it gives the same outputs and does not time slower than eager, the two timed in turns
-# at load (training.ml.architectures.freeze_below).
-# false: everything eager. Loading a model takes ~1 s longer.
-CXR_INFERENCE_FREEZE = env.bool("CXR_INFERENCE_FREEZE", default=True)
+# graph (oneDNN, pre-packed weights), kept where it gives the same outputs and does not time
+# slower than eager, the two timed in turns at load (the trace and the check make a load longer;
+# figures in bench/RESULTS.md). false: everything eager.
+CXR_INFERENCE_FREEZE = env_bool("CXR_INFERENCE_FREEZE", True)
 # Workers lower their CPU priority by this much (nice) at start, so that on a host shared with
 # the web server an upload is never queued behind model work; a host that runs only workers
 # is unaffected. 0 keeps the priority.
-CXR_WORKER_NICE = env.int("CXR_WORKER_NICE", default=10)
+CXR_WORKER_NICE = env_int("CXR_WORKER_NICE", 10, minimum=0, maximum=19)
 # Freed memory a worker process keeps for its next prediction instead of handing it back to the
 # system (glibc's malloc trim threshold; blocks under 64 MB then come from the heap, not from a
-# fresh mapping each time). glibc's defaults return and re-fault ~9 MB per prediction (~2,300
-# page faults, about a sixth of a 224-pixel prediction's CPU); the cost is up to this much
-# resident memory per pool process. 0 keeps glibc's defaults; no effect on other C libraries.
-CXR_WORKER_HEAP_RETAIN_MB = env.int("CXR_WORKER_HEAP_RETAIN_MB", default=256)
+# fresh mapping each time). With glibc's defaults every prediction returns its working memory
+# and faults it in again (a measurable share of its CPU: bench/RESULTS.md); the cost is up to this
+# much resident memory per pool process. 0 keeps glibc's defaults; no effect on other C libraries.
+CXR_WORKER_HEAP_RETAIN_MB = env_non_negative_int("CXR_WORKER_HEAP_RETAIN_MB", 256)
 # The worker's main process imports torch & co. before forking its pool, so the pool processes
 # share those libraries' memory and restart faster. false: each pool process imports its own.
-CXR_WORKER_PRELOAD_ML = env.bool("CXR_WORKER_PRELOAD_ML", default=True)
+CXR_WORKER_PRELOAD_ML = env_bool("CXR_WORKER_PRELOAD_ML", True)
 # Each pool process of an inference worker loads the production model as soon as it is up,
-# rather than on its first prediction (~1-2 s on a CPU). false: on first use.
-CXR_WORKER_WARM_MODEL = env.bool("CXR_WORKER_WARM_MODEL", default=True)
+# rather than on its first prediction, which would wait for the load. false: on first use.
+CXR_WORKER_WARM_MODEL = env_bool("CXR_WORKER_WARM_MODEL", True)
 # How often (seconds) that thread looks for a newly promoted version to load ahead; 0: never.
-CXR_WORKER_WARM_POLL_S = env.int("CXR_WORKER_WARM_POLL_S", default=10)
-if CXR_WORKER_WARM_POLL_S < 0:
-    raise ImproperlyConfigured("CXR_WORKER_WARM_POLL_S must be 0 (never) or a number of seconds.")
+CXR_WORKER_WARM_POLL_S = env_non_negative_int("CXR_WORKER_WARM_POLL_S", 10)
 # A crashed prediction goes back to the queue after this delay (behind what is waiting).
-CXR_RETRY_DELAY_S = env.float("CXR_RETRY_DELAY_S", default=5.0)
+CXR_RETRY_DELAY_S = env_float("CXR_RETRY_DELAY_S", 5.0, minimum=0)
 # The reconciler (a periodic task, and `manage.py reconcile_predictions`) re-sends a queued
 # prediction whose message was lost after this long, at most CXR_PREDICTION_MAX_DISPATCHES times.
 CXR_RECONCILE_QUEUED_AFTER_S = env_positive_int("CXR_RECONCILE_QUEUED_AFTER_S", 600)
@@ -323,7 +352,7 @@ CELERY_BEAT_SCHEDULE = {
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # Test hook for the fault tests: a file whose name contains "poison" crashes the model.
-CXR_FAULT_INJECTION = env.bool("CXR_FAULT_INJECTION", default=False)
+CXR_FAULT_INJECTION = env_bool("CXR_FAULT_INJECTION", False)
 # Where `import_model` copies model weights (under MEDIA_ROOT, never public).
 CXR_MODELS_SUBDIR = "models"
 
@@ -383,13 +412,13 @@ CXR_CONTENT_SECURITY_POLICY = (
 # Production behind HTTPS: CXR_HTTPS=true turns on secure cookies, HSTS and the HTTPS redirect
 # (`manage.py check --deploy` passes with it). Off by default so that `make run` works on
 # http://127.0.0.1:8000.
-CXR_HTTPS = env.bool("CXR_HTTPS", default=False)
+CXR_HTTPS = env_bool("CXR_HTTPS", False)
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = CXR_HTTPS
 SECURE_SSL_REDIRECT = CXR_HTTPS
 SECURE_HSTS_SECONDS = 31536000 if CXR_HTTPS else 0
 SECURE_HSTS_INCLUDE_SUBDOMAINS = CXR_HTTPS
 SECURE_HSTS_PRELOAD = CXR_HTTPS
-if env.bool("CXR_BEHIND_PROXY", default=False):
+if env_bool("CXR_BEHIND_PROXY", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 LOGGING = {
