@@ -61,7 +61,7 @@ WEB_BUCKETS: list[tuple[str, str, str]] = [
     ("SQL execute (all)", "execute", "django/db/backends/utils.py"),
     ("new DB connection (CONN_MAX_AGE=0)", "connect", "django/db/backends/base/base.py"),
     ("token authentication", "authenticate", "rest_framework/authentication.py"),
-    ("audit", "audit", "diagnosis/audit.py"),
+    ("audit", "audit", "cxrweb/audit/services.py"),
 ]
 
 _LINE = re.compile(r":\d+\)$")

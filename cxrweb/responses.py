@@ -150,7 +150,7 @@ def permission_denied(request, exception: Exception | None = None) -> HttpRespon
     message = str(exception or "") or "You do not have permission to open this page."
     if request.path.startswith("/api/"):
         return JsonResponse({"error": message, "code": "permission_denied"}, status=403)
-    from diagnosis.permissions import is_clinical_user  # the app's roles; cxrweb loads first
+    from cxrweb.roles import is_clinical_user
 
     return render(request, "403.html", {"message": message,
                                         "clinical": is_clinical_user(request.user)}, status=403)

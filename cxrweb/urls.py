@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import include, path, re_path
+from django.views.generic import RedirectView
 
 # A request Django refuses to read (too many fields or files): JSON on the API, a page elsewhere.
 handler400 = "cxrweb.responses.bad_request"
@@ -17,6 +18,9 @@ admin.site.site_title = "CXR triage"
 urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    # The audit trail's admin pages moved with the model to the audit app; old links still work.
+    re_path(r"^admin/diagnosis/auditevent/(?P<rest>.*)$",
+            RedirectView.as_view(url="/admin/audit/auditevent/%(rest)s", query_string=True)),
     path("admin/", admin.site.urls),
     path("api/v1/", include("diagnosis.api_urls")),
     path("training/", include("training.urls")),

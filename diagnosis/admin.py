@@ -2,10 +2,12 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 
+from cxrweb.admin_base import ReadOnlyAdmin
+from cxrweb.audit.models import AuditEvent
+from cxrweb.audit.services import audit, patient_mrn_of
 from diagnosis import services
-from diagnosis.audit import audit, patient_mrn_of
 from diagnosis.forms import PatientAdminForm
-from diagnosis.models import AuditEvent, ClassHeatmap, Image, Patient, Prediction, Reading, Study
+from diagnosis.models import ClassHeatmap, Image, Patient, Prediction, Reading, Study
 
 
 class AuditedAdmin(admin.ModelAdmin):
@@ -121,28 +123,6 @@ class PredictionAdmin(AuditedAdmin):
             services.prediction_rerun(prediction=prediction)
             count += 1
         self.message_user(request, f"{count} failed prediction(s) queued again.", messages.SUCCESS)
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Append-only records: listed and filtered, never added, edited or deleted here."""
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
-
-@admin.register(AuditEvent)
-class AuditEventAdmin(ReadOnlyAdmin):
-    list_display = ("at", "username", "action", "object_type", "object_id", "patient_mrn",
-                    "ip_address")
-    list_filter = ("action", "at")
-    search_fields = ("username", "patient_mrn", "object_id", "ip_address")
-    date_hierarchy = "at"
 
 
 @admin.register(Reading)

@@ -14,11 +14,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from cxrweb.audit.models import AuditEvent
+from cxrweb.audit.services import audit
 from cxrweb.responses import StoredFileUnreadable, bad_request_body, private_file_response
 from diagnosis import results, selectors, services
-from diagnosis.audit import audit, audit_upload, audit_upload_rejected, audit_view
+from diagnosis.audit import audit_upload, audit_upload_rejected, audit_view
 from diagnosis.forms import StudyUploadForm
-from diagnosis.models import AuditEvent, Prediction, Reading, Study
+from diagnosis.models import Prediction, Reading, Study
 from training.ml.imaging import UploadRejected, read_dicom_header
 
 logger = logging.getLogger(__name__)

@@ -1,75 +1,12 @@
-"""The audit trail: record who did what to which record, when and from where.
-
-Call `audit(request, action, obj=...)` from views; sign-ins, sign-outs and failed sign-ins are
-recorded by the auth signals below. Recording never breaks the request it describes: a failure to
-write the event is logged as an error instead. Every response that carries a patient's pixels or
-results calls `audit_view`, which coalesces a user's repeated views of one thing.
+"""The diagnosis app's audit events: views of a patient's pixels or results (coalesced), and
+uploads, accepted or refused. The trail itself, and `audit()`, are in cxrweb.audit.
 """
 
 from __future__ import annotations
 
-import logging
-from datetime import timedelta
-
-from django.conf import settings
-from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
-from django.dispatch import receiver
-from django.utils import timezone
-
-from diagnosis.models import AuditEvent, Image, Patient, Prediction, Study
-
-logger = logging.getLogger(__name__)
-
-
-def _client_ip(request) -> str | None:
-    if request is None:
-        return None
-    # Behind a reverse proxy, configure it to set REMOTE_ADDR (e.g. gunicorn --forwarded-allow-ips)
-    # rather than trusting a client-supplied X-Forwarded-For here.
-    return request.META.get("REMOTE_ADDR") or None
-
-
-def patient_mrn_of(obj) -> str:
-    """The record number of the patient a record belongs to ("" for none)."""
-    try:
-        if isinstance(obj, Patient):
-            return obj.mrn
-        if isinstance(obj, Study):
-            return obj.patient.mrn
-        if isinstance(obj, Image):
-            return obj.study.patient.mrn
-        if isinstance(obj, Prediction):
-            return obj.image.study.patient.mrn
-        if hasattr(obj, "study"):
-            return obj.study.patient.mrn
-        if isinstance(getattr(obj, "prediction", None), Prediction):  # a class heatmap
-            return obj.prediction.image.study.patient.mrn
-    except Exception:  # noqa: BLE001 - a missing relation must not hide the event itself
-        return ""
-    return ""
-
-
-def audit(request, action: str, obj=None, *, user=None, detail: dict | None = None,
-          patient_mrn: str = "") -> AuditEvent | None:
-    user = user if user is not None else getattr(request, "user", None)
-    authenticated = user is not None and getattr(user, "is_authenticated", False)
-    try:
-        return AuditEvent.objects.create(
-            user=user if authenticated else None,
-            username=(user.get_username() if authenticated else "")[:150],
-            action=action,
-            object_type=type(obj).__name__ if obj is not None else "",
-            object_id=str(obj.pk) if obj is not None and getattr(obj, "pk", None) else "",
-            patient_mrn=(patient_mrn or patient_mrn_of(obj))[:64],
-            ip_address=_client_ip(request),
-            user_agent=(request.META.get("HTTP_USER_AGENT", "") if request else "")[:300],
-            path=(request.get_full_path() if request else "")[:300],
-            detail=detail or {},
-        )
-    except Exception:  # noqa: BLE001
-        logger.exception("could not record audit event %s", action)
-        return None
-
+from cxrweb.audit.models import AuditEvent
+from cxrweb.audit.services import audit, viewed_recently
+from diagnosis.models import Study
 
 
 def audit_view(request, action: str, obj, *, view: str, study: Study | int | None,
@@ -86,7 +23,7 @@ def audit_view(request, action: str, obj, *, view: str, study: Study | int | Non
     detail = {"view": view, **(detail or {})}
     if study is not None:
         detail["study"] = study if isinstance(study, int) else study.pk
-    if _viewed_recently(request, action, obj, detail):
+    if viewed_recently(request, action, obj, detail):
         return None
     if isinstance(study, Study):
         mrn = study.patient.mrn
@@ -95,38 +32,6 @@ def audit_view(request, action: str, obj, *, view: str, study: Study | int | Non
     else:
         mrn = ""
     return audit(request, action, obj, detail=detail, patient_mrn=mrn)
-
-
-def _viewed_recently(request, action: str, obj, detail: dict) -> bool:
-    window = settings.CXR_AUDIT_VIEW_COALESCE_S
-    user = getattr(request, "user", None)
-    if not window or user is None or not user.is_authenticated:
-        return False
-    try:
-        return AuditEvent.objects.filter(
-            at__gte=timezone.now() - timedelta(seconds=window), user_id=user.pk, action=action,
-            object_type=type(obj).__name__ if obj is not None else "",
-            object_id=str(obj.pk) if obj is not None else "", detail=detail,
-        ).exists()
-    except Exception:  # noqa: BLE001 - as in audit(): when in doubt, write the event
-        logger.exception("could not look for a recent %s event", action)
-        return False
-
-@receiver(user_logged_in)
-def _logged_in(sender, request, user, **kwargs) -> None:
-    audit(request, AuditEvent.Action.LOGIN, user=user)
-
-
-@receiver(user_logged_out)
-def _logged_out(sender, request, user, **kwargs) -> None:
-    if user is not None:
-        audit(request, AuditEvent.Action.LOGOUT, user=user)
-
-
-@receiver(user_login_failed)
-def _login_failed(sender, credentials, request=None, **kwargs) -> None:
-    audit(request, AuditEvent.Action.LOGIN_FAILED,
-          detail={"username": str(credentials.get("username", ""))[:150]})
 
 
 UPLOAD_CHANNELS = ("browser", "api", "dicom")

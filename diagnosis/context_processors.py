@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from diagnosis.permissions import is_model_admin
+from cxrweb.roles import is_model_admin
 
 
 def roles(request) -> dict:

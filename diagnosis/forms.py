@@ -212,6 +212,6 @@ class AuditFilterForm(forms.Form):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        from diagnosis.models import AuditEvent
+        from cxrweb.audit.models import AuditEvent
 
         self.fields["action"].choices = [("", "Any action"), *AuditEvent.Action.choices]

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.db import connections, models, router, transaction
+from django.db import models
 from django.db.models import Q
 from django.urls import reverse
-from django.utils import timezone
 
-from diagnosis import audit_chain
+from cxrweb.audit.models import AppendOnlyModel
 
 
 class Patient(models.Model):
@@ -29,6 +28,11 @@ class Patient(models.Model):
 
     def __str__(self) -> str:
         return f"{self.mrn} {self.name}".strip()
+
+    @property
+    def audit_patient_mrn(self) -> str:
+        """The patient's record number, for the audit trail (cxrweb.audit)."""
+        return self.mrn
 
 
 class Study(models.Model):
@@ -70,6 +74,11 @@ class Study(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("diagnosis:study", args=[self.pk])
+
+    @property
+    def audit_patient_mrn(self) -> str:
+        """For the audit trail (cxrweb.audit)."""
+        return self.patient.mrn
 
 
 def _original_path(instance: Image, filename: str) -> str:
@@ -118,6 +127,11 @@ class Image(models.Model):
 
     def __str__(self) -> str:
         return f"image {self.pk} of {self.study.accession_number}"
+
+    @property
+    def audit_patient_mrn(self) -> str:
+        """For the audit trail (cxrweb.audit)."""
+        return self.study.patient.mrn
 
     @property
     def display_content_type(self) -> str:
@@ -177,6 +191,11 @@ class Prediction(models.Model):
         return f"prediction {self.pk} ({self.status})"
 
     @property
+    def audit_patient_mrn(self) -> str:
+        """For the audit trail (cxrweb.audit)."""
+        return self.image.study.patient.mrn
+
+    @property
     def is_waiting_for_model(self) -> bool:
         return self.model_version_id is None and self.status == self.Status.QUEUED
 
@@ -222,45 +241,6 @@ class Prediction(models.Model):
         return self.probabilities.get(self.label)
 
 
-class AppendOnlyQuerySet(models.QuerySet):
-    """Refuses bulk changes, which bypass Model.save()/delete() (and so the admin's actions)."""
-
-    def update(self, **kwargs):
-        raise ValueError(f"{self.model.__name__} rows cannot be changed.")
-
-    def delete(self):
-        raise ValueError(f"{self.model.__name__} rows cannot be deleted.")
-
-    _raw_delete = delete
-
-
-class ChainedQuerySet(AppendOnlyQuerySet):
-    """Rows are chained one by one in save(): bulk inserts would leave them unchained."""
-
-    def bulk_create(self, *args, **kwargs):
-        raise ValueError(f"{self.model.__name__} rows are chained: create them one by one.")
-
-
-class AppendOnlyModel(models.Model):
-    """Rows that are written once: never changed or deleted, one by one or in bulk."""
-
-    change_refused = "These rows cannot be changed."
-    delete_refused = "These rows cannot be deleted."
-
-    objects = AppendOnlyQuerySet.as_manager()
-
-    class Meta:
-        abstract = True
-
-    def save(self, *args, **kwargs):
-        if self.pk is not None:
-            raise ValueError(self.change_refused)
-        super().save(*args, **kwargs)
-
-    def delete(self, *args, **kwargs):
-        raise ValueError(self.delete_refused)
-
-
 class Reading(AppendOnlyModel):
     """A radiologist's signed reading of a study. Never edited: an amendment is a new reading."""
 
@@ -300,6 +280,11 @@ class Reading(AppendOnlyModel):
         return f"reading of {self.study.accession_number} by {self.radiologist} ({self.final_label})"
 
     @property
+    def audit_patient_mrn(self) -> str:
+        """For the audit trail (cxrweb.audit)."""
+        return self.study.patient.mrn
+
+    @property
     def is_current(self) -> bool:
         return not hasattr(self, "amended_by")
 
@@ -329,73 +314,7 @@ class ClassHeatmap(models.Model):
     def __str__(self) -> str:
         return f"{self.method} of {self.class_label} for prediction {self.prediction_id}"
 
-
-class AuditEvent(AppendOnlyModel):
-    """Who did what to which record, when and from where. Append-only."""
-
-    change_refused = "Audit events cannot be changed."
-    delete_refused = "Audit events cannot be deleted."
-
-    class Action(models.TextChoices):
-        VIEW_STUDY = "view_study", "Viewed a study"
-        VIEW_IMAGE = "view_image", "Viewed an image"
-        UPLOAD = "upload", "Uploaded an image"
-        UPLOAD_REJECTED = "upload_rejected", "Upload rejected"
-        READING = "reading", "Signed a reading"
-        DOWNLOAD = "download", "Downloaded a file"
-        REPORT = "report", "Opened a report"
-        PROMOTE = "promote", "Promoted a model version"
-        TRAIN = "train", "Started a training run"
-        LOGIN = "login", "Signed in"
-        LOGIN_FAILED = "login_failed", "Failed sign-in"
-        LOGOUT = "logout", "Signed out"
-        ACCESS_DENIED = "access_denied", "Access denied"
-        EXPORT = "export", "Exported the audit trail"
-        IDENTITY_CONFIRMED = "identity_confirmed", "Confirmed a patient despite other details"
-        PATIENT_EDITED = "patient_edited", "Edited a patient's identity"
-        TOKEN_CREATED = "token_created", "Issued an API token"
-        TOKEN_REVOKED = "token_revoked", "Revoked an API token"
-        VIEW_ADMIN = "view_admin", "Viewed patient data in the admin"
-        REANALYSE = "reanalyse", "Queued a re-analysis"
-
-    # Set before the insert (not auto_now_add, which is set during it), as the chain hash needs it.
-    at = models.DateTimeField(default=timezone.now, editable=False, db_index=True)
-    # No database constraint: deleting a user must not rewrite the trail (username is kept).
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.DO_NOTHING,
-        db_constraint=False, related_name="+",
-    )
-    username = models.CharField(max_length=150, blank=True, help_text="Kept if the user is deleted.")
-    action = models.CharField(max_length=24, choices=Action.choices, db_index=True)
-    object_type = models.CharField(max_length=40, blank=True)
-    object_id = models.CharField(max_length=64, blank=True)
-    patient_mrn = models.CharField(max_length=64, blank=True, db_index=True)
-    ip_address = models.GenericIPAddressField(null=True, blank=True)
-    user_agent = models.CharField(max_length=300, blank=True)
-    path = models.CharField(max_length=300, blank=True)
-    detail = models.JSONField(default=dict, blank=True)
-    # The hash chain (diagnosis.audit_chain; checked by `manage.py verify_audit`).
-    prev_hash = models.CharField(max_length=64, blank=True, editable=False)
-    hash = models.CharField(max_length=64, blank=True, editable=False)
-
-    objects = ChainedQuerySet.as_manager()
-
-    class Meta:
-        ordering = ["-at"]
-
-    def __str__(self) -> str:
-        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.username or '-'} {self.action}"
-
-    def save(self, *args, **kwargs):
-        """Insert the event as the chain's new head. The lock and the head are read in the same
-        transaction as the insert, so concurrent writers cannot fork the chain."""
-        if self.pk is not None:
-            raise ValueError(self.change_refused)
-        using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
-        with transaction.atomic(using=using):
-            audit_chain.append_lock(connections[using])
-            head = (type(self).objects.using(using).order_by("-pk")
-                    .values_list("hash", flat=True).first())
-            self.prev_hash = head or audit_chain.GENESIS
-            self.hash = audit_chain.link_hash(self.prev_hash, audit_chain.chain_values(self))
-            super().save(*args, **kwargs)
+    @property
+    def audit_patient_mrn(self) -> str:
+        """For the audit trail (cxrweb.audit)."""
+        return self.prediction.image.study.patient.mrn

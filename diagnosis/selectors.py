@@ -22,8 +22,9 @@ from django.db.models import (
     When,
 )
 
+from cxrweb.audit.models import AuditEvent
 from diagnosis import results
-from diagnosis.models import AuditEvent, Image, Prediction, Reading, Study
+from diagnosis.models import Image, Prediction, Reading, Study
 from diagnosis.results import StudyResult
 
 

@@ -14,12 +14,14 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
+from cxrweb.audit.models import AuditEvent
+from cxrweb.audit.services import audit
+from cxrweb.permissions import clinical_user_required, model_admin_required
 from cxrweb.responses import csv_response, download_name, private_file_response, set_attachment
 from diagnosis import reports, results, selectors, services
-from diagnosis.audit import audit, audit_upload, audit_upload_rejected, audit_view
+from diagnosis.audit import audit_upload, audit_upload_rejected, audit_view
 from diagnosis.forms import ReadingForm, StudyUploadForm, WorklistFilterForm
-from diagnosis.models import AuditEvent, ClassHeatmap, Image, Prediction, Reading, Study
-from diagnosis.permissions import clinical_user_required, model_admin_required
+from diagnosis.models import ClassHeatmap, Image, Prediction, Reading, Study
 from training.ml.imaging import UploadRejected
 from training.models import ModelVersion
 

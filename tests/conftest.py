@@ -60,7 +60,7 @@ def django_db_setup(django_db_setup, django_db_blocker):
     database goes without them. tests/security/test_audit_chain.py tests them on a migrated file."""
     from django.db import connection
 
-    from diagnosis.audit_chain import sqlite_drop_triggers_sql
+    from cxrweb.audit.chain import sqlite_drop_triggers_sql
 
     with django_db_blocker.unblock():
         if connection.vendor == "sqlite":

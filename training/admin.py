@@ -4,6 +4,7 @@ from django.contrib import admin, messages
 
 from training.models import ModelPromotion, ModelVersion
 from training.services import model_version_promote
+from training.signals import model_version_rule_changed, send_and_count
 
 
 @admin.register(ModelVersion)
@@ -28,9 +29,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         super().save_model(request, obj, form, change)
         if change and {"normal_classes", "thresholds"} & set(form.changed_data):
             # Flags follow the new rule at once: the worklist sorts by the stored result.
-            from diagnosis.services import studies_restore_for_version
-
-            count = studies_restore_for_version(version=obj)
+            count = send_and_count(model_version_rule_changed, version=obj)
             self.message_user(request, f"The results of {count} studies were updated.",
                               messages.INFO)
 

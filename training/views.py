@@ -18,10 +18,10 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from cxrweb.audit.models import AuditEvent
+from cxrweb.audit.services import audit
+from cxrweb.permissions import model_admin_required
 from cxrweb.responses import download_name, private_file_response
-from diagnosis.audit import audit
-from diagnosis.models import AuditEvent
-from diagnosis.permissions import model_admin_required
 from training import selectors
 from training.forms import (
     CompareForm,

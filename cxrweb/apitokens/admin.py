@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 
+from cxrweb.admin_base import ReadOnlyAdmin
 from cxrweb.apitokens import services
 from cxrweb.apitokens.models import ApiToken
-from diagnosis.admin import ReadOnlyAdmin
 
 
 @admin.register(ApiToken)

@@ -12,7 +12,7 @@ from knox.crypto import hash_token
 from knox.settings import CONSTANTS
 from rest_framework import exceptions
 
-from diagnosis.permissions import ADMIN_GROUP, RADIOLOGIST_GROUP
+from cxrweb.roles import ADMIN_GROUP, RADIOLOGIST_GROUP
 
 
 class TokenAuthentication(knox_auth.TokenAuthentication):

@@ -9,8 +9,8 @@ from django.conf import settings
 from django.db import transaction
 
 from cxrweb.apitokens.models import ApiToken
-from diagnosis.audit import audit
-from diagnosis.models import AuditEvent
+from cxrweb.audit.models import AuditEvent
+from cxrweb.audit.services import audit
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser

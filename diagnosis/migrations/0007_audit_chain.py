@@ -1,4 +1,4 @@
-"""Chain the audit trail (diagnosis.audit_chain) and make SQLite refuse UPDATE and DELETE on the
+"""Chain the audit trail (cxrweb.audit.chain) and make SQLite refuse UPDATE and DELETE on the
 audit trail and readings, as PostgreSQL has since 0004.
 
 Events written before this migration are chained here, in id order.
@@ -7,7 +7,7 @@ Events written before this migration are chained here, in id order.
 import django.utils.timezone
 from django.db import migrations, models
 
-from diagnosis import audit_chain
+from cxrweb.audit import chain as audit_chain
 
 PG_TRIGGER = "diagnosis_auditevent_append_only"
 

@@ -50,7 +50,7 @@ def store_results(apps, schema_editor):
 def sqlite_triggers_again(apps, schema_editor):
     """SQLite applies the AddField and AlterField on readings above by rebuilding the table, which
     drops its append-only triggers (migration 0007): put them back."""
-    from diagnosis import audit_chain
+    from cxrweb.audit import chain as audit_chain
 
     if schema_editor.connection.vendor == "sqlite":
         for sql in audit_chain.sqlite_create_triggers_sql():

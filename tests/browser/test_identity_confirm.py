@@ -9,7 +9,8 @@ import re
 
 import pytest
 
-from diagnosis.models import AuditEvent, Image, Patient, Study
+from cxrweb.audit.models import AuditEvent
+from diagnosis.models import Image, Patient, Study
 from tests.browser.conftest import sign_in, xray_files
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration,

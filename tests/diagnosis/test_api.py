@@ -169,7 +169,7 @@ def test_a_wrong_token_or_a_deactivated_user_is_refused_at_once(api, radiologist
 
 
 def test_an_upload_is_recorded_as_the_token_users(api, radiologist):
-    from diagnosis.models import AuditEvent
+    from cxrweb.audit.models import AuditEvent
 
     resp = _post(api, imagegen.png_bytes(), patient_id="WHO")
     assert resp.status_code == 201
@@ -244,7 +244,7 @@ def test_polling_a_finished_prediction_reads_neither_metrics_nor_dicom_tags(
 def test_a_heatmap_downloaded_through_the_api_is_an_audit_event_naming_the_patient(
     api, radiologist, production_model, file_name, field
 ):
-    from diagnosis.models import AuditEvent
+    from cxrweb.audit.models import AuditEvent
 
     prediction = _finished_prediction(api, "AUDIT-DL", field=field)
 
@@ -259,7 +259,7 @@ def test_a_heatmap_downloaded_through_the_api_is_an_audit_event_naming_the_patie
 
 
 def test_a_heatmap_that_is_not_ready_is_a_404_and_not_an_audited_download(api, production_model):
-    from diagnosis.models import AuditEvent
+    from cxrweb.audit.models import AuditEvent
 
     resp = _post(api, imagegen.png_bytes(), patient_id="AUDIT-WAIT")
     got = api.get(f"/api/v1/predictions/{resp.json()['prediction_id']}/heatmap.png")

@@ -6,7 +6,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
-from diagnosis.models import AuditEvent
+from cxrweb.audit.models import AuditEvent
 from tests import imagegen
 
 pytestmark = pytest.mark.django_db

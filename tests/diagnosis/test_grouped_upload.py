@@ -10,8 +10,9 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 from rest_framework.test import APIClient
 
+from cxrweb.audit.models import AuditEvent
 from diagnosis import services
-from diagnosis.models import AuditEvent, Image, Prediction, Study
+from diagnosis.models import Image, Prediction, Study
 from tests import imagegen
 from training.ml.imaging import UploadRejected
 

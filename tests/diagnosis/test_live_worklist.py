@@ -9,8 +9,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from cxrweb.audit.models import AuditEvent
 from diagnosis import services
-from diagnosis.models import AuditEvent, Prediction
+from diagnosis.models import Prediction
 from tests.diagnosis.conftest import fail_prediction, finish_prediction, upload_view
 
 pytestmark = pytest.mark.django_db

@@ -6,7 +6,8 @@ import pytest
 from rest_framework.test import APIClient
 
 from cxrweb.apitokens.models import ApiToken
-from diagnosis.models import AuditEvent, Reading
+from cxrweb.audit.models import AuditEvent
+from diagnosis.models import Reading
 from tests.diagnosis.conftest import finish_prediction as _finish
 from tests.diagnosis.conftest import upload_view as _image
 

@@ -8,8 +8,9 @@ import redis
 from django.urls import reverse
 from rest_framework.test import APIClient
 
+from cxrweb.audit.models import AuditEvent
 from diagnosis import results, selectors
-from diagnosis.models import AuditEvent, Prediction, Reading, Study
+from diagnosis.models import Prediction, Reading, Study
 from diagnosis.services import REANALYSIS_PRIORITY
 from tests.conftest import TEST_BROKER_URL
 from tests.diagnosis.conftest import PNEUMONIA_CLASSES, THRESHOLDS

@@ -7,8 +7,9 @@ import datetime as dt
 import pytest
 from django.db import DatabaseError, IntegrityError, transaction
 
+from cxrweb.audit.models import AuditEvent
 from diagnosis import selectors, services
-from diagnosis.models import AuditEvent, ClassHeatmap, Prediction, Reading, Study
+from diagnosis.models import ClassHeatmap, Prediction, Reading, Study
 from tests import imagegen
 from tests.conftest import CLASSES
 from training.models import ModelVersion

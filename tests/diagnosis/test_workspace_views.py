@@ -6,8 +6,9 @@ import sys
 
 import pytest
 
+from cxrweb.audit.models import AuditEvent
 from diagnosis import services
-from diagnosis.models import AuditEvent, Reading
+from diagnosis.models import Reading
 from tests import imagegen
 
 
@@ -131,13 +132,20 @@ def test_admins_filter_and_export_the_audit_trail(client, admin_user, study, rad
 def test_the_audit_trail_has_no_edit_or_delete_in_the_admin(client, admin_user):
     event = AuditEvent.objects.create(action="view_study", username="x")
     client.force_login(admin_user)
-    assert client.get("/admin/diagnosis/auditevent/").status_code == 200
-    assert client.post(f"/admin/diagnosis/auditevent/{event.pk}/delete/",
+    assert client.get("/admin/audit/auditevent/").status_code == 200
+    assert client.post(f"/admin/audit/auditevent/{event.pk}/delete/",
                        {"post": "yes"}).status_code == 403
-    assert client.get("/admin/diagnosis/auditevent/add/").status_code == 403
-    change = client.post(f"/admin/diagnosis/auditevent/{event.pk}/change/", {"username": "y"})
+    assert client.get("/admin/audit/auditevent/add/").status_code == 403
+    change = client.post(f"/admin/audit/auditevent/{event.pk}/change/", {"username": "y"})
     assert change.status_code == 403
     assert AuditEvent.objects.get(pk=event.pk).username == "x"
+
+
+def test_the_audit_trails_old_admin_address_leads_to_its_new_one(client, admin_user):
+    client.force_login(admin_user)
+    resp = client.get("/admin/diagnosis/auditevent/?action=login")
+    assert resp.status_code == 302
+    assert resp["Location"] == "/admin/audit/auditevent/?action=login"
 
 
 def test_failed_sign_ins_are_audited_and_locked_out(client, radiologist, settings):
@@ -186,7 +194,7 @@ def test_create_user_gives_the_role_and_admins_get_the_admin_site(client, db, mo
     assert client.get("/admin/auth/user/").status_code == 200
     assert client.get("/admin/training/modelversion/").status_code == 200
     assert client.get("/audit/").status_code == 200
-    assert not adm.has_perm("diagnosis.delete_auditevent")
-    assert adm.has_perm("diagnosis.view_auditevent")
+    assert not adm.has_perm("audit.delete_auditevent")
+    assert adm.has_perm("audit.view_auditevent")
     client.force_login(rad)
     assert client.get("/admin/", follow=False).status_code == 302  # not staff: to admin login

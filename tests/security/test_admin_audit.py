@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from diagnosis.models import AuditEvent
+from cxrweb.audit.models import AuditEvent
 from tests.security.test_pixel_audit import MRN, viewed  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.django_db

@@ -19,17 +19,18 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test import RequestFactory
 
-from diagnosis.audit import audit
-from diagnosis.audit_chain import CHAINED_FIELDS, GENESIS, link_hash, verify_chain
-from diagnosis.models import AuditEvent
+from cxrweb.audit.chain import CHAINED_FIELDS, GENESIS, link_hash, verify_chain
+from cxrweb.audit.models import AuditEvent
+from cxrweb.audit.services import audit
 from tests.conftest import REPO
 
 # Events as hostile clients and odd requests make them: IPv6, non-ASCII, control characters,
 # nested detail whose key order a jsonb column does not keep.
 EVENTS = """
 from django.test import RequestFactory
-from diagnosis.audit import audit
-from diagnosis.models import AuditEvent, Patient, Reading, Study
+from cxrweb.audit.services import audit
+from cxrweb.audit.models import AuditEvent
+from diagnosis.models import Patient, Reading, Study
 from django.contrib.auth.models import User
 
 rf = RequestFactory()
@@ -152,8 +153,8 @@ def test_an_event_rewritten_with_a_recomputed_hash_breaks_the_next_link(sqlite_d
     # The attacker recomputes the changed event's own hash; the next event still holds the old one.
     db = sqlite3.connect(sqlite_db)
     rows = _manage(sqlite_db, "shell", "-c", (
-        "from diagnosis.models import AuditEvent\n"
-        "from diagnosis.audit_chain import chain_values, link_hash\n"
+        "from cxrweb.audit.models import AuditEvent\n"
+        "from cxrweb.audit.chain import chain_values, link_hash\n"
         f"e = AuditEvent.objects.get(pk={e3})\n"
         "print(link_hash(e.prev_hash, chain_values(e)))"))
     assert rows.returncode == 0, rows.stderr

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from diagnosis.models import AuditEvent, Patient
+from cxrweb.audit.models import AuditEvent
+from diagnosis.models import Patient
 from tests import imagegen
 from tests.security.upload_helpers import api_client, post_api, post_form, stored
 

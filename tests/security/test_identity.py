@@ -8,7 +8,8 @@ import datetime as dt
 import pytest
 from django.utils import timezone
 
-from diagnosis.models import AuditEvent, Patient, Study
+from cxrweb.audit.models import AuditEvent
+from diagnosis.models import Patient, Study
 from tests import imagegen
 from tests.security.upload_helpers import api_client, post_api, post_form, stored
 

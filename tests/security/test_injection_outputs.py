@@ -18,8 +18,9 @@ from django.contrib.auth.models import Group, User
 from django.core.files.base import ContentFile
 from pypdf import PdfReader
 
+from cxrweb.audit.models import AuditEvent
 from cxrweb.responses import csv_cell, download_name
-from diagnosis.models import AuditEvent, Image, Patient, Prediction, Reading, Study
+from diagnosis.models import Image, Patient, Prediction, Reading, Study
 from tests import imagegen
 from training.models import ModelVersion
 

@@ -23,8 +23,9 @@ APP_WRITES = """
 import django; django.setup()
 from django.contrib.auth.models import User
 from django.core.management import call_command
-from diagnosis.audit import audit
-from diagnosis.models import AuditEvent, Patient, Reading, Study
+from cxrweb.audit.services import audit
+from cxrweb.audit.models import AuditEvent
+from diagnosis.models import Patient, Reading, Study
 user = User.objects.create_user("rad-under-role", password="pw-long-enough-1")
 study = Study.objects.create(patient=Patient.objects.create(mrn="ROLE-1"), accession_number="R1")
 Reading.objects.create(study=study, radiologist=user, final_label="normal")

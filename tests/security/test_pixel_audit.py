@@ -14,8 +14,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
+from cxrweb.audit.models import AuditEvent
 from diagnosis import services
-from diagnosis.models import AuditEvent
 from tests import imagegen
 
 pytestmark = pytest.mark.django_db

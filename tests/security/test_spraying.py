@@ -10,7 +10,7 @@ import pytest
 from axes.models import AccessAttempt
 from django.test import Client
 
-from diagnosis.models import AuditEvent
+from cxrweb.audit.models import AuditEvent
 
 SPRAYER, NEIGHBOUR = "203.0.113.7", "198.51.100.9"
 PASSWORD = "correct horse battery"  # the personas' password (tests/conftest.py)

@@ -11,8 +11,8 @@ import pytest
 from django.conf import settings
 from pypdf import PdfReader
 
+from cxrweb.audit.models import AuditEvent
 from diagnosis import services
-from diagnosis.models import AuditEvent
 from tests import imagegen
 from tests.security.upload_helpers import api_client
 

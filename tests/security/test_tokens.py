@@ -15,7 +15,7 @@ from rest_framework.test import APIClient
 
 from cxrweb.apitokens.auth import TokenAuthentication
 from cxrweb.apitokens.models import ApiToken
-from diagnosis.models import AuditEvent
+from cxrweb.audit.models import AuditEvent
 from tests.conftest import _user, run_python
 
 pytestmark = pytest.mark.django_db

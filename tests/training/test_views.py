@@ -18,7 +18,7 @@ import pytest
 from django.template.defaultfilters import floatformat
 from django.utils import timezone
 
-from diagnosis.models import AuditEvent
+from cxrweb.audit.models import AuditEvent
 from tests.conftest import CLASSES
 from training.models import Dataset, Evaluation, ModelPromotion, ModelVersion, TrainingRun
 

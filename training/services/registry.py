@@ -12,7 +12,10 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
+from cxrweb.audit.models import AuditEvent
+from cxrweb.audit.services import audit
 from training.models import ModelPromotion, ModelVersion
+from training.signals import model_version_promoted, open_studies_rerun_requested, send_and_count
 
 logger = logging.getLogger(__name__)
 
@@ -152,11 +155,9 @@ def model_version_promote(
     Promoting an earlier version is the roll back. Predictions keep the version that made them;
     predictions that were waiting for a production model are given this one and queued.
     With `rerun_open`, every open (unsigned) study is re-analysed with it, behind live uploads
-    (diagnosis.services.reanalysis), audited with the counts; the returned version carries them
+    (by the receiver of training.signals.open_studies_rerun_requested), audited with the counts; the returned version carries them
     as ``reanalysis`` (a ReanalysisOutcome; None without `rerun_open`).
     """
-    from diagnosis.services import predictions_assign_waiting
-
     version = ModelVersion.objects.select_for_update().get(pk=version.pk)
     current = (
         ModelVersion.objects.select_for_update()
@@ -179,16 +180,13 @@ def model_version_promote(
         model_version=version, previous_version=current, promoted_by=version.promoted_by,
         reason=reason,
     )
-    queued = predictions_assign_waiting(version=version)
-    from diagnosis.audit import audit
-    from diagnosis.models import AuditEvent
-
+    queued = send_and_count(model_version_promoted, version=version)
     audit(request, AuditEvent.Action.PROMOTE, version, user=version.promoted_by,
           detail={"previous": current.name if current else None, "reason": reason})
     if rerun_open:
-        from diagnosis.services import studies_reanalyse_open
-
-        version.reanalysis = studies_reanalyse_open(version=version)
+        outcomes = open_studies_rerun_requested.send(sender=ModelVersion, version=version)
+        version.reanalysis = outcomes[0][1] if outcomes else None
+    if version.reanalysis is not None:
         audit(request, AuditEvent.Action.REANALYSE, version, user=version.promoted_by,
               detail={"scope": "open studies", **version.reanalysis.as_detail(version)})
     logger.info(

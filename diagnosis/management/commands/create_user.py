@@ -8,7 +8,7 @@ from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from diagnosis.permissions import ADMIN_GROUP, RADIOLOGIST_GROUP
+from cxrweb.roles import ADMIN_GROUP, RADIOLOGIST_GROUP
 
 
 class Command(BaseCommand):

@@ -7,7 +7,8 @@ serialised (`append_lock`), so that concurrent web and worker processes never li
 the same predecessor. The chain cannot show that the newest events were cut off: note the head
 hash that verify_audit prints, and compare later.
 
-No Django model is imported here: the data migration that chains older events uses it too.
+No Django model is imported here: the data migration that chains older events (diagnosis 0007)
+uses it too. The readings table (diagnosis_reading) is append-only in the same way.
 """
 
 from __future__ import annotations
@@ -100,9 +101,10 @@ def verify_chain(rows: Iterable[Mapping]) -> ChainReport:
 
 
 # SQLite: the database refuses UPDATE and DELETE on these tables, as PostgreSQL does since
-# migration 0004 (whose row triggers leave TRUNCATE to the database owner). SQLite applies most
-# schema changes by rebuilding the table, which drops its triggers: a migration that changes one
-# of these tables' columns must create them again (as 0009 does); verify_audit reports them missing.
+# diagnosis migration 0004 (whose row triggers leave TRUNCATE to the database owner). SQLite
+# applies most schema changes by rebuilding the table, which drops its triggers: a migration that
+# changes one of these tables' columns must create them again (as diagnosis 0009 does);
+# verify_audit reports them missing.
 
 def sqlite_trigger_names() -> list[str]:
     return [f"{table}_no_{op.lower()}" for table in APPEND_ONLY_TABLES for op in ("UPDATE", "DELETE")]

@@ -3,8 +3,8 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 
-from diagnosis.audit_chain import CHAINED_FIELDS, missing_triggers, verify_chain
-from diagnosis.models import AuditEvent
+from cxrweb.audit.chain import CHAINED_FIELDS, missing_triggers, verify_chain
+from cxrweb.audit.models import AuditEvent
 
 
 class Command(BaseCommand):

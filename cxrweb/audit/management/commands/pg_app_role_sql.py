@@ -6,7 +6,7 @@ from django.apps import apps
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 
-from diagnosis.audit_chain import APPEND_ONLY_TABLES
+from cxrweb.audit.chain import APPEND_ONLY_TABLES
 
 
 def app_role_grants(role: str) -> list[str]:
