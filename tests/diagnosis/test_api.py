@@ -326,6 +326,17 @@ def test_the_heatmap_layer_is_the_colour_map_alone_transparent_where_the_model_d
     assert alpha.getextrema()[0] < 255  # see-through somewhere: drawn over the X-ray
 
 
+def test_the_api_and_the_study_page_serve_the_same_file_under_the_same_name(
+    api, rad_client, analysed
+):
+    """The page's overlay.png is the API's; its heatmap.png (the layer the page draws over the
+    X-ray) is the API's heatmap-layer.png, v1's heatmap.png being taken by the overlay."""
+    for api_name, page_name in (("overlay.png", "overlay.png"),
+                                ("heatmap-layer.png", "heatmap.png")):
+        ours = _png(api.get(f"/api/v1/predictions/{analysed.pk}/{api_name}"))[0]
+        assert ours == _png(rad_client.get(f"/predictions/{analysed.pk}/{page_name}"))[0]
+
+
 @pytest.mark.parametrize("alias, canonical", sorted(ALIASES.items()))
 def test_a_v1_alias_answers_its_canonical_urls_bytes_and_says_it_is_deprecated(
     api, analysed, alias, canonical
