@@ -107,7 +107,7 @@ class ApiClient:
             raise ApiError(f"GET prediction {prediction_id}: {resp.status} {resp.body[:200]!r}")
         return resp.json()
 
-    def heatmap(self, url: str) -> Response:
+    def overlay(self, url: str) -> Response:
         resp = self.request("GET", self.path_of(url))
         if resp.status != 200 or not resp.body.startswith(PNG_SIGNATURE):
             raise ApiError(f"GET {url}: {resp.status}, {len(resp.body)} bytes, not a PNG")

@@ -4,7 +4,7 @@ Completion is observed by polling GET /api/v1/predictions/<id>/ "head of line": 
 outstanding prediction is polled, and the ones behind it only once it is done (the queue is
 FIFO), so the benchmark's own polling stays a small load on a small machine: about one GET per
 prediction plus one per poll interval, however fast the server answers. An item is complete when
-its prediction is done AND its heatmap_url answers 200 with a PNG.
+its prediction is done AND its overlay_url answers 200 with a PNG.
 """
 
 from __future__ import annotations
@@ -125,9 +125,9 @@ class Tracker:
         self.polls += 1
         status = data["status"]
         if status == "done":
-            heatmap = self.client.heatmap(data["heatmap_url"])
+            overlay = self.client.overlay(data["overlay_url"])
             item.t_complete = time.perf_counter()
-            item.heatmap_ms = heatmap.elapsed_ms
+            item.heatmap_ms = overlay.elapsed_ms
             item.server = {
                 k: data.get(k)
                 for k in ("queued_at", "started_at", "finished_at", "compute_ms", "device")

@@ -100,7 +100,7 @@ def stat_upload_ms(client: ApiClient, data: bytes, patient_id: str) -> float:
     while time.monotonic() < deadline:
         p = client.prediction(prediction_id)
         if p["status"] == "done":
-            client.heatmap(p["heatmap_url"])
+            client.overlay(p["overlay_url"])
             return (time.perf_counter() - started) * 1000.0
         if p["status"] == "failed":
             raise ApiError(f"prediction {prediction_id} failed: {p['error']}")

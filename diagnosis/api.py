@@ -48,16 +48,24 @@ def exception_handler(exc, context):
     return None
 
 
+# The prediction's two pictures, by the URL name each JSON field links to. "overlay": the X-ray
+# with the colour map blended in; "heatmap layer": the transparent colour map alone. The last
+# two are v1's names (heatmap.png was the overlay, cam.png the layer), kept for the clients that
+# read them and deprecated.
+PREDICTION_FILE_URLS = {
+    "overlay_url": "api:prediction-overlay",
+    "heatmap_layer_url": "api:prediction-heatmap-layer",
+    "heatmap_url": "api:deprecated-heatmap-png",
+    "cam_url": "api:deprecated-cam-png",
+}
+
+
 def prediction_json(prediction: Prediction, request) -> dict:
     version = prediction.model_version
-    heatmap_url = overlay_url = None
+    files = dict.fromkeys(PREDICTION_FILE_URLS)  # None until the files exist
     if prediction.status == Prediction.Status.DONE:
-        heatmap_url = request.build_absolute_uri(
-            reverse("api:prediction-heatmap", args=[prediction.pk])
-        )
-        overlay_url = request.build_absolute_uri(
-            reverse("api:prediction-cam", args=[prediction.pk])
-        )
+        for key, name in PREDICTION_FILE_URLS.items():
+            files[key] = request.build_absolute_uri(reverse(name, args=[prediction.pk]))
     return {
         "id": prediction.pk,
         "url": request.build_absolute_uri(reverse("api:prediction", args=[prediction.pk])),
@@ -70,8 +78,7 @@ def prediction_json(prediction: Prediction, request) -> dict:
         "probabilities": prediction.ordered_probabilities,
         "cam_class": prediction.cam_class or None,
         "cam_method": prediction.cam_method or None,
-        "heatmap_url": heatmap_url,
-        "cam_url": overlay_url,
+        **files,
         "error": prediction.error or None,
         "image_id": prediction.image_id,
         "study_id": prediction.image.study_id,
@@ -305,14 +312,16 @@ class PredictionDetail(APIView):
 
 
 class PredictionFile(APIView):
-    """The overlay (`heatmap`) or the transparent colour map alone (`cam`), as PNG.
+    """The overlay (`overlay.png`) or the transparent colour map alone (`heatmap-layer.png`), as
+    PNG; with `successor` set, a deprecated v1 URL of the same file, which says so in its headers.
 
     A download of a patient's image: an audit event, as the study page's view is (the page's own
     overlays are part of that view; an API client may fetch these without ever reading the study).
     """
 
-    field = "overlay"
-    FILE_NAMES = {"overlay": "heatmap.png", "heatmap": "cam.png"}  # the field -> its URL's name
+    field = "overlay"  # the Prediction file it serves: "overlay" or "heatmap"
+    file_name = "overlay.png"  # its URL's last part, which the audit event names
+    successor = ""  # a deprecated URL: the name of the canonical URL that replaces it
 
     def get(self, request, pk: int):
         prediction = _prediction_or_404(pk, selectors.prediction_file_for_api)
@@ -323,6 +332,14 @@ class PredictionFile(APIView):
         # A file missing from storage: JSON 404; storage that cannot be read: JSON 503.
         response = private_file_response(f, "image/png")
         audit(request, AuditEvent.Action.DOWNLOAD, prediction,
-              detail={"file": self.FILE_NAMES[self.field], "via": "api",
+              detail={"file": self.file_name, "via": "api",
                       "study": prediction.image.study_id})
+        return response
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        if self.successor:  # every answer, errors too (RFC 9745 Deprecation, RFC 8594 Link)
+            url = request.build_absolute_uri(reverse(self.successor, args=[kwargs["pk"]]))
+            response["Deprecation"] = "true"
+            response["Link"] = f'<{url}>; rel="successor-version"'
         return response

@@ -161,6 +161,8 @@ class Prediction(models.Model):
     label = models.CharField(max_length=64, blank=True)
     cam_class = models.CharField(max_length=64, blank=True)
     cam_method = models.CharField(max_length=32, blank=True)
+    # The heatmap: the transparent colour map alone (RGBA), which the study page draws over the
+    # X-ray. The overlay: the X-ray with the colour map blended in (RGB), for the report and API.
     heatmap = models.FileField(upload_to="heatmaps/", max_length=255, blank=True)
     overlay = models.FileField(upload_to="heatmaps/", max_length=255, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0, help_text="Times a worker claimed it.")

@@ -24,7 +24,7 @@ from django.db.models import (
 
 from cxrweb.audit.models import AuditEvent
 from diagnosis import results
-from diagnosis.models import Image, Prediction, Reading, Study
+from diagnosis.models import Prediction, Reading, Study
 from diagnosis.results import StudyResult
 
 
@@ -164,12 +164,6 @@ def study_readings(study: Study) -> list[Reading]:
     return sorted(study.readings.all(), key=lambda r: r.signed_at, reverse=True)
 
 
-def prediction_detail(pk: int) -> Prediction:
-    return Prediction.objects.select_related(
-        "image__study__patient", "model_version"
-    ).get(pk=pk)
-
-
 def prediction_for_api(pk: int) -> Prediction:
     """What the API's prediction endpoints read (polled often): the prediction, its image's
     study id, and the version's name, architecture and classes; not the version's metrics and
@@ -187,10 +181,6 @@ def prediction_file_for_api(pk: int) -> Prediction:
     return Prediction.objects.select_related("image__study__patient").only(
         *(f.name for f in Prediction._meta.concrete_fields), "image__study__patient__mrn",
     ).get(pk=pk)
-
-
-def image_detail(pk: int) -> Image:
-    return Image.objects.select_related("study__patient").get(pk=pk)
 
 
 def agreement_by_version() -> list[dict]:

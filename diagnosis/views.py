@@ -375,6 +375,7 @@ def _done_prediction_or_404(pk: int) -> Prediction:
 @require_safe
 @clinical_user_required
 def prediction_heatmap(request, pk: int):
+    """The heatmap: the transparent colour map alone, drawn over the X-ray on the study page."""
     prediction = _done_prediction_or_404(pk)
     audit_view(request, Action.VIEW_IMAGE, prediction, view="heatmap",
                study=prediction.image.study)
@@ -384,6 +385,7 @@ def prediction_heatmap(request, pk: int):
 @require_safe
 @clinical_user_required
 def prediction_overlay(request, pk: int):
+    """The overlay: the X-ray with the colour map blended in (the printable report's picture)."""
     prediction = _done_prediction_or_404(pk)
     audit_view(request, Action.VIEW_IMAGE, prediction, view="overlay",
                study=prediction.image.study)

@@ -625,7 +625,7 @@
 
   // ---- keyboard shortcuts on the study page ----------------------------------------------------
   // j / k: next / previous study in the worklist's order (asked of the server, which reads it from
-  // the worklist selector); o: overlays on/off; a: agree; v: override. Never while typing.
+  // the worklist selector); o: heatmaps on/off; a: agree; v: override. Never while typing.
   function typing(el) {
     if (!el || !el.tagName) return false;
     var tag = el.tagName;

@@ -1,4 +1,4 @@
-"""The core loop in a real browser: sign in, upload, watch the study page update, use the overlay."""
+"""The core loop in a real browser: sign in, upload, watch the study page update, use the heatmap."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.integration,
               pytest.mark.django_db(transaction=True)]
 
 
-def test_upload_then_the_study_page_updates_itself_and_the_overlay_opacity_moves(
+def test_upload_then_the_study_page_updates_itself_and_the_heatmap_opacity_moves(
     page, live_server, radiologist, production_model, celery_worker, artifacts_dir, tmp_path
 ):
     sign_in(page, live_server, radiologist.username)

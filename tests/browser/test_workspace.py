@@ -55,7 +55,7 @@ def test_a_radiologists_day(page, live_server, radiologist, production_model, ce
         "e => e.textContent.trim() === 'Done').length >= 1", timeout=90_000)
     page.screenshot(path=shots / "03-worklist.png", full_page=True)
 
-    # The study: overlay, zoom, a heatmap of another class, then a signed reading.
+    # The study: heatmap opacity, zoom, another class's heatmap, then a signed reading.
     study = Study.objects.filter(patient__mrn="DAY-1").order_by("pk").first()
     page.goto(f"{live_server.url}/studies/{study.pk}/")
     page.wait_for_selector("[data-status='done']", timeout=90_000)

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import io
 import os
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from PIL import Image as PILImage
 from rest_framework.test import APIClient
 
 from diagnosis.models import Image, Prediction, Study
@@ -15,6 +17,14 @@ def api(api_token) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {api_token}")
     return client
+
+
+# The JSON fields that link a done prediction's pictures -> the path each links to. The last two
+# are v1's deprecated names: "heatmap_url" links the overlay, "cam_url" the heatmap layer.
+FILE_URL_FIELDS = {"overlay_url": "overlay.png", "heatmap_layer_url": "heatmap-layer.png",
+                   "heatmap_url": "heatmap.png", "cam_url": "cam.png"}
+# v1's URLs, kept as deprecated aliases -> the canonical URL each answers as.
+ALIASES = {"heatmap.png": "overlay.png", "cam.png": "heatmap-layer.png"}
 
 
 def _post(api, data: bytes, name: str = "chest.png", **fields):
@@ -35,7 +45,7 @@ def test_upload_returns_201_with_the_study_and_its_prediction(api, production_mo
     assert prediction["status"] == "queued"
     assert prediction["model_version"] == production_model.name
     assert prediction["url"].endswith(f"/api/v1/predictions/{prediction['id']}/")
-    assert prediction["heatmap_url"] is None
+    assert [prediction[k] for k in FILE_URL_FIELDS] == [None] * 4  # until it is done
 
 
 def test_prediction_detail_reports_a_waiting_prediction(api):
@@ -225,7 +235,7 @@ def test_polling_a_finished_prediction_reads_neither_metrics_nor_dicom_tags(
     api.get(f"/api/v1/predictions/{prediction.pk}/")  # the first view: an audit event
     # A download's count depends on how its audit event is chained: not pinned here.
     for path, count in ((f"/api/v1/predictions/{prediction.pk}/", 3),
-                        (f"/api/v1/predictions/{prediction.pk}/heatmap.png", None)):
+                        (f"/api/v1/predictions/{prediction.pk}/overlay.png", None)):
         with CaptureQueriesContext(connection) as queries:
             got = api.get(path)
         assert got.status_code == 200
@@ -240,7 +250,10 @@ def test_polling_a_finished_prediction_reads_neither_metrics_nor_dicom_tags(
     assert body["model_version"] == production_model.name
 
 
-@pytest.mark.parametrize("file_name, field", [("heatmap.png", "overlay"), ("cam.png", "heatmap")])
+@pytest.mark.parametrize("file_name, field", [
+    ("overlay.png", "overlay"), ("heatmap-layer.png", "heatmap"),
+    ("heatmap.png", "overlay"), ("cam.png", "heatmap"),  # the deprecated aliases
+])
 def test_a_heatmap_downloaded_through_the_api_is_an_audit_event_naming_the_patient(
     api, radiologist, production_model, file_name, field
 ):
@@ -262,6 +275,83 @@ def test_a_heatmap_that_is_not_ready_is_a_404_and_not_an_audited_download(api, p
     from cxrweb.audit.models import AuditEvent
 
     resp = _post(api, imagegen.png_bytes(), patient_id="AUDIT-WAIT")
-    got = api.get(f"/api/v1/predictions/{resp.json()['prediction_id']}/heatmap.png")
-    assert got.status_code == 404 and "no heatmap yet" in got.json()["error"]
+    for name in FILE_URL_FIELDS.values():
+        got = api.get(f"/api/v1/predictions/{resp.json()['prediction_id']}/{name}")
+        assert got.status_code == 404 and "no heatmap yet" in got.json()["error"], name
     assert not AuditEvent.objects.filter(action=AuditEvent.Action.DOWNLOAD).exists()
+
+
+@pytest.fixture
+def analysed(radiologist, production_model) -> Prediction:
+    """A prediction the model has run: its overlay and heatmap layer as the worker renders them."""
+    from diagnosis import services
+
+    result = services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(),
+                                   patient_id="PIX-1")
+    prediction = services.prediction_run(prediction_id=result.prediction.pk)
+    assert prediction.status == Prediction.Status.DONE, prediction.error
+    return prediction
+
+
+def _png(response) -> tuple[bytes, PILImage.Image]:
+    assert response.status_code == 200 and response["Content-Type"] == "image/png"
+    data = b"".join(response.streaming_content)
+    picture = PILImage.open(io.BytesIO(data))
+    picture.load()
+    return data, picture
+
+
+def test_a_done_prediction_links_each_picture_by_its_canonical_and_its_deprecated_name(
+    api, analysed
+):
+    body = api.get(f"/api/v1/predictions/{analysed.pk}/").json()
+    for field, name in FILE_URL_FIELDS.items():
+        assert body[field] == f"http://testserver/api/v1/predictions/{analysed.pk}/{name}", field
+
+
+def test_the_overlay_is_the_x_ray_with_the_colour_map_blended_in(api, analysed):
+    _, overlay = _png(api.get(f"/api/v1/predictions/{analysed.pk}/overlay.png"))
+    with analysed.image.display.open("rb") as fh:
+        display_size = PILImage.open(fh).size
+    assert overlay.size == display_size
+    assert overlay.mode == "RGB"  # opaque: the X-ray itself is in it
+
+
+def test_the_heatmap_layer_is_the_colour_map_alone_transparent_where_the_model_did_not_look(
+    api, analysed
+):
+    _, layer = _png(api.get(f"/api/v1/predictions/{analysed.pk}/heatmap-layer.png"))
+    assert layer.mode == "RGBA"
+    alpha = layer.getchannel("A")
+    assert alpha.getextrema()[0] < 255  # see-through somewhere: drawn over the X-ray
+
+
+def test_the_api_and_the_study_page_serve_the_same_file_under_the_same_name(
+    api, rad_client, analysed
+):
+    """The page's overlay.png is the API's; its heatmap.png (the layer the page draws over the
+    X-ray) is the API's heatmap-layer.png, v1's heatmap.png being taken by the overlay."""
+    for api_name, page_name in (("overlay.png", "overlay.png"),
+                                ("heatmap-layer.png", "heatmap.png")):
+        ours = _png(api.get(f"/api/v1/predictions/{analysed.pk}/{api_name}"))[0]
+        assert ours == _png(rad_client.get(f"/predictions/{analysed.pk}/{page_name}"))[0]
+
+
+@pytest.mark.parametrize("alias, canonical", sorted(ALIASES.items()))
+def test_a_v1_alias_answers_its_canonical_urls_bytes_and_says_it_is_deprecated(
+    api, analysed, alias, canonical
+):
+    base = f"/api/v1/predictions/{analysed.pk}/"
+    got = api.get(base + alias)
+    assert _png(got)[0] == _png(api.get(base + canonical))[0]
+    assert got["Deprecation"] == "true"
+    assert got["Link"] == f'<http://testserver{base}{canonical}>; rel="successor-version"'
+    assert "Deprecation" not in api.get(base + canonical)
+
+
+def test_a_v1_alias_says_it_is_deprecated_on_an_error_too(api, production_model):
+    pk = _post(api, imagegen.png_bytes(), patient_id="PIX-2").json()["prediction_id"]
+    got = api.get(f"/api/v1/predictions/{pk}/cam.png")
+    assert got.status_code == 404 and got["Deprecation"] == "true"
+    assert got["Link"].endswith(f'/api/v1/predictions/{pk}/heatmap-layer.png>; '
+                                'rel="successor-version"')

@@ -54,12 +54,12 @@ def test_an_api_upload_is_answered_by_the_worker_with_probabilities_and_a_heatma
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
     assert body["label"] == max(body["probabilities"], key=body["probabilities"].get)
     assert body["error"] is None
-    heatmap = api.get(body["heatmap_url"])
-    assert heatmap.status_code == 200
-    assert heatmap["Content-Type"] == "image/png"
-    picture = PILImage.open(io.BytesIO(b"".join(heatmap.streaming_content)))
+    overlay = api.get(body["overlay_url"])
+    assert overlay.status_code == 200
+    assert overlay["Content-Type"] == "image/png"
+    picture = PILImage.open(io.BytesIO(b"".join(overlay.streaming_content)))
     assert picture.mode == "RGB" and max(picture.size) <= 1024
-    assert APIClient().get(body["heatmap_url"]).status_code == 401  # the token is required
+    assert APIClient().get(body["overlay_url"]).status_code == 401  # the token is required
 
 
 def test_a_dicom_upload_through_the_browser_form_is_analysed(

@@ -1,6 +1,6 @@
 """The Content-Security-Policy in a real browser (issue #20, item 7): the app's own pages and the
 Django admin run under it without one violation or console error, and still work (the results
-panel replaced by polling, the probability bars, the overlay's opacity slider)."""
+panel replaced by polling, the probability bars, the heatmap's opacity slider)."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def test_the_clinical_pages_run_under_the_policy_without_a_violation(
     page.get_by_role("button", name="Upload and analyse").click()
     page.wait_for_url(re.compile(r".*/studies/\d+/$"))
     # The results panel arrives by polling (innerHTML): bars and the stage's aspect ratio are set
-    # from data- attributes, the overlay's opacity from the slider, all through element.style.
+    # from data- attributes, the heatmap's opacity from the slider, all through element.style.
     page.wait_for_selector("[data-status='done']", timeout=90_000)
     page.wait_for_function("() => { const i = document.querySelector('.stage .heatmap');"
                            " return i && i.complete && i.naturalWidth > 0; }")

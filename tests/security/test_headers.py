@@ -37,7 +37,9 @@ def _patient_data_paths(study) -> list[str]:
         f"/predictions/{prediction.pk}/heatmap.png",
         f"/api/v1/studies/{study.pk}/",
         f"/api/v1/predictions/{prediction.pk}/",
-        f"/api/v1/predictions/{prediction.pk}/heatmap.png",
+        f"/api/v1/predictions/{prediction.pk}/overlay.png",
+        f"/api/v1/predictions/{prediction.pk}/heatmap-layer.png",
+        f"/api/v1/predictions/{prediction.pk}/heatmap.png",  # deprecated aliases
         f"/api/v1/predictions/{prediction.pk}/cam.png",
     ]
 

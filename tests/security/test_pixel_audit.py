@@ -39,8 +39,10 @@ AUDITED = {
     "diagnosis:class-heatmap": ("class_heatmap", "class_heatmap"),
     "api:study": ("study", "study"),
     "api:prediction": ("prediction", "prediction"),
-    "api:prediction-heatmap": ("prediction", "prediction"),
-    "api:prediction-cam": ("prediction", "prediction"),
+    "api:prediction-overlay": ("prediction", "prediction"),
+    "api:prediction-heatmap-layer": ("prediction", "prediction"),
+    "api:deprecated-heatmap-png": ("prediction", "prediction"),
+    "api:deprecated-cam-png": ("prediction", "prediction"),
 }
 EXEMPT = {
     "diagnosis:upload": "a blank form (an upload itself is an UPLOAD event)",

@@ -51,7 +51,8 @@ def _browser_file_urls(s: dict) -> list[str]:
 
 def _api_file_urls(s: dict) -> list[str]:
     pk = s["prediction"].pk
-    return [f"/api/v1/predictions/{pk}/heatmap.png", f"/api/v1/predictions/{pk}/cam.png"]
+    return [f"/api/v1/predictions/{pk}/{name}"
+            for name in ("overlay.png", "heatmap-layer.png", "heatmap.png", "cam.png")]
 
 
 def _pdf_text(content: bytes) -> str:
