@@ -329,12 +329,11 @@ def test_the_heatmap_layer_is_the_colour_map_alone_transparent_where_the_model_d
 def test_the_api_and_the_study_page_serve_the_same_file_under_the_same_name(
     api, rad_client, analysed
 ):
-    """The page's overlay.png is the API's; its heatmap.png (the layer the page draws over the
-    X-ray) is the API's heatmap-layer.png, v1's heatmap.png being taken by the overlay."""
-    for api_name, page_name in (("overlay.png", "overlay.png"),
-                                ("heatmap-layer.png", "heatmap.png")):
-        ours = _png(api.get(f"/api/v1/predictions/{analysed.pk}/{api_name}"))[0]
-        assert ours == _png(rad_client.get(f"/predictions/{analysed.pk}/{page_name}"))[0]
+    """One vocabulary: the page's overlay.png and heatmap-layer.png (the layer it draws over the
+    X-ray) are the API's files of the same names (v1's heatmap.png is the overlay's alias)."""
+    for name in ("overlay.png", "heatmap-layer.png"):
+        ours = _png(api.get(f"/api/v1/predictions/{analysed.pk}/{name}"))[0]
+        assert ours == _png(rad_client.get(f"/predictions/{analysed.pk}/{name}"))[0]
 
 
 @pytest.mark.parametrize("alias, canonical", sorted(ALIASES.items()))

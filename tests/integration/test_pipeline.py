@@ -81,7 +81,7 @@ def test_a_dicom_upload_through_the_browser_form_is_analysed(
     page = client.get(resp["Location"]).content.decode()
     assert prediction.label in page
     assert production_model.name in page
-    assert f"/predictions/{prediction.pk}/heatmap.png" in page
+    assert f"/predictions/{prediction.pk}/heatmap-layer.png" in page
 
 
 def test_a_waiting_upload_runs_once_a_model_is_promoted(

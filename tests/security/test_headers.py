@@ -34,12 +34,12 @@ def _patient_data_paths(study) -> list[str]:
         f"/images/{image.pk}/display.png",
         f"/images/{image.pk}/original",
         f"/predictions/{prediction.pk}/overlay.png",
-        f"/predictions/{prediction.pk}/heatmap.png",
+        f"/predictions/{prediction.pk}/heatmap-layer.png",
         f"/api/v1/studies/{study.pk}/",
         f"/api/v1/predictions/{prediction.pk}/",
         f"/api/v1/predictions/{prediction.pk}/overlay.png",
         f"/api/v1/predictions/{prediction.pk}/heatmap-layer.png",
-        f"/api/v1/predictions/{prediction.pk}/heatmap.png",  # deprecated aliases
+        f"/api/v1/predictions/{prediction.pk}/heatmap-layer.png",  # deprecated aliases
         f"/api/v1/predictions/{prediction.pk}/cam.png",
     ]
 

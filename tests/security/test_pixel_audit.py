@@ -34,7 +34,7 @@ AUDITED = {
     "diagnosis:report-pdf": ("study", "study"),
     "diagnosis:image-display": ("image", "image"),
     "diagnosis:image-original": ("image", "image"),
-    "diagnosis:prediction-heatmap": ("prediction", "prediction"),
+    "diagnosis:prediction-heatmap-layer": ("prediction", "prediction"),
     "diagnosis:prediction-overlay": ("prediction", "prediction"),
     "diagnosis:class-heatmap": ("class_heatmap", "class_heatmap"),
     "api:study": ("study", "study"),

@@ -45,7 +45,7 @@ def _replace_folders_by_files() -> None:
 def _browser_file_urls(s: dict) -> list[str]:
     return [f"/images/{s['image'].pk}/display.png", f"/images/{s['image'].pk}/original",
             f"/predictions/{s['prediction'].pk}/overlay.png",
-            f"/predictions/{s['prediction'].pk}/heatmap.png",
+            f"/predictions/{s['prediction'].pk}/heatmap-layer.png",
             f"/heatmaps/{s['class_heatmap'].pk}.png"]
 
 
