@@ -1,6 +1,6 @@
 """Batched augmentation and normalisation on the training device (CPU or GPU).
 
-The same "cxr" policy as :mod:`training.ml.transforms` (a few degrees of rotation, a little shift
+The same "cxr" policy as :mod:`training.ml.train.transforms` (a few degrees of rotation, a little shift
 and zoom around the centre with black filling the border, brightness then contrast jitter, an
 opt-in horizontal flip), applied to a whole batch of cached uint8 images at once with torch ops
 (``affine_grid``/``grid_sample``), so a GPU is not starved by per-image work on the CPU.
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from .preprocessing import Preprocessing
+from ..preprocessing import Preprocessing
 from .transforms import AUGMENTATIONS, BRIGHTNESS, CONTRAST, ROTATION_DEGREES, SCALE, TRANSLATE
 
 __all__ = ["AugmentParams", "BatchAugment", "affine_theta", "normalize_batch"]
@@ -40,7 +40,7 @@ class AugmentParams:
 def affine_theta(params: AugmentParams) -> torch.Tensor:
     """``N x 2 x 3`` matrices for ``F.affine_grid`` (square images, ``align_corners=False``).
 
-    The same mapping as :class:`training.ml.transforms.RandomAffine` (output pixel back to input:
+    The same mapping as :class:`training.ml.train.transforms.RandomAffine` (output pixel back to input:
     ``in = C + (R(-a) / zoom)(out - C - t)``) in normalised coordinates, where the centre is 0
     and a shift by a fraction ``f`` of the width is ``2 f``.
     """

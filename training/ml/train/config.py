@@ -7,17 +7,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from .errors import MLError
-from .preprocessing import Preprocessing
+from ..errors import MLError
+from ..preprocessing import Preprocessing
 
-#: Kept equal to training.ml.architectures.ARCHITECTURES (a test checks), without torch.
+#: Kept equal to training.ml.models.architectures.ARCHITECTURES (a test checks), without torch.
 ARCHITECTURE_NAMES: tuple[str, ...] = (
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16", "vgg16_bn", "vgg19",
     "vgg19_bn", "densenet121", "densenet169", "densenet201", "efficientnet_b0",
     "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "mobilenet_v2",
     "mobilenet_v3_small", "mobilenet_v3_large",
 )
-#: Kept equal to training.ml.transforms.AUGMENTATIONS and calibration.THRESHOLD_STRATEGIES.
+#: Kept equal to training.ml.train.transforms.AUGMENTATIONS and calibration.THRESHOLD_STRATEGIES.
 AUGMENTATIONS = ("cxr", "none")
 THRESHOLD_STRATEGIES = ("sensitivity", "youden")
 
@@ -55,7 +55,7 @@ class TrainConfig:
     many of the last backbone blocks ``"partial"`` trains (see :func:`backbone_blocks`).
     ``early_stopping_patience`` of ``None`` or 0 turns early stopping off.
 
-    Input (:mod:`training.ml.pipeline`): every image is decoded once per run into uint8 pixels at
+    Input (:mod:`training.ml.train.pipeline`): every image is decoded once per run into uint8 pixels at
     the input size, by ``num_workers`` threads (0: one per core); they stay in memory up to
     ``cache_memory_mb`` and are memory-mapped from a file under ``cache_dir`` (default: the
     system's temporary folder) beyond it. ``cache_size`` is no longer used (the run's cache holds
@@ -91,61 +91,82 @@ class TrainConfig:
     target_sensitivity: float = 0.9
 
     def __post_init__(self) -> None:
-        def fail(message: str) -> None:
-            raise ConfigError(message)
+        self._check_choices()
+        self._check_integers()
+        self._check_warmup()
+        self._check_numbers()
 
-        def is_int(value: object) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool)
-
+    def _check_choices(self) -> None:
         if self.arch not in ARCHITECTURE_NAMES:
-            fail(f"Unknown architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURE_NAMES)}.")
+            raise ConfigError(
+                f"Unknown architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURE_NAMES)}."
+            )
         if self.weights is not None and (not isinstance(self.weights, str) or not self.weights):
-            fail("weights must be None, 'imagenet' or the path of a backbone weights file.")
+            raise ConfigError(
+                "weights must be None, 'imagenet' or the path of a backbone weights file."
+            )
         if self.cache_dir is not None and (not isinstance(self.cache_dir, str) or not self.cache_dir):
-            fail("cache_dir must be None (the system's temporary folder) or a folder path.")
-        if self.strategy not in STRATEGIES:
-            fail(f"Unknown strategy {self.strategy!r}; choose one of {STRATEGIES}.")
-        if self.imbalance not in IMBALANCE_MODES:
-            fail(f"Unknown imbalance handling {self.imbalance!r}; choose one of {IMBALANCE_MODES}.")
-        if self.augment not in AUGMENTATIONS:
-            fail(f"Unknown augmentation {self.augment!r}; choose one of {AUGMENTATIONS}.")
+            raise ConfigError(
+                "cache_dir must be None (the system's temporary folder) or a folder path."
+            )
+        choices = (
+            ("strategy", "Unknown strategy", STRATEGIES),
+            ("imbalance", "Unknown imbalance handling", IMBALANCE_MODES),
+            ("augment", "Unknown augmentation", AUGMENTATIONS),
+        )
+        for name, what, allowed in choices:
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ConfigError(f"{what} {value!r}; choose one of {allowed}.")
         if self.threshold_strategy not in THRESHOLD_STRATEGIES:
-            fail(f"threshold_strategy must be one of {THRESHOLD_STRATEGIES}.")
-        for name, low in (("epochs", 1), ("batch_size", 1), ("unfreeze_blocks", 0)):
+            raise ConfigError(f"threshold_strategy must be one of {THRESHOLD_STRATEGIES}.")
+
+    def _check_integers(self) -> None:
+        at_least = {"epochs": 1, "batch_size": 1, "unfreeze_blocks": 0}
+        at_least.update(
+            dict.fromkeys(
+                ("warmup_head_epochs", "num_workers", "cache_size", "cache_memory_mb", "seed"), 0
+            )
+        )
+        for name, low in at_least.items():
             value = getattr(self, name)
-            if not is_int(value) or value < low:
-                fail(f"{name} must be an integer >= {low}, got {value!r}.")
-        for name in ("warmup_head_epochs", "num_workers", "cache_size", "cache_memory_mb", "seed"):
+            if not _is_int(value) or value < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}.")
+        optional = {"early_stopping_patience": 0, "num_threads": 1, "max_steps_per_epoch": 1}
+        for name, low in optional.items():
             value = getattr(self, name)
-            if not is_int(value) or value < 0:
-                fail(f"{name} must be an integer >= 0, got {value!r}.")
-        for name in ("early_stopping_patience", "num_threads", "max_steps_per_epoch"):
-            value = getattr(self, name)
-            low = 0 if name == "early_stopping_patience" else 1
-            if value is not None and (not is_int(value) or value < low):
-                fail(f"{name} must be None or an integer >= {low}, got {value!r}.")
+            if value is not None and (not _is_int(value) or value < low):
+                raise ConfigError(f"{name} must be None or an integer >= {low}, got {value!r}.")
+
+    def _check_warmup(self) -> None:
         if self.warmup_head_epochs and self.strategy != "full":
-            fail("warmup_head_epochs only applies to strategy 'full'; set it to 0.")
+            raise ConfigError("warmup_head_epochs only applies to strategy 'full'; set it to 0.")
         if self.warmup_head_epochs >= self.epochs and self.warmup_head_epochs:
-            fail(
+            raise ConfigError(
                 f"warmup_head_epochs ({self.warmup_head_epochs}) must be fewer than epochs "
                 f"({self.epochs}), or the backbone is never trained."
             )
+
+    def _check_numbers(self) -> None:
         if self.lr is not None and not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            fail(f"lr must be a positive number or None (strategy default), got {self.lr!r}.")
+            raise ConfigError(
+                f"lr must be a positive number or None (strategy default), got {self.lr!r}."
+            )
         if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
-            fail(f"weight_decay must be >= 0, got {self.weight_decay!r}.")
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}.")
         if not 0.0 <= self.label_smoothing < 1.0:
-            fail(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}.")
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}.")
         if not 0.0 < self.target_sensitivity <= 1.0:
-            fail(f"target_sensitivity must be in (0, 1], got {self.target_sensitivity!r}.")
+            raise ConfigError(
+                f"target_sensitivity must be in (0, 1], got {self.target_sensitivity!r}."
+            )
         if self.early_stopping_min_delta < 0:
-            fail("early_stopping_min_delta must be >= 0.")
+            raise ConfigError("early_stopping_min_delta must be >= 0.")
         if self.input_size is not None:
             try:
                 Preprocessing(input_size=self.input_size)
             except ValueError as exc:
-                fail(str(exc))
+                raise ConfigError(str(exc)) from exc
 
     @property
     def learning_rate(self) -> float:
@@ -154,7 +175,7 @@ class TrainConfig:
 
     def preprocessing(self) -> Preprocessing:
         """The architecture's ImageNet mean/std at ``input_size`` (or the architecture's size)."""
-        from .architectures import default_preprocessing  # imports torch: worker side only
+        from ..models.architectures import default_preprocessing  # imports torch: worker side only
 
         prep = default_preprocessing(self.arch)
         if self.input_size is None:
@@ -176,3 +197,5 @@ class TrainConfig:
         return cls(**dict(d))
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

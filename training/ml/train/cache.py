@@ -2,9 +2,9 @@
 
 A run reads each image of its splits once (the first time a batch needs it, so the first epoch
 pays for decoding and the later ones only copy pixels), through the same steps as before: decoded
-like an upload (:func:`training.ml.data.load_image`, at the model's reading size), grayscale in
+like an upload (:func:`training.ml.train.dataset.load_image`, at the model's reading size), grayscale in
 [0, 1], squash-resized to the model's input size exactly as inference resizes
-(:class:`training.ml.transforms.GrayscaleResize`), then rounded to 8 bits. The rounding moves a
+(:class:`training.ml.train.transforms.GrayscaleResize`), then rounded to 8 bits. The rounding moves a
 pixel by at most half a grey level; an 8-bit image already at the input size is kept exactly.
 
 The pixels live in memory up to ``max_memory_bytes``; a larger run maps a file under
@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DatasetError, dataset_file, load_image
-from .preprocessing import Preprocessing, reading_long_side
+from ..preprocessing import Preprocessing, reading_long_side
+from .dataset import load_image
+from .scan import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DatasetError, dataset_file
 from .transforms import GrayscaleResize
 
 logger = logging.getLogger(__name__)

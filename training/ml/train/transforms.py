@@ -1,7 +1,7 @@
 """Train and eval transforms: PIL "L" image -> normalised 3xHxW tensor, one image at a time.
 
 ``fit`` applies the same policy to whole batches on the training device instead
-(:mod:`training.ml.gpu_augment`); these per-image steps serve :class:`~training.ml.data.CXRDataset`
+(:mod:`training.ml.train.gpu_augment`); these per-image steps serve :class:`~training.ml.train.dataset.CXRDataset`
 users and define what the batched version must match.
 
 The eval transform gives exactly :func:`training.ml.preprocessing.to_model_input`'s tensor, so a
@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from .preprocessing import Preprocessing, to_grayscale_array, to_model_input
+from ..preprocessing import Preprocessing, to_grayscale_array, to_model_input
 
 __all__ = [
     "AUGMENTATIONS",

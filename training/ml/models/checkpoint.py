@@ -20,23 +20,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from .architectures import (
-    ARCHITECTURES,
-    IncompatibleWeights,
-    InvalidWeightsFile,
-    MLError,
-    build_model,
-    extract_state_dict,
-    head_name,
-    read_torch_file,
-)
-from .preprocessing import Preprocessing
+from ..errors import MLError
+from ..preprocessing import Preprocessing
+from .architectures import ARCHITECTURES, build_model, head_name
+from .weights import IncompatibleWeights, InvalidWeightsFile, extract_state_dict, read_torch_file
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointMeta",
     "CheckpointNotFound",
     "build_for_inference",
+    "check_classes",
     "file_sha256",
     "load_weights_file",
     "save_checkpoint",
@@ -49,7 +43,8 @@ class CheckpointNotFound(MLError, FileNotFoundError):
     """A weights file that should exist does not."""
 
 
-def _check_classes(classes: object) -> list[str]:
+def check_classes(classes: object) -> list[str]:
+    """``classes`` as a list of distinct non-empty names; ValueError otherwise."""
     if not isinstance(classes, (list, tuple)) or not classes:
         raise ValueError(f"classes must be a non-empty list of names, got {classes!r}.")
     if not all(isinstance(c, str) and c for c in classes):
@@ -85,7 +80,7 @@ class CheckpointMeta:
         thresholds = d.get("thresholds")
         return cls(
             arch=str(d["arch"]),
-            classes=_check_classes(d["classes"]),
+            classes=check_classes(d["classes"]),
             preprocessing=Preprocessing.from_dict(d["preprocessing"]),
             temperature=float(d.get("temperature", 1.0)),
             thresholds=None
@@ -117,7 +112,7 @@ def save_checkpoint(
         raise ValueError(
             f"meta.arch {meta.arch!r} is not a supported architecture ({', '.join(ARCHITECTURES)})."
         )
-    _check_classes(meta.classes)
+    check_classes(meta.classes)
     if not (math.isfinite(meta.temperature) and meta.temperature > 0):
         raise ValueError(f"meta.temperature must be a positive number, got {meta.temperature!r}.")
     meta_dict = meta.to_dict()
@@ -226,7 +221,7 @@ def build_for_inference(
     arch: str, classes: list[str], state_dict: Mapping[str, torch.Tensor]
 ) -> nn.Module:
     """A ``len(classes)``-way ``arch`` with ``state_dict`` loaded strictly, in eval mode."""
-    classes = _check_classes(classes)
+    classes = check_classes(classes)
     model = build_model(arch, len(classes), weights=None)
     given = extract_state_dict(state_dict, "the state dict")
     message = _mismatch_message(arch, classes, model.state_dict(), given)

@@ -59,7 +59,7 @@ def _values(history: Sequence[Mapping[str, Any]], key: str) -> list[float]:
 def plot_history(history: Sequence[Mapping[str, Any]], *, best_epoch: int | None = None) -> bytes:
     """Loss (left) and accuracy (right) per epoch, train vs validation.
 
-    ``history`` rows are :func:`training.ml.train.fit`'s: ``epoch``, ``train_loss``, ``val_loss``,
+    ``history`` rows are :func:`training.ml.train.fit.fit`'s: ``epoch``, ``train_loss``, ``val_loss``,
     ``train_acc``, ``val_acc``. ``best_epoch`` draws a vertical marker.
     """
     fig = _figure()
@@ -133,7 +133,7 @@ def plot_roc(
     roc_curves: Mapping[str, Mapping[str, Sequence[float]] | None],
     aucs: Mapping[str, float | None],
 ) -> bytes:
-    """One-vs-rest ROC curves (from :func:`training.ml.metrics.roc_curves`) with AUCs in the legend.
+    """One-vs-rest ROC curves (from :func:`training.ml.train.metrics.roc_curves`) with AUCs in the legend.
 
     Classes whose curve is ``None`` (no positives or negatives) are left out, and say so.
     """
@@ -175,7 +175,7 @@ def plot_roc(
 def plot_reliability(bins: Sequence[Mapping[str, Any]], ece: float | None) -> bytes:
     """Reliability diagram: accuracy per confidence bin (bars) against the diagonal.
 
-    ``bins`` are :func:`training.ml.calibration.reliability_bins`' dicts; empty bins are blank.
+    ``bins`` are :func:`training.ml.train.calibration.reliability_bins`' dicts; empty bins are blank.
     """
     fig = _figure()
     ax = fig.subplots()

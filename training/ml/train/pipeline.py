@@ -1,7 +1,7 @@
 """A run's input pipeline: batches cut from the decoded-image cache, augmented on the device.
 
-:class:`DeviceBatches` stands in for a DataLoader in :func:`training.ml.train.train_one_epoch`
-and :func:`~training.ml.train.evaluate`: it yields ``(inputs, targets)`` already on the device.
+:class:`DeviceBatches` stands in for a DataLoader in :func:`training.ml.train.loop.train_one_epoch`
+and :func:`~training.ml.train.loop.evaluate`: it yields ``(inputs, targets)`` already on the device.
 The next batch's pixels are gathered (and, in the first epoch, decoded) by a helper thread while
 the current step runs; shuffling, the weighted sampler and the augmentation parameters are drawn
 in the calling thread from seeded generators, so a seed gives the same run every time.
@@ -18,11 +18,11 @@ import torch
 from torch import nn
 from torch.utils.data import BatchSampler, RandomSampler, Sampler, SequentialSampler
 
+from ..preprocessing import Preprocessing
 from .cache import DecodedImages
 from .config import TrainConfig
-from .data import weighted_sampler
+from .dataset import weighted_sampler
 from .gpu_augment import BatchAugment
-from .preprocessing import Preprocessing
 
 __all__ = ["DeviceBatches", "RunBatches", "place_model", "run_batches"]
 
@@ -32,7 +32,7 @@ _MB = 1024 * 1024
 class DeviceBatches:
     """``(inputs, targets)`` batches of sample ``indices`` on ``device``; ``len()`` is the number
     of batches. ``transform`` turns uint8 pixels into the model's input (see
-    :class:`~training.ml.gpu_augment.BatchAugment`)."""
+    :class:`~training.ml.train.gpu_augment.BatchAugment`)."""
 
     def __init__(
         self,
