@@ -651,7 +651,7 @@ def test_the_request_path_module_imports_neither_django_nor_torch() -> None:
 
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA"])
 def test_png_bytes_keeps_every_pixel_and_the_channel_order(mode):
-    from diagnosis.inference import png_bytes
+    from training.ml.infer.render import png_bytes
 
     rng = np.random.default_rng(3)
     channels = {"L": 1, "RGB": 3, "RGBA": 4}[mode]
@@ -665,7 +665,7 @@ def test_png_bytes_keeps_every_pixel_and_the_channel_order(mode):
 
 
 def test_png_bytes_refuses_modes_it_cannot_write_faithfully():
-    from diagnosis.inference import png_bytes
+    from training.ml.infer.render import png_bytes
 
     with pytest.raises(ValueError, match="L, RGB or RGBA"):
         png_bytes(Image.new("I;16", (4, 4)))

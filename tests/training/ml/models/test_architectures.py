@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import copy
 import os
 import urllib.error
 from collections.abc import Callable
@@ -11,18 +10,19 @@ import torch
 from torch import nn
 from torchvision.models import get_model, get_model_weights
 
-from training.ml.architectures import (
+from training.ml.errors import MLError
+from training.ml.models.architectures import (
     ARCHITECTURES,
-    IncompatibleWeights,
-    MissingPretrainedWeights,
-    MLError,
     UnknownArchitecture,
     build_model,
     default_preprocessing,
-    gradcam_target_layer,
     head_parameters,
+)
+from training.ml.models.cam import gradcam_target_layer, prepare_for_cam
+from training.ml.models.weights import (
+    IncompatibleWeights,
+    MissingPretrainedWeights,
     load_backbone_weights,
-    prepare_for_cam,
 )
 
 MAIN_ARCHS = ["resnet18", "densenet121", "mobilenet_v2", "vgg16", "efficientnet_b0"]
@@ -38,20 +38,6 @@ HEAD = {
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
-
-
-@pytest.fixture(scope="module")
-def fresh_model() -> Callable[[str], nn.Module]:
-    """A randomly initialised 3-class model per architecture, built once (VGG16 takes seconds)."""
-    cache: dict[str, nn.Module] = {}
-
-    def make(arch: str) -> nn.Module:
-        if arch not in cache:
-            torch.manual_seed(0)
-            cache[arch] = build_model(arch, 3)
-        return copy.deepcopy(cache[arch])
-
-    return make
 
 
 @pytest.fixture

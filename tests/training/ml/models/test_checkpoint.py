@@ -8,8 +8,9 @@ import pytest
 import torch
 from torchvision.models import get_model
 
-from training.ml.architectures import IncompatibleWeights, InvalidWeightsFile, MLError, build_model
-from training.ml.checkpoint import (
+from training.ml.errors import MLError
+from training.ml.models.architectures import build_model
+from training.ml.models.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointMeta,
     CheckpointNotFound,
@@ -18,6 +19,7 @@ from training.ml.checkpoint import (
     load_weights_file,
     save_checkpoint,
 )
+from training.ml.models.weights import IncompatibleWeights, InvalidWeightsFile
 from training.ml.preprocessing import Preprocessing
 
 CLASSES = ["normal", "pneumonia", "covid"]

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from tests.training.ml.imagefolders import make_folder
-from training.ml.cache import DecodedImages
-from training.ml.data import DatasetError, load_image, scan_image_folder
 from training.ml.preprocessing import Preprocessing, reading_long_side
-from training.ml.transforms import GrayscaleResize
+from training.ml.train.cache import DecodedImages
+from training.ml.train.dataset import load_image
+from training.ml.train.scan import DatasetError, scan_image_folder
+from training.ml.train.transforms import GrayscaleResize
 
 
 @pytest.fixture

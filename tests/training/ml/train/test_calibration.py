@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.ml.calibration import (
+from training.ml.train.calibration import (
     FALLBACK_THRESHOLD,
     choose_thresholds,
     expected_calibration_error,

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -8,28 +7,16 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from tests.training.ml.imagefolders import CLASSES, make_folder, square_image
-from training.ml.architectures import build_model, head_name
-from training.ml.checkpoint import file_sha256, load_weights_file
-from training.ml.data import DatasetError, FolderScan, scan_image_folder, stratified_split
-from training.ml.inference import Predictor
+from training.ml.infer.predictor import Predictor
+from training.ml.models.checkpoint import file_sha256, load_weights_file
 from training.ml.preprocessing import Preprocessing
-from training.ml.train import (
-    DEFAULT_LR,
-    ConfigError,
-    FitResult,
-    TrainConfig,
-    apply_strategy,
-    backbone_blocks,
-    evaluate,
-    evaluate_checkpoint,
-    fit,
-    train_mode,
-    train_one_epoch,
-)
+from training.ml.train.config import DEFAULT_LR, TrainConfig
+from training.ml.train.evaluate import evaluate_checkpoint
+from training.ml.train.fit import FitResult, fit
+from training.ml.train.scan import DatasetError, FolderScan, scan_image_folder
+from training.ml.train.splits import stratified_split
 
 SIZE = 32  # input size: small enough for CPU, large enough for 5 stride-2 stages
 
@@ -80,35 +67,6 @@ def trained(
         progress_interval_s=0.0,
     )
     return result, events
-
-
-def _tensor_loader(n: int = 24, batch_size: int = 8) -> DataLoader:
-    generator = torch.Generator().manual_seed(0)
-    inputs = torch.randn(n, 3, SIZE, SIZE, generator=generator)
-    labels = torch.arange(n) % 2
-    inputs[labels == 1, :, :8, :8] += 3.0
-    return DataLoader(TensorDataset(inputs, labels), batch_size=batch_size, shuffle=False)
-
-
-def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {key: value.detach().clone() for key, value in model.state_dict().items()}
-
-
-def _changed(before: dict[str, torch.Tensor], model: nn.Module) -> set[str]:
-    after = model.state_dict()
-    return {key for key, value in before.items() if not torch.equal(value, after[key])}
-
-
-def _train_steps(model: nn.Module, arch: str, strategy: str, steps: int = 2) -> set[str]:
-    report = apply_strategy(model, arch, strategy, unfreeze_blocks=2)
-    before = _snapshot(model)
-    optimizer = torch.optim.AdamW(
-        [p for group in report.param_groups for p in group["params"]], lr=1e-2
-    )
-    train_one_epoch(
-        model, _tensor_loader(), optimizer, nn.CrossEntropyLoss(), "cpu", max_steps=steps
-    )
-    return _changed(before, model)
 
 
 # --- the whole recipe ----------------------------------------------------------------------------
@@ -235,117 +193,7 @@ def test_evaluate_checkpoint_reproduces_the_test_metrics_even_with_reordered_cla
 # --- strategies ----------------------------------------------------------------------------------
 
 
-def test_head_training_changes_only_the_head_and_leaves_batchnorm_statistics_alone() -> None:
-    model = build_model("mobilenet_v2", 2)
-
-    changed = _train_steps(model, "mobilenet_v2", "head")
-
-    head = head_name("mobilenet_v2")
-    assert changed == {f"{head}.weight", f"{head}.bias"}
-
-
-def test_frozen_batchnorm_layers_stay_in_eval_mode_while_training() -> None:
-    model = build_model("resnet18", 2)
-    apply_strategy(model, "resnet18", "partial", unfreeze_blocks=1)
-
-    train_mode(model)
-
-    assert not model.bn1.training and not model.layer3[0].bn1.training
-    assert model.layer4[0].bn1.training and model.fc.training
-
-
-def test_partial_training_changes_the_last_blocks_but_not_the_first_conv() -> None:
-    model = build_model("mobilenet_v2", 2)
-
-    changed = _train_steps(model, "mobilenet_v2", "partial")
-
-    assert "features.0.0.weight" not in changed
-    assert "features.0.1.running_mean" not in changed  # a frozen BN keeps its statistics
-    assert "features.18.0.weight" in changed and "features.17.conv.0.0.weight" in changed
-    assert "features.18.1.running_mean" in changed  # a trained BN updates its statistics
-    assert not any(key.startswith("features.16.") for key in changed)
-    assert "classifier.1.weight" in changed
-
-
-def test_full_training_changes_the_first_conv() -> None:
-    model = build_model("resnet18", 2)
-
-    changed = _train_steps(model, "resnet18", "full")
-
-    assert {"conv1.weight", "bn1.running_mean", "layer4.1.conv2.weight", "fc.weight"} <= changed
-
-
-@pytest.mark.parametrize(
-    ("arch", "last_block", "first_block"),
-    [
-        ("resnet18", "layer4", "stem"),
-        ("densenet121", "denseblock4", "stem"),
-        ("vgg16", "classifier", "conv1"),
-        ("efficientnet_b0", "features.8", "features.0"),
-        ("mobilenet_v3_small", "classifier", "features.0"),
-    ],
-)
-def test_blocks_and_head_hold_every_parameter_exactly_once(
-    arch: str, last_block: str, first_block: str
-) -> None:
-    with torch.device("meta"):  # shapes only: no time spent initialising VGG's 138M weights
-        model = build_model(arch, 3)
-    blocks = backbone_blocks(model, arch)
-
-    assert blocks[-1][0] == last_block and blocks[0][0] == first_block
-    owner: dict[int, str] = {}
-    for name, paths in [*blocks, ("head", [head_name(arch)])]:
-        for path in paths:
-            for parameter in model.get_submodule(path).parameters():
-                assert id(parameter) not in owner, (name, owner.get(id(parameter)))
-                owner[id(parameter)] = name
-    assert len(owner) == len(list(model.parameters()))
-
-    head = apply_strategy(model, arch, "head")
-    partial = apply_strategy(model, arch, "partial", unfreeze_blocks=1)
-    full = apply_strategy(model, arch, "full")
-    assert head.trainable_blocks == [] and partial.trainable_blocks == [last_block]
-    assert head.trainable_params < partial.trainable_params < full.trainable_params
-    assert full.trainable_params == full.total_params
-    assert "trainable" in partial.summary()
-
-
 # --- one epoch, evaluation -------------------------------------------------------------------------
-
-
-def test_should_stop_stops_within_a_step() -> None:
-    model = build_model("mobilenet_v2", 2)
-    report = apply_strategy(model, "mobilenet_v2", "head")
-    optimizer = torch.optim.AdamW(report.param_groups[0]["params"], lr=1e-3)
-    calls = []
-
-    def stop() -> bool:
-        calls.append(1)
-        return len(calls) > 2
-
-    out = train_one_epoch(
-        model, _tensor_loader(), optimizer, nn.CrossEntropyLoss(), "cpu", should_stop=stop
-    )
-
-    assert out["cancelled"] is True
-    assert out["steps"] == 2 and out["images"] == 16
-
-
-def test_evaluate_returns_logits_labels_and_the_loss_at_a_temperature() -> None:
-    model = build_model("resnet18", 2)
-    loader = _tensor_loader(n=10, batch_size=4)
-
-    plain = evaluate(model, loader, "cpu")
-    warm = evaluate(model, loader, "cpu", temperature=3.0)
-
-    assert plain.logits.shape == (10, 2) and plain.labels.tolist() == [0, 1] * 5
-    expected = nn.functional.cross_entropy(
-        torch.from_numpy(plain.logits), torch.from_numpy(plain.labels)
-    )
-    assert plain.loss == pytest.approx(expected.item())
-    assert np.allclose(warm.logits, plain.logits)
-    assert warm.loss != pytest.approx(plain.loss)
-    assert not model.training
 
 
 # --- fit: cancellation, early stopping, options ----------------------------------------------------
@@ -475,53 +323,3 @@ def test_fit_takes_a_plain_sample_list_with_class_names(folder, tmp_path) -> Non
 # --- configuration ---------------------------------------------------------------------------------
 
 
-def test_the_config_round_trips_through_json_and_picks_the_strategy_learning_rate() -> None:
-    config = TrainConfig(arch="densenet121", strategy="partial", weights="/w/backbone.pth")
-
-    again = TrainConfig.from_dict(json.loads(json.dumps(config.to_dict())))
-
-    assert again == config
-    assert config.learning_rate == DEFAULT_LR["partial"] == 3e-4
-    assert TrainConfig(arch="resnet18", strategy="full").learning_rate == 1e-4
-    assert TrainConfig(arch="resnet18", lr=0.05).learning_rate == 0.05
-    assert config.preprocessing().input_size == 224
-    assert TrainConfig(arch="resnet18", input_size=64).preprocessing().input_size == 64
-
-
-@pytest.mark.parametrize(
-    ("changes", "message"),
-    [
-        ({"arch": "alexnet"}, "Unknown architecture"),
-        ({"strategy": "everything"}, "Unknown strategy"),
-        ({"imbalance": "oversample"}, "imbalance"),
-        ({"warmup_head_epochs": 1}, "only applies to strategy 'full'"),
-        ({"strategy": "full", "epochs": 2, "warmup_head_epochs": 2}, "fewer than epochs"),
-        ({"epochs": 0}, "epochs must be an integer >= 1"),
-        ({"lr": -1.0}, "lr must be a positive number"),
-        ({"input_size": 8}, "input_size"),
-        ({"max_steps_per_epoch": 0}, "max_steps_per_epoch"),
-    ],
-)
-def test_impossible_configs_are_refused_with_a_reason(changes: dict, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        TrainConfig(**{"arch": "resnet18", **changes})
-
-
-def test_unknown_config_keys_are_refused() -> None:
-    with pytest.raises(ConfigError, match="learning_rate"):
-        TrainConfig.from_dict({"arch": "resnet18", "learning_rate": 0.1})
-
-
-def test_apply_strategy_reports_parameter_groups() -> None:
-    model = build_model("resnet18", 2)
-
-    report = apply_strategy(model, "resnet18", "partial", unfreeze_blocks=1)
-
-    names = [group["name"] for group in report.param_groups]
-    assert names == ["head", "backbone"]
-    trainable = sum(p.numel() for g in report.param_groups for p in g["params"])
-    assert trainable == report.trainable_params
-    assert all(p.requires_grad for p in model.layer4.parameters())
-    assert not any(p.requires_grad for p in model.layer3.parameters())
-    with pytest.raises(ConfigError):
-        apply_strategy(copy.deepcopy(model), "resnet18", "most")

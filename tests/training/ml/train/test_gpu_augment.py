@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 
 from tests import imagegen
-from training.ml import transforms
-from training.ml.gpu_augment import AugmentParams, BatchAugment
 from training.ml.preprocessing import Preprocessing, to_model_input
+from training.ml.train import transforms
+from training.ml.train.gpu_augment import AugmentParams, BatchAugment
 
 SIZE = 48
 PREP = Preprocessing(input_size=SIZE, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.ml.metrics import binary_figures, classification_report, roc_curves
+from training.ml.train.metrics import binary_figures, classification_report, roc_curves
 
 CLASSES3 = ["normal", "pneumonia", "covid"]
 

@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from tests.training.ml.imagefolders import make_folder
-from training.ml.checkpoint import load_weights_file
-from training.ml.config import TrainConfig
-from training.ml.data import scan_image_folder, stratified_split
-from training.ml.pipeline import run_batches
+from training.ml.models.checkpoint import load_weights_file
 from training.ml.preprocessing import Preprocessing
-from training.ml.train import fit
+from training.ml.train.config import TrainConfig
+from training.ml.train.fit import fit
+from training.ml.train.pipeline import run_batches
+from training.ml.train.scan import scan_image_folder
+from training.ml.train.splits import stratified_split
 
 SIZE = 32
 PREP = Preprocessing(input_size=SIZE)
@@ -135,7 +136,7 @@ def test_a_run_over_the_memory_limit_trains_from_a_mapped_file(folder, tmp_path:
     [({"cache_memory_mb": -1}, "cache_memory_mb"), ({"cache_dir": ""}, "cache_dir")],
 )
 def test_impossible_cache_settings_are_refused(changes: dict, message: str) -> None:
-    from training.ml.config import ConfigError
+    from training.ml.train.config import ConfigError
 
     with pytest.raises(ConfigError, match=message):
         TrainConfig(arch="resnet18", **changes)

@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from training.ml.calibration import reliability_bins, softmax
-from training.ml.metrics import classification_report, roc_curves
-from training.ml.plots import plot_confusion_matrix, plot_history, plot_reliability, plot_roc
+from training.ml.train.calibration import reliability_bins, softmax
+from training.ml.train.metrics import classification_report, roc_curves
+from training.ml.train.plots import plot_confusion_matrix, plot_history, plot_reliability, plot_roc
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CLASSES = ["normal", "pneumonia", "covid"]
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[4]
 
 
 @pytest.fixture(autouse=True)
@@ -99,7 +99,7 @@ def test_plotting_never_touches_pyplot() -> None:
     # In a fresh interpreter: pyplot would register figures globally and pick a GUI backend.
     code = (
         "import sys\n"
-        "from training.ml import plots\n"
+        "from training.ml.train import plots\n"
         "plots.plot_history([{'epoch': 1, 'train_loss': 1.0, 'val_loss': 1.0}])\n"
         "plots.plot_confusion_matrix([[1, 0], [0, 1]], ['a', 'b'])\n"
         "plots.plot_roc({'a': {'fpr': [0, 1], 'tpr': [0, 1]}}, {'a': 0.5})\n"

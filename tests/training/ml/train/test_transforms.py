@@ -7,7 +7,7 @@ from PIL import Image
 
 from tests import imagegen
 from training.ml.preprocessing import Preprocessing, to_model_input
-from training.ml.transforms import (
+from training.ml.train.transforms import (
     BrightnessContrast,
     RandomAffine,
     RandomHorizontalFlip,
