@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ARCHITECTURES",
+    "ArchSpec",
     "arch_spec",
     "UnknownArchitecture",
     "build_model",
@@ -81,21 +82,23 @@ def _densenet_cam(model: nn.Module) -> nn.Module:
 
 
 @dataclass(frozen=True)
-class _ArchSpec:
+class ArchSpec:
+    """Where an architecture keeps its classifier head and which layer Grad-CAM hooks."""
+
     head: str  # dotted path of the classifier nn.Linear that replace_head swaps
     cam_layer: Callable[[nn.Module], nn.Module]
 
 
-_RESNET = _ArchSpec(head="fc", cam_layer=_resnet_cam)
+_RESNET = ArchSpec(head="fc", cam_layer=_resnet_cam)
 # VGG: the last ReLU of `features` (index 29 for vgg16) is the last conv activation before pooling.
-_VGG = _ArchSpec(head="classifier.6", cam_layer=_last_relu_of_features)
+_VGG = ArchSpec(head="classifier.6", cam_layer=_last_relu_of_features)
 # DenseNet: norm5 is the last module of `features`; the ReLU after it lives in DenseNet.forward,
 # see prepare_for_cam for why that matters.
-_DENSENET = _ArchSpec(head="classifier", cam_layer=_densenet_cam)
-_EFFICIENTNET = _ArchSpec(head="classifier.1", cam_layer=_features_last_cam)
-_MOBILENET_V3 = _ArchSpec(head="classifier.3", cam_layer=_features_last_cam)
+_DENSENET = ArchSpec(head="classifier", cam_layer=_densenet_cam)
+_EFFICIENTNET = ArchSpec(head="classifier.1", cam_layer=_features_last_cam)
+_MOBILENET_V3 = ArchSpec(head="classifier.3", cam_layer=_features_last_cam)
 
-_SPECS: dict[str, _ArchSpec] = {
+_SPECS: dict[str, ArchSpec] = {
     "resnet18": _RESNET,
     "resnet34": _RESNET,
     "resnet50": _RESNET,
@@ -120,8 +123,10 @@ _SPECS: dict[str, _ArchSpec] = {
 ARCHITECTURES: tuple[str, ...] = tuple(_SPECS)
 
 
-def arch_spec(arch: str) -> _ArchSpec:
-    """The table entry of ``arch`` (its head and Grad-CAM layer); :class:`UnknownArchitecture` if none."""
+def arch_spec(arch: str) -> ArchSpec:
+    """The table entry of ``arch`` (its head and Grad-CAM layer).
+
+    Raises :class:`UnknownArchitecture` for a name not in :data:`ARCHITECTURES`."""
     try:
         return _SPECS[arch]
     except (KeyError, TypeError):
@@ -144,8 +149,8 @@ def head_layer(model: nn.Module, arch: str) -> nn.Linear:
     head = model.get_submodule(arch_spec(arch).head)
     if not isinstance(head, nn.Linear):
         raise IncompatibleWeights(
-            f"Expected an nn.Linear classifier at {arch_spec(arch).head!r} of a {arch} model, found "
-            f"{type(head).__name__}. Was the model built with build_model({arch!r}, ...)?"
+            f"Expected an nn.Linear classifier at {arch_spec(arch).head!r} of a {arch} model, "
+            f"found {type(head).__name__}. Was the model built with build_model({arch!r}, ...)?"
         )
     return head
 

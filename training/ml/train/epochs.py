@@ -30,8 +30,8 @@ __all__ = ["BestEpoch", "Epochs", "FitRun", "train_epochs"]
 
 @dataclass
 class FitRun:
-    """What every phase of one :func:`~training.ml.train.fit.fit` uses: the configuration, the batches, the model on its
-    device, the loss and the progress reports."""
+    """What every phase of one :func:`~training.ml.train.fit.fit` uses: the configuration, the
+    batches, the model on its device, the loss and the progress reports."""
 
     config: TrainConfig
     class_names: list[str]
