@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Training throughput on a GPU host (issue #24 item 1): bench/trainbench.py for head, partial and
 # full with the app's pipeline and the plain torchvision loop, then (when scipy and scikit-learn
-# are there) the whole recipe, training.ml.train.fit, on the same folder.
+# are there) the whole recipe, training.ml.train.fit.fit, on the same folder.
 #
 #   bench/gpu_train.sh DATA_DIR
 #

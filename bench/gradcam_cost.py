@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from pytorch_grad_cam import GradCAM
 
-    from training.ml.architectures import build_model, default_preprocessing
-    from training.ml.inference import Predictor, _ArgmaxTarget
+    from training.ml.infer.predictor import Predictor, _ArgmaxTarget
+    from training.ml.models.architectures import build_model, default_preprocessing
     from training.ml.preprocessing import batch_model_input
 
     torch.set_num_threads(args.threads)

@@ -5,7 +5,7 @@
 * ``floor``: the compute floor. In ONE plain process with the torch thread count a worker
   process gets, the production model version's weights file (loaded exactly as a worker loads it:
   diagnosis.inference.predictor_for, sha256 check included) is run through
-  training.ml.inference.Predictor on images decoded the way the upload path decodes them
+  training.ml.infer.predictor.Predictor on images decoded the way the upload path decodes them
   (training.ml.imaging.decode_upload). Beside it, in the same process and on the same images, the
   baseline a user would write without the app (``plain_script``): the same weights in a
   torchvision model, torchvision transforms, and pytorch-grad-cam's GradCAM called as its README
@@ -117,7 +117,7 @@ def _plain_script_floor(
     from pytorch_grad_cam import GradCAM
     from torchvision import transforms
 
-    from training.ml.architectures import gradcam_target_layer
+    from training.ml.models.cam import gradcam_target_layer
 
     arch = version.architecture
     model = torchvision.models.get_model(arch, weights=None, num_classes=len(version.class_labels))
@@ -172,6 +172,7 @@ def measure_floor(args: argparse.Namespace) -> None:
     import torch
 
     from diagnosis import inference
+    from training.ml.infer.render import render_pngs
     from training.models import ModelVersion
 
     version = ModelVersion.objects.get(status=ModelVersion.Status.PRODUCTION)
@@ -189,7 +190,7 @@ def measure_floor(args: argparse.Namespace) -> None:
             predictor.predict([img])
 
     warm()
-    same = _best_pass(predictor, images, inference.render_pngs, args.rounds)
+    same = _best_pass(predictor, images, render_pngs, args.rounds)
     batch: dict[str, float] = {}
     for size in args.batch_sizes:
         chunks = [images[i : i + size] for i in range(0, n - n % size, size)]
@@ -212,7 +213,7 @@ def measure_floor(args: argparse.Namespace) -> None:
         torch.set_num_threads(all_cores_threads)  # a plain script's defaults
         cv2.setNumThreads(all_cores_threads)
         warm()
-        all_cores = _best_pass(predictor, images, inference.render_pngs, args.rounds)
+        all_cores = _best_pass(predictor, images, render_pngs, args.rounds)
         torch.set_num_threads(threads)
         cv2.setNumThreads(threads)
     else:
@@ -278,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         "--epochs", type=int, default=2, help="app epochs per strategy (the first decodes)"
     )
     t.add_argument(
-        "--fit", action="store_true", help="also time training.ml.train.fit on the whole folder"
+        "--fit", action="store_true", help="also time training.ml.train.fit.fit on the whole folder"
     )
     t.add_argument("--out", required=True)
     args = parser.parse_args(argv)

@@ -442,8 +442,8 @@ class Bench:
         if a.skip_training:
             self.report["training"] = {"skipped": "--skip-training"}
             return
-        if not (REPO / "training" / "ml" / "train.py").exists():
-            self.report["training"] = {"skipped": "training.ml.train not available"}
+        if not (REPO / "training" / "ml" / "train" / "loop.py").exists():
+            self.report["training"] = {"skipped": "training.ml.train.loop not available"}
             return
         out = self.stack.tmp / "training.json"
         cmd = [

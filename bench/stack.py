@@ -401,7 +401,7 @@ class Stack:
 
     def model_executions(self) -> list[str]:
         """How each pool process runs the model, from the workers' logs: one entry per load
-        ("frozen graph for ..." or "eager (...)", see training.ml.architectures.freeze_below)."""
+        ("frozen graph for ..." or "eager (...)", see training.ml.models.speedups.freeze_below)."""
         found = []
         for proc in self.workers:
             for line in proc.log_path.read_text(errors="replace").splitlines():

@@ -1,10 +1,10 @@
 """Training throughput: images/s per strategy (head, partial, full), with the app's training loop
-(training.ml.train) and with a plain torchvision loop on the same images. The plain loop runs one
+(training.ml.train.loop) and with a plain torchvision loop on the same images. The plain loop runs one
 epoch (it decodes every image in every epoch); the app runs ``--epochs``, and its figure is the
 epochs after the first (images decoded once per run), with the first epoch reported beside it.
 
 Runs in its own process (`python -m bench.ml training ...`). The driver calls it only when
-training/ml/train.py exists; `app_epoch` is the one place to adapt to that module's API.
+training/ml/train/loop.py exists; `app_epoch` is the one place to adapt to that module's API.
 """
 
 from __future__ import annotations
@@ -100,25 +100,26 @@ def app_epoch(
     batch_size: int,
     epochs: int = 2,
 ) -> dict[str, float]:
-    """``epochs`` epochs with the app's training code (training.ml.train.train_one_epoch on the
+    """``epochs`` epochs with the app's training code (training.ml.train.loop.train_one_epoch on the
     app's input pipeline: the decoded-image cache, batched augmentation on the device, bf16 and
     channels_last on CUDA, the app's strategy freezing). Returns images/s of the first epoch, the
     cache's building included (``first``), and of the later ones together (``steady``).
 
-    The one place to adapt when training.ml.train's API changes.
+    The one place to adapt when training.ml.train.loop's API changes.
     """
     import torch
 
-    from training.ml.architectures import build_model, default_preprocessing
-    from training.ml.config import TrainConfig
-    from training.ml.pipeline import place_model, run_batches
+    from training.ml.models.architectures import build_model, default_preprocessing
+    from training.ml.train.config import DEFAULT_LR, TrainConfig
+    from training.ml.train.pipeline import place_model, run_batches
+    from training.ml.train.strategy import apply_strategy
 
     train = train_module
     torch.manual_seed(0)
     model = build_model(arch, len(classes), weights=backbone)
-    train.apply_strategy(model, arch, strategy, unfreeze_blocks=2)  # type: ignore[attr-defined]
+    apply_strategy(model, arch, strategy, unfreeze_blocks=2)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=train.DEFAULT_LR[strategy])  # type: ignore[attr-defined]
+    optimizer = torch.optim.AdamW(params, lr=DEFAULT_LR[strategy])
     rel = [(str(path.relative_to(root)), label) for path, label in samples]
     device = train.resolve_device(None)  # type: ignore[attr-defined]
     place_model(model, device)
@@ -160,9 +161,9 @@ def measure_training(args: argparse.Namespace) -> None:
         "app_epochs": args.epochs,
     }
     try:
-        train_module = importlib.import_module("training.ml.train")
+        train_module = importlib.import_module("training.ml.train.loop")
     except ImportError as exc:
-        result["skipped"] = f"training.ml.train not available ({exc})"
+        result["skipped"] = f"training.ml.train.loop not available ({exc})"
         Path(args.out).write_text(json.dumps(result, indent=2))
         return
     import torch
@@ -219,13 +220,14 @@ def measure_training(args: argparse.Namespace) -> None:
 def measure_fit(
     root: Path, samples: list[tuple[Path, int]], classes: list[str], args: argparse.Namespace
 ) -> dict[str, object]:
-    """The whole recipe (training.ml.train.fit) on the same images: a full fine-tune for
+    """The whole recipe (training.ml.train.fit.fit) on the same images: a full fine-tune for
     --epochs epochs on a 70/15/15 split, no early stopping; seconds per epoch (train and val),
     the test pass and the whole call. Needs scipy and scikit-learn (calibration, metrics)."""
     import tempfile
 
-    from training.ml.data import stratified_split
-    from training.ml.train import TrainConfig, fit
+    from training.ml.train.config import TrainConfig
+    from training.ml.train.fit import fit
+    from training.ml.train.splits import stratified_split
 
     rel = [(str(path.relative_to(root)), label) for path, label in samples]
     split = stratified_split([label for _, label in rel], seed=0)

@@ -13,16 +13,13 @@ import threading
 from collections import OrderedDict
 
 import cv2
-import numpy as np
 import torch
 from django.conf import settings
-from PIL import Image
 
 from diagnosis.services import PredictionFailure
-from training.ml.checkpoint import file_sha256
-from training.ml.imaging import png_uint8
-from training.ml.inference import Predictor, cam_to_heatmap_rgba, render_overlay
+from training.ml.infer.predictor import Predictor
 from training.ml.memory import retain_freed_memory
+from training.ml.models.checkpoint import file_sha256
 from training.ml.preprocessing import Preprocessing
 from training.models import ModelVersion
 
@@ -36,9 +33,6 @@ CACHED_MODELS = 2
 _lock = threading.Lock()
 # Loads in progress: another thread that wants the same version waits for it (one load).
 _loading: dict[tuple[int, str], threading.Event] = {}
-# A CAM is a 7x7..14x14 map upsampled: more pixels add nothing (the browser scales it smoothly;
-# 128 pixels are 9 or more per cell). Half the PNG work of a 224-pixel map.
-HEATMAP_MAX_SIDE = 128
 
 
 def configure_torch_threads(concurrency: int | None = None) -> int:
@@ -135,7 +129,7 @@ def _load(version: ModelVersion) -> Predictor:
             f"sha256 (expected {version.sha256[:12]}…, found {digest[:12]}…): it was changed or "
             "corrupted. Re-import the model."
         )
-    from training.ml.architectures import MLError
+    from training.ml.errors import MLError
 
     try:
         predictor = Predictor.from_file(
@@ -153,19 +147,3 @@ def _load(version: ModelVersion) -> Predictor:
     return predictor
 
 
-def render_pngs(picture, cam, *, overlay: bool = True) -> tuple[bytes, bytes | None]:
-    """The colourised heatmap (RGBA, transparent where the model did not look) and the overlay."""
-    w, h = picture.size
-    scale = min(1.0, HEATMAP_MAX_SIDE / max(w, h))
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    heatmap = cam_to_heatmap_rgba(cam, size)
-    return png_bytes(heatmap), (png_bytes(render_overlay(picture, cam)) if overlay else None)
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    """Encode an L, RGB or RGBA image as PNG with the writer the display copies use
-    (:func:`training.ml.imaging.png_uint8`: the "up" filter, ISA-L deflate). A 1024-pixel overlay
-    takes ~5 ms instead of ~25 through OpenCV's encoder and ~70 through Pillow's. Lossless."""
-    if image.mode not in ("L", "RGB", "RGBA"):
-        raise ValueError(f"png_bytes takes L, RGB or RGBA images, not {image.mode}.")
-    return png_uint8(np.asarray(image))

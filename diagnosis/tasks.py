@@ -161,7 +161,7 @@ def _preload_ml(log: logging.Logger) -> None:
     try:
         import torch
 
-        import training.ml.inference  # noqa: F401 - torchvision, pytorch-grad-cam, OpenCV
+        import training.ml.infer.predictor  # noqa: F401 - torchvision, pytorch-grad-cam, OpenCV
     except Exception:  # noqa: BLE001 - the children import them again, and report what fails
         log.warning("could not preload the ML libraries in the worker's main process",
                     exc_info=True)

@@ -1,4 +1,4 @@
-"""Forms of the training pages. Torch-free: the choices come from training.ml.config, which
+"""Forms of the training pages. Torch-free: the choices come from training.ml.train.config, which
 the training service also validates with, never from the torch modules of training.ml."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from typing import Any
 
 from django import forms
 
-from training.ml.config import ARCHITECTURE_NAMES, DEFAULT_LR
+from training.ml.train.config import ARCHITECTURE_NAMES, DEFAULT_LR
 from training.models import Dataset, ModelVersion
 
 ARCHITECTURES: tuple[str, ...] = ARCHITECTURE_NAMES
@@ -70,7 +70,7 @@ class DatasetRegisterForm(forms.Form):
 
 
 class TrainingRunForm(forms.Form):
-    """The fields of training.ml.train.TrainConfig a person chooses; the service validates the
+    """The fields of training.ml.train.config.TrainConfig a person chooses; the service validates the
     whole configuration again (TrainingRejected)."""
 
     dataset = DatasetChoiceField(queryset=Dataset.objects.none(), empty_label=None)
@@ -135,7 +135,7 @@ class TrainingRunForm(forms.Form):
         return data
 
     def config(self) -> dict[str, Any]:
-        """The TrainConfig dict (training.ml.train.TrainConfig.from_dict) for the service."""
+        """The TrainConfig dict (training.ml.train.config.TrainConfig.from_dict) for the service."""
         d = self.cleaned_data
         weights = {"imagenet": "imagenet", "none": None}.get(d["weights"],
                                                             (d["weights_path"] or "").strip())

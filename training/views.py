@@ -47,7 +47,7 @@ Action = AuditEvent.Action
 POLL_MS = 2000
 
 # --------------------------------------------------------------------------------------------------
-# Presentation helpers: metrics dicts (training.ml.metrics.classification_report) to table rows
+# Presentation helpers: metrics dicts (training.ml.train.metrics.classification_report) to table rows
 # --------------------------------------------------------------------------------------------------
 
 # (key, label, higher is better)

@@ -47,12 +47,13 @@ def class_heatmap_run(*, heatmap_id: int) -> ClassHeatmap | None:
         return None
     try:
         from diagnosis import inference
+        from training.ml.infer.render import render_pngs
 
         prediction = heatmap.prediction
         predictor = inference.predictor_for(prediction.model_version)
         picture = open_display(prediction.image, predictor.preprocessing)
         [result] = predictor.predict([picture], cam_classes=[heatmap.class_label])
-        heatmap_png, _ = inference.render_pngs(picture, result.cam, overlay=False)
+        heatmap_png, _ = render_pngs(picture, result.cam, overlay=False)
         empty = float(result.cam.max()) < EMPTY_CAM_LEVEL
     except Exception as exc:  # noqa: BLE001
         from django.db import DatabaseError

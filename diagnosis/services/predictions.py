@@ -505,6 +505,7 @@ def _compute_batch(batch: list[Prediction]) -> list[dict | Exception]:
     the exception that is that prediction's failure. One forward/backward pass for the batch;
     if it raises, each image is run alone so that only the image at fault fails."""
     from diagnosis import inference  # imports torch: worker side only
+    from training.ml.infer.render import render_pngs
 
     outcomes: list[dict | Exception | None] = [None] * len(batch)
     try:
@@ -548,7 +549,7 @@ def _compute_batch(batch: list[Prediction]) -> list[dict | Exception]:
         for i, result in zip(indices, results, strict=True):
             started = time.perf_counter()
             try:
-                heatmap_png, overlay_png = inference.render_pngs(pictures[i], result.cam)
+                heatmap_png, overlay_png = render_pngs(pictures[i], result.cam)
             except Exception as exc:  # noqa: BLE001
                 logger.exception("prediction %s: rendering failed", batch[i].pk)
                 outcomes[i] = exc

@@ -130,8 +130,8 @@ def test_a_large_image_is_read_as_training_reads_it(radiologist, production_mode
     import numpy as np
 
     from diagnosis.services.predictions import open_display
-    from training.ml.data import load_image
     from training.ml.preprocessing import Preprocessing, reading_long_side
+    from training.ml.train.dataset import load_image
 
     upload = services.study_upload(uploaded_by=radiologist, data=data, patient_id="MRN-BIG")
     image = upload.image

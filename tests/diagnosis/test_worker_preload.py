@@ -23,7 +23,7 @@ pid = os.fork()
 if pid == 0:
     import torchvision
     from PIL import Image
-    from training.ml.inference import Predictor
+    from training.ml.infer.predictor import Predictor
     from training.ml.preprocessing import Preprocessing
     torch.set_num_threads(1)
     model = torchvision.models.mobilenet_v2(weights=None, num_classes=2)

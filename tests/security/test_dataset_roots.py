@@ -191,9 +191,11 @@ def test_the_register_command_lists_the_links_it_did_not_follow(db, linked, caps
 
 
 def test_a_file_replaced_by_a_link_after_the_scan_is_not_read(db, linked):
-    from training.ml.cache import DecodedImages
-    from training.ml.data import CXRDataset, DatasetError, duplicates_by_hash
     from training.ml.preprocessing import Preprocessing
+    from training.ml.train.cache import DecodedImages
+    from training.ml.train.dataset import CXRDataset
+    from training.ml.train.scan import DatasetError
+    from training.ml.train.splits import duplicates_by_hash
 
     dataset = dataset_register(name="ds", root=str(linked["ds"]))
     samples = [tuple(s) for s in dataset.scan["samples"]]

@@ -1,7 +1,7 @@
 """The training pages: datasets, runs, model versions, evaluations, compare and promote.
 
 Rows are created directly in the database (a dataset with a small scan and split, runs in every
-status, evaluations with real metrics from training.ml.metrics); the broker is the boundary, so
+status, evaluations with real metrics from training.ml.train.metrics); the broker is the boundary, so
 the tasks' .delay is replaced where a form queues work.
 """
 
@@ -38,8 +38,8 @@ pytestmark = pytest.mark.django_db
 def make_metrics(classes=CLASSES, *, n: int = 80, skill: float = 2.0, seed: int = 0,
                  thresholds: dict | None = None) -> tuple[dict, dict]:
     """Real classification_report figures (and ROC / reliability curves) of a fake model."""
-    from training.ml.calibration import reliability_bins
-    from training.ml.metrics import classification_report, roc_curves
+    from training.ml.train.calibration import reliability_bins
+    from training.ml.train.metrics import classification_report, roc_curves
 
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % len(classes)
@@ -314,7 +314,7 @@ def run_form(dataset: Dataset, **changes) -> dict:
 
 def test_the_architecture_choices_are_the_ml_cores():
     from training.forms import ARCHITECTURES
-    from training.ml.architectures import ARCHITECTURES as CORE
+    from training.ml.models.architectures import ARCHITECTURES as CORE
 
     assert ARCHITECTURES == CORE
 
@@ -709,7 +709,7 @@ TORCH_FREE_SCRIPT = textwrap.dedent(
             f"/training/compare/results/?candidate={v2.pk}&dataset={dataset.pk}"]
     for url in gets:
         assert client.get(url).status_code == 200, url
-    # Starting a run validates the whole TrainConfig (training.ml.config, torch-free).
+    # Starting a run validates the whole TrainConfig (training.ml.train.config, torch-free).
     resp = client.post("/training/runs/new/", {
         "dataset": dataset.pk, "architecture": "resnet18", "weights": "imagenet",
         "strategy": "head", "epochs": "1", "batch_size": "2", "warmup_head_epochs": "0",

@@ -29,7 +29,7 @@ __all__ = [
     "to_model_input",
 ]
 
-# The long side of the overlays radiologists review (training.ml.inference.render_overlay).
+# The long side of the overlays radiologists review (training.ml.infer.render.render_overlay).
 OVERLAY_LONG_SIDE = 1024
 
 # Modes whose pixels are not 8-bit: Pillow's convert("L") clips them at 255 instead of scaling.

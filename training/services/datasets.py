@@ -46,7 +46,7 @@ def dataset_root_resolve(root: str) -> Path:
 def dataset_folder(dataset: Dataset) -> str:
     """The dataset's folder as read now: still under CXR_DATASET_ROOTS once its links are followed
     (it may have been replaced by a link since it was registered), else DatasetRejected. The files
-    in it are read only where they resolve inside it (``training.ml.data.dataset_file``)."""
+    in it are read only where they resolve inside it (``training.ml.train.scan.dataset_file``)."""
     path = path_under_roots(dataset.root, settings.CXR_DATASET_ROOTS)
     if path is None:
         raise DatasetRejected(OUTSIDE_ROOTS)
@@ -85,13 +85,9 @@ def dataset_register(
 
 def dataset_scan(*, dataset_id: int, progress=None) -> Dataset:
     """Scan the folder, list unreadable files (never crash on them), store the split."""
-    from training.ml.architectures import MLError
-    from training.ml.data import (
-        duplicate_group_ids,
-        duplicates_by_hash,
-        scan_image_folder,
-        stratified_split,
-    )
+    from training.ml.errors import MLError
+    from training.ml.train.scan import scan_image_folder
+    from training.ml.train.splits import duplicate_group_ids, duplicates_by_hash, stratified_split
 
     dataset = Dataset.objects.get(pk=dataset_id)
     try:

@@ -38,9 +38,9 @@ def evaluation_create(*, version: ModelVersion, dataset: Dataset, split: str = "
 def evaluation_execute(*, evaluation_id: int, progress=None,
                        skip_unknown: bool = False) -> Evaluation | None:
     """Evaluate on the stored split: the same images for every version (compare fairly)."""
-    from training.ml.architectures import MLError
-    from training.ml.checkpoint import file_sha256
-    from training.ml.train import evaluate_checkpoint
+    from training.ml.errors import MLError
+    from training.ml.models.checkpoint import file_sha256
+    from training.ml.train.evaluate import evaluate_checkpoint
 
     if Evaluation.objects.filter(pk=evaluation_id, status=Evaluation.Status.QUEUED).update(
         status=Evaluation.Status.RUNNING

@@ -1,4 +1,4 @@
-"""Store the plots of a run or an evaluation as PNG files (drawn by training.ml.plots)."""
+"""Store the plots of a run or an evaluation as PNG files (drawn by training.ml.train.plots)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ logger = logging.getLogger(__name__)
 def save_result_plots(obj, *, metrics: dict | None, curves: dict | None, prefix: str,
                       history: list | None = None, best_epoch: int | None = None) -> list[str]:
     """Draw what the figures allow and attach the PNGs to obj's plot_* fields (not saved)."""
-    from training.ml import plots
+    from training.ml.train import plots
 
     fields = []
 

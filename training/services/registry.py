@@ -45,8 +45,9 @@ def model_version_import(
     as a checkpoint with its metadata and sha256.
     Imports torch: call it from a command or a worker, not from a web request.
     """
-    from training.ml.architectures import ARCHITECTURES, MLError, default_preprocessing
-    from training.ml.checkpoint import (
+    from training.ml.errors import MLError
+    from training.ml.models.architectures import ARCHITECTURES, default_preprocessing
+    from training.ml.models.checkpoint import (
         CheckpointMeta,
         build_for_inference,
         file_sha256,

@@ -31,8 +31,8 @@ def training_run_create(*, dataset: Dataset, config: dict, created_by=None,
                         enqueue: bool = True) -> TrainingRun:
     """Validate the configuration and create a queued run (sent to the training queue)."""
     # Torch-free on purpose: the web process starts runs.
-    from training.ml.config import TrainConfig
     from training.ml.errors import MLError
+    from training.ml.train.config import TrainConfig
 
     if dataset.status != Dataset.Status.READY:
         raise TrainingRejected(f"Dataset {dataset.name} is not ready ({dataset.status}).")
@@ -100,9 +100,10 @@ def training_run_execute(
     Idempotent: only a queued run is claimed. Progress (epoch, step, loss, ETA) and a heartbeat
     are written to the row about every second; cancellation is polled every step.
     """
-    from training.ml.architectures import MLError
-    from training.ml.data import FolderScan
-    from training.ml.train import TrainConfig, fit
+    from training.ml.errors import MLError
+    from training.ml.train.config import TrainConfig
+    from training.ml.train.fit import fit
+    from training.ml.train.scan import FolderScan
 
     run = _claim(run_id)
     if run is None:
@@ -149,7 +150,7 @@ def training_run_execute(
 
 
 def _finish(run: TrainingRun, result) -> TrainingRun:
-    from training.ml.checkpoint import file_sha256
+    from training.ml.models.checkpoint import file_sha256
 
     run.refresh_from_db()  # progress and heartbeat were written meanwhile
     data = result.to_dict()

@@ -1,0 +1,325 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from tests.training.ml.imagefolders import CLASSES, make_folder, square_image
+from training.ml.infer.predictor import Predictor
+from training.ml.models.checkpoint import file_sha256, load_weights_file
+from training.ml.preprocessing import Preprocessing
+from training.ml.train.config import DEFAULT_LR, TrainConfig
+from training.ml.train.evaluate import evaluate_checkpoint
+from training.ml.train.fit import FitResult, fit
+from training.ml.train.scan import DatasetError, FolderScan, scan_image_folder
+from training.ml.train.splits import stratified_split
+
+SIZE = 32  # input size: small enough for CPU, large enough for 5 stride-2 stages
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, FolderScan, dict]:
+    root = make_folder(tmp_path_factory.mktemp("cxr") / "ds", per_class=12)
+    scan = scan_image_folder(root)
+    split = stratified_split(scan.labels, val_fraction=0.25, test_fraction=0.25, seed=0)
+    return root, scan, split
+
+
+def _config(**changes: Any) -> TrainConfig:
+    values: dict[str, Any] = {
+        "arch": "resnet18",
+        "strategy": "full",
+        "epochs": 1,
+        "batch_size": 6,
+        "input_size": SIZE,
+        "augment": "none",
+        "lr": 1e-3,
+        "device": "cpu",
+    }
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def trained(
+    folder: tuple[Path, FolderScan, dict], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[FitResult, list[dict]]:
+    """One real fit shared by several tests: resnet18 from scratch on the two-square task."""
+    root, scan, split = folder
+    events: list[dict] = []
+    torch.manual_seed(0)
+    result = fit(
+        _config(epochs=3, early_stopping_patience=None),
+        root,
+        scan,
+        split,
+        checkpoint_path=tmp_path_factory.mktemp("ckpt") / "model.pt",
+        progress_callback=events.append,
+        progress_interval_s=0.0,
+    )
+    return result, events
+
+
+# --- the whole recipe ----------------------------------------------------------------------------
+
+
+def test_fit_lowers_the_training_loss_and_keeps_the_best_epoch(trained) -> None:
+    result, _ = trained
+
+    losses = [row["train_loss"] for row in result.history]
+    assert len(losses) == 3
+    assert losses[-1] < 0.5 * losses[0]
+    assert result.history[-1]["train_acc"] >= 0.9
+    val_losses = [row["val_loss"] for row in result.history]
+    assert result.best_epoch == 1 + int(np.argmin(val_losses))
+    assert not result.cancelled and not result.stopped_early
+    for row in result.history:
+        assert {
+            "epoch",
+            "train_loss",
+            "train_acc",
+            "val_loss",
+            "val_acc",
+            "lr",
+            "seconds",
+            "images_per_s",
+        } <= set(row)
+        assert row["images_per_s"] > 0
+    # Cosine schedule: the learning rate goes down from the configured one.
+    assert result.history[0]["lr"] == pytest.approx(1e-3)
+    assert result.history[-1]["lr"] < result.history[0]["lr"]
+
+
+def test_fit_writes_a_checkpoint_the_predictor_loads_with_calibration_in_its_meta(
+    trained, folder
+) -> None:
+    result, _ = trained
+    root, scan, _ = folder
+
+    assert result.sha256 == file_sha256(result.checkpoint_path)
+    _, meta = load_weights_file(result.checkpoint_path)
+    assert meta is not None
+    assert meta.arch == "resnet18" and meta.classes == CLASSES
+    assert meta.temperature == pytest.approx(result.temperature) and meta.temperature > 0
+    assert meta.thresholds == result.thresholds and set(meta.thresholds) == set(CLASSES)
+    assert meta.extra["best_epoch"] == result.best_epoch
+    assert meta.extra["config"]["arch"] == "resnet18"
+
+    predictor = Predictor.from_file(
+        result.checkpoint_path,
+        arch=meta.arch,
+        classes=meta.classes,
+        preprocessing=Preprocessing.from_dict(result.preprocessing),
+        device="cpu",
+        temperature=meta.temperature,
+    )
+    outputs = predictor.predict([square_image(0, seed=99), square_image(1, seed=98)])
+    assert [out.label for out in outputs] == CLASSES
+    assert sum(outputs[0].probabilities.values()) == pytest.approx(1.0)
+
+
+def test_fit_reports_test_metrics_before_and_after_temperature_scaling(trained) -> None:
+    result, _ = trained
+
+    metrics = result.test_metrics
+    assert metrics is not None and result.val_metrics is not None
+    assert metrics["n"] == 6 and metrics["classes"] == CLASSES
+    assert metrics["accuracy"] >= 5 / 6
+    assert {"ece_uncalibrated", "ece_calibrated", "nll_uncalibrated", "nll_calibrated"} <= set(
+        metrics
+    )
+    assert metrics["temperature"] == result.temperature
+    for name in CLASSES:
+        assert metrics["per_class"][name]["at_threshold"]["threshold"] == result.thresholds[name]
+    assert set(result.test_curves) == {"roc", "reliability", "reliability_uncalibrated"}
+    assert result.test_output is not None and result.test_output.n == 6
+    assert result.trainable_params == result.total_params  # strategy "full"
+    json.dumps(result.to_dict(), allow_nan=False)
+
+
+def test_fit_reports_progress_for_every_phase(trained) -> None:
+    _, events = trained
+
+    phases = [event["phase"] for event in events]
+    assert {"train", "val", "calibrate", "test"} == set(phases)
+    assert phases.index("calibrate") > max(i for i, p in enumerate(phases) if p == "val")
+    for event in events:
+        assert set(event) == {
+            "phase",
+            "epoch",
+            "epochs",
+            "step",
+            "steps",
+            "loss",
+            "eta_s",
+            "images_per_s",
+        }
+        assert event["eta_s"] >= 0 and event["epochs"] == 3
+        assert 0 <= event["step"] <= event["steps"]
+    train_events = [e for e in events if e["phase"] == "train"]
+    assert [e["epoch"] for e in train_events] == sorted(e["epoch"] for e in train_events)
+    assert all(e["loss"] > 0 for e in train_events)
+
+
+def test_evaluate_checkpoint_reproduces_the_test_metrics_even_with_reordered_classes(
+    trained, folder
+) -> None:
+    result, _ = trained
+    root, scan, split = folder
+    # The same images, listed under a dataset whose classes come in the other order.
+    swapped = [(path, 1 - label) for path, label in scan.samples]
+
+    same = evaluate_checkpoint(result.checkpoint_path, root, scan.samples, split["test"], CLASSES)
+    reordered = evaluate_checkpoint(
+        result.checkpoint_path, root, swapped, split["test"], CLASSES[::-1]
+    )
+
+    for evaluation in (same, reordered):
+        assert evaluation["metrics"]["accuracy"] == pytest.approx(result.test_metrics["accuracy"])
+        assert evaluation["metrics"]["confusion_matrix"] == result.test_metrics["confusion_matrix"]
+    with pytest.raises(DatasetError, match="does not know"):
+        evaluate_checkpoint(result.checkpoint_path, root, scan.samples, [0], ["left", "other"])
+
+
+# --- strategies ----------------------------------------------------------------------------------
+
+
+# --- one epoch, evaluation -------------------------------------------------------------------------
+
+
+# --- fit: cancellation, early stopping, options ----------------------------------------------------
+
+
+def test_fit_cancelled_before_an_epoch_finishes_writes_no_checkpoint(folder, tmp_path) -> None:
+    root, scan, split = folder
+    path = tmp_path / "model.pt"
+
+    result = fit(
+        _config(arch="mobilenet_v2", epochs=3),
+        root,
+        scan,
+        split,
+        checkpoint_path=path,
+        should_stop=lambda: True,
+    )
+
+    assert result.cancelled and result.checkpoint_path is None and result.sha256 is None
+    assert result.history == [] and result.best_epoch is None
+    assert not path.exists()
+
+
+def test_fit_cancelled_in_a_later_epoch_keeps_the_best_checkpoint_so_far(folder, tmp_path) -> None:
+    root, scan, split = folder
+    steps = []
+
+    def stop_in_epoch_two(event: dict) -> None:
+        steps.append(event)
+
+    def should_stop() -> bool:
+        return any(e["phase"] == "train" and e["epoch"] == 2 for e in steps)
+
+    result = fit(
+        _config(arch="mobilenet_v2", epochs=4),
+        root,
+        scan,
+        split,
+        checkpoint_path=tmp_path / "model.pt",
+        progress_callback=stop_in_epoch_two,
+        should_stop=should_stop,
+        progress_interval_s=0.0,
+    )
+
+    assert result.cancelled
+    assert len(result.history) == 1 and result.best_epoch == 1
+    assert result.checkpoint_path is not None and Path(result.checkpoint_path).is_file()
+    assert result.test_metrics is None  # a cancelled run is not tested
+    assert sum(1 for e in steps if e["phase"] == "train" and e["epoch"] == 2) == 1
+
+
+def test_early_stopping_stops_when_the_validation_loss_stops_improving(folder, tmp_path) -> None:
+    root, scan, split = folder
+    # A learning rate this small cannot move the validation loss by the minimum improvement.
+    config = _config(
+        arch="mobilenet_v2",
+        strategy="head",
+        lr=1e-9,
+        epochs=10,
+        early_stopping_patience=2,
+        max_steps_per_epoch=1,
+    )
+
+    result = fit(config, root, scan, split, checkpoint_path=tmp_path / "model.pt")
+
+    assert result.stopped_early and not result.cancelled
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    assert result.best_epoch == 1
+    assert result.trainable_params < result.total_params
+
+
+@pytest.mark.parametrize("imbalance", ["sampler", "none"])
+def test_fit_runs_with_each_imbalance_option_and_a_head_warmup(
+    folder, tmp_path, imbalance: str
+) -> None:
+    root, scan, split = folder
+    config = _config(
+        arch="mobilenet_v2",
+        imbalance=imbalance,
+        epochs=2,
+        warmup_head_epochs=1,
+        max_steps_per_epoch=1,
+        augment="cxr",
+        hflip=True,
+    )
+
+    result = fit(config, root, scan, split, checkpoint_path=tmp_path / "model.pt")
+
+    assert [row["phase"] for row in result.history] == ["head", "full"]
+    assert result.history[0]["lr"] == pytest.approx(DEFAULT_LR["head"])
+    assert result.history[1]["lr"] == pytest.approx(1e-3)
+    assert result.trainable_params == result.total_params
+    assert result.history[0]["train_images"] == 6
+
+
+def test_fit_is_reproducible_for_a_seed(folder, tmp_path) -> None:
+    root, scan, split = folder
+
+    no_test = {**split, "test": []}  # nothing to measure here: skip the test pass
+
+    def run(seed: int) -> list[float]:
+        config = _config(arch="mobilenet_v2", max_steps_per_epoch=2, seed=seed, augment="cxr")
+        result = fit(config, root, scan, no_test, checkpoint_path=tmp_path / f"{seed}.pt")
+        assert result.test_metrics is None
+        return [result.history[0]["train_loss"], result.history[0]["val_loss"]]
+
+    first = run(1)
+    assert run(1) == first
+    assert run(2) != first
+
+
+def test_fit_takes_a_plain_sample_list_with_class_names(folder, tmp_path) -> None:
+    root, scan, split = folder
+
+    with pytest.raises(DatasetError, match="classes="):
+        fit(_config(), root, scan.samples, split, checkpoint_path=tmp_path / "m.pt")
+    with pytest.raises(DatasetError, match="both the train and the val"):
+        fit(
+            _config(),
+            root,
+            scan,
+            {**split, "val": split["train"][:1]},
+            checkpoint_path=tmp_path / "m.pt",
+        )
+
+
+# --- configuration ---------------------------------------------------------------------------------
+
+

@@ -1,0 +1,99 @@
+"""Evaluate a saved model on part of a dataset (a candidate and the production model on the same
+stored test split)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from ..models.checkpoint import build_for_inference, load_weights_file
+from ..preprocessing import Preprocessing
+from .cache import DecodedImages
+from .calibration import reliability_bins
+from .config import ConfigError, ProgressCallback, StopCheck
+from .gpu_augment import BatchAugment
+from .loop import evaluate, resolve_device, with_calibration
+from .metrics import classification_report, roc_curves
+from .pipeline import DeviceBatches, place_model
+from .scan import DatasetError
+
+__all__ = ["evaluate_checkpoint"]
+
+
+def evaluate_checkpoint(
+    checkpoint_path: str | os.PathLike[str],
+    dataset_root: str | os.PathLike[str],
+    samples: Sequence[tuple[str, int]],
+    indices: Sequence[int],
+    dataset_classes: Sequence[str],
+    *,
+    arch: str | None = None,
+    model_classes: Sequence[str] | None = None,
+    preprocessing: Preprocessing | None = None,
+    temperature: float | None = None,
+    thresholds: Mapping[str, float] | None = None,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
+) -> dict[str, Any]:
+    """Evaluate a saved model on ``indices`` of a dataset, e.g. a candidate and the production
+    model on the same stored test split.
+
+    Architecture, classes, preprocessing, temperature and thresholds come from the checkpoint's
+    meta unless given (a plain state dict needs ``arch``, ``model_classes`` and
+    ``preprocessing``). Dataset labels are matched to the model's classes by name, so a model and
+    a dataset may list them in different orders; a dataset class the model lacks is an error.
+    Returns ``{"metrics", "roc", "reliability", "output"}`` (``output`` is an :class:`EvalOutput`).
+    """
+    state_dict, meta = load_weights_file(checkpoint_path)
+    arch = arch or (meta.arch if meta else None)
+    names = list(model_classes) if model_classes is not None else (meta.classes if meta else None)
+    prep = preprocessing or (meta.preprocessing if meta else None)
+    if arch is None or names is None or prep is None:
+        raise ConfigError(
+            f"{checkpoint_path} has no checkpoint meta: pass arch, model_classes and preprocessing."
+        )
+    if temperature is None:
+        temperature = meta.temperature if meta else 1.0
+    if thresholds is None and meta is not None:
+        thresholds = meta.thresholds
+    missing = [name for name in dataset_classes if name not in names]
+    if missing:
+        raise DatasetError(
+            f"The dataset has class(es) {missing} that the model does not know (its classes: "
+            f"{names}). Evaluate on a dataset with the model's classes."
+        )
+    remap = [names.index(name) for name in dataset_classes]
+    mapped = [(path, remap[label]) for path, label in samples]
+
+    device = resolve_device(device)
+    model = place_model(build_for_inference(arch, names, state_dict), device)
+    images = DecodedImages(dataset_root, mapped, indices, prep)
+    plain = BatchAugment(prep, augment="none")
+    output = evaluate(
+        model,
+        DeviceBatches(images, mapped, indices, plain, device, batch_size=batch_size),
+        device,
+        temperature=temperature,
+        progress=progress,
+        should_stop=should_stop,
+    )
+    if not output.complete or not output.n:
+        return {"metrics": None, "roc": None, "reliability": None, "output": output}
+    probs = output.probabilities()
+    metrics = with_calibration(
+        classification_report(output.labels, probs, names, thresholds=thresholds),
+        output,
+        temperature,
+    )
+    metrics["images_per_s"] = output.images_per_s
+    return {
+        "metrics": metrics,
+        "roc": roc_curves(output.labels, probs, names),
+        "reliability": reliability_bins(probs, output.labels),
+        "output": output,
+    }

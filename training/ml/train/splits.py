@@ -1,0 +1,200 @@
+"""Duplicates, groups and reproducible splits of a scanned dataset (plain JSON-able index lists,
+so the web app can store a split and evaluate every run on the same test images)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..models.checkpoint import file_sha256
+from .scan import SPLITS, DatasetError, dataset_file
+
+__all__ = [
+    "check_split",
+    "duplicate_group_ids",
+    "duplicates_by_hash",
+    "group_ids_by_pattern",
+    "stratified_split",
+]
+
+
+def duplicates_by_hash(
+    root: str | os.PathLike[str],
+    samples: Sequence[tuple[str, int]],
+    *,
+    hashes: Sequence[str] | None = None,
+) -> list[list[int]]:
+    """Groups of sample indices whose files are byte-identical (sha256), largest group first.
+
+    Pass ``hashes`` (e.g. ``scan.sha256``) to skip reading the files again. A group whose members
+    carry different labels is a labelling conflict worth showing to the user.
+    """
+    if hashes is None or len(hashes) != len(samples):
+        hashes = [file_sha256(dataset_file(root, rel)) for rel, _ in samples]
+    by_hash: dict[str, list[int]] = defaultdict(list)
+    for index, digest in enumerate(hashes):
+        by_hash[digest].append(index)
+    groups = [members for members in by_hash.values() if len(members) > 1]
+    return sorted(groups, key=lambda g: (-len(g), g[0]))
+
+
+def duplicate_group_ids(num_samples: int, groups: Iterable[Sequence[int]]) -> list[str]:
+    """One group id per sample for :func:`stratified_split`: duplicates share an id."""
+    ids = [f"s{i}" for i in range(num_samples)]
+    for members in groups:
+        leader = min(members)
+        for index in members:
+            ids[index] = f"s{leader}"
+    return ids
+
+
+def group_ids_by_pattern(samples: Sequence[tuple[str, int]], pattern: str) -> list[str]:
+    """Group ids from file names, e.g. ``r"^(person\\d+)_"`` for one id per patient.
+
+    The regex is searched in the file name (not the folder); its first group (or the whole match)
+    is the id. Files that do not match get an id of their own.
+    """
+    regex = re.compile(pattern)
+    ids = []
+    for index, (rel, _) in enumerate(samples):
+        match = regex.search(Path(rel).name)
+        if match is None:
+            ids.append(f"\0{index}")
+        else:
+            ids.append(match.group(1) if regex.groups else match.group(0))
+    return ids
+
+
+# --------------------------------------------------------------------------------------------------
+# Splitting
+# --------------------------------------------------------------------------------------------------
+
+
+def stratified_split(
+    labels: Sequence[int],
+    *,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    group_ids: Sequence[str] | None = None,
+) -> dict[str, list[int]]:
+    """Split sample indices into ``{"train", "val", "test"}`` lists, class by class.
+
+    Deterministic for a seed, and each class is shuffled with its own generator (seeded by
+    ``(seed, class)``), so adding images of one class does not reshuffle the others. A class with
+    at least 3 units gets at least one in each split (whose fraction is > 0); with 2, one goes to
+    train and one to test; with 1, it goes to train.
+
+    ``group_ids`` (one per sample) keeps samples of a group (a patient, duplicate files) in the
+    same split; a group counts for the class most of its images have. The result holds only ints
+    in sorted lists, ready for JSON.
+    """
+    labels = [int(label) for label in labels]
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
+            raise ValueError(f"{name} must be a number from 0 to below 1, got {value!r}.")
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(
+            f"val_fraction + test_fraction must leave images for training, got "
+            f"{val_fraction} + {test_fraction} >= 1."
+        )
+    if group_ids is not None and len(group_ids) != len(labels):
+        raise ValueError(f"group_ids has {len(group_ids)} entries for {len(labels)} labels.")
+    if any(label < 0 for label in labels):
+        raise ValueError("labels must be non-negative class indices.")
+
+    # Units: groups of indices that move together (single images without group_ids).
+    members: dict[object, list[int]] = {}
+    for index in range(len(labels)):
+        key = group_ids[index] if group_ids is not None else index
+        members.setdefault(key, []).append(index)
+    units_by_class: dict[int, list[list[int]]] = defaultdict(list)
+    for unit in members.values():
+        votes = Counter(labels[i] for i in unit)
+        label = min(votes, key=lambda c: (-votes[c], c))
+        units_by_class[label].append(unit)
+
+    split: dict[str, list[int]] = {name: [] for name in SPLITS}
+    for label in sorted(units_by_class):
+        units = units_by_class[label]
+        order = np.random.default_rng([seed, label]).permutation(len(units))
+        shuffled = [units[i] for i in order]
+        for name, chosen in _allocate(shuffled, val_fraction, test_fraction).items():
+            for unit in chosen:
+                split[name].extend(unit)
+    return {name: sorted(indices) for name, indices in split.items()}
+
+
+def _allocate(
+    units: list[list[int]], val_fraction: float, test_fraction: float
+) -> dict[str, list[list[int]]]:
+    """Deal one class's shuffled units to the splits, closest to the image-count targets."""
+    out: dict[str, list[list[int]]] = {name: [] for name in SPLITS}
+    total = sum(len(u) for u in units)
+    fractions = {"val": val_fraction, "test": test_fraction}
+    targets = {name: round(total * f) for name, f in fractions.items()}
+    counts = dict.fromkeys(SPLITS, 0)
+
+    def put(name: str, unit: list[int]) -> None:
+        out[name].append(unit)
+        counts[name] += len(unit)
+
+    rest = list(units)
+    if len(rest) >= 3:
+        # Every split gets a unit first: a class missing from val or test cannot be measured.
+        for name in ("test", "val"):
+            if fractions[name] > 0:
+                targets[name] = max(targets[name], 1)
+                put(name, rest.pop(0))
+        put("train", rest.pop(0))
+    elif len(rest) == 2:
+        put("train", rest.pop(0))
+        other = "test" if test_fraction > 0 else "val" if val_fraction > 0 else "train"
+        put(other, rest.pop(0))
+    targets["train"] = total - targets["val"] - targets["test"]
+    # A split with fraction 0 never takes a unit, even when a large group overshot the others.
+    candidates = ["train"] + [name for name in ("test", "val") if fractions[name] > 0]
+    for unit in rest:
+        # The split furthest below its target takes the unit (ties: train, test, val).
+        name = max(candidates, key=lambda s: targets[s] - counts[s])
+        put(name, unit)
+    return out
+
+
+def check_split(split: Mapping[str, Sequence[int]], num_samples: int) -> dict[str, list[int]]:
+    """Validate a stored split against a sample list; returns it with plain int lists.
+
+    Raises :class:`DatasetError` for unknown keys, indices out of range, an index in two splits,
+    or an empty train or val split (training and calibration need both).
+    """
+    if not isinstance(split, Mapping) or set(split) - set(SPLITS):
+        keys = sorted(split) if isinstance(split, Mapping) else type(split).__name__
+        raise DatasetError(f"A split must be a dict with keys {SPLITS}, got {keys}.")
+    clean = {name: [int(i) for i in split.get(name, [])] for name in SPLITS}
+    seen: dict[int, str] = {}
+    for name, indices in clean.items():
+        for index in indices:
+            if not 0 <= index < num_samples:
+                raise DatasetError(
+                    f"The {name} split refers to sample {index}, but the dataset has "
+                    f"{num_samples} samples. Was the folder changed since it was split? Rescan "
+                    f"and split it again."
+                )
+            if index in seen:
+                raise DatasetError(
+                    f"Sample {index} is in both the {seen[index]} and the {name} split: a model "
+                    f"must never be evaluated on images it trained on."
+                )
+            seen[index] = name
+    for name in ("train", "val"):
+        if not clean[name]:
+            raise DatasetError(
+                f"The {name} split is empty. Training needs images in train, and early stopping "
+                f"and calibration need images in val: use a larger dataset or other fractions."
+            )
+    return clean
