@@ -4,7 +4,7 @@
   optionally loaded from a local ImageNet features file, so the Grad-CAM maps mean something);
 * ``floor``: the compute floor. In ONE plain process with the torch thread count a worker
   process gets, the production model version's weights file (loaded exactly as a worker loads it:
-  diagnosis.inference.predictor_for, sha256 check included) is run through
+  diagnosis.worker.compute.predictor_for, sha256 check included) is run through
   training.ml.inference.Predictor on images decoded the way the upload path decodes them
   (diagnosis.imaging.decode_upload). Beside it, in the same process and on the same images, the
   baseline a user would write without the app (``plain_script``): the same weights in a
@@ -171,13 +171,14 @@ def measure_floor(args: argparse.Namespace) -> None:
 
     import torch
 
-    from diagnosis import inference
+    from diagnosis.inference import render_pngs
+    from diagnosis.worker import compute
     from training.models import ModelVersion
 
     version = ModelVersion.objects.get(status=ModelVersion.Status.PRODUCTION)
-    predictor = inference.predictor_for(version)
+    predictor = compute.predictor_for(version)
     # As a worker child sets (after predictor_for, which pins threads on its first call too).
-    threads = inference.configure_torch_threads(args.concurrency)
+    threads = compute.configure_torch_threads(args.concurrency)
     paths = json.loads(Path(args.images).read_text())[: args.count]
     from training.ml.preprocessing import reading_long_side
 
@@ -189,7 +190,7 @@ def measure_floor(args: argparse.Namespace) -> None:
             predictor.predict([img])
 
     warm()
-    same = _best_pass(predictor, images, inference.render_pngs, args.rounds)
+    same = _best_pass(predictor, images, render_pngs, args.rounds)
     batch: dict[str, float] = {}
     for size in args.batch_sizes:
         chunks = [images[i : i + size] for i in range(0, n - n % size, size)]
@@ -212,7 +213,7 @@ def measure_floor(args: argparse.Namespace) -> None:
         torch.set_num_threads(all_cores_threads)  # a plain script's defaults
         cv2.setNumThreads(all_cores_threads)
         warm()
-        all_cores = _best_pass(predictor, images, inference.render_pngs, args.rounds)
+        all_cores = _best_pass(predictor, images, render_pngs, args.rounds)
         torch.set_num_threads(threads)
         cv2.setNumThreads(threads)
     else:

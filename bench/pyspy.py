@@ -17,16 +17,16 @@ from pathlib import Path
 
 # (label, function name, fragment of its file path): inclusive time of these frames.
 WORKER_BUCKETS: list[tuple[str, str, str]] = [
-    ("prediction_run (whole task body)", "prediction_run", "diagnosis/services/predictions.py"),
-    ("prediction_claim (UPDATE + SELECT)", "prediction_claim", "diagnosis/services/predictions.py"),
+    ("prediction_run (whole task body)", "prediction_run", "diagnosis/worker/run.py"),
+    ("prediction_claim (UPDATE + SELECT)", "prediction_claim", "diagnosis/worker/claim.py"),
     (
         "predictions_claim_batch_companions",
         "predictions_claim_batch_companions",
-        "diagnosis/services/predictions.py",
+        "diagnosis/worker/claim.py",
     ),
-    ("_compute_batch", "_compute_batch", "diagnosis/services/predictions.py"),
-    ("  open_display (decode the stored picture)", "open_display", "diagnosis/services"),
-    ("  predictor_for (cache lookup / model load)", "predictor_for", "diagnosis/inference.py"),
+    ("compute_batch", "compute_batch", "diagnosis/worker/compute.py"),
+    ("  open_display (decode the stored picture)", "open_display", "diagnosis/worker/compute.py"),
+    ("  predictor_for (cache lookup / model load)", "predictor_for", "diagnosis/worker/compute.py"),
     ("  Predictor.predict", "Predictor.predict", "training/ml/inference.py"),
     ("    batch_model_input (preprocessing)", "batch_model_input", "preprocessing.py"),
     (
@@ -39,7 +39,7 @@ WORKER_BUCKETS: list[tuple[str, str, str]] = [
     ("    render_overlay", "render_overlay", "training/ml/inference.py"),
     ("    cam_to_heatmap_rgba", "cam_to_heatmap_rgba", "training/ml/inference.py"),
     ("    png_bytes (PNG encode)", "png_bytes", "diagnosis/inference.py"),
-    ("_prediction_finish (files, UPDATE)", "_prediction_finish", "diagnosis/services"),
+    ("prediction_finish (files, UPDATE)", "prediction_finish", "diagnosis/worker/finish.py"),
     ("storage save (heatmap files)", "save", "django/core/files/storage"),
     ("refresh_from_db", "refresh_from_db", "django/db/models/base.py"),
     ("new DB connection (CONN_MAX_AGE=0)", "connect", "django/db/backends/base/base.py"),
@@ -54,7 +54,7 @@ WEB_BUCKETS: list[tuple[str, str, str]] = [
     ("    to_png_bytes (display copy)", "to_png_bytes", "diagnosis/imaging.py"),
     ("    _image_create", "_image_create", "diagnosis/services/uploads.py"),
     ("    storage save", "save", "django/core/files/storage"),
-    ("  on_commit -> run_prediction.delay", "delay", "celery/app/task.py"),
+    ("  on_commit -> send_task (dispatch)", "send_task", "celery/app/base.py"),
     ("  study_json", "study_json", "diagnosis/api.py"),
     ("PredictionDetail.get", "PredictionDetail.get", "diagnosis/api.py"),
     ("PredictionFile.get (heatmap)", "PredictionFile.get", "diagnosis/api.py"),

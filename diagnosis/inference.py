@@ -1,156 +1,17 @@
-"""Worker-side model loading: one Predictor per model version per worker process.
-
-Imported only by Celery workers (it imports torch). Models are loaded lazily in the worker's
-child process, never before the prefork pool forks (CUDA cannot be re-initialised in a forked
-child), and cached by version id and weights sha256.
-"""
+"""Rendering a Grad-CAM for display: the heatmap PNG and the overlay (used by the worker side,
+diagnosis.worker). The model cache that lived here is diagnosis.worker.compute."""
 
 from __future__ import annotations
 
-import logging
-import os
-import threading
-from collections import OrderedDict
-
-import cv2
 import numpy as np
-import torch
-from django.conf import settings
 from PIL import Image
 
 from diagnosis.imaging import png_uint8
-from diagnosis.services import PredictionFailure
-from training.ml.checkpoint import file_sha256
-from training.ml.inference import Predictor, cam_to_heatmap_rgba, render_overlay
-from training.ml.memory import retain_freed_memory
-from training.ml.preprocessing import Preprocessing
-from training.models import ModelVersion
+from training.ml.inference import cam_to_heatmap_rgba, render_overlay
 
-logger = logging.getLogger(__name__)
-
-# The models this process holds, least recently used first: the production version and the one
-# before it, so that predictions still queued for the old version after a promotion do not make
-# the two evict each other (each load takes 1-2 s on a CPU).
-_cache: OrderedDict[tuple[int, str], Predictor] = OrderedDict()
-CACHED_MODELS = 2
-_lock = threading.Lock()
-# Loads in progress: another thread that wants the same version waits for it (one load).
-_loading: dict[tuple[int, str], threading.Event] = {}
 # A CAM is a 7x7..14x14 map upsampled: more pixels add nothing (the browser scales it smoothly;
 # 128 pixels are 9 or more per cell). Half the PNG work of a 224-pixel map.
 HEATMAP_MAX_SIDE = 128
-
-
-def configure_torch_threads(concurrency: int | None = None) -> int:
-    """Pin torch's intra-op threads, and OpenCV's (Grad-CAM's resizing, the PNG encoding), so the
-    worker's processes do not fight over the cores: OpenCV would otherwise start a thread per core
-    in every pool process."""
-    threads = settings.CXR_TORCH_THREADS
-    if threads <= 0:
-        threads = max(1, (os.cpu_count() or 1) // max(1, concurrency or 1))
-    torch.set_num_threads(threads)
-    cv2.setNumThreads(threads)
-    return threads
-
-
-def batch_size() -> int:
-    """How many predictions a worker runs in one pass (CXR_INFERENCE_BATCH_SIZE; 0 = by device)."""
-    if settings.CXR_INFERENCE_BATCH_SIZE > 0:
-        return settings.CXR_INFERENCE_BATCH_SIZE
-    return 16 if torch.cuda.is_available() else 8
-
-
-def clear_cache() -> None:
-    with _lock:
-        _cache.clear()
-
-
-_process_configured = False
-# Threads whose torch thread count is pinned: OpenMP keeps that count per calling thread, so the
-# thread that loads a model ahead of time (diagnosis.tasks) and the one that runs tasks each pin
-# their own; an unpinned one would start a thread per core in every pool process.
-_threads_configured: set[int] = set()
-
-
-def predictor_for(version: ModelVersion) -> Predictor:
-    """The loaded model of ``version``, loaded on first use (1-2 s on a CPU) and then kept.
-
-    A load runs outside the lock: a task on the version already held is not held up while a
-    newly promoted one loads (diagnosis.tasks loads it ahead). A second thread that wants the
-    version being loaded waits for that load."""
-    global _process_configured
-    key = (version.pk, version.sha256)
-    while True:
-        with _lock:
-            if threading.get_ident() not in _threads_configured:
-                configure_torch_threads(int(os.environ.get("CXR_WORKER_CONCURRENCY", "1") or 1))
-                _threads_configured.add(threading.get_ident())
-            if not _process_configured:
-                if retain_freed_memory(settings.CXR_WORKER_HEAP_RETAIN_MB):
-                    logger.info("keeping up to %d MB of freed memory for reuse",
-                                settings.CXR_WORKER_HEAP_RETAIN_MB)
-                _process_configured = True
-            predictor = _cache.get(key)
-            if predictor is not None:
-                _cache.move_to_end(key)
-                return predictor
-            loading = _loading.get(key)
-            if loading is None:
-                loading = _loading[key] = threading.Event()
-                break
-        loading.wait()  # then look again: loaded, or that load failed and this one tries
-    try:
-        predictor = _load(version)
-        with _lock:
-            _cache[key] = predictor
-            while len(_cache) > CACHED_MODELS:
-                _cache.popitem(last=False)
-        return predictor
-    finally:
-        with _lock:
-            _loading.pop(key, None)
-        loading.set()
-
-
-def is_loaded(pk: int, sha256: str) -> bool:
-    """Whether this process holds that version's model (by its id and weights' sha256)."""
-    with _lock:
-        return (pk, sha256) in _cache
-
-
-def _load(version: ModelVersion) -> Predictor:
-    try:
-        path = version.weights.path
-    except (ValueError, NotImplementedError) as exc:
-        raise PredictionFailure(f"Model version {version.name} has no weights file.") from exc
-    if not os.path.exists(path):
-        raise PredictionFailure(
-            f"The weights file of model version {version.name} is missing: {path}. Re-import the "
-            "model or restore the file."
-        )
-    digest = file_sha256(path)
-    if digest != version.sha256:
-        raise PredictionFailure(
-            f"The weights file of model version {version.name} does not match its recorded "
-            f"sha256 (expected {version.sha256[:12]}…, found {digest[:12]}…): it was changed or "
-            "corrupted. Re-import the model."
-        )
-    from training.ml.architectures import MLError
-
-    try:
-        predictor = Predictor.from_file(
-            path,
-            arch=version.architecture,
-            classes=list(version.class_labels),
-            preprocessing=Preprocessing.from_dict(version.preprocessing_dict()),
-            temperature=version.temperature or 1.0,
-            freeze=settings.CXR_INFERENCE_FREEZE,
-        )
-    except MLError as exc:
-        raise PredictionFailure(f"Model version {version.name} cannot be loaded: {exc}") from exc
-    logger.info("loaded model version %s (%s) on %s: %s", version.name, version.architecture,
-                predictor.device, predictor.execution)
-    return predictor
 
 
 def render_pngs(picture, cam, *, overlay: bool = True) -> tuple[bytes, bytes | None]:

@@ -18,6 +18,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from diagnosis import identity
+from diagnosis.dispatch import prediction_enqueue_on_commit
 from diagnosis.imaging import (
     DecodedImage,
     DicomInfo,
@@ -26,7 +27,7 @@ from diagnosis.imaging import (
     decode_upload,
 )
 from diagnosis.models import Image, Patient, Prediction, Study
-from diagnosis.services.predictions import prediction_enqueue_on_commit, storage_delete_quietly
+from diagnosis.services.predictions import storage_delete_quietly
 from training.models import ModelVersion
 
 logger = logging.getLogger(__name__)
