@@ -1,6 +1,7 @@
 """Every write of the diagnosis app, as functions named <entity>_<action> (see STYLE.md).
 
 - uploads: study_upload, study_upload_many (web process; never imports torch)
+- patients: the patient an upload belongs to (fields checked, identity matched)
 - predictions: re-runs, predictions waiting for a model, the study's stored result
 - reanalysis: re-reading studies with another version (history kept), behind live uploads
 - readings: signed readings and amendments
@@ -12,6 +13,7 @@ Sending tasks is diagnosis.dispatch; what a worker does with them is diagnosis.w
 from __future__ import annotations
 
 from diagnosis.services.heatmaps import class_heatmap_request
+from diagnosis.services.patients import IdentityMismatch, UploadFieldRejected
 from diagnosis.services.predictions import (
     prediction_rerun,
     predictions_assign_waiting,
@@ -29,9 +31,7 @@ from diagnosis.services.reanalysis import (
     study_reanalyse,
 )
 from diagnosis.services.uploads import (
-    IdentityMismatch,
     StorageUnavailable,
-    UploadFieldRejected,
     UploadResult,
     study_upload,
     study_upload_many,
