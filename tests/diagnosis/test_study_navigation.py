@@ -9,9 +9,8 @@ import pytest
 
 from diagnosis import selectors, services
 from diagnosis.models import ClassHeatmap, Study
-from diagnosis.services.heatmaps import EMPTY_CAM_NOTE
 from diagnosis.worker import compute
-from diagnosis.worker.heatmaps import class_heatmap_run
+from diagnosis.worker.heatmaps import EMPTY_CAM_NOTE, class_heatmap_run
 from diagnosis.worker.run import prediction_run
 from tests import imagegen
 
