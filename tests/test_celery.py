@@ -47,3 +47,21 @@ def test_a_task_that_outlasts_the_visibility_timeout_is_acknowledged_early(app):
                 f"{name} may run {limit} s, beyond the visibility timeout ({visibility} s), "
                 "and is acknowledged late: set acks_late=False on it")
     assert training_dispatch.RUN_TRAINING in long_running  # the check above is not vacuous
+
+
+def test_the_web_side_sends_tasks_without_importing_torch():
+    """The web process loads the dispatch modules and, through autodiscovery, the tasks modules:
+    none of them may import torch (the worker modules do, when a task runs)."""
+    from tests.conftest import run_python
+
+    done = run_python(
+        "import sys, django; django.setup()\n"
+        "from cxrweb.celery import app\n"
+        "app.loader.import_default_modules()\n"
+        "import diagnosis.dispatch, diagnosis.services, training.dispatch, training.services\n"
+        "assert 'diagnosis.tasks' in sys.modules and 'training.tasks' in sys.modules\n"
+        "print('torch' in sys.modules)\n",
+        env={"DJANGO_SETTINGS_MODULE": "cxrweb.settings"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
