@@ -4,7 +4,7 @@
   optionally loaded from a local ImageNet features file, so the Grad-CAM maps mean something);
 * ``floor``: the compute floor. In ONE plain process with the torch thread count a worker
   process gets, the production model version's weights file (loaded exactly as a worker loads it:
-  diagnosis.inference.predictor_for, sha256 check included) is run through
+  diagnosis.worker.compute.predictor_for, sha256 check included) is run through
   training.ml.infer.predictor.Predictor on images decoded the way the upload path decodes them
   (training.ml.imaging.decode_upload). Beside it, in the same process and on the same images, the
   baseline a user would write without the app (``plain_script``): the same weights in a
@@ -171,14 +171,14 @@ def measure_floor(args: argparse.Namespace) -> None:
 
     import torch
 
-    from diagnosis import inference
+    from diagnosis.worker import compute
     from training.ml.infer.render import render_pngs
     from training.models import ModelVersion
 
     version = ModelVersion.objects.get(status=ModelVersion.Status.PRODUCTION)
-    predictor = inference.predictor_for(version)
+    predictor = compute.predictor_for(version)
     # As a worker child sets (after predictor_for, which pins threads on its first call too).
-    threads = inference.configure_torch_threads(args.concurrency)
+    threads = compute.configure_torch_threads(args.concurrency)
     paths = json.loads(Path(args.images).read_text())[: args.count]
     from training.ml.preprocessing import reading_long_side
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 log = logging.getLogger("bench.stack")
-# diagnosis.inference's log line for a model loaded by a pool process.
+# diagnosis.worker.compute's log line for a model loaded by a pool process.
 _LOADED = re.compile(r"loaded model version \S+ \(\S+\) on \S+: (.*)$")
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -75,8 +76,8 @@ def _fresh_model_cache():
     import sys
 
     yield
-    if "diagnosis.inference" in sys.modules:
-        sys.modules["diagnosis.inference"].clear_cache()
+    if "diagnosis.worker.compute" in sys.modules:
+        sys.modules["diagnosis.worker.compute"].clear_cache()
 
 
 def _user(username: str, *groups: str, **extra) -> User:
@@ -159,6 +160,34 @@ def production_model(model_version):
     from training.services import model_version_promote
 
     return model_version_promote(version=model_version, reason="test")
+
+
+@dataclass(frozen=True)
+class SentTask:
+    """One task sent by name (diagnosis.dispatch, training.dispatch), as the broker got it."""
+
+    name: str
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)  # countdown, priority, ...
+
+
+@pytest.fixture
+def sent_tasks(monkeypatch) -> list[SentTask]:
+    """Stand in for the broker: every task sent through the Celery app (send_task, which the
+    dispatch modules call) is recorded here with its arguments and options instead of being
+    published. A name that no task of the app registers fails the test at once."""
+    from cxrweb.celery import app
+
+    app.loader.import_default_modules()  # Celery's autodiscovery: the apps' tasks modules
+    sent: list[SentTask] = []
+
+    def send_task(name, args=None, kwargs=None, **options):
+        assert name in app.tasks, f"no task is registered as {name!r}"
+        sent.append(SentTask(name, tuple(args or ()), dict(kwargs or {}), options))
+
+    monkeypatch.setattr(app, "send_task", send_task)
+    return sent
 
 
 @pytest.fixture(scope="session")

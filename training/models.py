@@ -156,7 +156,7 @@ class Dataset(models.Model):
     error = models.TextField(blank=True)
     classes = models.JSONField(default=list, blank=True)
     class_counts = models.JSONField(default=dict, blank=True)
-    scan = models.JSONField(default=dict, blank=True, help_text="training.ml.data.FolderScan")
+    scan = models.JSONField(default=dict, blank=True, help_text="training.ml.train.scan.FolderScan")
     unreadable = models.JSONField(default=list, blank=True)
     split = models.JSONField(default=dict, blank=True, help_text="train/val/test sample indices")
     split_seed = models.IntegerField(default=0)

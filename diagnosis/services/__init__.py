@@ -1,23 +1,23 @@
 """Every write of the diagnosis app, as functions named <entity>_<action> (see STYLE.md).
 
 - uploads: study_upload, study_upload_many (web process; never imports torch)
-- predictions: queueing, the worker side (claim, run), re-runs, the reconciler
+- patients: the patient an upload belongs to (fields checked, identity matched)
+- predictions: re-runs, predictions waiting for a model, the study's stored result
 - reanalysis: re-reading studies with another version (history kept), behind live uploads
 - readings: signed readings and amendments
-- heatmaps: per-class heatmaps on demand
+- heatmaps: per-class heatmaps on demand (the request)
+
+Sending tasks is diagnosis.dispatch; what a worker does with them is diagnosis.worker.
 """
 
 from __future__ import annotations
 
-from diagnosis.services.heatmaps import class_heatmap_request, class_heatmap_run
+from diagnosis.services.heatmaps import class_heatmap_request
+from diagnosis.services.patients import IdentityMismatch, UploadFieldRejected
 from diagnosis.services.predictions import (
-    PredictionFailure,
-    prediction_claim,
-    prediction_enqueue_on_commit,
     prediction_rerun,
-    prediction_run,
     predictions_assign_waiting,
-    predictions_reconcile,
+    storage_delete_quietly,
     studies_restore_for_version,
     study_flag_from_prediction,
     study_result_store,
@@ -31,9 +31,7 @@ from diagnosis.services.reanalysis import (
     study_reanalyse,
 )
 from diagnosis.services.uploads import (
-    IdentityMismatch,
     StorageUnavailable,
-    UploadFieldRejected,
     UploadResult,
     study_upload,
     study_upload_many,
@@ -41,7 +39,6 @@ from diagnosis.services.uploads import (
 
 __all__ = [
     "IdentityMismatch",
-    "PredictionFailure",
     "REANALYSIS_PRIORITY",
     "ReanalysisOutcome",
     "ReanalysisRefused",
@@ -51,15 +48,11 @@ __all__ = [
     "UploadFieldRejected",
     "UploadResult",
     "class_heatmap_request",
-    "class_heatmap_run",
-    "prediction_claim",
-    "prediction_enqueue_on_commit",
     "prediction_rerun",
-    "prediction_run",
     "predictions_assign_waiting",
-    "predictions_reconcile",
     "reading_sign",
     "studies_reanalyse_open",
+    "storage_delete_quietly",
     "studies_restore_for_version",
     "study_flag_from_prediction",
     "study_reanalyse",

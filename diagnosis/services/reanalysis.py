@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.utils import timezone
 
+from diagnosis.dispatch import prediction_dispatch
 from diagnosis.models import Image, Prediction, Study
-from diagnosis.services.predictions import prediction_dispatch, study_result_store
+from diagnosis.services.predictions import study_result_store
 from training.models import ModelVersion
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,8 @@ import pytest
 
 from diagnosis import selectors, services
 from diagnosis.models import ClassHeatmap, Study
-from diagnosis.services.heatmaps import EMPTY_CAM_NOTE
+from diagnosis.worker.heatmaps import EMPTY_CAM_NOTE, class_heatmap_run
+from diagnosis.worker.run import prediction_run
 from tests import imagegen
 from tests.browser.conftest import sign_in
 
@@ -22,7 +23,7 @@ def _read_study(user, mrn: str, **kw) -> Study:
     """A one-image study whose analysis has finished (run here, in the test's process)."""
     result = services.study_upload(uploaded_by=user, patient_id=mrn, **kw,
                                    data=imagegen.png_bytes(imagegen.make_xray(512, 480, seed=3)))
-    done = services.prediction_run(prediction_id=result.prediction.pk)
+    done = prediction_run(prediction_id=result.prediction.pk)
     assert done.status == "done", done.error
     return result.study
 
@@ -114,13 +115,13 @@ def test_keyboard_shortcuts_follow_the_worklist_and_never_fire_while_typing(
 
 def test_an_empty_class_heatmap_says_so(page, live_server, radiologist, studies, monkeypatch,
                                         artifacts_dir):
-    from diagnosis import inference
+    from diagnosis.worker import compute
 
     study = studies[0]
     prediction = selectors.study_predictions(study)[0]
     other = next(c for c in prediction.model_version.class_labels if c != prediction.cam_class)
     heatmap = services.class_heatmap_request(prediction=prediction, class_label=other)
-    real = inference.predictor_for
+    real = compute.predictor_for
 
     class Flat:  # the real model, whose map for this class comes back empty
         def __init__(self, predictor):
@@ -131,8 +132,8 @@ def test_an_empty_class_heatmap_says_so(page, live_server, radiologist, studies,
             return [dataclasses.replace(r, cam=np.zeros_like(r.cam))
                     for r in self._p.predict(images, **kw)]
 
-    monkeypatch.setattr(inference, "predictor_for", lambda v: Flat(real(v)))
-    heatmap = services.class_heatmap_run(heatmap_id=heatmap.pk)
+    monkeypatch.setattr(compute, "predictor_for", lambda v: Flat(real(v)))
+    heatmap = class_heatmap_run(heatmap_id=heatmap.pk)
     assert heatmap.status == ClassHeatmap.Status.DONE and heatmap.error == EMPTY_CAM_NOTE
 
     sign_in(page, live_server, radiologist.username)

@@ -11,6 +11,7 @@ from PIL import Image as PILImage
 
 from diagnosis import services
 from diagnosis.models import Image, Prediction, Study
+from diagnosis.worker.run import prediction_run
 from tests import imagegen
 from tests.conftest import CLASSES
 
@@ -24,7 +25,7 @@ def queued(radiologist, production_model):
 
 
 def test_it_stores_probabilities_label_heatmap_and_timings(queued):
-    done = services.prediction_run(prediction_id=queued.pk, worker="w1")
+    done = prediction_run(prediction_id=queued.pk, worker="w1")
     assert done.status == Prediction.Status.DONE
     assert list(done.ordered_probabilities) == CLASSES
     assert sum(done.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
@@ -43,8 +44,8 @@ def test_it_stores_probabilities_label_heatmap_and_timings(queued):
 
 
 def test_a_second_delivery_does_not_redo_finished_work(queued):
-    first = services.prediction_run(prediction_id=queued.pk, worker="w1")
-    again = services.prediction_run(prediction_id=queued.pk, worker="w2")
+    first = prediction_run(prediction_id=queued.pk, worker="w1")
+    again = prediction_run(prediction_id=queued.pk, worker="w2")
     assert again is None
     first_again = Prediction.objects.get(pk=queued.pk)
     assert first_again.finished_at == first.finished_at
@@ -55,7 +56,7 @@ def test_a_second_delivery_does_not_redo_finished_work(queued):
 
 def test_a_prediction_running_elsewhere_is_left_alone(queued):
     Prediction.objects.filter(pk=queued.pk).update(status="running", started_at=timezone.now())
-    assert services.prediction_run(prediction_id=queued.pk, worker="w2") is None
+    assert prediction_run(prediction_id=queued.pk, worker="w2") is None
     assert Prediction.objects.get(pk=queued.pk).status == "running"
 
 
@@ -63,7 +64,7 @@ def test_an_abandoned_running_prediction_is_claimed_again(queued, settings):
     long_ago = timezone.now() - dt.timedelta(seconds=settings.CXR_PREDICTION_STALE_AFTER_S + 5)
     Prediction.objects.filter(pk=queued.pk).update(status="running", started_at=long_ago,
                                                    attempts=1)
-    done = services.prediction_run(prediction_id=queued.pk, worker="w2")
+    done = prediction_run(prediction_id=queued.pk, worker="w2")
     assert done.status == "done"
     assert done.attempts == 2
 
@@ -73,7 +74,7 @@ def test_it_gives_up_after_the_attempt_limit(queued, settings):
     Prediction.objects.filter(pk=queued.pk).update(
         status="running", started_at=long_ago, attempts=settings.CXR_PREDICTION_MAX_ATTEMPTS
     )
-    failed = services.prediction_run(prediction_id=queued.pk, worker="w2")
+    failed = prediction_run(prediction_id=queued.pk, worker="w2")
     assert failed.status == "failed"
     assert "Gave up" in failed.error
 
@@ -82,7 +83,7 @@ def test_a_missing_weights_file_fails_with_a_clear_message_and_keeps_the_study(
     queued, production_model
 ):
     os.remove(production_model.weights.path)
-    failed = services.prediction_run(prediction_id=queued.pk, worker="w1")
+    failed = prediction_run(prediction_id=queued.pk, worker="w1")
     assert failed.status == "failed"
     assert "weights file" in failed.error and "missing" in failed.error
     assert Study.objects.filter(pk=queued.image.study_id).exists()
@@ -92,7 +93,7 @@ def test_a_missing_weights_file_fails_with_a_clear_message_and_keeps_the_study(
 def test_a_tampered_weights_file_is_refused(queued, production_model):
     with open(production_model.weights.path, "ab") as fh:
         fh.write(b"tampered")
-    failed = services.prediction_run(prediction_id=queued.pk, worker="w1")
+    failed = prediction_run(prediction_id=queued.pk, worker="w1")
     assert failed.status == "failed"
     assert "sha256" in failed.error
 
@@ -101,11 +102,11 @@ def test_a_failed_prediction_can_be_rerun_and_then_succeeds(queued, production_m
     path = production_model.weights.path
     saved = open(path, "rb").read()
     os.remove(path)
-    assert services.prediction_run(prediction_id=queued.pk).status == "failed"
+    assert prediction_run(prediction_id=queued.pk).status == "failed"
     with open(path, "wb") as fh:
         fh.write(saved)
     services.prediction_rerun(prediction=Prediction.objects.get(pk=queued.pk))
-    done = services.prediction_run(prediction_id=queued.pk)
+    done = prediction_run(prediction_id=queued.pk)
     assert done.status == "done"
 
 
@@ -113,7 +114,7 @@ def test_a_waiting_prediction_is_not_run(radiologist):
     waiting = services.study_upload(
         uploaded_by=radiologist, data=imagegen.png_bytes(), patient_id="M"
     ).prediction
-    assert services.prediction_run(prediction_id=waiting.pk) is None
+    assert prediction_run(prediction_id=waiting.pk) is None
     assert Prediction.objects.get(pk=waiting.pk).status == "queued"
 
 
@@ -129,7 +130,7 @@ def test_a_large_image_is_read_as_training_reads_it(radiologist, production_mode
     same file, and still gives a full-size overlay."""
     import numpy as np
 
-    from diagnosis.services.predictions import open_display
+    from diagnosis.worker.compute import open_display
     from training.ml.preprocessing import Preprocessing, reading_long_side
     from training.ml.train.dataset import load_image
 
@@ -143,7 +144,7 @@ def test_a_large_image_is_read_as_training_reads_it(radiologist, production_mode
     assert worker_reads.size == (1100, 850)
     assert np.array_equal(np.asarray(worker_reads), np.asarray(training_reads))
 
-    done = services.prediction_run(prediction_id=upload.prediction.pk, worker="w1")
+    done = prediction_run(prediction_id=upload.prediction.pk, worker="w1")
     assert done.status == Prediction.Status.DONE
     with PILImage.open(done.overlay.path) as overlay:
         assert overlay.size == (1024, 791)

@@ -11,18 +11,22 @@ import pytest
 from django.utils import timezone
 
 from diagnosis import services
+from diagnosis.dispatch import RUN_PREDICTION, predictions_reconcile
 from diagnosis.models import Prediction
+from diagnosis.worker.run import prediction_run
 from tests import imagegen
 
 
 @pytest.fixture
-def sent(monkeypatch):
-    from diagnosis import tasks
+def sent(sent_tasks):
+    """(id, countdown) of each prediction sent to the workers, each send checked to be the
+    prediction task with no options but a countdown or a priority."""
 
-    calls: list[tuple[int, float | None]] = []
-    monkeypatch.setattr(tasks.run_prediction, "delay", lambda pk: calls.append((pk, None)))
-    monkeypatch.setattr(tasks.run_prediction, "apply_async",
-                        lambda args, countdown=None, **options: calls.append((args[0], countdown)))
+    def calls() -> list[tuple[int, float | None]]:
+        assert all(t.name == RUN_PREDICTION and len(t.args) == 1 for t in sent_tasks)
+        assert all(set(t.options) <= {"countdown", "priority"} for t in sent_tasks)
+        return [(t.args[0], t.options.get("countdown")) for t in sent_tasks]
+
     return calls
 
 
@@ -41,13 +45,13 @@ def test_a_lost_queued_prediction_is_sent_again_then_failed_after_the_limit(
 ):
     long_ago = timezone.now() - dt.timedelta(seconds=settings.CXR_RECONCILE_QUEUED_AFTER_S + 1)
     _age(queued, last_dispatched_at=long_ago, dispatches=1)
-    assert services.predictions_reconcile() == {"redispatched": 1, "failed": 0}
-    assert sent == [(queued.pk, None)]
+    assert predictions_reconcile() == {"redispatched": 1, "failed": 0}
+    assert sent() == [(queued.pk, None)]
     row = Prediction.objects.get(pk=queued.pk)
     assert row.dispatches == 2 and row.last_dispatched_at > long_ago
-    assert services.predictions_reconcile() == {"redispatched": 0, "failed": 0}  # not yet due
+    assert predictions_reconcile() == {"redispatched": 0, "failed": 0}  # not yet due
     _age(queued, last_dispatched_at=long_ago, dispatches=settings.CXR_PREDICTION_MAX_DISPATCHES)
-    assert services.predictions_reconcile() == {"redispatched": 0, "failed": 1}
+    assert predictions_reconcile() == {"redispatched": 0, "failed": 1}
     row.refresh_from_db()
     assert row.status == "failed" and "workers running" in row.error
 
@@ -57,17 +61,17 @@ def test_a_waiting_prediction_is_not_touched_by_the_reconciler(radiologist, sent
                                     patient_id="REC-W").prediction
     long_ago = timezone.now() - dt.timedelta(days=1)
     _age(waiting, queued_at=long_ago)
-    assert services.predictions_reconcile() == {"redispatched": 0, "failed": 0}
-    assert sent == []
+    assert predictions_reconcile() == {"redispatched": 0, "failed": 0}
+    assert sent() == []
 
 
 def test_a_stale_running_prediction_is_sent_again_and_completes_once(queued, sent, settings):
     stale = timezone.now() - dt.timedelta(seconds=settings.CXR_PREDICTION_STALE_AFTER_S + 1)
     _age(queued, status="running", started_at=stale, attempts=1, worker="other-host:1")
-    assert services.predictions_reconcile()["redispatched"] == 1
-    done = services.prediction_run(prediction_id=queued.pk)
+    assert predictions_reconcile()["redispatched"] == 1
+    done = prediction_run(prediction_id=queued.pk)
     assert done.status == "done" and done.attempts == 2
-    assert services.prediction_run(prediction_id=queued.pk) is None
+    assert prediction_run(prediction_id=queued.pk) is None
 
 
 def test_a_claim_held_by_a_dead_process_on_this_host_is_taken_over_at_once(queued):
@@ -75,7 +79,7 @@ def test_a_claim_held_by_a_dead_process_on_this_host_is_taken_over_at_once(queue
                           capture_output=True, text=True, check=True)
     dead = f"{socket.gethostname()}:{proc.stdout.strip()}"
     _age(queued, status="running", started_at=timezone.now(), attempts=1, worker=dead)
-    done = services.prediction_run(prediction_id=queued.pk)
+    done = prediction_run(prediction_id=queued.pk)
     assert done is not None and done.status == "done"
     assert done.attempts == 2
 
@@ -85,7 +89,7 @@ def test_a_claim_held_by_a_live_process_is_left_alone(queued):
 
     live = f"{socket.gethostname()}:{os.getppid()}"  # another process, alive: our parent
     _age(queued, status="running", started_at=timezone.now(), attempts=1, worker=live)
-    assert services.prediction_run(prediction_id=queued.pk) is None
+    assert prediction_run(prediction_id=queued.pk) is None
 
 
 def test_an_image_that_crashes_the_model_is_retried_then_failed_without_blocking(
@@ -97,12 +101,12 @@ def test_an_image_that_crashes_the_model_is_retried_then_failed_without_blocking
     good = services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(),
                                  patient_id="G", filename="good.png").prediction
     for attempt in range(1, settings.CXR_PREDICTION_MAX_ATTEMPTS):
-        again = services.prediction_run(prediction_id=poison.pk)
+        again = prediction_run(prediction_id=poison.pk)
         assert again.status == "queued" and "crashed" in again.error
         assert again.attempts == attempt
-    services.prediction_run(prediction_id=good.pk)  # (or done already, in the poison's batch)
+    prediction_run(prediction_id=good.pk)  # (or done already, in the poison's batch)
     assert Prediction.objects.get(pk=good.pk).status == "done"  # not blocked
-    failed = services.prediction_run(prediction_id=poison.pk)
+    failed = prediction_run(prediction_id=poison.pk)
     assert failed.status == "failed"
     assert f"Failed {settings.CXR_PREDICTION_MAX_ATTEMPTS} times" in failed.error
     assert "injected fault" in failed.error
@@ -125,7 +129,7 @@ def test_a_claim_beyond_the_limit_whose_process_died_is_not_counted_as_an_attemp
     dead = f"{socket.gethostname()}:{proc.stdout.strip()}"
     limit = settings.CXR_PREDICTION_MAX_ATTEMPTS
     _age(queued, status="running", started_at=timezone.now(), attempts=limit + 1, worker=dead)
-    assert services.predictions_reconcile() == {"redispatched": 0, "failed": 1}
+    assert predictions_reconcile() == {"redispatched": 0, "failed": 1}
     row = Prediction.objects.get(pk=queued.pk)
     assert row.status == "failed" and f"Gave up after {limit} attempts" in row.error
 
@@ -135,20 +139,22 @@ def test_a_send_the_broker_refused_is_uncounted_and_due_at_the_next_reconcile(
 ):
     from kombu.exceptions import OperationalError
 
-    from diagnosis import tasks
+    from cxrweb.celery import app
 
-    def refused(pk):
+    recording = app.send_task  # the sent_tasks stand-in
+
+    def refused(name, args=None, kwargs=None, **options):
         raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
-    monkeypatch.setattr(tasks.run_prediction, "delay", refused)
+    monkeypatch.setattr(app, "send_task", refused)
     with django_capture_on_commit_callbacks(execute=True):  # robust: the upload stands
         result = services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(),
                                        patient_id="REC-DOWN")
     row = Prediction.objects.get(pk=result.prediction.pk)
     assert (row.status, row.dispatches) == ("queued", 0)  # the failed send does not count
-    monkeypatch.setattr(tasks.run_prediction, "delay", lambda pk: sent.append((pk, None)))
+    monkeypatch.setattr(app, "send_task", recording)
     # Due at once, not after the deadline for messages lost after they were taken.
-    assert services.predictions_reconcile() == {"redispatched": 1, "failed": 0}
-    assert sent == [(row.pk, None)]
+    assert predictions_reconcile() == {"redispatched": 1, "failed": 0}
+    assert sent() == [(row.pk, None)]
     row.refresh_from_db()
     assert row.dispatches == 1

@@ -7,9 +7,22 @@ import pytest
 from django.db import DatabaseError
 
 from diagnosis import services
+from diagnosis.dispatch import RUN_PREDICTION
 from diagnosis.models import Image, Patient, Prediction, Study
 from tests import imagegen
 from training.ml.imaging import UploadRejected
+
+
+def _sent_ids(sent_tasks):
+    """The ids of the predictions sent to the workers so far, when called: each send checked to
+    be the prediction task, sent at once and at the default priority."""
+
+    def ids() -> list[int]:
+        assert all(t.name == RUN_PREDICTION and len(t.args) == 1 and t.options == {}
+                   for t in sent_tasks), sent_tasks
+        return [t.args[0] for t in sent_tasks]
+
+    return ids
 
 
 def _files_under(root) -> list[str]:
@@ -34,19 +47,16 @@ def test_it_stores_a_png_and_queues_a_waiting_prediction_without_a_production_mo
 
 
 def test_it_queues_on_the_production_model_after_commit(
-    radiologist, production_model, django_capture_on_commit_callbacks, monkeypatch
+    radiologist, production_model, django_capture_on_commit_callbacks, sent_tasks
 ):
-    sent = []
-    from diagnosis import tasks
-
-    monkeypatch.setattr(tasks.run_prediction, "delay", lambda pk: sent.append(pk))
+    sent = _sent_ids(sent_tasks)
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         result = services.study_upload(
             uploaded_by=radiologist, data=imagegen.jpeg_bytes(), patient_id="MRN-2"
         )
-        assert sent == []  # nothing is sent before the transaction commits
+        assert sent() == []  # nothing is sent before the transaction commits
     assert len(callbacks) == 1
-    assert sent == [result.prediction.pk]
+    assert sent() == [result.prediction.pk]
     assert result.prediction.model_version == production_model
 
 
@@ -203,13 +213,11 @@ def _with_icc_profile(img) -> bytes:
 
 
 def test_promotion_assigns_waiting_predictions_and_queues_them(
-    radiologist, model_version, django_capture_on_commit_callbacks, monkeypatch
+    radiologist, model_version, django_capture_on_commit_callbacks, sent_tasks
 ):
-    from diagnosis import tasks
     from training.services import model_version_promote
 
-    sent = []
-    monkeypatch.setattr(tasks.run_prediction, "delay", lambda pk: sent.append(pk))
+    sent = _sent_ids(sent_tasks)
     result = services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(),
                                    patient_id="M1")
     assert result.prediction.model_version is None
@@ -217,7 +225,7 @@ def test_promotion_assigns_waiting_predictions_and_queues_them(
         model_version_promote(version=model_version, reason="first model")
     result.prediction.refresh_from_db()
     assert result.prediction.model_version == model_version
-    assert sent == [result.prediction.pk]
+    assert sent() == [result.prediction.pk]
 
 
 def test_only_a_failed_prediction_can_be_rerun(radiologist, production_model):

@@ -7,9 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from diagnosis import inference, selectors, services
+from diagnosis import selectors, services
 from diagnosis.models import ClassHeatmap, Study
-from diagnosis.services.heatmaps import EMPTY_CAM_NOTE
+from diagnosis.worker import compute
+from diagnosis.worker.heatmaps import EMPTY_CAM_NOTE, class_heatmap_run
+from diagnosis.worker.run import prediction_run
 from tests import imagegen
 
 pytestmark = pytest.mark.django_db
@@ -53,11 +55,11 @@ def test_the_study_page_carries_the_keys_and_their_help_line(rad_client, radiolo
 @pytest.fixture
 def finished(radiologist, production_model):
     result = _upload(radiologist, "EMPTY-1")
-    return services.prediction_run(prediction_id=result.prediction.pk)
+    return prediction_run(prediction_id=result.prediction.pk)
 
 
 def _run_with_cam(monkeypatch, heatmap, make_cam):
-    real = inference.predictor_for
+    real = compute.predictor_for
 
     class Predictor:  # the real model, with the class map replaced
         def __init__(self, predictor):
@@ -66,8 +68,8 @@ def _run_with_cam(monkeypatch, heatmap, make_cam):
         def predict(self, images, **kw):
             return [dataclasses.replace(r, cam=make_cam(r.cam)) for r in self._p.predict(images, **kw)]
 
-    monkeypatch.setattr(inference, "predictor_for", lambda v: Predictor(real(v)))
-    return services.class_heatmap_run(heatmap_id=heatmap.pk)
+    monkeypatch.setattr(compute, "predictor_for", lambda v: Predictor(real(v)))
+    return class_heatmap_run(heatmap_id=heatmap.pk)
 
 
 def test_an_empty_class_heatmap_is_finished_with_a_note_the_page_shows(

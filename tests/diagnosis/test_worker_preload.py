@@ -14,7 +14,7 @@ import logging, os, sys
 import django
 django.setup()
 assert "torch" not in sys.modules
-from diagnosis.tasks import _preload_ml
+from diagnosis.worker.process import _preload_ml
 _preload_ml(logging.getLogger("test"))
 import torch
 assert "pytorch_grad_cam" in sys.modules and "cv2" in sys.modules

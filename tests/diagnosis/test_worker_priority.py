@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(
 # line, hence JSON rather than one line each.
 SCRIPT = """
 import json, logging
-from diagnosis.tasks import _nice_own_autogroup
+from diagnosis.worker.process import _nice_own_autogroup
 before = open("/proc/self/autogroup").read().strip()
 _nice_own_autogroup(7, logging.getLogger("test"))
 print(json.dumps([before, open("/proc/self/autogroup").read().strip()]))

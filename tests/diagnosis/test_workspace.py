@@ -10,6 +10,8 @@ from django.db import DatabaseError, IntegrityError, transaction
 from cxrweb.audit.models import AuditEvent
 from diagnosis import selectors, services
 from diagnosis.models import ClassHeatmap, Prediction, Reading, Study
+from diagnosis.worker.heatmaps import class_heatmap_run
+from diagnosis.worker.run import prediction_run
 from tests import imagegen
 from tests.conftest import CLASSES
 from training.models import ModelVersion
@@ -169,13 +171,13 @@ def test_agreement_is_counted_per_version_on_current_readings(
 
 def test_a_class_heatmap_is_computed_by_the_worker_service(radiologist, production_model):
     result = _upload(radiologist, "H-1")
-    done = services.prediction_run(prediction_id=result.prediction.pk)
+    done = prediction_run(prediction_id=result.prediction.pk)
     other = next(c for c in CLASSES if c != done.cam_class)
     heatmap = services.class_heatmap_request(prediction=done, class_label=other)
     assert heatmap.status == ClassHeatmap.Status.QUEUED
-    finished = services.class_heatmap_run(heatmap_id=heatmap.pk)
+    finished = class_heatmap_run(heatmap_id=heatmap.pk)
     assert finished.status == "done" and finished.file.name.endswith(".png")
-    assert services.class_heatmap_run(heatmap_id=heatmap.pk) is None  # idempotent
+    assert class_heatmap_run(heatmap_id=heatmap.pk) is None  # idempotent
     again = services.class_heatmap_request(prediction=done, class_label=other)
     assert again.pk == heatmap.pk
     with pytest.raises(ValueError):

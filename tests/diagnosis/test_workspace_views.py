@@ -9,6 +9,7 @@ import pytest
 from cxrweb.audit.models import AuditEvent
 from diagnosis import services
 from diagnosis.models import Reading
+from diagnosis.worker.run import prediction_run
 from tests import imagegen
 
 
@@ -16,7 +17,7 @@ from tests import imagegen
 def study(radiologist, production_model):
     result = services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(),
                                    patient_id="V-1")
-    services.prediction_run(prediction_id=result.prediction.pk)
+    prediction_run(prediction_id=result.prediction.pk)
     return result.study
 
 
@@ -72,7 +73,7 @@ def test_a_reading_while_the_model_works_offers_its_classes_and_the_form_follows
     assert "Read without a model result" in page and "data-awaits-result" in page
     for label in production_model.class_labels:
         assert f'<option value="{label}">' in page
-    services.prediction_run(prediction_id=result.prediction.pk)
+    prediction_run(prediction_id=result.prediction.pk)
     views_before = AuditEvent.objects.filter(action="view_study", detail__view="page").count()
     fragment = rad_client.get(f"/studies/{result.study.pk}/reading-form/")
     assert fragment.status_code == 200 and fragment["Cache-Control"] == "no-store"

@@ -103,7 +103,7 @@ def test_a_waiting_upload_runs_once_a_model_is_promoted(
 def test_a_redelivered_task_does_not_create_or_redo_a_prediction(
     api, production_model, celery_worker
 ):
-    from diagnosis.tasks import run_prediction
+    from diagnosis.dispatch import RUN_PREDICTION, send
 
     resp = api.post("/api/v1/studies/", {
         "image": SimpleUploadedFile("a.png", imagegen.png_bytes()), "patient_id": "INT-R",
@@ -111,8 +111,8 @@ def test_a_redelivered_task_does_not_create_or_redo_a_prediction(
     [prediction] = resp.json()["predictions"]
     first = wait_for(_finished(api, prediction["url"]))
     # The broker delivers the same task again (e.g. after a visibility timeout).
-    run_prediction.delay(prediction["id"])
-    run_prediction.delay(prediction["id"])
+    send(RUN_PREDICTION, prediction["id"])
+    send(RUN_PREDICTION, prediction["id"])
 
     def both_consumed():
         """the repeated messages to be consumed"""

@@ -16,6 +16,8 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from cxrweb.audit.models import AuditEvent
 from diagnosis import services
+from diagnosis.worker.heatmaps import class_heatmap_run
+from diagnosis.worker.run import prediction_run
 from tests import imagegen
 
 pytestmark = pytest.mark.django_db
@@ -80,10 +82,10 @@ def viewed(radiologist, production_model) -> dict:
     """A study with a finished prediction and a finished class heatmap, all of patient MRN."""
     result = services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(),
                                    patient_id=MRN)
-    prediction = services.prediction_run(prediction_id=result.prediction.pk)
+    prediction = prediction_run(prediction_id=result.prediction.pk)
     label = next(c for c in production_model.class_labels if c != prediction.cam_class)
     heatmap = services.class_heatmap_request(prediction=prediction, class_label=label)
-    heatmap = services.class_heatmap_run(heatmap_id=heatmap.pk)
+    heatmap = class_heatmap_run(heatmap_id=heatmap.pk)
     assert heatmap.file, heatmap.error
     return {"study": result.study, "image": result.image, "prediction": prediction,
             "class_heatmap": heatmap}

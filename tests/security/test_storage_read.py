@@ -13,6 +13,8 @@ from pypdf import PdfReader
 
 from cxrweb.audit.models import AuditEvent
 from diagnosis import services
+from diagnosis.worker.heatmaps import class_heatmap_run
+from diagnosis.worker.run import prediction_run
 from tests import imagegen
 from tests.security.upload_helpers import api_client
 
@@ -24,10 +26,10 @@ def stored(radiologist, production_model) -> dict:
     """A study whose prediction and class heatmap are done: files under images/ and heatmaps/."""
     result = services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(),
                                    patient_id="STO-1")
-    prediction = services.prediction_run(prediction_id=result.prediction.pk)
+    prediction = prediction_run(prediction_id=result.prediction.pk)
     label = next(c for c in production_model.class_labels if c != prediction.cam_class)
     heatmap = services.class_heatmap_request(prediction=prediction, class_label=label)
-    heatmap = services.class_heatmap_run(heatmap_id=heatmap.pk)
+    heatmap = class_heatmap_run(heatmap_id=heatmap.pk)
     assert prediction.overlay and heatmap.file, (prediction.error, heatmap.error)
     return {"study": result.study, "image": result.image, "prediction": prediction,
             "class_heatmap": heatmap}

@@ -17,11 +17,14 @@ def _dataset_roots(settings, tmp_path):
 
 
 @pytest.fixture
-def queued(monkeypatch) -> list[tuple[int, dict]]:
-    from training import tasks
+def queued(sent_tasks):
+    """(id, keyword arguments) of each evaluation task sent, when called."""
+    from training.dispatch import RUN_EVALUATION
 
-    calls: list[tuple[int, dict]] = []
-    monkeypatch.setattr(tasks.run_evaluation, "delay", lambda pk, **kw: calls.append((pk, kw)))
+    def calls() -> list[tuple[int, dict]]:
+        assert all(t.name == RUN_EVALUATION and len(t.args) == 1 for t in sent_tasks)
+        return [(t.args[0], t.kwargs) for t in sent_tasks]
+
     return calls
 
 
@@ -43,7 +46,7 @@ def test_the_form_tells_the_worker_whether_to_leave_out_unknown_classes(
         resp = admin_client.post(f"/training/models/{model_version.pk}/evaluate/", data)
     assert resp.status_code == 302
     evaluation = Evaluation.objects.get()
-    assert queued == [(evaluation.pk, {"skip_unknown": expected})]
+    assert queued() == [(evaluation.pk, {"skip_unknown": expected})]
 
 
 def test_the_task_passes_the_choice_to_the_service(monkeypatch):

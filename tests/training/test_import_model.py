@@ -15,7 +15,7 @@ ARCHS = ["resnet18", "resnet34", "resnet50", "densenet121", "vgg16", "efficientn
 def test_import_model_registers_each_architecture_and_it_predicts(db, state_dict_file, arch):
     from PIL import Image as PILImage
 
-    from diagnosis import inference
+    from diagnosis.worker import compute
     from tests import imagegen
 
     call_command("import_model", state_dict_file(arch, 3), "--arch", arch,
@@ -25,13 +25,13 @@ def test_import_model_registers_each_architecture_and_it_predicts(db, state_dict
     assert version.class_labels == ["normal", "pneumonia", "covid19"]
     assert version.status == ModelVersion.Status.CANDIDATE
     assert len(version.sha256) == 64
-    predictor = inference.predictor_for(version)
+    predictor = compute.predictor_for(version)
     picture = PILImage.open(__import__("io").BytesIO(imagegen.png_bytes()))
     [result] = predictor.predict([picture])
     assert list(result.probabilities) == version.class_labels
     assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
     assert result.cam.shape == (version.input_size, version.input_size)
-    inference.clear_cache()
+    compute.clear_cache()
 
 
 def test_import_model_with_promote_puts_it_in_production(db, state_dict_file, capsys):

@@ -9,6 +9,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from diagnosis.worker.run import prediction_run
 from tests import imagegen
 from tests.training.ml.imagefolders import make_folder
 from training.models import Dataset, Evaluation, ModelVersion, TrainingRun
@@ -208,5 +209,5 @@ def test_promote_then_roll_back_and_each_new_upload_uses_the_production_version(
     assert list(ModelVersion.objects.filter(status="production")) == [model_version]
     assert [p.reason for p in model_version.promotions.order_by("created_at")] == [
         "first", "roll back"]
-    done = services.prediction_run(prediction_id=second.pk)
+    done = prediction_run(prediction_id=second.pk)
     assert list(done.ordered_probabilities) == ["left", "right"]  # the new version's classes

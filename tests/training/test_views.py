@@ -2,7 +2,7 @@
 
 Rows are created directly in the database (a dataset with a small scan and split, runs in every
 status, evaluations with real metrics from training.ml.train.metrics); the broker is the boundary, so
-the tasks' .delay is replaced where a form queues work.
+the tasks sent are recorded instead (the sent_tasks fixture) where a form queues work.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from cxrweb.audit.models import AuditEvent
 from tests.conftest import CLASSES
+from training.dispatch import RUN_EVALUATION, RUN_TRAINING, SCAN_DATASET
 from training.models import Dataset, Evaluation, ModelPromotion, ModelVersion, TrainingRun
 
 
@@ -29,6 +30,17 @@ def _dataset_roots(settings, tmp_path):
     settings.CXR_DATASET_ROOTS = [tmp_path]
 
 pytestmark = pytest.mark.django_db
+
+
+def _sent_ids(sent_tasks, name: str):
+    """The ids sent so far as task `name`, when called; any other task sent fails the test."""
+
+    def ids() -> list[int]:
+        assert all(t.name == name and len(t.args) == 1 for t in sent_tasks), sent_tasks
+        return [t.args[0] for t in sent_tasks]
+
+    return ids
+
 
 # --------------------------------------------------------------------------------------------------
 # Data made the way the services make it (also used by tests/browser/test_training_pages.py)
@@ -242,11 +254,8 @@ def test_anonymous_users_are_sent_to_sign_in(client, db):
 
 
 def test_the_register_form_creates_a_dataset_and_queues_its_scan(
-        admin_client, admin_user, tmp_path, monkeypatch, django_capture_on_commit_callbacks):
-    from training import tasks
-
-    queued = []
-    monkeypatch.setattr(tasks.scan_dataset, "delay", lambda pk: queued.append(pk))
+        admin_client, admin_user, tmp_path, sent_tasks, django_capture_on_commit_callbacks):
+    queued = _sent_ids(sent_tasks, SCAN_DATASET)
     (tmp_path / "normal").mkdir()
     with django_capture_on_commit_callbacks(execute=True):
         resp = admin_client.post("/training/datasets/", {
@@ -254,7 +263,7 @@ def test_the_register_form_creates_a_dataset_and_queues_its_scan(
             "test_fraction": "0.2"})
     dataset = Dataset.objects.get()
     assert resp.status_code == 302 and resp["Location"] == f"/training/datasets/{dataset.pk}/"
-    assert queued == [dataset.pk]
+    assert queued() == [dataset.pk]
     assert (dataset.status, dataset.split_seed, dataset.val_fraction, dataset.test_fraction,
             dataset.created_by) == ("scanning", 3, 0.1, 0.2, admin_user)
     html = admin_client.get(resp["Location"]).content.decode()
@@ -320,18 +329,15 @@ def test_the_architecture_choices_are_the_ml_cores():
 
 
 def test_the_start_form_creates_a_queued_run_and_audits_it(
-        admin_client, admin_user, dataset, monkeypatch, django_capture_on_commit_callbacks):
-    from training import tasks
-
-    queued = []
-    monkeypatch.setattr(tasks.run_training, "delay", lambda pk: queued.append(pk))
+        admin_client, admin_user, dataset, sent_tasks, django_capture_on_commit_callbacks):
+    queued = _sent_ids(sent_tasks, RUN_TRAINING)
     with django_capture_on_commit_callbacks(execute=True):
         resp = admin_client.post("/training/runs/new/", run_form(
             dataset, strategy="full", warmup_head_epochs="1", lr="0.0002", hflip="on",
             max_steps_per_epoch="50", early_stopping_patience="0"))
     run = TrainingRun.objects.get()
     assert resp.status_code == 302 and resp["Location"] == f"/training/runs/{run.pk}/"
-    assert queued == [run.pk]
+    assert queued() == [run.pk]
     assert (run.status, run.strategy, run.created_by) == ("queued", "full", admin_user)
     c = run.config
     assert (c["epochs"], c["warmup_head_epochs"], c["lr"], c["hflip"], c["max_steps_per_epoch"],
@@ -342,10 +348,7 @@ def test_the_start_form_creates_a_queued_run_and_audits_it(
     assert event.detail["dataset"] == "kermany"
 
 
-def test_horizontal_flips_are_off_unless_asked_for(admin_client, dataset, monkeypatch):
-    from training import tasks
-
-    monkeypatch.setattr(tasks.run_training, "delay", lambda pk: None)
+def test_horizontal_flips_are_off_unless_asked_for(admin_client, dataset, sent_tasks):
     html = admin_client.get("/training/runs/new/").content.decode()
     assert 'name="hflip"' in html and 'name="hflip" checked' not in html
     admin_client.post("/training/runs/new/", run_form(dataset, weights="none"))
@@ -475,11 +478,8 @@ def test_a_version_page_shows_its_metadata_evaluations_and_history(admin_client,
 
 
 def test_the_evaluate_form_queues_an_evaluation(admin_client, admin_user, model_version, dataset,
-                                                monkeypatch, django_capture_on_commit_callbacks):
-    from training import tasks
-
-    queued = []
-    monkeypatch.setattr(tasks.run_evaluation, "delay", lambda pk, **kw: queued.append(pk))
+                                                sent_tasks, django_capture_on_commit_callbacks):
+    queued = _sent_ids(sent_tasks, RUN_EVALUATION)
     with django_capture_on_commit_callbacks(execute=True):
         resp = admin_client.post(f"/training/models/{model_version.pk}/evaluate/",
                                  {"dataset": dataset.pk, "split": "val"})
@@ -487,7 +487,7 @@ def test_the_evaluate_form_queues_an_evaluation(admin_client, admin_user, model_
     assert resp.status_code == 302
     assert (evaluation.split, evaluation.status, evaluation.created_by) == ("val", "queued",
                                                                            admin_user)
-    assert queued == [evaluation.pk]
+    assert queued() == [evaluation.pk]
 
 
 def test_the_evaluate_form_refuses_an_unknown_split(admin_client, model_version, dataset):
@@ -574,11 +574,8 @@ def test_the_versions_list_shows_status_metrics_and_promotion(admin_client, prod
 
 
 def test_compare_offers_to_evaluate_what_is_missing_then_polls(
-        admin_client, production_model, dataset, monkeypatch, django_capture_on_commit_callbacks):
-    from training import tasks
-
-    queued = []
-    monkeypatch.setattr(tasks.run_evaluation, "delay", lambda pk, **kw: queued.append(pk))
+        admin_client, production_model, dataset, sent_tasks, django_capture_on_commit_callbacks):
+    queued = _sent_ids(sent_tasks, RUN_EVALUATION)
     candidate = second_version(production_model)
     url = f"/training/compare/?candidate={candidate.pk}&dataset={dataset.pk}"
     html = admin_client.get(url).content.decode()
@@ -590,7 +587,7 @@ def test_compare_offers_to_evaluate_what_is_missing_then_polls(
     evaluations = Evaluation.objects.all()
     assert {(e.model_version_id, e.split) for e in evaluations} == {
         (candidate.pk, "test"), (production_model.pk, "test")}
-    assert sorted(queued) == sorted(e.pk for e in evaluations)
+    assert sorted(queued()) == sorted(e.pk for e in evaluations)
     html = admin_client.get(url).content.decode()
     assert "data-poll-ms" in html and "Evaluate candidate" not in html
     # posting again does not queue the same evaluations twice
@@ -652,12 +649,11 @@ TORCH_FREE_SCRIPT = textwrap.dedent(
     from django.contrib.auth.models import User
     from django.core.files.base import ContentFile
     from django.test import Client
-    from training import tasks
+    from cxrweb.celery import app
     from training.models import Dataset, Evaluation, ModelVersion, TrainingRun
 
     # The broker is not what this checks.
-    for task in (tasks.scan_dataset, tasks.run_training, tasks.run_evaluation):
-        task.delay = lambda *args: None
+    app.send_task = lambda *args, **kwargs: None
     user = User.objects.create_superuser("a", password="pw-long-enough-1")
     client = Client()
     client.force_login(user)

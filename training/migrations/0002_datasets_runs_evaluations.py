@@ -23,7 +23,7 @@ class Migration(migrations.Migration):
                 ('error', models.TextField(blank=True)),
                 ('classes', models.JSONField(blank=True, default=list)),
                 ('class_counts', models.JSONField(blank=True, default=dict)),
-                ('scan', models.JSONField(blank=True, default=dict, help_text='training.ml.data.FolderScan')),
+                ('scan', models.JSONField(blank=True, default=dict, help_text='training.ml.train.scan.FolderScan')),
                 ('unreadable', models.JSONField(blank=True, default=list)),
                 ('split', models.JSONField(blank=True, default=dict, help_text='train/val/test sample indices')),
                 ('split_seed', models.IntegerField(default=0)),

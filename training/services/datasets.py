@@ -6,8 +6,8 @@ import logging
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
 
+from training.dispatch import dataset_scan_enqueue_on_commit
 from training.models import Dataset
 
 logger = logging.getLogger(__name__)
@@ -77,9 +77,7 @@ def dataset_register(
     if scan_now:
         dataset = dataset_scan(dataset_id=dataset.pk)
     else:
-        from training.tasks import scan_dataset
-
-        transaction.on_commit(lambda: scan_dataset.delay(dataset.pk), robust=True)
+        dataset_scan_enqueue_on_commit(dataset.pk)
     return dataset
 
 

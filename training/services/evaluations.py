@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from django.db import transaction
 from django.utils import timezone
 
+from training.dispatch import evaluation_enqueue_on_commit
 from training.models import Dataset, Evaluation, ModelVersion
 from training.services.datasets import DatasetRejected, dataset_folder
 from training.services.plots import save_result_plots
@@ -28,10 +28,7 @@ def evaluation_create(*, version: ModelVersion, dataset: Dataset, split: str = "
     evaluation = Evaluation.objects.create(model_version=version, dataset=dataset, split=split,
                                            created_by=created_by)
     if enqueue:
-        from training.tasks import run_evaluation
-
-        transaction.on_commit(
-            lambda: run_evaluation.delay(evaluation.pk, skip_unknown=skip_unknown), robust=True)
+        evaluation_enqueue_on_commit(evaluation.pk, skip_unknown=skip_unknown)
     return evaluation
 
 

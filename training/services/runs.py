@@ -16,6 +16,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from cxrweb.processes import process_identity, process_is_dead
+from training.dispatch import training_run_enqueue_on_commit
 from training.models import Dataset, ModelVersion, TrainingRun
 from training.services.datasets import DatasetRejected, dataset_folder
 from training.services.plots import save_result_plots
@@ -47,9 +48,7 @@ def training_run_create(*, dataset: Dataset, config: dict, created_by=None,
         weights=cfg.weights or "none", config=cfg.to_dict(), created_by=created_by,
     )
     if enqueue:
-        from training.tasks import run_training
-
-        transaction.on_commit(lambda: run_training.delay(run.pk), robust=True)
+        training_run_enqueue_on_commit(run.pk)
     return run
 
 

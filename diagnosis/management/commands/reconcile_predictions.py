@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand
 
-from diagnosis.services import predictions_reconcile
+from diagnosis.dispatch import predictions_reconcile
 
 
 class Command(BaseCommand):

@@ -1,23 +1,30 @@
-"""Worker-side model loading: one Predictor per model version per worker process.
+"""The model and its forward pass, in a worker process: one Predictor per model version per
+process, and a micro-batch's outcomes.
 
-Imported only by Celery workers (it imports torch). Models are loaded lazily in the worker's
-child process, never before the prefork pool forks (CUDA cannot be re-initialised in a forked
-child), and cached by version id and weights sha256.
+Imports torch: worker side only. Models are loaded lazily in the worker's child process, never
+before the prefork pool forks (CUDA cannot be re-initialised in a forked child), and cached by
+version id and weights sha256.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 
 import cv2
 import torch
 from django.conf import settings
+from django.db import DatabaseError
 
-from diagnosis.services import PredictionFailure
+from diagnosis.models import Image, Prediction
+from diagnosis.worker.errors import PredictionFailure
+from diagnosis.worker.faults import inject_fault
 from training.ml.infer.predictor import Predictor
+from training.ml.infer.render import render_pngs
 from training.ml.memory import retain_freed_memory
 from training.ml.models.checkpoint import file_sha256
 from training.ml.preprocessing import Preprocessing
@@ -33,8 +40,6 @@ CACHED_MODELS = 2
 _lock = threading.Lock()
 # Loads in progress: another thread that wants the same version waits for it (one load).
 _loading: dict[tuple[int, str], threading.Event] = {}
-
-
 def configure_torch_threads(concurrency: int | None = None) -> int:
     """Pin torch's intra-op threads, and OpenCV's (Grad-CAM's resizing, the PNG encoding), so the
     worker's processes do not fight over the cores: OpenCV would otherwise start a thread per core
@@ -61,8 +66,8 @@ def clear_cache() -> None:
 
 _process_configured = False
 # Threads whose torch thread count is pinned: OpenMP keeps that count per calling thread, so the
-# thread that loads a model ahead of time (diagnosis.tasks) and the one that runs tasks each pin
-# their own; an unpinned one would start a thread per core in every pool process.
+# thread that loads a model ahead of time (diagnosis.worker.process) and the one that runs tasks
+# each pin their own; an unpinned one would start a thread per core in every pool process.
 _threads_configured: set[int] = set()
 
 
@@ -70,8 +75,8 @@ def predictor_for(version: ModelVersion) -> Predictor:
     """The loaded model of ``version``, loaded on first use (1-2 s on a CPU) and then kept.
 
     A load runs outside the lock: a task on the version already held is not held up while a
-    newly promoted one loads (diagnosis.tasks loads it ahead). A second thread that wants the
-    version being loaded waits for that load."""
+    newly promoted one loads (diagnosis.worker.process loads it ahead). A second thread that
+    wants the version being loaded waits for that load."""
     global _process_configured
     key = (version.pk, version.sha256)
     while True:
@@ -147,3 +152,86 @@ def _load(version: ModelVersion) -> Predictor:
     return predictor
 
 
+def open_display(image: Image, preprocessing):
+    """The stored display copy, read for a model with ``preprocessing`` the way training reads
+    its images (:func:`training.ml.imaging.decode_upload`'s ``read_long_side``): no smaller than
+    the model's :func:`~training.ml.preprocessing.reading_long_side`, also enough for the
+    overlay, a JPEG reduced by its decoder, anything larger then by a whole factor."""
+    from PIL import Image as PILImage
+
+    from training.ml.preprocessing import jpeg_draft, reading_long_side, reduce_for_reading
+
+    long_side = reading_long_side(preprocessing)
+    try:
+        with image.display.open("rb") as fh:
+            picture = PILImage.open(io.BytesIO(fh.read()), formats=["PNG", "JPEG"])
+            jpeg_draft(picture, long_side)
+            picture.load()
+            picture = reduce_for_reading(picture, long_side)
+    except FileNotFoundError as exc:
+        raise PredictionFailure(f"The stored image file is missing ({image.display.name}).") from exc
+    return picture
+
+
+def compute_batch(batch: list[Prediction]) -> list[dict | Exception]:
+    """The outcome of each prediction of a micro-batch (one model version): a result dict, or
+    the exception that is that prediction's failure. One forward/backward pass for the batch;
+    if it raises, each image is run alone so that only the image at fault fails."""
+    outcomes: list[dict | Exception | None] = [None] * len(batch)
+    try:
+        predictor = predictor_for(batch[0].model_version)
+    except DatabaseError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PredictionFailure fails them; anything else retries
+        if not isinstance(exc, PredictionFailure):
+            logger.exception("model version %s could not be loaded", batch[0].model_version_id)
+        return [exc] * len(batch)
+    pictures = {}
+    for i, member in enumerate(batch):
+        try:
+            pictures[i] = open_display(member.image, predictor.preprocessing)
+        except DatabaseError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - an unreadable file is this image's failure
+            outcomes[i] = exc if isinstance(exc, PredictionFailure) else PredictionFailure(
+                f"The stored image cannot be read: {type(exc).__name__}: {exc}"
+            )
+    groups = [list(pictures)] if pictures else []
+    while groups:
+        indices = groups.pop()
+        started = time.perf_counter()
+        try:
+            inject_fault([batch[i] for i in indices])
+            results = predictor.predict([pictures[i] for i in indices])
+        except DatabaseError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the model crashed: isolate the image at fault
+            if len(indices) > 1:
+                logger.warning("a micro-batch of %d failed (%s); running its images one at a "
+                               "time", len(indices), exc)
+                groups.extend([i] for i in reversed(indices))
+                continue
+            logger.exception("prediction %s failed (attempt %d)", batch[indices[0]].pk,
+                             batch[indices[0]].attempts)
+            outcomes[indices[0]] = exc
+            continue
+        predict_ms = (time.perf_counter() - started) * 1000.0 / len(indices)
+        for i, result in zip(indices, results, strict=True):
+            started = time.perf_counter()
+            try:
+                heatmap_png, overlay_png = render_pngs(pictures[i], result.cam)
+            except Exception as exc:  # noqa: BLE001
+                logger.exception("prediction %s: rendering failed", batch[i].pk)
+                outcomes[i] = exc
+                continue
+            outcomes[i] = {
+                "probabilities": {k: float(v) for k, v in result.probabilities.items()},
+                "label": result.label,
+                "cam_class": result.cam_class,
+                "heatmap": heatmap_png,
+                "overlay": overlay_png,
+                "device": str(predictor.device),
+                # This image's share of the batch's pass, plus its own rendering.
+                "compute_ms": predict_ms + (time.perf_counter() - started) * 1000.0,
+            }
+    return outcomes
