@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -12,6 +14,10 @@ class ModelVersion(models.Model):
         CANDIDATE = "candidate", "Candidate"
         PRODUCTION = "production", "Production"
         RETIRED = "retired", "Retired"
+
+    # Not stored: what re-analysing the open studies queued, set by model_version_promote for
+    # the caller to report (a diagnosis ReanalysisOutcome, or None).
+    reanalysis: Any = None
 
     name = models.CharField(max_length=120, unique=True)
     architecture = models.CharField(max_length=40)

@@ -91,9 +91,9 @@ def known_sex(value: str) -> str:
 
 
 def checked_birth_date(value: dt.date | None, dicom: DicomInfo | None) -> dt.date | None:
-    from_dicom = value is None and dicom is not None
-    if from_dicom:
-        value = dicom.patient_birth_date
+    from_dicom = False
+    if value is None and dicom is not None:
+        value, from_dicom = dicom.patient_birth_date, True
     problem = identity.birth_date_problem(value, today=timezone.localdate())
     if problem is not None:
         raise UploadFieldRejected(f"{_source_label('patient_birth_date', from_dicom)} {problem}",
@@ -123,7 +123,7 @@ def patient_for_upload(
         # (they come from an upload that already disagrees with it).
         return patient, mismatch
     # Fill what we did not know; never overwrite what is recorded.
-    changed = []
+    changed: list[str] = []
     if name and not patient.name:
         patient.name, changed = name, [*changed, "name"]
     if sex and not patient.sex:

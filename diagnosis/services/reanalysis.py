@@ -79,7 +79,7 @@ def prediction_reanalyse(*, image: Image, version: ModelVersion) -> Prediction |
     existing = next((p for p in predictions if p.model_version_id == version.pk), None)
     if existing is None:
         prediction = Prediction.objects.create(image=image, model_version=version)
-    elif existing.pk == current.pk and existing.status != Prediction.Status.FAILED:
+    elif current is not None and existing.pk == current.pk and existing.status != Prediction.Status.FAILED:
         return None
     else:
         # A roll back (V's prediction is history) or a failed one: V reads the image again.

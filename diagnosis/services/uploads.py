@@ -267,7 +267,7 @@ def _study_for_upload(
 def _study_add_image(study: Study, *, priority: int, study_uid: str) -> Study:
     """An existing study gains an image: the higher priority wins, and a study made from PNG or
     JPEG files learns the StudyInstanceUID of the first DICOM file that joins it."""
-    changed = []
+    changed: list[str] = []
     if priority > study.priority:
         study.priority, changed = priority, [*changed, "priority"]
     if study_uid and not study.study_instance_uid:

@@ -86,7 +86,7 @@ def predictions_claim_batch_companions(
         status=Prediction.Status.QUEUED, attempts=0, model_version_id=prediction.model_version_id
     )
     candidates = fresh.exclude(pk=prediction.pk).order_by(*_BATCH_ORDER).values("pk")[:limit]
-    now = prediction.started_at  # one batch: one worker, one claim time
+    now = prediction.started_at or timezone.now()  # one batch: one worker, one claim time
     if not fresh.filter(pk__in=candidates).update(**_claim_values(worker, now)):
         return []
     return list(

@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from typing import Any
 
 import cv2
 import torch
@@ -164,7 +165,7 @@ def open_display(image: Image, preprocessing):
     long_side = reading_long_side(preprocessing)
     try:
         with image.display.open("rb") as fh:
-            picture = PILImage.open(io.BytesIO(fh.read()), formats=["PNG", "JPEG"])
+            picture: PILImage.Image = PILImage.open(io.BytesIO(fh.read()), formats=["PNG", "JPEG"])
             jpeg_draft(picture, long_side)
             picture.load()
             picture = reduce_for_reading(picture, long_side)
@@ -177,25 +178,16 @@ def compute_batch(batch: list[Prediction]) -> list[dict | Exception]:
     """The outcome of each prediction of a micro-batch (one model version): a result dict, or
     the exception that is that prediction's failure. One forward/backward pass for the batch;
     if it raises, each image is run alone so that only the image at fault fails."""
-    outcomes: list[dict | Exception | None] = [None] * len(batch)
     try:
-        predictor = predictor_for(batch[0].model_version)
+        predictor = predictor_of(batch[0])
     except DatabaseError:
         raise
     except Exception as exc:  # noqa: BLE001 - PredictionFailure fails them; anything else retries
         if not isinstance(exc, PredictionFailure):
             logger.exception("model version %s could not be loaded", batch[0].model_version_id)
         return [exc] * len(batch)
-    pictures = {}
-    for i, member in enumerate(batch):
-        try:
-            pictures[i] = open_display(member.image, predictor.preprocessing)
-        except DatabaseError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - an unreadable file is this image's failure
-            outcomes[i] = exc if isinstance(exc, PredictionFailure) else PredictionFailure(
-                f"The stored image cannot be read: {type(exc).__name__}: {exc}"
-            )
+    outcomes: dict[int, dict | Exception] = {}
+    pictures = _open_pictures(batch, predictor, outcomes)
     groups = [list(pictures)] if pictures else []
     while groups:
         indices = groups.pop()
@@ -217,21 +209,52 @@ def compute_batch(batch: list[Prediction]) -> list[dict | Exception]:
             continue
         predict_ms = (time.perf_counter() - started) * 1000.0 / len(indices)
         for i, result in zip(indices, results, strict=True):
-            started = time.perf_counter()
-            try:
-                heatmap_png, overlay_png = render_pngs(pictures[i], result.cam)
-            except Exception as exc:  # noqa: BLE001
-                logger.exception("prediction %s: rendering failed", batch[i].pk)
-                outcomes[i] = exc
-                continue
-            outcomes[i] = {
-                "probabilities": {k: float(v) for k, v in result.probabilities.items()},
-                "label": result.label,
-                "cam_class": result.cam_class,
-                "heatmap": heatmap_png,
-                "overlay": overlay_png,
-                "device": str(predictor.device),
-                # This image's share of the batch's pass, plus its own rendering.
-                "compute_ms": predict_ms + (time.perf_counter() - started) * 1000.0,
-            }
-    return outcomes
+            outcomes[i] = _rendered(batch[i], pictures[i], result, predictor, predict_ms)
+    return [outcomes[i] for i in range(len(batch))]
+
+
+def predictor_of(prediction: Prediction) -> Predictor:
+    """The loaded model of the version ``prediction`` is for."""
+    if prediction.model_version is None:
+        raise PredictionFailure("The prediction has no model version to run.")
+    return predictor_for(prediction.model_version)
+
+
+def _open_pictures(
+    batch: list[Prediction], predictor: Predictor, outcomes: dict[int, dict | Exception]
+) -> dict[int, Any]:
+    """Each member's display picture, by index; an unreadable file is that image's failure
+    (recorded in ``outcomes``)."""
+    pictures = {}
+    for i, member in enumerate(batch):
+        try:
+            pictures[i] = open_display(member.image, predictor.preprocessing)
+        except DatabaseError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - an unreadable file is this image's failure
+            outcomes[i] = exc if isinstance(exc, PredictionFailure) else PredictionFailure(
+                f"The stored image cannot be read: {type(exc).__name__}: {exc}"
+            )
+    return pictures
+
+
+def _rendered(
+    prediction: Prediction, picture: Any, result: Any, predictor: Predictor, predict_ms: float
+) -> dict | Exception:
+    """One image's result with its heatmap and overlay PNGs, or the rendering's failure."""
+    started = time.perf_counter()
+    try:
+        heatmap_png, overlay_png = render_pngs(picture, result.cam)
+    except Exception as exc:  # noqa: BLE001
+        logger.exception("prediction %s: rendering failed", prediction.pk)
+        return exc
+    return {
+        "probabilities": {k: float(v) for k, v in result.probabilities.items()},
+        "label": result.label,
+        "cam_class": result.cam_class,
+        "heatmap": heatmap_png,
+        "overlay": overlay_png,
+        "device": str(predictor.device),
+        # This image's share of the batch's pass, plus its own rendering.
+        "compute_ms": predict_ms + (time.perf_counter() - started) * 1000.0,
+    }

@@ -27,7 +27,7 @@ def class_heatmap_run(*, heatmap_id: int) -> ClassHeatmap | None:
         return None
     try:
         prediction = heatmap.prediction
-        predictor = compute.predictor_for(prediction.model_version)
+        predictor = compute.predictor_of(prediction)
         picture = compute.open_display(prediction.image, predictor.preprocessing)
         [result] = predictor.predict([picture], cam_classes=[heatmap.class_label])
         heatmap_png, _ = render_pngs(picture, result.cam, overlay=False)

@@ -285,10 +285,11 @@ def test_a_heatmap_that_is_not_ready_is_a_404_and_not_an_audited_download(api, p
 def analysed(radiologist, production_model) -> Prediction:
     """A prediction the model has run: its overlay and heatmap layer as the worker renders them."""
     from diagnosis import services
+    from diagnosis.worker.run import prediction_run
 
     result = services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(),
                                    patient_id="PIX-1")
-    prediction = services.prediction_run(prediction_id=result.prediction.pk)
+    prediction = prediction_run(prediction_id=result.prediction.pk)
     assert prediction.status == Prediction.Status.DONE, prediction.error
     return prediction
 

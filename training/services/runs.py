@@ -41,7 +41,7 @@ def training_run_create(*, dataset: Dataset, config: dict, created_by=None,
         cfg = TrainConfig.from_dict(config)
     except (MLError, TypeError, ValueError) as exc:
         raise TrainingRejected(str(exc)) from exc
-    if cfg.weights not in (None, "imagenet"):
+    if cfg.weights is not None and cfg.weights != "imagenet":
         _check_weights_file(cfg.weights)
     run = TrainingRun.objects.create(
         dataset=dataset, architecture=cfg.arch, strategy=cfg.strategy,

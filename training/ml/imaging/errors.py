@@ -38,6 +38,9 @@ class UploadRejected(ValueError):
     service) may raise it with their own codes for their own checks.
     """
 
+    # The file it was about, where a caller that handles several files sets it.
+    filename: str | None = None
+
     def __init__(self, message: str, *, code: str) -> None:
         super().__init__(message)
         self.code = code

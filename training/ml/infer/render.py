@@ -96,7 +96,9 @@ def render_overlay(
         raise ValueError(f"max_side must be positive, got {max_side!r}.")
     values = _cam_values(cam)
     # Through grayscale: 16-bit images would clip to white with a direct convert("RGB").
-    base = np.asarray(image if image.mode == "L" else to_display_image(image), dtype=np.uint8)
+    base: np.ndarray = np.asarray(
+        image if image.mode == "L" else to_display_image(image), dtype=np.uint8
+    )
     height, width = base.shape
     if max(width, height) > max_side:
         # Area averaging: antialiased. Pictures come here read for a model, at less than twice

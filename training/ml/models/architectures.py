@@ -70,15 +70,15 @@ def _last_relu_of_features(model: nn.Module) -> nn.Module:
 
 
 def _resnet_cam(model: nn.Module) -> nn.Module:
-    return model.layer4[-1]  # type: ignore[index]
+    return model.layer4[-1]  # type: ignore[index,return-value]
 
 
 def _features_last_cam(model: nn.Module) -> nn.Module:
-    return model.features[-1]  # type: ignore[index]
+    return model.features[-1]  # type: ignore[index,return-value]
 
 
 def _densenet_cam(model: nn.Module) -> nn.Module:
-    return model.features.norm5  # type: ignore[union-attr]
+    return model.features.norm5  # type: ignore[union-attr,return-value]
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,7 @@ def head_parameters(model: nn.Module, arch: str) -> list[nn.Parameter]:
 def default_preprocessing(arch: str) -> Preprocessing:
     """ImageNet mean/std and the input size torchvision evaluates ``arch`` at (224 for most)."""
     arch_spec(arch)
-    transforms = get_model_weights(arch).DEFAULT.transforms()  # type: ignore[attr-defined]
+    transforms = get_model_weights(arch).DEFAULT.transforms()
     crop = transforms.crop_size
     size = int(crop[0] if isinstance(crop, (list, tuple)) else crop)
     return Preprocessing(

@@ -55,7 +55,7 @@ def prepare_for_cam(
         keep = _modules_only_before(model, target_layer, input_size)
     for module in model.modules():
         if getattr(module, "inplace", False) is True and module not in keep:
-            module.inplace = False
+            module.inplace = False  # type: ignore[assignment]
     if type(model) is DenseNet:
         model.__class__ = _CamSafeDenseNet
     return model

@@ -76,6 +76,8 @@ class _FrozenGraph(nn.Module):
     parameters, modes or hooks to offer, and ``.eval()`` or ``.parameters()`` (which
     pytorch-grad-cam calls on every use) must not walk into it."""
 
+    graph: torch.jit.ScriptModule
+
     def __init__(self, graph: torch.jit.ScriptModule, what: str) -> None:
         super().__init__()
         object.__setattr__(self, "graph", graph)

@@ -218,7 +218,7 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike[str]) -> Bac
 
 
 def _imagenet_file(arch: str) -> tuple[object, str, str, Path]:
-    enum = get_model_weights(arch).DEFAULT  # type: ignore[attr-defined]
+    enum = get_model_weights(arch).DEFAULT
     url = enum.url
     filename = os.path.basename(urlparse(url).path)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / filename

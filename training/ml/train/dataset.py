@@ -183,7 +183,7 @@ def weighted_sampler(
     counts = np.bincount(array)
     weights = 1.0 / counts[array]
     return WeightedRandomSampler(
-        torch.as_tensor(weights, dtype=torch.double),
+        torch.as_tensor(weights, dtype=torch.double),  # type: ignore[arg-type]  # takes a tensor
         num_samples=len(labels) if num_samples is None else num_samples,
         replacement=True,
         generator=generator,

@@ -162,5 +162,5 @@ def place_model(model: nn.Module, device: torch.device) -> nn.Module:
     model.to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        model.to(memory_format=torch.channels_last)
     return model

@@ -22,7 +22,7 @@ __all__ = ["plot_confusion_matrix", "plot_history", "plot_reliability", "plot_ro
 FIGSIZE = (5.0, 4.0)
 DPI = 100
 # Style cycle that survives grayscale printing: every series differs in dash pattern and marker.
-_STYLES = [
+_STYLES: list[dict[str, Any]] = [
     {"linestyle": "-", "marker": "o", "color": "#1f4e79"},
     {"linestyle": "--", "marker": "s", "color": "#c55a11"},
     {"linestyle": ":", "marker": "^", "color": "#2e7d32"},

@@ -141,7 +141,8 @@ def train_mode(model: nn.Module) -> nn.Module:
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """AdamW over the parameters that train; biases and normalisation scales without decay."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for parameter in model.parameters():
         if parameter.requires_grad:
             # Biases and normalisation scales are not weights to shrink.
