@@ -60,7 +60,9 @@ def _free_the_slot_of_an_acknowledgement_that_failed() -> None:
     as in flight in the worker for good. A worker with one pool process (prefetch 1) then never
     asks Redis for a message again, and since its own connection came back by itself, nothing
     ever restarts it: it stays up and idle until it is restarted (two pool processes: two such
-    acknowledgements). Reproduced by tests/faults: a task ending while Redis is paused.
+    acknowledgements). Seen in tests/faults (test_a_hung_broker_does_not_hang_uploads, when a
+    task ended just as Redis was paused: uploads stayed queued for good); tested in
+    tests/cxrweb/test_celery.py.
 
     Here the slot is freed whether Redis answered or not, and the error still goes to Celery,
     which logs it. The message stays in Redis's set of unacknowledged ones, which kombu puts

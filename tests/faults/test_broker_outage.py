@@ -7,15 +7,13 @@ reconciler sends everything again once Redis is back, and every prediction is do
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from collections import Counter
 
 import pytest
 
-from tests.conftest import wait_for
-from tests.faults.conftest import TIMINGS, catch_mid_flight, png
+from tests.faults.conftest import TIMINGS, png
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -105,42 +103,6 @@ def test_a_hung_broker_does_not_hang_uploads(stack):
     assert stack.predictions_per_image(image_ids) == {i: 1 for i in image_ids}
     for worker in stack.workers:
         assert worker.alive(), f"{worker.name} died:\n{worker.log_tail()}"
-
-
-def test_a_worker_takes_work_after_redis_hung_under_its_acknowledgement(stack):
-    """A prediction ends while Redis hangs, so its late acknowledgement times out. kombu kept
-    that message counted as in flight, and a worker with one pool process (prefetch 1) never
-    took another task until it was restarted: uploads stayed queued however often the
-    reconciler sent them (test_a_hung_broker_does_not_hang_uploads failed so when a reconcile
-    task ended during its hang). Now the worker takes the next upload."""
-    for worker in stack.workers:
-        worker.stop(timeout=20)
-    stack.workers.clear()
-    worker = stack.start_worker()
-    try:
-        caught = catch_mid_flight(stack, patient_id="FAULT-HUNG-ACK", seeds=range(250, 255))
-        stack.redis.proc.signal_group(signal.SIGSTOP)
-        try:
-            os.kill(caught.pid, signal.SIGCONT)  # it ends with Redis hung
-            rows = stack.wait_finished([caught.prediction_id], timeout=60,
-                                       what="the prediction caught mid-flight to finish")
-            assert rows[caught.prediction_id]["status"] == "done", rows
-            wait_for(lambda: "Couldn't ack" in worker.log_text(), timeout=60, interval=0.2,
-                     what="the worker's acknowledgement to time out")
-        finally:
-            stack.redis.proc.signal_group(signal.SIGCONT)
-        assert stack.redis.ping()
-
-        after = stack.upload(png(256), filename="after-hung-ack.png",
-                             patient_id="FAULT-HUNG-ACK2")
-        rows = stack.wait_finished([after["prediction_id"]], timeout=120,
-                                   what="the worker to take an upload after the failed ack")
-        assert rows[after["prediction_id"]]["status"] == "done", rows
-        assert rows[after["prediction_id"]]["attempts"] == 1, rows
-        assert worker.alive(), f"the worker died:\n{worker.log_tail()}"
-    finally:  # the next test starts from the usual workers
-        worker.stop(timeout=20)
-        stack.workers.remove(worker)
 
 
 def test_a_worker_survives_redis_stopping_under_a_running_prediction(stack):
