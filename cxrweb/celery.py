@@ -51,7 +51,48 @@ def _survive_a_lost_broker_with_tasks_in_flight() -> None:
     kombu_redis.Channel._connparams = _connparams
 
 
+def _free_the_slot_of_an_acknowledgement_that_failed() -> None:
+    """Keep a worker taking tasks after Redis failed to answer a late acknowledgement.
+
+    A task that ends while Redis hangs (paused, a half-open link) has its acknowledgement time
+    out (CXR_BROKER_TIMEOUT_S). Celery logs "Couldn't ack" and goes on, but kombu 5.7's Redis
+    QoS frees the message's prefetch slot only after Redis answered: the message stays counted
+    as in flight in the worker for good. A worker with one pool process (prefetch 1) then never
+    asks Redis for a message again, and since its own connection came back by itself, nothing
+    ever restarts it: it stays up and idle until it is restarted (two pool processes: two such
+    acknowledgements). Seen in tests/faults (test_a_hung_broker_does_not_hang_uploads, when a
+    task ended just as Redis was paused: uploads stayed queued for good); tested in
+    tests/cxrweb/test_celery.py.
+
+    Here the slot is freed whether Redis answered or not, and the error still goes to Celery,
+    which logs it. The message stays in Redis's set of unacknowledged ones, which kombu puts
+    back after the visibility timeout: the task runs again and finds its work done.
+    """
+    from kombu.transport import redis as kombu_redis
+    from kombu.transport import virtual
+
+    qos = kombu_redis.QoS
+    if getattr(qos.ack, "cxr_guarded", False):
+        return
+
+    def _freeing_the_slot(method):
+        @functools.wraps(method)
+        def guarded(self, delivery_tag, *args, **kwargs):
+            try:
+                return method(self, delivery_tag, *args, **kwargs)
+            except Exception:
+                virtual.QoS.ack(self, delivery_tag)  # this worker's own bookkeeping only
+                raise
+
+        guarded.cxr_guarded = True
+        return guarded
+
+    qos.ack = _freeing_the_slot(qos.ack)
+    qos.reject = _freeing_the_slot(qos.reject)
+
+
 _survive_a_lost_broker_with_tasks_in_flight()
+_free_the_slot_of_an_acknowledgement_that_failed()
 
 app = Celery("cxrweb")
 app.config_from_object("django.conf:settings", namespace="CELERY")

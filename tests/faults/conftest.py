@@ -58,6 +58,10 @@ TIMINGS = {
     "CXR_PREDICTION_MAX_DISPATCHES": 5,
     "CXR_INFERENCE_BATCH_SIZE": 8,  # the CPU default, explicit: the scenarios count on batches
     "CXR_WORKER_WARM_POLL_S": 1,
+    # Not niced: on a machine loaded by other work, a niced worker waits minutes for the CPU
+    # (to import torch, to start a task) and misses the reconciler's messages, which expire
+    # after CXR_RECONCILE_EVERY_S. The scenarios are about faults, not about priorities.
+    "CXR_WORKER_NICE": 0,
 }
 
 
@@ -544,7 +548,7 @@ class FaultStack:
             except OSError:
                 return False
 
-        wait_for(answering, timeout=60, interval=0.2, what="gunicorn to answer")
+        wait_for(answering, timeout=180, interval=0.2, what="gunicorn to answer")
         return self.web
 
     def start_beat(self) -> Proc:
@@ -571,7 +575,7 @@ class FaultStack:
             self.wait_worker_ready(worker)
         return worker
 
-    def wait_worker_ready(self, worker: Proc, timeout: float = 120) -> None:
+    def wait_worker_ready(self, worker: Proc, timeout: float = 300) -> None:
         def ready() -> bool:
             assert worker.alive(), f"{worker.name} exited:\n{worker.log_tail()}"
             return " ready." in worker.log_text() and bool(worker.children())
@@ -749,7 +753,7 @@ class MidFlight:
 _ROW = "SELECT status, worker, started_at FROM diagnosis_prediction WHERE id = %s"
 
 
-def freeze_when_running(stack: FaultStack, conn, prediction_id: int, *, timeout: float = 60,
+def freeze_when_running(stack: FaultStack, conn, prediction_id: int, *, timeout: float = 120,
                         not_by: tuple[str, ...] = ()) -> MidFlight | None:
     """Wait until the prediction is *running* (claimed by a process not in `not_by`), and freeze
     it there: SIGSTOP the pool child named by the row's `worker` field, then read the row again
@@ -785,7 +789,7 @@ def freeze_when_running(stack: FaultStack, conn, prediction_id: int, *, timeout:
 
 
 def catch_mid_flight(stack: FaultStack, *, patient_id: str, seeds, size: int = 384,
-                     timeout: float = 60) -> MidFlight:
+                     timeout: float = 120) -> MidFlight:
     """Upload images one at a time until one is caught mid-prediction (see
     freeze_when_running); its pool child is left stopped. The files are named slow-*.png: with
     CXR_FAULT_INJECTION the model takes 3 s over each, so a run is never over before the test

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from tests.conftest import wait_for
 from tests.faults.conftest import TIMINGS, png
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -25,18 +26,31 @@ def test_200_uploads_then_every_worker_restarted_all_done_exactly_once(stack):
     def upload(i: int) -> dict:
         return stack.upload(images[i], filename=f"load-{i}.png", patient_id=f"FAULT-LOAD-{i}")
 
-    with ThreadPoolExecutor(CLIENTS) as pool:
-        uploads = list(pool.map(upload, range(UPLOADS)))
+    # The workers are paused while the uploads go in, so that most predictions are still
+    # pending when the workers are restarted, however fast or busy this machine is.
+    workers = list(stack.workers)
+    for worker in workers:
+        worker.signal_group(signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(CLIENTS) as pool:
+            uploads = list(pool.map(upload, range(UPLOADS)))
+    finally:
+        for worker in workers:
+            worker.signal_group(signal.SIGCONT)
     uploaded_s = time.monotonic() - started
     ids = [u["prediction_id"] for u in uploads]
     image_ids = [u["image_id"] for u in uploads]
     assert len(set(ids)) == UPLOADS and len(set(image_ids)) == UPLOADS
 
-    rows = stack.predictions(ids)
+    def started_some():  # the workers are at work: the restart comes mid-run
+        rows = stack.predictions(ids)
+        return rows if any(r["status"] != "queued" for r in rows.values()) else None
+
+    rows = wait_for(started_some, timeout=120, interval=0.05, what="the workers to start")
     pending = [r for r in rows.values() if r["status"] in ("queued", "running")]
     assert len(pending) >= 20, f"only {len(pending)} predictions still pending: nothing to restart"
 
-    warm, killed = stack.workers[0], stack.workers[1]
+    warm, killed = workers
     killed.kill_group()  # all of it, mid-run: its message stays unacked in Redis
     t = time.monotonic()
     code = warm.stop(timeout=60, sig=signal.SIGTERM)  # warm shutdown: finishes its task
