@@ -15,23 +15,25 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from typing import IO
+
+from bench.process import ManagedProcess, free_port
+from bench.stack_services import (
+    StackError,
+    claim_broker,
+    create_database,
+    drop_database,
+    require_loopback,
+)
 
 log = logging.getLogger("bench.stack")
 # diagnosis.worker.compute's log line for a model loaded by a pool process.
 _LOADED = re.compile(r"loaded model version \S+ \(\S+\) on \S+: (.*)$")
-
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-
-
-class StackError(RuntimeError):
-    """The app could not be started; the message says which step and where its log is."""
 
 
 @dataclass
@@ -60,63 +62,6 @@ class StackConfig:
 
 
 @dataclass
-class ManagedProcess:
-    """A long-running child in its own process group, with its output in a log file."""
-
-    name: str
-    popen: subprocess.Popen
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def signal_group(self, sig: int) -> None:
-        try:
-            os.killpg(self.popen.pid, sig)
-        except ProcessLookupError:
-            pass
-
-    def stop(self, timeout_s: float = 20.0) -> None:
-        """SIGCONT (in case it was paused) and SIGTERM the group; SIGKILL what is left."""
-        if not self.alive():
-            self.signal_group(signal.SIGKILL)  # stray grandchildren, if any
-            return
-        self.signal_group(signal.SIGCONT)
-        self.signal_group(signal.SIGTERM)
-        try:
-            self.popen.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            log.warning("%s did not stop within %.0f s: killing it", self.name, timeout_s)
-        self.signal_group(signal.SIGKILL)
-        try:
-            self.popen.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            log.error("%s (pid %d) survived SIGKILL", self.name, self.pid)
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _require_loopback(url: str, what: str) -> None:
-    host = urlsplit(url).hostname
-    if host not in LOOPBACK:
-        raise StackError(f"{what} must be on loopback (127.0.0.1), not {host!r}: {url}")
-
-
-@dataclass
 class Stack:
     cfg: StackConfig
     tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cxr-bench-")))
@@ -127,7 +72,7 @@ class Stack:
     port: int = 0
     token: str = ""
     model_version: str = ""
-    _broker_lock: object = None
+    _broker_lock: IO[str] | None = None
 
     @property
     def plain_weights(self) -> Path:
@@ -138,9 +83,9 @@ class Stack:
 
     def start(self) -> None:
         cfg = self.cfg
-        _require_loopback(cfg.broker_url, "--broker-url")
+        require_loopback(cfg.broker_url, "--broker-url")
         self.database_url = cfg.database_url or self._create_database()
-        self._flush_broker()
+        self._broker_lock = claim_broker(cfg.broker_url)
         self.env = self._child_env()
         (self.tmp / "media").mkdir()
         (self.tmp / "logs").mkdir()
@@ -154,54 +99,9 @@ class Stack:
         self._wait_workers_ready(timeout_s=120)
 
     def _create_database(self) -> str:
-        import psycopg
-
-        _require_loopback(self.cfg.pg_admin_url, "--pg-admin-url")
-        name = f"cxr_bench_{secrets.token_hex(4)}"
-        with psycopg.connect(self.cfg.pg_admin_url, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        self.created_db = name
-        parts = urlsplit(self.cfg.pg_admin_url)
-        log.info("created database %s", name)
-        return urlunsplit((parts.scheme, parts.netloc, f"/{name}", "", ""))
-
-    def _flush_broker(self) -> None:
-        """Claim the Redis database for this run, then empty it.
-
-        Two runs on one Redis database would flush each other's queue and run each other's
-        tasks against the wrong database (seen here: a prediction that never finished). A lock
-        file guards against a second run on this machine; the client list against anyone else.
-        """
-        import fcntl
-
-        import redis
-
-        client = redis.Redis.from_url(self.cfg.broker_url, socket_timeout=10)
-        db = int(client.connection_pool.connection_kwargs.get("db", 0))
-        parts = urlsplit(self.cfg.broker_url)
-        lock_path = Path(tempfile.gettempdir()) / f"cxr-bench-redis-{parts.port or 6379}-{db}.lock"
-        self._broker_lock = lock_path.open("w")
-        try:
-            fcntl.flock(self._broker_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StackError(
-                f"Another benchmark run holds {lock_path} (Redis database {db}). Wait for it, or "
-                f"pass --broker-url with another database, e.g. redis://127.0.0.1:6379/13."
-            ) from None
-        me = str(client.client_id())
-        others = [
-            c
-            for c in client.client_list()
-            if str(c.get("db")) == str(db) and str(c.get("id")) != me
-        ]
-        if others:
-            raise StackError(
-                f"{len(others)} other client(s) are connected to Redis database {db} "
-                f"({others[0].get('addr')}, {others[0].get('cmd')}): flushing it would break "
-                f"their work. Pass --broker-url with a database nobody uses."
-            )
-        client.flushdb()
-        client.close()
+        self.created_db, url = create_database(self.cfg.pg_admin_url)
+        log.info("created database %s", self.created_db)
+        return url
 
     def _child_env(self) -> dict[str, str]:
         env = {
@@ -439,7 +339,7 @@ class Stack:
         if self.created_db and not self.cfg.keep:
             self._drop_database()
         if self._broker_lock is not None:
-            self._broker_lock.close()  # type: ignore[attr-defined]  # releases the flock
+            self._broker_lock.close()  # releases the flock
             self._broker_lock = None
         if self.cfg.keep:
             print(f"--keep: database {self.created_db or self.database_url}, files in {self.tmp}")
@@ -447,13 +347,8 @@ class Stack:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     def _drop_database(self) -> None:
-        import psycopg
-
         try:
-            with psycopg.connect(
-                self.cfg.pg_admin_url, autocommit=True, connect_timeout=10
-            ) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{self.created_db}" WITH (FORCE)')
+            drop_database(self.cfg.pg_admin_url, self.created_db)
             log.info("dropped database %s", self.created_db)
             self.created_db = None
         except Exception:  # noqa: BLE001 - report and go on: the run's figures are still good

@@ -1,10 +1,10 @@
-"""bench/run.py's `checks`: the queueing figures behind the upload multiple."""
+"""bench/report.py's `checks`: the queueing figures behind the upload multiple."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.run import checks
+from bench.report import checks
 
 
 def _report(**paused_c32) -> dict:

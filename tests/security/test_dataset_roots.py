@@ -12,7 +12,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import CommandError, call_command
 
-from cxrweb.settings import env_paths
+from cxrweb.env import env_paths
 from tests.training.ml.imagefolders import make_folder
 from training.models import Dataset
 from training.services import DatasetRejected, dataset_register
