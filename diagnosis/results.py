@@ -92,33 +92,14 @@ def study_result(predictions: Iterable[Any]) -> StudyResult:
     current = current_predictions(predictions)
     if not current:
         return StudyResult(status="none")
-    statuses = {p.status for p in current}
-    if FAILED in statuses:
-        status = FAILED
-    elif statuses & {QUEUED, RUNNING}:
-        status = "pending"
-    else:
-        status = DONE
+    status = _overall_status(current)
     done = sorted((p for p in current if p.status == DONE and p.probabilities
                    and p.model_version is not None), key=lambda p: p.pk)
     if not done:
         return StudyResult(status=status)
 
-    best: dict[str, tuple[float, Any]] = {}  # class -> (max probability, its prediction)
-    flagged: dict[str, float] = {}
-    for p in done:
-        version = p.model_version
-        for label, prob in p.probabilities.items():
-            prob = float(prob)
-            if label not in best or prob > best[label][0]:
-                best[label] = (prob, p)
-            if not version.is_normal_label(label) and prob >= version.threshold_for(label):
-                flagged[label] = max(prob, flagged.get(label, 0.0))
-
-    order: list[str] = []
-    for p in done:
-        order += [c for c in p.model_version.class_labels if c in best and c not in order]
-    order += [c for c in best if c not in order]
+    best, flagged = _class_maxima(done)
+    order = _class_order(done, best)
     probabilities = {c: best[c][0] for c in order}
     flagged_classes = sorted(flagged, key=lambda c: (-flagged[c], order.index(c)))
     if flagged_classes:
@@ -139,6 +120,42 @@ def study_result(predictions: Iterable[Any]) -> StudyResult:
         model_versions=versions, thresholds=thresholds, normal_classes=normal,
         driving_prediction=driver,
     )
+
+
+def _overall_status(current: list[Any]) -> str:
+    """failed when any view failed, else pending while any is queued or running, else done."""
+    statuses = {p.status for p in current}
+    if FAILED in statuses:
+        return FAILED
+    if statuses & {QUEUED, RUNNING}:
+        return "pending"
+    return DONE
+
+
+def _class_maxima(done: list[Any]) -> tuple[dict[str, tuple[float, Any]], dict[str, float]]:
+    """Per class, the maximum probability over the finished views and the prediction that gives
+    it; and per abnormal class that reaches its version's threshold on some view, its maximum
+    probability among those views."""
+    best: dict[str, tuple[float, Any]] = {}  # class -> (max probability, its prediction)
+    flagged: dict[str, float] = {}
+    for p in done:
+        version = p.model_version
+        for label, prob in p.probabilities.items():
+            prob = float(prob)
+            if label not in best or prob > best[label][0]:
+                best[label] = (prob, p)
+            if not version.is_normal_label(label) and prob >= version.threshold_for(label):
+                flagged[label] = max(prob, flagged.get(label, 0.0))
+    return best, flagged
+
+
+def _class_order(done: list[Any], best: dict[str, tuple[float, Any]]) -> list[str]:
+    """The classes in the models' output order (first model first); others last."""
+    order: list[str] = []
+    for p in done:
+        order += [c for c in p.model_version.class_labels if c in best and c not in order]
+    order += [c for c in best if c not in order]
+    return order
 
 
 def prediction_bars(prediction: Any) -> list[tuple[str, float, float, bool]]:

@@ -62,20 +62,7 @@ def worklist(*, q: str = "", status: str = "", finding: str = "", reviewed: str 
             Q(patient__mrn__icontains=q) | Q(accession_number__icontains=q)
             | Q(patient__name__icontains=q)
         )
-    # The study result's status: failed (needs attention), done (every view), else the views
-    # still waiting for a model, queued or running.
-    queued = current.filter(status=Prediction.Status.QUEUED)
-    if status == "waiting":
-        studies = studies.filter(Exists(queued.filter(model_version__isnull=True)))
-    elif status == "queued":
-        studies = studies.filter(Exists(queued.filter(model_version__isnull=False)))
-    elif status == "running":
-        studies = studies.filter(Exists(current.filter(status=Prediction.Status.RUNNING)))
-    elif status == "failed":
-        studies = studies.filter(needs_attention=True)
-    elif status == "done":
-        studies = studies.filter(Exists(current)).exclude(
-            Exists(current.exclude(status=Prediction.Status.DONE)))
+    studies = _with_status(studies, current, status)
     if finding == "flagged":
         studies = studies.filter(flagged_by_model=True)
     elif finding:
@@ -92,6 +79,26 @@ def worklist(*, q: str = "", status: str = "", finding: str = "", reviewed: str 
         "sort_group", "-priority",
         Case(When(sort_group=3, then="created_at")).desc(nulls_last=True), "created_at",
     )
+
+
+def _with_status(studies: QuerySet[Study], current: QuerySet[Prediction],
+                 status: str) -> QuerySet[Study]:
+    """The studies whose result has this status (`current`: each view's current prediction):
+    failed (needs attention), done (every view), else the views still waiting for a model,
+    queued or running; all of them for no status."""
+    queued = current.filter(status=Prediction.Status.QUEUED)
+    if status == "waiting":
+        return studies.filter(Exists(queued.filter(model_version__isnull=True)))
+    if status == "queued":
+        return studies.filter(Exists(queued.filter(model_version__isnull=False)))
+    if status == "running":
+        return studies.filter(Exists(current.filter(status=Prediction.Status.RUNNING)))
+    if status == "failed":
+        return studies.filter(needs_attention=True)
+    if status == "done":
+        return studies.filter(Exists(current)).exclude(
+            Exists(current.exclude(status=Prediction.Status.DONE)))
+    return studies
 
 
 # The prediction states a study passes through before its result is final. Each is a small

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.training.test_views import make_dataset, make_evaluation, make_metrics, second_version
-from training.views import compare_rows
+from training.views.compare import compare_rows
 
 pytestmark = pytest.mark.django_db
 

@@ -6,6 +6,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from django.core.files import File
 from django.db import transaction
@@ -16,6 +17,9 @@ from cxrweb.audit.models import AuditEvent
 from cxrweb.audit.services import audit
 from training.models import ModelPromotion, ModelVersion
 from training.signals import model_version_promoted, open_studies_rerun_requested, send_and_count
+
+if TYPE_CHECKING:
+    from training.ml.models.checkpoint import CheckpointMeta
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +50,10 @@ def model_version_import(
     Imports torch: call it from a command or a worker, not from a web request.
     """
     from training.ml.errors import MLError
-    from training.ml.models.architectures import ARCHITECTURES, default_preprocessing
+    from training.ml.models.architectures import default_preprocessing
     from training.ml.models.checkpoint import (
         CheckpointMeta,
         build_for_inference,
-        file_sha256,
         load_weights_file,
         save_checkpoint,
     )
@@ -59,29 +62,12 @@ def model_version_import(
     if not path.is_file():
         raise ModelImportError(f"No such file: {path}.")
     if expected_sha256:
-        digest = file_sha256(path)
-        if digest.lower() != expected_sha256.strip().lower():
-            raise ModelImportError(
-                f"The file's sha256 is {digest}, not the expected {expected_sha256.strip()}: it "
-                "was changed or damaged in transit. Nothing was imported."
-            )
+        _check_sha256(path, expected_sha256)
     try:
         state_dict, meta = load_weights_file(path)
     except MLError as exc:
         raise ModelImportError(str(exc)) from exc
-    architecture = architecture or (meta.arch if meta is not None else "")
-    classes = [c.strip() for c in (classes or (meta.classes if meta is not None else []))
-               if c.strip()]
-    if not architecture:
-        raise ModelImportError("A plain state dict needs --arch (and --classes).")
-    if architecture not in ARCHITECTURES:
-        raise ModelImportError(
-            f"Unknown architecture {architecture!r}. Supported: {', '.join(ARCHITECTURES)}."
-        )
-    if len(classes) < 2:
-        raise ModelImportError("Give at least two class labels, e.g. --classes normal,pneumonia.")
-    if len(set(classes)) != len(classes):
-        raise ModelImportError(f"Class labels must be distinct: {', '.join(classes)}.")
+    architecture, classes = _architecture_and_classes(architecture, classes, meta)
     name = name.strip() or f"{architecture}-{timezone.now():%Y%m%d-%H%M%S}"
     if ModelVersion.objects.filter(name=name).exists():
         raise ModelImportError(f"A model version named {name!r} already exists; pick another --name.")
@@ -94,21 +80,7 @@ def model_version_import(
         raise ModelImportError(
             f"The checkpoint says its architecture is {meta.arch!r}, not {architecture!r}."
         )
-    if normal_classes is None and meta is not None and isinstance(
-        (meta.extra or {}).get("normal_classes"), list
-    ):
-        normal_classes = list(meta.extra["normal_classes"])
-    if normal_classes is not None:
-        by_key = {c.lower(): c for c in classes}
-        unknown = [c for c in normal_classes if c.strip().lower() not in by_key]
-        if unknown:
-            raise ModelImportError(
-                f"--normal-classes names classes the model lacks: {', '.join(unknown)}. "
-                f"Its classes: {', '.join(classes)}."
-            )
-        normal_classes = [by_key[c.strip().lower()] for c in normal_classes]
-    else:
-        normal_classes = ModelVersion.default_normal_classes(classes)
+    normal_classes = _normal_classes(normal_classes, classes, meta)
     prep = meta.preprocessing if meta is not None else default_preprocessing(architecture)
     temperature = meta.temperature if meta is not None else 1.0
     thresholds = (meta.thresholds or {}) if meta is not None else {}
@@ -144,6 +116,58 @@ def model_version_import(
                 raise
     logger.info("imported model version %s (%s, %s)", name, architecture, ", ".join(classes))
     return version
+
+
+def _check_sha256(path: Path, expected_sha256: str) -> None:
+    from training.ml.models.checkpoint import file_sha256
+
+    digest = file_sha256(path)
+    if digest.lower() != expected_sha256.strip().lower():
+        raise ModelImportError(
+            f"The file's sha256 is {digest}, not the expected {expected_sha256.strip()}: it "
+            "was changed or damaged in transit. Nothing was imported."
+        )
+
+
+def _architecture_and_classes(architecture: str, classes: list[str] | None,
+                              meta: CheckpointMeta | None) -> tuple[str, list[str]]:
+    """The architecture and class labels given, else the checkpoint's, checked."""
+    from training.ml.models.architectures import ARCHITECTURES
+
+    architecture = architecture or (meta.arch if meta is not None else "")
+    classes = [c.strip() for c in (classes or (meta.classes if meta is not None else []))
+               if c.strip()]
+    if not architecture:
+        raise ModelImportError("A plain state dict needs --arch (and --classes).")
+    if architecture not in ARCHITECTURES:
+        raise ModelImportError(
+            f"Unknown architecture {architecture!r}. Supported: {', '.join(ARCHITECTURES)}."
+        )
+    if len(classes) < 2:
+        raise ModelImportError("Give at least two class labels, e.g. --classes normal,pneumonia.")
+    if len(set(classes)) != len(classes):
+        raise ModelImportError(f"Class labels must be distinct: {', '.join(classes)}.")
+    return architecture, classes
+
+
+def _normal_classes(normal_classes: list[str] | None, classes: list[str],
+                    meta: CheckpointMeta | None) -> list[str]:
+    """The normal classes given, else the checkpoint's, else the default for these classes;
+    named as the model names them (matched case-insensitively)."""
+    if normal_classes is None and meta is not None and isinstance(
+        (meta.extra or {}).get("normal_classes"), list
+    ):
+        normal_classes = list(meta.extra["normal_classes"])
+    if normal_classes is None:
+        return ModelVersion.default_normal_classes(classes)
+    by_key = {c.lower(): c for c in classes}
+    unknown = [c for c in normal_classes if c.strip().lower() not in by_key]
+    if unknown:
+        raise ModelImportError(
+            f"--normal-classes names classes the model lacks: {', '.join(unknown)}. "
+            f"Its classes: {', '.join(classes)}."
+        )
+    return [by_key[c.strip().lower()] for c in normal_classes]
 
 
 @transaction.atomic
