@@ -170,7 +170,7 @@ STORAGES = {
         )
     },
 }
-# Patient images live here. They are never served as public media: see diagnosis.views.image_file.
+# Patient images live here. They are never served as public media: see diagnosis.views.files.
 MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(VAR_DIR / "media")))
 # No URL route serves MEDIA_ROOT: this prefix exists only because Django needs a value.
 MEDIA_URL = "/media-is-not-public/"

@@ -8,6 +8,8 @@ synchronously, inside the sender's transaction, and an exception in one rolls th
 
 from __future__ import annotations
 
+from typing import cast
+
 from django.dispatch import Signal
 
 model_version_promoted = Signal()
@@ -26,4 +28,7 @@ how many studies' results it stored again."""
 
 def send_and_count(signal: Signal, *, version) -> int:
     """Send `signal` for `version` and add up the counts its receivers return."""
-    return sum(count for _, count in signal.send(sender=type(version), version=version))
+    total = 0
+    for _, count in signal.send(sender=type(version), version=version):
+        total += cast(int, count)  # the receivers return counts (django-stubs types them str)
+    return total
