@@ -58,7 +58,9 @@ def _load_images(paths: list[str], read_long_side: int | None = None) -> list:
     for path in paths:
         data = Path(path).read_bytes()
         decoded = decode_upload(
-            data, max_bytes=settings.CXR_MAX_UPLOAD_BYTES, max_pixels=settings.CXR_MAX_IMAGE_PIXELS,
+            data,
+            max_bytes=settings.CXR_MAX_UPLOAD_BYTES,
+            max_pixels=settings.CXR_MAX_IMAGE_PIXELS,
             read_long_side=read_long_side,
         )
         images.append(decoded.image)
@@ -264,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--images", required=True, help="JSON list of image paths")
     f.add_argument("--count", type=int, default=100)
     f.add_argument("--warmup", type=int, default=3)
-    f.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[2, 4, 8])
+    f.add_argument(
+        "--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[2, 4, 8]
+    )
     f.add_argument("--concurrency", type=int, default=1, help="the workers' pool processes")
     f.add_argument("--rounds", type=int, default=3, help="passes per measurement; the best counts")
     f.add_argument("--plain-weights", help="the plain state_dict for the plain-script baseline")

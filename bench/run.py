@@ -138,12 +138,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-level", default="INFO", help="LOG_LEVEL of the app's processes")
     args = p.parse_args(argv)
     args.client_levels = [int(c) for c in args.clients.split(",") if c.strip()]
-    if args.workers < 1 or args.concurrency < 1 or args.count < 1 or min(args.client_levels, default=0) < 1:
+    if (
+        args.workers < 1
+        or args.concurrency < 1
+        or args.count < 1
+        or min(args.client_levels, default=0) < 1
+    ):
         p.error("--workers, --count and --clients must be positive")
     if not args.images.is_dir():
         p.error(f"--images: {args.images} is not a folder")
-    for option, path in (("--backbone-weights", args.backbone_weights),
-                         ("--training-images", args.training_images)):
+    for option, path in (
+        ("--backbone-weights", args.backbone_weights),
+        ("--training-images", args.training_images),
+    ):
         if path is not None and not path.exists():
             p.error(f"{option}: {path} does not exist")
     return args

@@ -201,8 +201,9 @@ class Stack:
             raise StackError(f"create_token printed no token: {out!r}")
         self.token = out.strip()
 
-    def _spawn(self, name: str, args: list[str],
-               extra_env: dict[str, str] | None = None) -> ManagedProcess:
+    def _spawn(
+        self, name: str, args: list[str], extra_env: dict[str, str] | None = None
+    ) -> ManagedProcess:
         log_path = self.tmp / "logs" / f"{name}.log"
         with log_path.open("wb") as fh:
             popen = subprocess.Popen(
@@ -264,16 +265,31 @@ class Stack:
         process at the lowest CPU priority. Not one of ``workers`` (never paused)."""
         proc = self._spawn(
             "training-worker",
-            ["-m", "celery", "-A", "cxrweb", "worker", "-Q", "training", "--concurrency", "1",
-             "--pool", "prefork", "--hostname", f"training-{secrets.token_hex(2)}@%h",
-             "--loglevel", self.cfg.log_level],
+            [
+                "-m",
+                "celery",
+                "-A",
+                "cxrweb",
+                "worker",
+                "-Q",
+                "training",
+                "--concurrency",
+                "1",
+                "--pool",
+                "prefork",
+                "--hostname",
+                f"training-{secrets.token_hex(2)}@%h",
+                "--loglevel",
+                self.cfg.log_level,
+            ],
             extra_env={"CXR_WORKER_NICE": str(nice)},
         )
         self._wait_workers_ready(timeout_s, [proc])
         return proc
 
-    def _wait_workers_ready(self, timeout_s: float,
-                            procs: list[ManagedProcess] | None = None) -> None:
+    def _wait_workers_ready(
+        self, timeout_s: float, procs: list[ManagedProcess] | None = None
+    ) -> None:
         deadline = time.monotonic() + timeout_s
         pending = list(self.workers if procs is None else procs)
         while pending and time.monotonic() < deadline:

@@ -53,8 +53,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--arch", default="mobilenet_v2", help="the production model (inference)")
     p.add_argument("--classes", default="normal,pneumonia")
     p.add_argument("--backbone-weights", type=Path, default=None)
-    p.add_argument("--dataset", type=Path, default=None,
-                   help="an ImageFolder to train on (default: a synthetic one made here)")
+    p.add_argument(
+        "--dataset",
+        type=Path,
+        default=None,
+        help="an ImageFolder to train on (default: a synthetic one made here)",
+    )
     p.add_argument("--synthetic-per-class", type=int, default=40)
     p.add_argument("--train-arch", default="resnet18")
     p.add_argument("--epochs", type=int, default=30)
@@ -63,10 +67,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--input-size", type=int, default=224)
     p.add_argument("--count", type=int, default=3, help="STAT uploads per phase")
     p.add_argument("--image-size", type=int, default=1024, help="the STAT image's side (px)")
-    p.add_argument("--concurrency", type=int, default=os.cpu_count() or 1,
-                   help="pool processes of the inference worker (make run: one per core)")
-    p.add_argument("--training-wait", type=float, default=300,
-                   help="seconds to wait for the run to start training")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="pool processes of the inference worker (make run: one per core)",
+    )
+    p.add_argument(
+        "--training-wait",
+        type=float,
+        default=300,
+        help="seconds to wait for the run to start training",
+    )
     p.add_argument("--settle", type=float, default=3, help="seconds of training before measuring")
     p.add_argument("--broker-url", default="redis://127.0.0.1:6379/14")
     p.add_argument("--pg-admin-url", default="postgres://postgres@127.0.0.1:5432/postgres")
@@ -90,8 +102,9 @@ def synthetic_dataset(root: Path, classes: list[str], per_class: int) -> Path:
 def stat_upload_ms(client: ApiClient, data: bytes, patient_id: str) -> float:
     """POST a STAT study, poll its prediction until done, fetch the heatmap: wall ms."""
     started = time.perf_counter()
-    body, ctype = multipart({"patient_id": patient_id, "view": "PA", "priority": STAT},
-                            "image", "stat.png", data)
+    body, ctype = multipart(
+        {"patient_id": patient_id, "view": "PA", "priority": STAT}, "image", "stat.png", data
+    )
     resp = client.request("POST", "/api/v1/studies/", body, ctype)
     if resp.status != 201:
         raise ApiError(f"STAT upload: {resp.status} {resp.body[:300]!r}")
@@ -113,8 +126,9 @@ def _runs(database_url: str) -> list[tuple[str, dict]]:
     import psycopg
 
     with psycopg.connect(database_url, connect_timeout=10) as conn:
-        rows = conn.execute("SELECT status, progress FROM training_trainingrun "
-                            "ORDER BY id").fetchall()
+        rows = conn.execute(
+            "SELECT status, progress FROM training_trainingrun ORDER BY id"
+        ).fetchall()
     return [(row[0], row[1] or {}) for row in rows]
 
 
@@ -127,8 +141,9 @@ def wait_for_training(database_url: str, timeout_s: float) -> dict:
         ended = [r for r in runs if r[0] in ("failed", "cancelled", "done")]
         if ended:
             raise RuntimeError(f"a training run ended before the measurement: {ended[0]}")
-        training = [p for status, p in runs
-                    if status == "running" and p.get("phase") in ("train", "val")]
+        training = [
+            p for status, p in runs if status == "running" and p.get("phase") in ("train", "val")
+        ]
         if training:
             return training[0]
         time.sleep(0.5)
@@ -140,10 +155,19 @@ def measure(args: argparse.Namespace, layout: str) -> dict:
 
     classes = [c for c in args.classes.split(",") if c]
     queues = "inference,maintenance" if layout == "split" else "inference,training,maintenance"
-    cfg = StackConfig(repo=REPO, python=Path(sys.executable), arch=args.arch, classes=classes,
-                      backbone_weights=args.backbone_weights, workers=1,
-                      concurrency=args.concurrency, broker_url=args.broker_url,
-                      pg_admin_url=args.pg_admin_url, keep=args.keep, queues=queues)
+    cfg = StackConfig(
+        repo=REPO,
+        python=Path(sys.executable),
+        arch=args.arch,
+        classes=classes,
+        backbone_weights=args.backbone_weights,
+        workers=1,
+        concurrency=args.concurrency,
+        broker_url=args.broker_url,
+        pg_admin_url=args.pg_admin_url,
+        keep=args.keep,
+        queues=queues,
+    )
     stack = Stack(cfg)
     try:
         stack.start()
@@ -159,15 +183,33 @@ def measure(args: argparse.Namespace, layout: str) -> dict:
             root = args.dataset.resolve()
             stack.env["CXR_DATASET_ROOTS"] = str(root.parent)
         else:
-            root = synthetic_dataset(stack.tmp / "var" / "datasets" / "synthetic", classes,
-                                     args.synthetic_per_class)
+            root = synthetic_dataset(
+                stack.tmp / "var" / "datasets" / "synthetic", classes, args.synthetic_per_class
+            )
         stack.manage("register_dataset", "bench", str(root), timeout_s=600)
         for _ in range(args.runs):
-            print(stack.manage("train", "--queue", "--dataset", "bench", "--arch",
-                               args.train_arch, "--weights", "none", "--strategy", "full",
-                               "--epochs", str(args.epochs), "--batch-size",
-                               str(args.batch_size), "--input-size", str(args.input_size),
-                               "--patience", "0").strip())
+            print(
+                stack.manage(
+                    "train",
+                    "--queue",
+                    "--dataset",
+                    "bench",
+                    "--arch",
+                    args.train_arch,
+                    "--weights",
+                    "none",
+                    "--strategy",
+                    "full",
+                    "--epochs",
+                    str(args.epochs),
+                    "--batch-size",
+                    str(args.batch_size),
+                    "--input-size",
+                    str(args.input_size),
+                    "--patience",
+                    "0",
+                ).strip()
+            )
         progress = wait_for_training(stack.database_url, args.training_wait)
         time.sleep(args.settle)
         during = [stat_upload_ms(client, data, f"BENCH-STAT-{i}") for i in range(args.count)]
@@ -175,13 +217,21 @@ def measure(args: argparse.Namespace, layout: str) -> dict:
         stack.check_alive()
         return {
             "layout": layout,
-            "worker_queues": ([queues, "training (own worker, 1 process, nice 19)"]
-                              if layout == "split" else [queues]),
+            "worker_queues": (
+                [queues, "training (own worker, 1 process, nice 19)"]
+                if layout == "split"
+                else [queues]
+            ),
             "inference_pool_processes": args.concurrency,
             "cpus": os.cpu_count(),
-            "training": {"arch": args.train_arch, "input_size": args.input_size,
-                         "batch_size": args.batch_size, "epochs": args.epochs,
-                         "runs": args.runs, "progress_at_start": progress},
+            "training": {
+                "arch": args.train_arch,
+                "input_size": args.input_size,
+                "batch_size": args.batch_size,
+                "epochs": args.epochs,
+                "runs": args.runs,
+                "progress_at_start": progress,
+            },
             "idle_ms": [round(x) for x in idle],
             "during_training_ms": [round(x) for x in during],
             "idle_median_ms": round(statistics.median(idle)),

@@ -53,7 +53,7 @@ def busiest_stretch(tasks: list[tuple[float, float, str]], idle_gap_s: float) ->
             if i - start > best[1] - best[0]:
                 best = (start, i)
             start = i
-    return tasks[best[0]:best[1]]
+    return tasks[best[0] : best[1]]
 
 
 def skipped_cost(stretch: list[tuple[float, float, str]]) -> dict:
@@ -75,8 +75,9 @@ def skipped_cost(stretch: list[tuple[float, float, str]]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("log", type=Path, help="a worker's log (bench/run.py --logs)")
     parser.add_argument("--idle-gap-s", type=float, default=0.5)
     parser.add_argument("--json", action="store_true", help="print JSON instead of lines")
@@ -84,8 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     with args.log.open(errors="replace") as fh:
         timelines = task_timelines(fh)
     if not timelines:
-        print(f"{args.log}: no finished tasks with a process id (LOG_LEVEL must be INFO)",
-              file=sys.stderr)
+        print(
+            f"{args.log}: no finished tasks with a process id (LOG_LEVEL must be INFO)",
+            file=sys.stderr,
+        )
         return 1
     report = {
         str(pid): skipped_cost(busiest_stretch(tasks, args.idle_gap_s))
@@ -95,11 +98,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report, indent=2))
         return 0
     for pid, r in report.items():
-        print(f"pool process {pid}: busiest stretch {r['span_s']} s; "
-              f"{r['tasks_that_ran_predictions']} tasks ran predictions "
-              f"({r['their_run_share']:.0%} of it); {r['skipped_messages']} skipped messages, "
-              f"{r['skipped_ms_each']} ms each ({r['skipped_run_ms_each']} ms running), "
-              f"{r['skipped_share']:.0%} of it")
+        print(
+            f"pool process {pid}: busiest stretch {r['span_s']} s; "
+            f"{r['tasks_that_ran_predictions']} tasks ran predictions "
+            f"({r['their_run_share']:.0%} of it); {r['skipped_messages']} skipped messages, "
+            f"{r['skipped_ms_each']} ms each ({r['skipped_run_ms_each']} ms running), "
+            f"{r['skipped_share']:.0%} of it"
+        )
     return 0
 
 

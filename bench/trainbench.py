@@ -232,8 +232,12 @@ def measure_fit(
     rel = [(str(path.relative_to(root)), label) for path, label in samples]
     split = stratified_split([label for _, label in rel], seed=0)
     config = TrainConfig(
-        arch=args.arch, weights=args.backbone_weights, strategy="full", epochs=args.epochs,
-        batch_size=args.batch_size, early_stopping_patience=None,
+        arch=args.arch,
+        weights=args.backbone_weights,
+        strategy="full",
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        early_stopping_patience=None,
     )
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:

@@ -44,7 +44,8 @@ def _survive_a_lost_broker_with_tasks_in_flight() -> None:
         transport = self.connection
         if transport is None or transport.client is None:
             raise redis.exceptions.ConnectionError(
-                "this broker connection was closed after the broker was lost")
+                "this broker connection was closed after the broker was lost"
+            )
         return connparams(self, *args, **kwargs)
 
     _connparams.cxr_guarded = True

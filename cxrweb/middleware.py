@@ -63,11 +63,13 @@ class DatabaseUnavailableMiddleware:
             return None
         logger.error("database unavailable: %s", exception)
         if request.path.startswith("/api/"):
-            response = JsonResponse({"error": self.MESSAGE, "code": "database_unavailable"},
-                                    status=503)
+            response = JsonResponse(
+                {"error": self.MESSAGE, "code": "database_unavailable"}, status=503
+            )
         else:
-            response = HttpResponse(self.MESSAGE, status=503,
-                                    content_type="text/plain; charset=utf-8")
+            response = HttpResponse(
+                self.MESSAGE, status=503, content_type="text/plain; charset=utf-8"
+            )
         response["Retry-After"] = "30"
         return response
 

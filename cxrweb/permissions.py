@@ -41,9 +41,7 @@ def _role_required(check, message: str):
 clinical_user_required = _role_required(
     is_clinical_user, "Your account has no clinical role. Ask an administrator."
 )
-model_admin_required = _role_required(
-    is_model_admin, "This page is for administrators only."
-)
+model_admin_required = _role_required(is_model_admin, "This page is for administrators only.")
 
 
 class IsClinicalUser(BasePermission):

@@ -60,23 +60,30 @@ def storage_unavailable(request, exception: StoredFileUnreadable) -> HttpRespons
     """A 503 for a file the storage cannot read: JSON on the API, a plain message elsewhere."""
     if request.path.startswith("/api/"):
         response: HttpResponseBase = JsonResponse(
-            {"error": str(exception), "code": exception.code}, status=503)
+            {"error": str(exception), "code": exception.code}, status=503
+        )
     else:
-        response = HttpResponse(str(exception), status=503,
-                                content_type="text/plain; charset=utf-8")
+        response = HttpResponse(
+            str(exception), status=503, content_type="text/plain; charset=utf-8"
+        )
     response["Retry-After"] = "60"
     return response
 
 
-def private_file_response(f: FieldFile, content_type: str, *,
-                          download_name: str | None = None) -> FileResponse:
+def private_file_response(
+    f: FieldFile, content_type: str, *, download_name: str | None = None
+) -> FileResponse:
     """A stored file (never public media) to a user the calling view has already authorized.
 
     A missing file is a 404; storage that cannot be read raises :class:`StoredFileUnreadable`
     (a 503, by :class:`cxrweb.middleware.StorageUnavailableMiddleware` or the API's handler)."""
     handle = open_stored_file(f)
-    response = FileResponse(handle, content_type=content_type, as_attachment=bool(download_name),
-                            filename=download_name or "")
+    response = FileResponse(
+        handle,
+        content_type=content_type,
+        as_attachment=bool(download_name),
+        filename=download_name or "",
+    )
     response["Cache-Control"] = "no-store"  # a patient's image: kept in no cache
     return response
 
@@ -104,8 +111,9 @@ class _Echo:
         return value
 
 
-def csv_response(filename: str, header: list[str],
-                 rows: Iterable[Iterable[object]]) -> StreamingHttpResponse:
+def csv_response(
+    filename: str, header: list[str], rows: Iterable[Iterable[object]]
+) -> StreamingHttpResponse:
     """Every CSV the app writes: streamed, each cell through ``csv_cell``, as an attachment."""
     writer = csv.writer(_Echo())
 
@@ -123,16 +131,23 @@ def bad_request_body(exception: Exception | None) -> dict[str, str]:
     """``{"error", "code"}`` for a request Django refused to read (too many fields or files)."""
     if isinstance(exception, TooManyFilesSent):
         limit = settings.DATA_UPLOAD_MAX_NUMBER_FILES
-        return {"error": f"The request carries more than {limit} files; nothing was stored. "
-                         f"Send at most {limit} at a time.", "code": "too_many_files"}
+        return {
+            "error": f"The request carries more than {limit} files; nothing was stored. "
+            f"Send at most {limit} at a time.",
+            "code": "too_many_files",
+        }
     if isinstance(exception, TooManyFieldsSent):
         limit = settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
-        return {"error": f"The request has more than {limit} form fields; nothing was stored. "
-                         "Send one image with its own fields per request.",
-                "code": "too_many_fields"}
+        return {
+            "error": f"The request has more than {limit} form fields; nothing was stored. "
+            "Send one image with its own fields per request.",
+            "code": "too_many_fields",
+        }
     if isinstance(exception, RequestDataTooBig):
-        return {"error": "The request's form fields are too large; nothing was stored.",
-                "code": "too_large"}
+        return {
+            "error": "The request's form fields are too large; nothing was stored.",
+            "code": "too_large",
+        }
     return {"error": "The request could not be read; nothing was stored.", "code": "bad_request"}
 
 
@@ -152,13 +167,19 @@ def permission_denied(request, exception: Exception | None = None) -> HttpRespon
         return JsonResponse({"error": message, "code": "permission_denied"}, status=403)
     from cxrweb.roles import is_clinical_user
 
-    return render(request, "403.html", {"message": message,
-                                        "clinical": is_clinical_user(request.user)}, status=403)
+    return render(
+        request,
+        "403.html",
+        {"message": message, "clinical": is_clinical_user(request.user)},
+        status=403,
+    )
 
 
 def not_found(request, exception: Exception | None = None) -> HttpResponseBase:
     """handler404: JSON on the API (an unknown path there too), Django's page elsewhere."""
     if request.path.startswith("/api/"):
-        return JsonResponse({"error": "Not found: there is no such API endpoint or object.",
-                             "code": "not_found"}, status=404)
+        return JsonResponse(
+            {"error": "Not found: there is no such API endpoint or object.", "code": "not_found"},
+            status=404,
+        )
     return defaults.page_not_found(request, exception)

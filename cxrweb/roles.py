@@ -28,8 +28,9 @@ def _roles(user) -> frozenset[str]:
     as long as the request): a page checks the role, and its menu asks again."""
     roles = getattr(user, "_cxr_roles", None)
     if roles is None:
-        roles = frozenset(user.groups.filter(name__in=CLINICAL_GROUPS).values_list("name",
-                                                                                  flat=True))
+        roles = frozenset(
+            user.groups.filter(name__in=CLINICAL_GROUPS).values_list("name", flat=True)
+        )
         user._cxr_roles = roles
     return roles
 
@@ -54,7 +55,8 @@ def sync_role_permissions(**kwargs) -> None:
     admin, _ = Group.objects.get_or_create(name=ADMIN_GROUP)
     perms = Permission.objects.filter(content_type__app_label__in=ADMIN_APPS)
     allowed = [
-        p for p in perms
+        p
+        for p in perms
         if not (p.content_type.model in READ_ONLY_MODELS and not p.codename.startswith("view_"))
     ]
     admin.permissions.set(allowed)

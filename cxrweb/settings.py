@@ -186,9 +186,7 @@ CXR_MAX_ASPECT_RATIO = env_float("CXR_MAX_ASPECT_RATIO", 3.0, minimum=1)  # 3 me
 FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024
 
 # Celery. Status lives in our rows, not in Celery results, so no result backend is needed.
-CELERY_BROKER_URL = env.str(
-    "CELERY_BROKER_URL", default=f"redis+socket://{VAR_DIR / 'redis.sock'}"
-)
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=f"redis+socket://{VAR_DIR / 'redis.sock'}")
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -213,7 +211,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "socket_connect_timeout": CXR_BROKER_TIMEOUT_S,
 }
 CELERY_TASK_PUBLISH_RETRY_POLICY = {
-    "max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5,
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.5,
+    "interval_max": 0.5,
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "inference"
@@ -321,11 +322,13 @@ CXR_API_TOKEN_TTL_DAYS = env_positive_int("CXR_API_TOKEN_TTL_DAYS", 90)
 CXR_API_TOKEN_MAX_TTL_DAYS = env_positive_int("CXR_API_TOKEN_MAX_TTL_DAYS", 365)
 if CXR_API_TOKEN_MAX_TTL_DAYS > 3650:
     raise ImproperlyConfigured(
-        f"CXR_API_TOKEN_MAX_TTL_DAYS must be at most 3650 (10 years), got {CXR_API_TOKEN_MAX_TTL_DAYS}.")
+        f"CXR_API_TOKEN_MAX_TTL_DAYS must be at most 3650 (10 years), got {CXR_API_TOKEN_MAX_TTL_DAYS}."
+    )
 if CXR_API_TOKEN_TTL_DAYS > CXR_API_TOKEN_MAX_TTL_DAYS:
     raise ImproperlyConfigured(
         f"CXR_API_TOKEN_TTL_DAYS ({CXR_API_TOKEN_TTL_DAYS}) must not exceed "
-        f"CXR_API_TOKEN_MAX_TTL_DAYS ({CXR_API_TOKEN_MAX_TTL_DAYS}).")
+        f"CXR_API_TOKEN_MAX_TTL_DAYS ({CXR_API_TOKEN_MAX_TTL_DAYS})."
+    )
 REST_KNOX = {
     "TOKEN_TTL": timedelta(days=CXR_API_TOKEN_TTL_DAYS),
     "AUTH_HEADER_PREFIX": "Token",  # `Authorization: Token KEY`, as API clients already send
@@ -367,7 +370,9 @@ if env_bool("CXR_BEHIND_PROXY", False):
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"}
+    },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},

@@ -19,8 +19,10 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     # The audit trail's admin pages moved with the model to the audit app; old links still work.
-    re_path(r"^admin/diagnosis/auditevent/(?P<rest>.*)$",
-            RedirectView.as_view(url="/admin/audit/auditevent/%(rest)s", query_string=True)),
+    re_path(
+        r"^admin/diagnosis/auditevent/(?P<rest>.*)$",
+        RedirectView.as_view(url="/admin/audit/auditevent/%(rest)s", query_string=True),
+    ),
     path("admin/", admin.site.urls),
     path("api/v1/", include("diagnosis.api_urls")),
     path("training/", include("training.urls")),

@@ -19,8 +19,12 @@ class AuditedAdmin(admin.ModelAdmin):
         if request.method == "GET" and response.status_code == 200:
             obj = response.context_data.get("original")
             if obj is not None:
-                audit(request, AuditEvent.Action.VIEW_ADMIN, obj,
-                      detail={"view": f"admin {self.opts.model_name}"})
+                audit(
+                    request,
+                    AuditEvent.Action.VIEW_ADMIN,
+                    obj,
+                    detail={"view": f"admin {self.opts.model_name}"},
+                )
         return response
 
     def changelist_view(self, request, extra_context=None):
@@ -28,10 +32,16 @@ class AuditedAdmin(admin.ModelAdmin):
         changelist = getattr(response, "context_data", {}).get("cl")
         if changelist is not None:
             mrns = sorted({patient_mrn_of(obj) for obj in changelist.result_list} - {""})
-            audit(request, AuditEvent.Action.VIEW_ADMIN,
-                  patient_mrn=mrns[0] if len(mrns) == 1 else "",
-                  detail={"view": f"admin {self.opts.model_name} list",
-                          "query": request.GET.urlencode()[:200], "patients": mrns})
+            audit(
+                request,
+                AuditEvent.Action.VIEW_ADMIN,
+                patient_mrn=mrns[0] if len(mrns) == 1 else "",
+                detail={
+                    "view": f"admin {self.opts.model_name} list",
+                    "query": request.GET.urlencode()[:200],
+                    "patients": mrns,
+                },
+            )
         return response
 
 
@@ -62,11 +72,17 @@ class PatientAdmin(AuditedAdmin):
             return
         changes = {
             field: {"old": _json_value(old[field]), "new": _json_value(getattr(obj, field))}
-            for field in self.IDENTITY_FIELDS if old[field] != getattr(obj, field)
+            for field in self.IDENTITY_FIELDS
+            if old[field] != getattr(obj, field)
         }
         if changes:
-            audit(request, AuditEvent.Action.PATIENT_EDITED, obj, patient_mrn=obj.mrn,
-                  detail={"via": "admin", "changes": changes})
+            audit(
+                request,
+                AuditEvent.Action.PATIENT_EDITED,
+                obj,
+                patient_mrn=obj.mrn,
+                detail={"via": "admin", "changes": changes},
+            )
 
 
 def _json_value(value):
@@ -84,8 +100,15 @@ class ImageInline(admin.TabularInline):
 
 @admin.register(Study)
 class StudyAdmin(AuditedAdmin):
-    list_display = ("accession_number", "patient", "study_date", "view", "priority", "uploaded_by",
-                    "created_at")
+    list_display = (
+        "accession_number",
+        "patient",
+        "study_date",
+        "view",
+        "priority",
+        "uploaded_by",
+        "created_at",
+    )
     list_filter = ("view", "priority", "study_date")
     search_fields = ("accession_number", "patient__mrn", "patient__name")
     list_select_related = ("patient", "uploaded_by")
@@ -99,21 +122,56 @@ class ImageAdmin(AuditedAdmin):
     list_filter = ("format",)
     search_fields = ("sha256", "study__accession_number", "sop_instance_uid")
     list_select_related = ("study__patient",)
-    readonly_fields = ("sha256", "original", "display", "size_bytes", "width", "height",
-                       "source_mode", "duplicate_of", "dicom_tags", "created_at")
+    readonly_fields = (
+        "sha256",
+        "original",
+        "display",
+        "size_bytes",
+        "width",
+        "height",
+        "source_mode",
+        "duplicate_of",
+        "dicom_tags",
+        "created_at",
+    )
     raw_id_fields = ("study",)
 
 
 @admin.register(Prediction)
 class PredictionAdmin(AuditedAdmin):
-    list_display = ("id", "image", "model_version", "status", "label", "attempts", "compute_ms",
-                    "queued_at", "finished_at")
+    list_display = (
+        "id",
+        "image",
+        "model_version",
+        "status",
+        "label",
+        "attempts",
+        "compute_ms",
+        "queued_at",
+        "finished_at",
+    )
     list_filter = ("status", "model_version")
     search_fields = ("image__study__accession_number", "image__study__patient__mrn")
     list_select_related = ("image__study__patient", "model_version")
-    readonly_fields = ("image", "model_version", "probabilities", "label", "cam_class", "cam_method",
-                       "heatmap", "overlay", "attempts", "worker", "device", "queued_at",
-                       "started_at", "finished_at", "compute_ms", "error", "status")
+    readonly_fields = (
+        "image",
+        "model_version",
+        "probabilities",
+        "label",
+        "cam_class",
+        "cam_method",
+        "heatmap",
+        "overlay",
+        "attempts",
+        "worker",
+        "device",
+        "queued_at",
+        "started_at",
+        "finished_at",
+        "compute_ms",
+        "error",
+        "status",
+    )
     actions = ["rerun_failed"]
 
     @admin.action(description="Re-run the selected failed predictions")
@@ -127,8 +185,15 @@ class PredictionAdmin(AuditedAdmin):
 
 @admin.register(Reading)
 class ReadingAdmin(AuditedAdmin, ReadOnlyAdmin):
-    list_display = ("study", "radiologist", "final_label", "agrees_with_model", "model_version",
-                    "signed_at", "amends")
+    list_display = (
+        "study",
+        "radiologist",
+        "final_label",
+        "agrees_with_model",
+        "model_version",
+        "signed_at",
+        "amends",
+    )
     list_filter = ("agrees_with_model", "model_version", "signed_at")
     search_fields = ("study__accession_number", "study__patient__mrn", "radiologist__username")
     list_select_related = ("study__patient", "radiologist", "model_version", "amends")

@@ -41,8 +41,11 @@ def exception_handler(exc, context):
         )
     # Media that cannot be written, or read (not a missing file): the server's fault, a 503.
     if isinstance(exc, (services.StorageUnavailable, StoredFileUnreadable)):
-        return Response({"error": str(exc), "code": exc.code},
-                        status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "60"})
+        return Response(
+            {"error": str(exc), "code": exc.code},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "60"},
+        )
     if isinstance(exc, SuspiciousOperation):  # too many fields or files, a malformed request
         return Response(bad_request_body(exc), status=status.HTTP_400_BAD_REQUEST)
     return None
@@ -141,8 +144,11 @@ class StudyListCreate(APIView):
             fields = form.errors.get_json_data()
             first = next(iter(fields.values()))[0]
             return Response(
-                {"error": form.error_text(), "code": first.get("code") or "invalid",
-                 "fields": fields},
+                {
+                    "error": form.error_text(),
+                    "code": first.get("code") or "invalid",
+                    "fields": fields,
+                },
                 status=status.HTTP_400_BAD_REQUEST,
             )
         kwargs = form.upload_kwargs()
@@ -150,15 +156,21 @@ class StudyListCreate(APIView):
         try:
             if several:  # sent together: one study, all stored or none
                 del kwargs["data"], kwargs["filename"]
-                uploaded = services.study_upload_many(uploaded_by=request.user,
-                                                      files=form.upload_files(), **kwargs)
+                uploaded = services.study_upload_many(
+                    uploaded_by=request.user, files=form.upload_files(), **kwargs
+                )
             else:
                 uploaded = [services.study_upload(uploaded_by=request.user, **kwargs)]
         except services.IdentityMismatch as exc:
             audit_upload_rejected(request, exc)
-            return Response({"error": f"{exc} To confirm, send confirm_identity=true.",
-                             "code": exc.code, **exc.as_dict()},
-                            status=status.HTTP_409_CONFLICT)
+            return Response(
+                {
+                    "error": f"{exc} To confirm, send confirm_identity=true.",
+                    "code": exc.code,
+                    **exc.as_dict(),
+                },
+                status=status.HTTP_409_CONFLICT,
+            )
         except UploadRejected as exc:
             audit_upload_rejected(request, exc)
             body = {"error": str(exc), "code": exc.code}
@@ -168,8 +180,12 @@ class StudyListCreate(APIView):
                 body["filename"] = getattr(exc, "filename", "")
                 body["error"] = f"{body['filename']}: {exc} Nothing was stored."
             # Another patient's study: a conflict with what is stored, never a silent attach.
-            return Response(body, status=status.HTTP_409_CONFLICT if exc.code in self.CONFLICTS
-                            else status.HTTP_400_BAD_REQUEST)
+            return Response(
+                body,
+                status=status.HTTP_409_CONFLICT
+                if exc.code in self.CONFLICTS
+                else status.HTTP_400_BAD_REQUEST,
+            )
         for result in uploaded:
             audit_upload(request, result)  # browser or api: by how it signed in
         result = uploaded[0]
@@ -179,8 +195,9 @@ class StudyListCreate(APIView):
             body["prediction_ids"] = [r.prediction.pk for r in uploaded]
             body["study_ids"] = list(dict.fromkeys(r.study.pk for r in uploaded))
         elif result.study_created:  # all of it is in hand: no second round of queries
-            body = study_json(result.study, request, images=[result.image],
-                              predictions=[result.prediction])
+            body = study_json(
+                result.study, request, images=[result.image], predictions=[result.prediction]
+            )
         else:
             body = study_json(selectors.study_detail(result.study.pk), request)
         body["image_id"] = result.image.pk
@@ -199,13 +216,16 @@ class DicomPeek(APIView):
     def post(self, request):
         f = request.FILES.get("file")
         if f is None:
-            return Response({"error": "Send the DICOM file (or its start) as `file`."},
-                            status=status.HTTP_400_BAD_REQUEST)
+            return Response(
+                {"error": "Send the DICOM file (or its start) as `file`."},
+                status=status.HTTP_400_BAD_REQUEST,
+            )
         try:
             info = read_dicom_header(f.read(1024 * 1024))
         except UploadRejected as exc:
-            return Response({"error": str(exc), "code": exc.code},
-                            status=status.HTTP_400_BAD_REQUEST)
+            return Response(
+                {"error": str(exc), "code": exc.code}, status=status.HTTP_400_BAD_REQUEST
+            )
         fields = info.as_dict()
         fields.pop("tags", None)
         return Response(fields)
@@ -217,8 +237,14 @@ class StudyDetail(APIView):
             study = selectors.study_detail(pk)
         except Study.DoesNotExist as exc:
             raise Http404 from exc
-        audit_view(request, AuditEvent.Action.VIEW_STUDY, study, view="study", study=study,
-                   detail={"via": "api"})
+        audit_view(
+            request,
+            AuditEvent.Action.VIEW_STUDY,
+            study,
+            view="study",
+            study=study,
+            detail={"via": "api"},
+        )
         return Response(study_json(study, request))
 
 
@@ -254,51 +280,100 @@ class StudyReadings(APIView):
         data = request.data
         agree = data.get("agree")
         if not isinstance(agree, bool):
-            return Response({"error": "Send agree: true or false.", "code": "invalid",
-                             "field": "agree"}, status=status.HTTP_400_BAD_REQUEST)
+            return Response(
+                {"error": "Send agree: true or false.", "code": "invalid", "field": "agree"},
+                status=status.HTTP_400_BAD_REQUEST,
+            )
         ids = data.get("prediction_ids")
         if not isinstance(ids, list) or not all(
             isinstance(i, int) and not isinstance(i, bool) for i in ids
         ):
-            return Response({"error": "Send prediction_ids: the study result's prediction_ids "
-                             "you were shown (a list of integers, [] when there was none).",
-                             "code": "invalid", "field": "prediction_ids"},
-                            status=status.HTTP_400_BAD_REQUEST)
-        label, notes, amends_id = data.get("label") or "", data.get("notes") or "", data.get("amends")
+            return Response(
+                {
+                    "error": "Send prediction_ids: the study result's prediction_ids "
+                    "you were shown (a list of integers, [] when there was none).",
+                    "code": "invalid",
+                    "field": "prediction_ids",
+                },
+                status=status.HTTP_400_BAD_REQUEST,
+            )
+        label, notes, amends_id = (
+            data.get("label") or "",
+            data.get("notes") or "",
+            data.get("amends"),
+        )
         if not isinstance(label, str) or not isinstance(notes, str) or len(notes) > 5000:
-            return Response({"error": "label and notes are text (notes at most 5000 "
-                             "characters).", "code": "invalid"},
-                            status=status.HTTP_400_BAD_REQUEST)
+            return Response(
+                {
+                    "error": "label and notes are text (notes at most 5000 characters).",
+                    "code": "invalid",
+                },
+                status=status.HTTP_400_BAD_REQUEST,
+            )
         if not agree and not label.strip():
-            return Response({"error": "Send the final label when you do not agree.",
-                             "code": "invalid", "field": "label"},
-                            status=status.HTTP_400_BAD_REQUEST)
+            return Response(
+                {
+                    "error": "Send the final label when you do not agree.",
+                    "code": "invalid",
+                    "field": "label",
+                },
+                status=status.HTTP_400_BAD_REQUEST,
+            )
         amends = None
         if amends_id is not None:
-            amends = Reading.objects.filter(pk=amends_id, study=study).first() if isinstance(
-                amends_id, int) else None
+            amends = (
+                Reading.objects.filter(pk=amends_id, study=study).first()
+                if isinstance(amends_id, int)
+                else None
+            )
             if amends is None:
-                return Response({"error": f"No reading {amends_id} of this study to amend.",
-                                 "code": "invalid", "field": "amends"},
-                                status=status.HTTP_400_BAD_REQUEST)
+                return Response(
+                    {
+                        "error": f"No reading {amends_id} of this study to amend.",
+                        "code": "invalid",
+                        "field": "amends",
+                    },
+                    status=status.HTTP_400_BAD_REQUEST,
+                )
         try:
             reading = services.reading_sign(
-                study=study, radiologist=request.user, final_label=label, agrees=agree,
-                notes=notes, amends=amends, prediction_ids=ids,
+                study=study,
+                radiologist=request.user,
+                final_label=label,
+                agrees=agree,
+                notes=notes,
+                amends=amends,
+                prediction_ids=ids,
             )
         except services.ReadingStale as exc:
             # The answer shows the current result: a view of the study's data.
-            audit_view(request, AuditEvent.Action.VIEW_STUDY, study, view="study", study=study,
-                       detail={"via": "api", "stale_reading": True})
-            return Response({"error": str(exc), "code": exc.code,
-                             "result": exc.result.as_dict()}, status=status.HTTP_409_CONFLICT)
+            audit_view(
+                request,
+                AuditEvent.Action.VIEW_STUDY,
+                study,
+                view="study",
+                study=study,
+                detail={"via": "api", "stale_reading": True},
+            )
+            return Response(
+                {"error": str(exc), "code": exc.code, "result": exc.result.as_dict()},
+                status=status.HTTP_409_CONFLICT,
+            )
         except services.ReadingRejected as exc:
-            return Response({"error": str(exc), "code": "invalid"},
-                            status=status.HTTP_400_BAD_REQUEST)
-        audit(request, AuditEvent.Action.READING, reading,
-              detail={"final_label": reading.final_label, "agrees": reading.agrees_with_model,
-                      "amends": amends.pk if amends else None,
-                      "prediction_ids": reading.prediction_ids})
+            return Response(
+                {"error": str(exc), "code": "invalid"}, status=status.HTTP_400_BAD_REQUEST
+            )
+        audit(
+            request,
+            AuditEvent.Action.READING,
+            reading,
+            detail={
+                "final_label": reading.final_label,
+                "agrees": reading.agrees_with_model,
+                "amends": amends.pk if amends else None,
+                "prediction_ids": reading.prediction_ids,
+            },
+        )
         return Response(reading_json(reading, request), status=status.HTTP_201_CREATED)
 
 
@@ -306,8 +381,14 @@ class PredictionDetail(APIView):
     def get(self, request, pk: int):
         prediction = _prediction_or_404(pk)
         # Clients poll this until the result is in: a repeat is one query, not one event.
-        audit_view(request, AuditEvent.Action.VIEW_STUDY, prediction, view="prediction",
-                   study=prediction.image.study_id, detail={"via": "api"})
+        audit_view(
+            request,
+            AuditEvent.Action.VIEW_STUDY,
+            prediction,
+            view="prediction",
+            study=prediction.image.study_id,
+            detail={"via": "api"},
+        )
         return Response(prediction_json(prediction, request))
 
 
@@ -327,13 +408,18 @@ class PredictionFile(APIView):
         prediction = _prediction_or_404(pk, selectors.prediction_file_for_api)
         f = getattr(prediction, self.field)
         if prediction.status != Prediction.Status.DONE or not f:
-            return Response({"error": f"Prediction {pk} has no heatmap yet ({prediction.status})."},
-                            status=status.HTTP_404_NOT_FOUND)
+            return Response(
+                {"error": f"Prediction {pk} has no heatmap yet ({prediction.status})."},
+                status=status.HTTP_404_NOT_FOUND,
+            )
         # A file missing from storage: JSON 404; storage that cannot be read: JSON 503.
         response = private_file_response(f, "image/png")
-        audit(request, AuditEvent.Action.DOWNLOAD, prediction,
-              detail={"file": self.file_name, "via": "api",
-                      "study": prediction.image.study_id})
+        audit(
+            request,
+            AuditEvent.Action.DOWNLOAD,
+            prediction,
+            detail={"file": self.file_name, "via": "api", "study": prediction.image.study_id},
+        )
         return response
 
     def finalize_response(self, request, response, *args, **kwargs):

@@ -12,18 +12,26 @@ urlpatterns = [
     path("studies/<int:pk>/readings/", api.StudyReadings.as_view(), name="study-readings"),
     path("dicom/peek/", api.DicomPeek.as_view(), name="dicom-peek"),
     path("predictions/<int:pk>/", api.PredictionDetail.as_view(), name="prediction"),
-    path("predictions/<int:pk>/overlay.png", api.PredictionFile.as_view(),
-         name="prediction-overlay"),
-    path("predictions/<int:pk>/heatmap-layer.png",
-         api.PredictionFile.as_view(field="heatmap", file_name="heatmap-layer.png"),
-         name="prediction-heatmap-layer"),
+    path(
+        "predictions/<int:pk>/overlay.png", api.PredictionFile.as_view(), name="prediction-overlay"
+    ),
+    path(
+        "predictions/<int:pk>/heatmap-layer.png",
+        api.PredictionFile.as_view(field="heatmap", file_name="heatmap-layer.png"),
+        name="prediction-heatmap-layer",
+    ),
     # v1's first names, deprecated (their answers say so and link the URL above that replaces
     # them): heatmap.png was the overlay, cam.png the heatmap layer.
-    path("predictions/<int:pk>/heatmap.png",
-         api.PredictionFile.as_view(file_name="heatmap.png", successor="api:prediction-overlay"),
-         name="deprecated-heatmap-png"),
-    path("predictions/<int:pk>/cam.png",
-         api.PredictionFile.as_view(field="heatmap", file_name="cam.png",
-                                    successor="api:prediction-heatmap-layer"),
-         name="deprecated-cam-png"),
+    path(
+        "predictions/<int:pk>/heatmap.png",
+        api.PredictionFile.as_view(file_name="heatmap.png", successor="api:prediction-overlay"),
+        name="deprecated-heatmap-png",
+    ),
+    path(
+        "predictions/<int:pk>/cam.png",
+        api.PredictionFile.as_view(
+            field="heatmap", file_name="cam.png", successor="api:prediction-heatmap-layer"
+        ),
+        name="deprecated-cam-png",
+    ),
 ]

@@ -17,8 +17,11 @@ class DiagnosisConfig(AppConfig):
         # this one are created in their own post_migrate.
         post_migrate.connect(sync_role_permissions, dispatch_uid="cxr_sync_role_permissions")
         signals.model_version_promoted.connect(
-            receivers.assign_waiting_predictions, dispatch_uid="cxr_assign_waiting_predictions")
+            receivers.assign_waiting_predictions, dispatch_uid="cxr_assign_waiting_predictions"
+        )
         signals.open_studies_rerun_requested.connect(
-            receivers.reanalyse_open_studies, dispatch_uid="cxr_reanalyse_open_studies")
+            receivers.reanalyse_open_studies, dispatch_uid="cxr_reanalyse_open_studies"
+        )
         signals.model_version_rule_changed.connect(
-            receivers.restore_study_results, dispatch_uid="cxr_restore_study_results")
+            receivers.restore_study_results, dispatch_uid="cxr_restore_study_results"
+        )

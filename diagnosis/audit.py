@@ -9,8 +9,9 @@ from cxrweb.audit.services import audit, viewed_recently
 from diagnosis.models import Study
 
 
-def audit_view(request, action: str, obj, *, view: str, study: Study | int | None,
-               detail: dict | None = None) -> AuditEvent | None:
+def audit_view(
+    request, action: str, obj, *, view: str, study: Study | int | None, detail: dict | None = None
+) -> AuditEvent | None:
     """Record that the user was shown `view` (a page, a result, an image) of `obj` in `study`.
 
     A repeat within CXR_AUDIT_VIEW_COALESCE_S seconds of an event with the same user, action,
@@ -50,12 +51,22 @@ def audit_upload(request, result, *, via: str | None = None) -> None:
     record unchanged)."""
     via = via or upload_channel(request)
     if via not in UPLOAD_CHANNELS:
-        raise ValueError(f"Unknown upload channel {via!r}: use one of {', '.join(UPLOAD_CHANNELS)}.")
-    audit(request, AuditEvent.Action.UPLOAD, result.image,
-          detail={"via": via, "format": result.image.format})
+        raise ValueError(
+            f"Unknown upload channel {via!r}: use one of {', '.join(UPLOAD_CHANNELS)}."
+        )
+    audit(
+        request,
+        AuditEvent.Action.UPLOAD,
+        result.image,
+        detail={"via": via, "format": result.image.format},
+    )
     if result.identity_confirmed is not None:
-        audit(request, AuditEvent.Action.IDENTITY_CONFIRMED, result.study,
-              detail={"via": via, **result.identity_confirmed.as_dict()})
+        audit(
+            request,
+            AuditEvent.Action.IDENTITY_CONFIRMED,
+            result.study,
+            detail={"via": via, **result.identity_confirmed.as_dict()},
+        )
 
 
 def audit_upload_rejected(request, exc) -> None:
@@ -64,5 +75,9 @@ def audit_upload_rejected(request, exc) -> None:
     for key in ("field", "fields"):
         if hasattr(exc, key):
             detail[key] = getattr(exc, key)
-    audit(request, AuditEvent.Action.UPLOAD_REJECTED, detail=detail,
-          patient_mrn=getattr(exc, "mrn", ""))
+    audit(
+        request,
+        AuditEvent.Action.UPLOAD_REJECTED,
+        detail=detail,
+        patient_mrn=getattr(exc, "mrn", ""),
+    )

@@ -51,7 +51,10 @@ def prediction_enqueue_on_commit(prediction_id: int, *, recorded: bool = False) 
 
 
 def prediction_dispatch(
-    prediction_id: int, *, countdown: float | None = None, record: bool = True,
+    prediction_id: int,
+    *,
+    countdown: float | None = None,
+    record: bool = True,
     priority: int | None = None,
 ) -> None:
     """Record the dispatch in the row (the reconciler reads it), then send the task.
@@ -91,8 +94,12 @@ def _dispatch_failed(prediction_id: int) -> None:
             pk=prediction_id, status=Prediction.Status.QUEUED, dispatches__gt=0
         ).update(dispatches=F("dispatches") - 1, last_dispatched_at=due)
     except DatabaseError:
-        logger.warning("prediction %s: could not record the failed send; the reconciler will "
-                       "send it again after its deadline", prediction_id, exc_info=True)
+        logger.warning(
+            "prediction %s: could not record the failed send; the reconciler will "
+            "send it again after its deadline",
+            prediction_id,
+            exc_info=True,
+        )
 
 
 def class_heatmap_enqueue_on_commit(heatmap_id: int) -> None:
@@ -123,18 +130,22 @@ def predictions_reconcile() -> dict[str, int]:
 def _reconcile_queued(now: dt.datetime, counts: dict[str, int]) -> None:
     """Queued predictions whose message was lost: send again, or fail after too many sends."""
     queued_before = now - dt.timedelta(seconds=settings.CXR_RECONCILE_QUEUED_AFTER_S)
-    lost = Prediction.objects.filter(
-        status=Prediction.Status.QUEUED, model_version__isnull=False
-    ).annotate(
-        last=Coalesce("last_dispatched_at", "queued_at")
-    ).filter(last__lt=queued_before)
+    lost = (
+        Prediction.objects.filter(status=Prediction.Status.QUEUED, model_version__isnull=False)
+        .annotate(last=Coalesce("last_dispatched_at", "queued_at"))
+        .filter(last__lt=queued_before)
+    )
     for p in lost.only("pk", "dispatches"):
         _fail_or_send_again(
-            p.pk, counts, now=now,
+            p.pk,
+            counts,
+            now=now,
             give_up=p.dispatches >= settings.CXR_PREDICTION_MAX_DISPATCHES,
             still=Prediction.objects.filter(pk=p.pk, status=Prediction.Status.QUEUED),
-            error=(f"Sent to the workers {p.dispatches} times without being analysed: are "
-                   "the inference workers running? Re-run it once they are."),
+            error=(
+                f"Sent to the workers {p.dispatches} times without being analysed: are "
+                "the inference workers running? Re-run it once they are."
+            ),
         )
 
 
@@ -151,17 +162,27 @@ def _reconcile_running(now: dt.datetime, counts: dict[str, int]) -> None:
         # process died in between, it does not count as an attempt at the image.
         tried = min(p.attempts, settings.CXR_PREDICTION_MAX_ATTEMPTS)
         _fail_or_send_again(
-            p.pk, counts, now=now,
+            p.pk,
+            counts,
+            now=now,
             give_up=p.attempts >= settings.CXR_PREDICTION_MAX_ATTEMPTS,
-            still=Prediction.objects.filter(pk=p.pk, status=Prediction.Status.RUNNING,
-                                            worker=p.worker),
-            error=(f"Gave up after {tried} attempts: the worker stopped while "
-                   "analysing this image each time."),
+            still=Prediction.objects.filter(
+                pk=p.pk, status=Prediction.Status.RUNNING, worker=p.worker
+            ),
+            error=(
+                f"Gave up after {tried} attempts: the worker stopped while "
+                "analysing this image each time."
+            ),
         )
 
 
 def _fail_or_send_again(
-    pk: int, counts: dict[str, int], *, now: dt.datetime, give_up: bool, still: QuerySet,
+    pk: int,
+    counts: dict[str, int],
+    *,
+    now: dt.datetime,
+    give_up: bool,
+    still: QuerySet,
     error: str,
 ) -> None:
     """Fail the prediction with `error` when `give_up` (only while `still` matches its row:

@@ -24,8 +24,9 @@ class PatientTextField(forms.CharField):
         value = super().to_python(value)
         ch = identity.forbidden_character(value, identifier=self.identifier)
         if ch is not None:
-            raise forms.ValidationError(f"The value {identity.control_character_problem(ch)}",
-                                        code="control_character")
+            raise forms.ValidationError(
+                f"The value {identity.control_character_problem(ch)}", code="control_character"
+            )
         return value.strip(" ")
 
 
@@ -55,32 +56,44 @@ class StudyUploadForm(forms.Form):
     image = forms.FileField(
         label="Chest X-ray",
         help_text="PNG, JPEG or DICOM. The file's content decides its type, not its name.",
-        widget=forms.ClearableFileInput(attrs={"accept": ".png,.jpg,.jpeg,.dcm,.dicom,image/png,image/jpeg,application/dicom"}),
+        widget=forms.ClearableFileInput(
+            attrs={"accept": ".png,.jpg,.jpeg,.dcm,.dicom,image/png,image/jpeg,application/dicom"}
+        ),
     )
     patient_id = PatientTextField(
-        label="Patient ID (MRN)", max_length=64, required=False,
+        label="Patient ID (MRN)",
+        max_length=64,
+        required=False,
         help_text="Required unless the DICOM file carries it.",
     )
     accession_number = PatientTextField(
-        max_length=64, required=False,
+        max_length=64,
+        required=False,
         help_text="Optional: generated when empty. An existing accession adds the image to that study.",
     )
-    view = forms.ChoiceField(choices=[("", "Unknown / from DICOM")] + [
-        c for c in Study.View.choices if c[0]], required=False)
+    view = forms.ChoiceField(
+        choices=[("", "Unknown / from DICOM")] + [c for c in Study.View.choices if c[0]],
+        required=False,
+    )
     priority = forms.TypedChoiceField(
-        choices=Study.Priority.choices, coerce=int, initial=Study.Priority.ROUTINE, required=False,
+        choices=Study.Priority.choices,
+        coerce=int,
+        initial=Study.Priority.ROUTINE,
+        required=False,
         empty_value=Study.Priority.ROUTINE,
     )
     patient_name = PatientTextField(max_length=200, required=False, identifier=False)
     patient_sex = forms.ChoiceField(
-        label="Sex", choices=[("", "Unknown")] + [c for c in Patient.Sex.choices if c[0]],
+        label="Sex",
+        choices=[("", "Unknown")] + [c for c in Patient.Sex.choices if c[0]],
         required=False,
     )
     patient_birth_date = forms.DateField(
         label="Birth date", required=False, widget=forms.DateInput(attrs={"type": "date"})
     )
     confirm_identity = forms.BooleanField(
-        label="This is the same patient", required=False,
+        label="This is the same patient",
+        required=False,
         help_text="The image joins the patient on record; the recorded details stay as they are.",
     )
     # Set by the page's script on every file after the first of a batch: the accession number
@@ -146,42 +159,63 @@ class StudyUploadForm(forms.Form):
 
 
 class WorklistFilterForm(forms.Form):
-    q = forms.CharField(label="Search", required=False, max_length=100,
-                        widget=forms.TextInput(attrs={"type": "search",
-                                                      "placeholder": "Patient ID, name or accession"}))
-    status = forms.ChoiceField(required=False, choices=[
-        ("", "Any status"), ("waiting", "Waiting for model"), ("queued", "Queued"),
-        ("running", "Running"), ("done", "Done"), ("failed", "Failed")])
+    q = forms.CharField(
+        label="Search",
+        required=False,
+        max_length=100,
+        widget=forms.TextInput(
+            attrs={"type": "search", "placeholder": "Patient ID, name or accession"}
+        ),
+    )
+    status = forms.ChoiceField(
+        required=False,
+        choices=[
+            ("", "Any status"),
+            ("waiting", "Waiting for model"),
+            ("queued", "Queued"),
+            ("running", "Running"),
+            ("done", "Done"),
+            ("failed", "Failed"),
+        ],
+    )
     finding = forms.ChoiceField(required=False, choices=[("", "Any finding")])
-    reviewed = forms.ChoiceField(required=False, choices=[
-        ("", "Reviewed or not"), ("no", "Not reviewed"), ("yes", "Reviewed")])
-    date_from = forms.DateField(label="Uploaded from", required=False,
-                                widget=forms.DateInput(attrs={"type": "date"}))
-    date_to = forms.DateField(label="to", required=False,
-                              widget=forms.DateInput(attrs={"type": "date"}))
+    reviewed = forms.ChoiceField(
+        required=False,
+        choices=[("", "Reviewed or not"), ("no", "Not reviewed"), ("yes", "Reviewed")],
+    )
+    date_from = forms.DateField(
+        label="Uploaded from", required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
+    date_to = forms.DateField(
+        label="to", required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
 
     def __init__(self, *args, findings: list[str] = (), **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["finding"].choices = [("", "Any finding"), ("flagged", "Flagged abnormal")] + [
-            (f, f) for f in findings]
+            (f, f) for f in findings
+        ]
 
 
 class ReadingForm(forms.Form):
     decision = forms.ChoiceField(
         choices=[("agree", "Agree with the model"), ("override", "Override")],
-        widget=forms.RadioSelect, initial="agree",
+        widget=forms.RadioSelect,
+        initial="agree",
     )
     final_label = forms.ChoiceField(label="Final label", required=False)
-    notes = forms.CharField(widget=forms.Textarea(attrs={"rows": 4}), required=False,
-                            max_length=5000)
+    notes = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 4}), required=False, max_length=5000
+    )
     amends = forms.IntegerField(required=False, widget=forms.HiddenInput)
     # The predictions of the study result the page showed: signing is refused when they changed.
     prediction_ids = forms.CharField(required=False, widget=forms.HiddenInput)
 
     def __init__(self, *args, classes: list[str] = (), has_result: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["final_label"].choices = [("", "—")] + [(c, c) for c in classes] + [
-            ("other", "other (describe in the notes)")]
+        self.fields["final_label"].choices = (
+            [("", "—")] + [(c, c) for c in classes] + [("other", "other (describe in the notes)")]
+        )
         if not has_result:
             self.fields["decision"].choices = [("override", "Read without a model result")]
             self.fields["decision"].initial = "override"
@@ -191,8 +225,9 @@ class ReadingForm(forms.Form):
         try:
             return [int(part) for part in text.split(",") if part.strip()]
         except ValueError:
-            raise forms.ValidationError("Reload the page: the shown result is unreadable.",
-                                        code="invalid") from None
+            raise forms.ValidationError(
+                "Reload the page: the shown result is unreadable.", code="invalid"
+            ) from None
 
     def clean(self):
         data = super().clean()
@@ -205,10 +240,12 @@ class AuditFilterForm(forms.Form):
     user = forms.CharField(required=False, max_length=150)
     action = forms.ChoiceField(required=False, choices=[("", "Any action")])
     patient = forms.CharField(label="Patient ID", required=False, max_length=64)
-    date_from = forms.DateField(label="From", required=False,
-                                widget=forms.DateInput(attrs={"type": "date"}))
-    date_to = forms.DateField(label="To", required=False,
-                              widget=forms.DateInput(attrs={"type": "date"}))
+    date_from = forms.DateField(
+        label="From", required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
+    date_to = forms.DateField(
+        label="To", required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -37,8 +37,10 @@ def forbidden_character(value: str, *, identifier: bool = True) -> str | None:
 
 def control_character_problem(ch: str) -> str:
     """The end of a sentence that starts with the value's name."""
-    return (f"contains a control or invisible character (U+{ord(ch):04X}), which it may not hold. "
-            "Type the value again without line breaks, tabs or hidden characters.")
+    return (
+        f"contains a control or invisible character (U+{ord(ch):04X}), which it may not hold. "
+        "Type the value again without line breaks, tabs or hidden characters."
+    )
 
 
 def text_problem(value: str, *, max_length: int, identifier: bool = True) -> tuple[str, str] | None:
@@ -61,8 +63,10 @@ def birth_date_problem(value: dt.date | None, *, today: dt.date) -> str | None:
     if value > today:
         return f"{value.isoformat()} is in the future. Check the patient's birth date."
     if value < EARLIEST_BIRTH_DATE:
-        return (f"{value.isoformat()} is before {EARLIEST_BIRTH_DATE.year}. "
-                "Check the patient's birth date.")
+        return (
+            f"{value.isoformat()} is before {EARLIEST_BIRTH_DATE.year}. "
+            "Check the patient's birth date."
+        )
     return None
 
 
@@ -81,8 +85,11 @@ class Demographics:
     birth_date: dt.date | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "sex": self.sex,
-                "birth_date": self.birth_date.isoformat() if self.birth_date else None}
+        return {
+            "name": self.name,
+            "sex": self.sex,
+            "birth_date": self.birth_date.isoformat() if self.birth_date else None,
+        }
 
 
 def mismatched_fields(stored: Demographics, submitted: Demographics) -> list[str]:

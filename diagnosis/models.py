@@ -102,7 +102,8 @@ class Image(models.Model):
     study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="images")
     original = models.FileField(upload_to=_original_path, max_length=255)
     display = models.FileField(
-        upload_to=_display_path, max_length=255,
+        upload_to=_display_path,
+        max_length=255,
         help_text="The 8-bit grayscale picture shown and analysed: the upload itself when it is an "
         "8-bit grayscale PNG or JPEG as a browser shows it, else a PNG made on upload.",
     )
@@ -114,7 +115,11 @@ class Image(models.Model):
     height = models.PositiveIntegerField()
     source_mode = models.CharField(max_length=64, blank=True)
     duplicate_of = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
         help_text="An earlier image with the same content (same sha256).",
     )
     series_instance_uid = models.CharField(max_length=64, blank=True)
@@ -136,7 +141,9 @@ class Image(models.Model):
     @property
     def display_content_type(self) -> str:
         """The display file's type: a JPEG upload can be its own display copy."""
-        return "image/jpeg" if self.display.name.lower().endswith((".jpg", ".jpeg")) else "image/png"
+        return (
+            "image/jpeg" if self.display.name.lower().endswith((".jpg", ".jpeg")) else "image/png"
+        )
 
 
 class Prediction(models.Model):
@@ -150,7 +157,10 @@ class Prediction(models.Model):
     # Null while no model version is in production: the prediction waits and is assigned the
     # production version when one is promoted.
     model_version = models.ForeignKey(
-        "training.ModelVersion", null=True, blank=True, on_delete=models.PROTECT,
+        "training.ModelVersion",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
         related_name="predictions",
     )
     status = models.CharField(
@@ -184,7 +194,8 @@ class Prediction(models.Model):
                 fields=["image", "model_version"], name="one_prediction_per_image_and_version"
             ),
             models.UniqueConstraint(
-                fields=["image"], condition=Q(model_version__isnull=True),
+                fields=["image"],
+                condition=Q(model_version__isnull=True),
                 name="one_waiting_prediction_per_image",
             ),
         ]
@@ -226,7 +237,9 @@ class Prediction(models.Model):
         if self.probabilities is None:
             return None
         order = list(self.model_version.class_labels) if self.model_version_id else []
-        ordered = {label: self.probabilities[label] for label in order if label in self.probabilities}
+        ordered = {
+            label: self.probabilities[label] for label in order if label in self.probabilities
+        }
         ordered.update({k: v for k, v in self.probabilities.items() if k not in ordered})
         return ordered
 
@@ -253,18 +266,26 @@ class Reading(AppendOnlyModel):
 
     study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="readings")
     prediction = models.ForeignKey(
-        Prediction, null=True, blank=True, on_delete=models.PROTECT, related_name="readings",
+        Prediction,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="readings",
         help_text="The prediction behind the study result's label when signing.",
     )
     model_version = models.ForeignKey(
-        "training.ModelVersion", null=True, blank=True, on_delete=models.PROTECT,
+        "training.ModelVersion",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
         related_name="readings",
     )
     radiologist = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="readings"
     )
     prediction_ids = models.JSONField(
-        default=list, blank=True,
+        default=list,
+        blank=True,
         help_text="The finished predictions of the study result the radiologist saw when signing.",
     )
     agrees_with_model = models.BooleanField(null=True, help_text="None when there was no result.")
@@ -279,7 +300,9 @@ class Reading(AppendOnlyModel):
         ordering = ["-signed_at"]
 
     def __str__(self) -> str:
-        return f"reading of {self.study.accession_number} by {self.radiologist} ({self.final_label})"
+        return (
+            f"reading of {self.study.accession_number} by {self.radiologist} ({self.final_label})"
+        )
 
     @property
     def audit_patient_mrn(self) -> str:
@@ -309,8 +332,10 @@ class ClassHeatmap(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["prediction", "class_label", "method"],
-                                    name="one_heatmap_per_class_and_method"),
+            models.UniqueConstraint(
+                fields=["prediction", "class_label", "method"],
+                name="one_heatmap_per_class_and_method",
+            ),
         ]
 
     def __str__(self) -> str:

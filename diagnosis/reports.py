@@ -46,9 +46,10 @@ def report_context(study: Study) -> dict:
 def result_text(result: StudyResult, *, views: int) -> str:
     """The study result in one sentence (plain text; the templates and the PDF escape it)."""
     if result.label is None:
-        return {"failed": "Needs attention: the analysis of a view failed.",
-                "pending": "The analysis is not finished.",
-                }.get(result.status, "No analysis.")
+        return {
+            "failed": "Needs attention: the analysis of a view failed.",
+            "pending": "The analysis is not finished.",
+        }.get(result.status, "No analysis.")
     text = f"Model result: {result.label} ({result.label_probability:.3f})"
     text += ", flagged: " + ", ".join(result.flagged_classes) if result.flagged else ", not flagged"
     if views > 1:
@@ -91,30 +92,54 @@ def render_pdf(study: Study, *, generated_by=None) -> bytes:
         return Paragraph(_markup(value), cell_style)
 
     buf = io.BytesIO()
-    doc = SimpleDocTemplate(buf, pagesize=A4, leftMargin=18 * mm, rightMargin=18 * mm,
-                            topMargin=16 * mm, bottomMargin=16 * mm,
-                            title=_plain(f"Chest X-ray report {study.accession_number}"))
-    grid = TableStyle([
-        ("GRID", (0, 0), (-1, -1), 0.4, colors.grey),
-        ("BACKGROUND", (0, 0), (0, -1), colors.HexColor("#eef2f6")),
-        ("VALIGN", (0, 0), (-1, -1), "TOP"),
-        ("FONTSIZE", (0, 0), (-1, -1), 9),
-        ("FONTNAME", (0, 0), (-1, -1), font),
-    ])
+    doc = SimpleDocTemplate(
+        buf,
+        pagesize=A4,
+        leftMargin=18 * mm,
+        rightMargin=18 * mm,
+        topMargin=16 * mm,
+        bottomMargin=16 * mm,
+        title=_plain(f"Chest X-ray report {study.accession_number}"),
+    )
+    grid = TableStyle(
+        [
+            ("GRID", (0, 0), (-1, -1), 0.4, colors.grey),
+            ("BACKGROUND", (0, 0), (0, -1), colors.HexColor("#eef2f6")),
+            ("VALIGN", (0, 0), (-1, -1), "TOP"),
+            ("FONTSIZE", (0, 0), (-1, -1), 9),
+            ("FONTNAME", (0, 0), (-1, -1), font),
+        ]
+    )
     patient = study.patient
     story = [
         Paragraph(f"Chest X-ray report — {_markup(study.accession_number)}", styles["Title"]),
         Paragraph(NOTICE, styles["Italic"]),
         Spacer(1, 4 * mm),
-        Table([
-            ["Patient ID", cell(patient.mrn), "Name", cell(patient.name or "—")],
-            ["Sex", cell(patient.get_sex_display() or "—"), "Birth date",
-             patient.birth_date.isoformat() if patient.birth_date else "—"],
-            ["Study date", study.study_date.isoformat() if study.study_date else "—", "View",
-             cell(study.get_view_display() or "—")],
-            ["Priority", cell(study.get_priority_display()), "Uploaded",
-             f"{timezone.localtime(study.created_at):%Y-%m-%d %H:%M}"],
-        ], colWidths=[28 * mm, 55 * mm, 28 * mm, 55 * mm], style=grid),
+        Table(
+            [
+                ["Patient ID", cell(patient.mrn), "Name", cell(patient.name or "—")],
+                [
+                    "Sex",
+                    cell(patient.get_sex_display() or "—"),
+                    "Birth date",
+                    patient.birth_date.isoformat() if patient.birth_date else "—",
+                ],
+                [
+                    "Study date",
+                    study.study_date.isoformat() if study.study_date else "—",
+                    "View",
+                    cell(study.get_view_display() or "—"),
+                ],
+                [
+                    "Priority",
+                    cell(study.get_priority_display()),
+                    "Uploaded",
+                    f"{timezone.localtime(study.created_at):%Y-%m-%d %H:%M}",
+                ],
+            ],
+            colWidths=[28 * mm, 55 * mm, 28 * mm, 55 * mm],
+            style=grid,
+        ),
         Spacer(1, 5 * mm),
         Paragraph("Study result", styles["Heading2"]),
         Paragraph(_markup(ctx["result_text"]), styles["Normal"]),
@@ -149,17 +174,26 @@ def render_pdf(study: Study, *, generated_by=None) -> bytes:
             for label, p, thr, flagged in prediction_bars(prediction)
         ]
         story += [
-            Paragraph(f"This image: <b>{_markup(prediction.label)}</b> — model version "
-                      f"{_markup(version.name)} ({_markup(version.architecture)}), "
-                      f"{_markup(prediction.cam_method)} heatmap of "
-                      f"“{_markup(prediction.cam_class)}”", styles["Normal"]),
+            Paragraph(
+                f"This image: <b>{_markup(prediction.label)}</b> — model version "
+                f"{_markup(version.name)} ({_markup(version.architecture)}), "
+                f"{_markup(prediction.cam_method)} heatmap of "
+                f"“{_markup(prediction.cam_class)}”",
+                styles["Normal"],
+            ),
             Spacer(1, 2 * mm),
-            Table(rows, colWidths=[60 * mm, 30 * mm, 30 * mm], style=TableStyle([
-                ("GRID", (0, 0), (-1, -1), 0.4, colors.grey),
-                ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#eef2f6")),
-                ("FONTSIZE", (0, 0), (-1, -1), 9),
-                ("FONTNAME", (0, 0), (-1, -1), font),
-            ])),
+            Table(
+                rows,
+                colWidths=[60 * mm, 30 * mm, 30 * mm],
+                style=TableStyle(
+                    [
+                        ("GRID", (0, 0), (-1, -1), 0.4, colors.grey),
+                        ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#eef2f6")),
+                        ("FONTSIZE", (0, 0), (-1, -1), 9),
+                        ("FONTNAME", (0, 0), (-1, -1), font),
+                    ]
+                ),
+            ),
             Spacer(1, 5 * mm),
         ]
     story.append(Paragraph("Radiologist's reading", styles["Heading2"]))
@@ -167,23 +201,36 @@ def render_pdf(study: Study, *, generated_by=None) -> bytes:
     if reading is None:
         story.append(Paragraph("Not yet read.", styles["Normal"]))
     else:
-        agreement = {True: "agrees with the model", False: "overrides the model",
-                     None: "no model result"}[reading.agrees_with_model]
+        agreement = {
+            True: "agrees with the model",
+            False: "overrides the model",
+            None: "no model result",
+        }[reading.agrees_with_model]
         signer = reading.radiologist.get_full_name() or reading.radiologist
         story += [
-            Paragraph(f"Final label: <b>{_markup(reading.final_label)}</b> ({agreement})",
-                      styles["Normal"]),
-            Paragraph(f"Signed by {_markup(signer)} "
-                      f"on {timezone.localtime(reading.signed_at):%Y-%m-%d %H:%M}"
-                      + (" (amendment)" if reading.amends_id else ""), styles["Normal"]),
+            Paragraph(
+                f"Final label: <b>{_markup(reading.final_label)}</b> ({agreement})",
+                styles["Normal"],
+            ),
+            Paragraph(
+                f"Signed by {_markup(signer)} "
+                f"on {timezone.localtime(reading.signed_at):%Y-%m-%d %H:%M}"
+                + (" (amendment)" if reading.amends_id else ""),
+                styles["Normal"],
+            ),
         ]
         if reading.notes:
-            story.append(Paragraph(f"Notes: {_markup(reading.notes, newlines=True)}",
-                                   styles["Normal"]))
+            story.append(
+                Paragraph(f"Notes: {_markup(reading.notes, newlines=True)}", styles["Normal"])
+            )
     by = f" by {_markup(generated_by)}" if generated_by is not None else ""
-    story += [Spacer(1, 6 * mm), Paragraph(
-        f"Generated {timezone.localtime(ctx['generated_at']):%Y-%m-%d %H:%M}{by}. {NOTICE}",
-        styles["Italic"])]
+    story += [
+        Spacer(1, 6 * mm),
+        Paragraph(
+            f"Generated {timezone.localtime(ctx['generated_at']):%Y-%m-%d %H:%M}{by}. {NOTICE}",
+            styles["Italic"],
+        ),
+    ]
     doc.build(story)
     return buf.getvalue()
 
@@ -191,8 +238,12 @@ def render_pdf(study: Study, *, generated_by=None) -> bytes:
 # ReportLab's standard fonts cover Latin-1 only: names in Greek, Cyrillic, Arabic, Hebrew... would
 # print as black boxes. DejaVu Sans covers them; it ships with matplotlib (a pinned dependency),
 # so no system font is needed. Faces by the suffix of the Helvetica face a sample style uses.
-_FONT_FACES = {"": "{}", "-Bold": "{}-Bold", "-Oblique": "{}-Oblique",
-               "-BoldOblique": "{}-BoldOblique"}
+_FONT_FACES = {
+    "": "{}",
+    "-Bold": "{}-Bold",
+    "-Oblique": "{}-Oblique",
+    "-BoldOblique": "{}-BoldOblique",
+}
 
 
 @functools.cache
@@ -209,13 +260,18 @@ def _unicode_font() -> str:
     folder = Path(spec.submodule_search_locations[0]) / "mpl-data" / "fonts" / "ttf"
     family = "DejaVuSans"
     try:
-        for suffix, (bold, italic) in {"": (0, 0), "-Bold": (1, 0), "-Oblique": (0, 1),
-                                       "-BoldOblique": (1, 1)}.items():
+        for suffix, (bold, italic) in {
+            "": (0, 0),
+            "-Bold": (1, 0),
+            "-Oblique": (0, 1),
+            "-BoldOblique": (1, 1),
+        }.items():
             pdfmetrics.registerFont(TTFont(family + suffix, str(folder / f"{family}{suffix}.ttf")))
             addMapping(family, bold, italic, family + suffix)
     except OSError:
-        logger.warning("DejaVu Sans not found under %s: PDF reports use Helvetica (Latin-1 only)",
-                       folder)
+        logger.warning(
+            "DejaVu Sans not found under %s: PDF reports use Helvetica (Latin-1 only)", folder
+        )
         return "Helvetica"
     return family
 

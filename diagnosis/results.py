@@ -56,8 +56,10 @@ class StudyResult:
 
     def bars(self) -> list[tuple[str, float, float, bool]]:
         """(class, probability, threshold, flagged) for each class, highest probability first."""
-        return [(label, p, self.thresholds.get(label, 0.5), label in self.flagged_classes)
-                for label, p in sorted(self.probabilities.items(), key=lambda kv: -kv[1])]
+        return [
+            (label, p, self.thresholds.get(label, 0.5), label in self.flagged_classes)
+            for label, p in sorted(self.probabilities.items(), key=lambda kv: -kv[1])
+        ]
 
     def as_dict(self) -> dict:
         """The API's ``result`` object."""
@@ -93,8 +95,14 @@ def study_result(predictions: Iterable[Any]) -> StudyResult:
     if not current:
         return StudyResult(status="none")
     status = _overall_status(current)
-    done = sorted((p for p in current if p.status == DONE and p.probabilities
-                   and p.model_version is not None), key=lambda p: p.pk)
+    done = sorted(
+        (
+            p
+            for p in current
+            if p.status == DONE and p.probabilities and p.model_version is not None
+        ),
+        key=lambda p: p.pk,
+    )
     if not done:
         return StudyResult(status=status)
 
@@ -114,10 +122,17 @@ def study_result(predictions: Iterable[Any]) -> StudyResult:
         if p.model_version.name not in versions:
             versions.append(p.model_version.name)
     return StudyResult(
-        status=status, label=label, probabilities=probabilities, flagged=bool(flagged_classes),
-        flagged_classes=flagged_classes, driving_image=driver.image_id,
-        prediction_ids=[p.pk for p in done], model_version=driver.model_version.name,
-        model_versions=versions, thresholds=thresholds, normal_classes=normal,
+        status=status,
+        label=label,
+        probabilities=probabilities,
+        flagged=bool(flagged_classes),
+        flagged_classes=flagged_classes,
+        driving_image=driver.image_id,
+        prediction_ids=[p.pk for p in done],
+        model_version=driver.model_version.name,
+        model_versions=versions,
+        thresholds=thresholds,
+        normal_classes=normal,
         driving_prediction=driver,
     )
 
@@ -161,13 +176,21 @@ def _class_order(done: list[Any], best: dict[str, tuple[float, Any]]) -> list[st
 def prediction_bars(prediction: Any) -> list[tuple[str, float, float, bool]]:
     """One image's own result as (class, probability, threshold, flagged), highest first:
     flagged (drawn red) only for an abnormal class at or above its threshold."""
-    if prediction is None or prediction.status != DONE or not prediction.probabilities \
-            or prediction.model_version is None:
+    if (
+        prediction is None
+        or prediction.status != DONE
+        or not prediction.probabilities
+        or prediction.model_version is None
+    ):
         return []
     version = prediction.model_version
     return [
-        (label, float(p), version.threshold_for(label),
-         not version.is_normal_label(label) and float(p) >= version.threshold_for(label))
+        (
+            label,
+            float(p),
+            version.threshold_for(label),
+            not version.is_normal_label(label) and float(p) >= version.threshold_for(label),
+        )
         for label, p in sorted(prediction.probabilities.items(), key=lambda kv: -float(kv[1]))
     ]
 
@@ -190,15 +213,18 @@ def reanalysis_notice(predictions: Iterable[Any]) -> ReanalysisNotice | None:
     is the study's result without those replacing predictions (same rule, one step back)."""
     predictions = list(predictions)
     current = current_predictions(predictions)
-    replaced = {c.pk for c in current
-                if any(p.image_id == c.image_id and p.pk != c.pk for p in predictions)}
+    replaced = {
+        c.pk for c in current if any(p.image_id == c.image_id and p.pk != c.pk for p in predictions)
+    }
     if not replaced:
         return None
     newest = max((c for c in current if c.pk in replaced), key=lambda c: (c.queued_at, c.pk))
     previous = study_result([p for p in predictions if p.pk not in replaced])
     return ReanalysisNotice(
         version=newest.model_version.name if newest.model_version is not None else None,
-        at=newest.queued_at, previous_status=previous.status, previous_label=previous.label,
+        at=newest.queued_at,
+        previous_status=previous.status,
+        previous_label=previous.label,
         previous_version=previous.model_version,
         pending=any(c.status in (QUEUED, RUNNING) for c in current if c.pk in replaced),
     )

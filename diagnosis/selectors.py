@@ -38,28 +38,41 @@ def study_list() -> QuerySet[Study]:
     )
 
 
-def worklist(*, q: str = "", status: str = "", finding: str = "", reviewed: str = "",
-             date_from: dt.date | None = None, date_to: dt.date | None = None) -> QuerySet[Study]:
+def worklist(
+    *,
+    q: str = "",
+    status: str = "",
+    finding: str = "",
+    reviewed: str = "",
+    date_from: dt.date | None = None,
+    date_to: dt.date | None = None,
+) -> QuerySet[Study]:
     """Studies in reading order. Unread studies first: those that need attention (a view's
     current analysis failed), then those the study result flags, then the rest; within each,
     by priority (STAT, urgent, routine), longest waiting first. Read studies last, newest first."""
     # A view's current prediction is its latest (diagnosis.results): older ones are history.
     newer = Prediction.objects.filter(image=OuterRef("image"), queued_at__gt=OuterRef("queued_at"))
     current = Prediction.objects.filter(image__study=OuterRef("pk")).filter(~Exists(newer))
-    studies = study_list().annotate(
-        is_reviewed=Exists(Reading.objects.filter(study=OuterRef("pk"))),
-        needs_attention=Exists(current.filter(status=Prediction.Status.FAILED)),
-    ).annotate(
-        sort_group=Case(
-            When(is_reviewed=False, needs_attention=True, then=Value(0)),
-            When(is_reviewed=False, flagged_by_model=True, then=Value(1)),
-            When(is_reviewed=False, then=Value(2)),
-            default=Value(3), output_field=IntegerField(),
+    studies = (
+        study_list()
+        .annotate(
+            is_reviewed=Exists(Reading.objects.filter(study=OuterRef("pk"))),
+            needs_attention=Exists(current.filter(status=Prediction.Status.FAILED)),
+        )
+        .annotate(
+            sort_group=Case(
+                When(is_reviewed=False, needs_attention=True, then=Value(0)),
+                When(is_reviewed=False, flagged_by_model=True, then=Value(1)),
+                When(is_reviewed=False, then=Value(2)),
+                default=Value(3),
+                output_field=IntegerField(),
+            )
         )
     )
     if q:
         studies = studies.filter(
-            Q(patient__mrn__icontains=q) | Q(accession_number__icontains=q)
+            Q(patient__mrn__icontains=q)
+            | Q(accession_number__icontains=q)
             | Q(patient__name__icontains=q)
         )
     studies = _with_status(studies, current, status)
@@ -76,13 +89,16 @@ def worklist(*, q: str = "", status: str = "", finding: str = "", reviewed: str 
     if date_to:
         studies = studies.filter(created_at__date__lte=date_to)
     return studies.order_by(
-        "sort_group", "-priority",
-        Case(When(sort_group=3, then="created_at")).desc(nulls_last=True), "created_at",
+        "sort_group",
+        "-priority",
+        Case(When(sort_group=3, then="created_at")).desc(nulls_last=True),
+        "created_at",
     )
 
 
-def _with_status(studies: QuerySet[Study], current: QuerySet[Prediction],
-                 status: str) -> QuerySet[Study]:
+def _with_status(
+    studies: QuerySet[Study], current: QuerySet[Prediction], status: str
+) -> QuerySet[Study]:
     """The studies whose result has this status (`current`: each view's current prediction):
     failed (needs attention), done (every view), else the views still waiting for a model,
     queued or running; all of them for no status."""
@@ -97,7 +113,8 @@ def _with_status(studies: QuerySet[Study], current: QuerySet[Prediction],
         return studies.filter(needs_attention=True)
     if status == "done":
         return studies.filter(Exists(current)).exclude(
-            Exists(current.exclude(status=Prediction.Status.DONE)))
+            Exists(current.exclude(status=Prediction.Status.DONE))
+        )
     return studies
 
 
@@ -122,17 +139,22 @@ def worklist_token() -> str:
     re-flagged studies show on the next page load). The part before the dot is the newest study
     id, which worklist_new_count() reads back."""
     quote = connection.ops.quote_name
-    newest = ", ".join(f"(SELECT MAX({quote('id')}) FROM {quote(m._meta.db_table)})"
-                       for m in (Study, Prediction, Reading))
+    newest = ", ".join(
+        f"(SELECT MAX({quote('id')}) FROM {quote(m._meta.db_table)})"
+        for m in (Study, Prediction, Reading)
+    )
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT {newest}")
         study_id, *others = cursor.fetchone()
     pending = Prediction.objects.filter(
         status__in=[Prediction.Status.QUEUED, Prediction.Status.RUNNING]
-    ).aggregate(**{
-        f"{name}_{agg.__name__}": agg("id", filter=where)
-        for name, where in _PENDING_BUCKETS.items() for agg in (Count, Sum, Min, Max)
-    })
+    ).aggregate(
+        **{
+            f"{name}_{agg.__name__}": agg("id", filter=where)
+            for name, where in _PENDING_BUCKETS.items()
+            for agg in (Count, Sum, Min, Max)
+        }
+    )
     parts = [study_id, *others, *(pending[k] for k in sorted(pending))]
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).hexdigest()
     return f"{study_id or 0}.{digest}"
@@ -148,8 +170,9 @@ def worklist_new_count(*, since: str, filters: dict) -> int:
 
 
 def known_findings() -> list[str]:
-    return sorted(set(Study.objects.exclude(result_label="").values_list("result_label",
-                                                                          flat=True)))
+    return sorted(
+        set(Study.objects.exclude(result_label="").values_list("result_label", flat=True))
+    )
 
 
 def study_detail(pk: int) -> Study:
@@ -175,19 +198,30 @@ def prediction_for_api(pk: int) -> Prediction:
     """What the API's prediction endpoints read (polled often): the prediction, its image's
     study id, and the version's name, architecture and classes; not the version's metrics and
     curves (JSON parsed on every poll otherwise), nor the image's DICOM tags."""
-    return Prediction.objects.select_related("image", "model_version").only(
-        *(f.name for f in Prediction._meta.concrete_fields),
-        "image__study", "model_version__name", "model_version__architecture",
-        "model_version__class_labels",
-    ).get(pk=pk)
+    return (
+        Prediction.objects.select_related("image", "model_version")
+        .only(
+            *(f.name for f in Prediction._meta.concrete_fields),
+            "image__study",
+            "model_version__name",
+            "model_version__architecture",
+            "model_version__class_labels",
+        )
+        .get(pk=pk)
+    )
 
 
 def prediction_file_for_api(pk: int) -> Prediction:
     """What the API's heatmap downloads read: the prediction's own fields and the patient's
     record number, which the download's audit event names (no further query for it)."""
-    return Prediction.objects.select_related("image__study__patient").only(
-        *(f.name for f in Prediction._meta.concrete_fields), "image__study__patient__mrn",
-    ).get(pk=pk)
+    return (
+        Prediction.objects.select_related("image__study__patient")
+        .only(
+            *(f.name for f in Prediction._meta.concrete_fields),
+            "image__study__patient__mrn",
+        )
+        .get(pk=pk)
+    )
 
 
 def agreement_by_version() -> list[dict]:
@@ -207,9 +241,14 @@ def agreement_by_version() -> list[dict]:
     ]
 
 
-def audit_events(*, user: str = "", action: str = "", patient: str = "",
-                 date_from: dt.date | None = None, date_to: dt.date | None = None
-                 ) -> QuerySet[AuditEvent]:
+def audit_events(
+    *,
+    user: str = "",
+    action: str = "",
+    patient: str = "",
+    date_from: dt.date | None = None,
+    date_to: dt.date | None = None,
+) -> QuerySet[AuditEvent]:
     events = AuditEvent.objects.all()
     if user:
         events = events.filter(username__icontains=user)

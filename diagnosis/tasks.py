@@ -37,8 +37,9 @@ def reconcile_predictions() -> dict:
     return predictions_reconcile()
 
 
-@shared_task(bind=True, acks_late=True, autoretry_for=(DatabaseError,), retry_backoff=True,
-             max_retries=5)
+@shared_task(
+    bind=True, acks_late=True, autoretry_for=(DatabaseError,), retry_backoff=True, max_retries=5
+)
 def run_class_heatmap(self, heatmap_id: int) -> str:
     from diagnosis.worker.heatmaps import class_heatmap_run
 

@@ -33,8 +33,13 @@ def run_python(
     """``python -c code args...`` in a fresh interpreter at the repository root, with the
     repository on its path and ``env`` added to this environment; output captured as text."""
     return subprocess.run(
-        [sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True,
-        timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, **kwargs,
+        [sys.executable, "-c", code, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        **kwargs,
     )
 
 
@@ -150,7 +155,9 @@ def model_version(db, state_dict_file):
     from training.services import model_version_import
 
     return model_version_import(
-        path=state_dict_file("mobilenet_v2"), architecture="mobilenet_v2", classes=CLASSES,
+        path=state_dict_file("mobilenet_v2"),
+        architecture="mobilenet_v2",
+        classes=CLASSES,
         name="test-mobilenet",
     )
 
@@ -229,7 +236,11 @@ def celery_worker(_broker, transactional_db) -> Iterator[object]:
     task_postrun.connect(close_connections, weak=False)
     try:
         with start_worker(
-            app, pool="solo", concurrency=1, perform_ping_check=False, queues=["inference"],
+            app,
+            pool="solo",
+            concurrency=1,
+            perform_ping_check=False,
+            queues=["inference"],
             shutdown_timeout=30,
         ) as worker:
             yield worker
@@ -237,8 +248,9 @@ def celery_worker(_broker, transactional_db) -> Iterator[object]:
         task_postrun.disconnect(close_connections)
 
 
-def wait_for(predicate: Callable[[], object], *, timeout: float = 90, interval: float = 0.2,
-             what: str = "") -> object:
+def wait_for(
+    predicate: Callable[[], object], *, timeout: float = 90, interval: float = 0.2, what: str = ""
+) -> object:
     """Poll until predicate() is truthy and return its value; AssertionError after timeout
     (callers may catch it to add what they know). Shared by the integration and fault tests."""
     deadline = time.monotonic() + timeout
@@ -247,8 +259,10 @@ def wait_for(predicate: Callable[[], object], *, timeout: float = 90, interval: 
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for "
-                                 f"{what or predicate.__doc__ or predicate}")
+            raise AssertionError(
+                f"timed out after {timeout:.0f}s waiting for "
+                f"{what or predicate.__doc__ or predicate}"
+            )
         time.sleep(interval)
 
 
@@ -273,7 +287,9 @@ def browser() -> Iterator[object]:
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
 
     if not os.path.exists(CHROMIUM):
-        pytest.fail(f"Chromium not found at {CHROMIUM}: install Debian's `chromium` (make test does).")
+        pytest.fail(
+            f"Chromium not found at {CHROMIUM}: install Debian's `chromium` (make test does)."
+        )
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield browser

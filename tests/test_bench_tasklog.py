@@ -50,7 +50,8 @@ def test_the_skipped_messages_cost_is_read_per_pool_process_from_the_apps_log_fo
 
 def test_a_log_without_process_ids_is_refused_with_a_reason(tmp_path, capsys):
     log = tmp_path / "worker0.log"
-    log.write_text("2026-12-04 06:10:32,253 INFO celery.app.trace: Task x[y] succeeded in "
-                   "0.9s: 'done'\n")
+    log.write_text(
+        "2026-12-04 06:10:32,253 INFO celery.app.trace: Task x[y] succeeded in 0.9s: 'done'\n"
+    )
     assert tasklog.main([str(log)]) == 1
     assert "no finished tasks with a process id" in capsys.readouterr().err

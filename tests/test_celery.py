@@ -45,7 +45,8 @@ def test_a_task_that_outlasts_the_visibility_timeout_is_acknowledged_early(app):
             long_running.append(name)
             assert task.acks_late is False, (
                 f"{name} may run {limit} s, beyond the visibility timeout ({visibility} s), "
-                "and is acknowledged late: set acks_late=False on it")
+                "and is acknowledged late: set acks_late=False on it"
+            )
     assert training_dispatch.RUN_TRAINING in long_running  # the check above is not vacuous
 
 

@@ -35,15 +35,24 @@ def _commands(tmp_path: Path) -> list[tuple[str, list[str]]]:
     (tmp_path / ".env").write_text("SECRET_KEY=x\n")
     log = tmp_path / "commands.log"
     subprocess.run(
-        ["bash", str(tmp_path / "scripts" / "run.sh")], cwd=tmp_path, timeout=60, check=False,
+        ["bash", str(tmp_path / "scripts" / "run.sh")],
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
         capture_output=True,
-        env={"PATH": "/usr/bin:/bin", "CELERY_BROKER_URL": "redis://127.0.0.1:1/0",
-             "CXR_FAKE_LOG": str(log), "CXR_VAR_DIR": str(tmp_path / "var"),
-             "CXR_WORKERS": "4"},
+        env={
+            "PATH": "/usr/bin:/bin",
+            "CELERY_BROKER_URL": "redis://127.0.0.1:1/0",
+            "CXR_FAKE_LOG": str(log),
+            "CXR_VAR_DIR": str(tmp_path / "var"),
+            "CXR_WORKERS": "4",
+        },
     )
     lines = log.read_text().splitlines()
-    return [(line.split(" ", 1)[0].removeprefix("NICE="), shlex.split(line.split(" ", 1)[1]))
-            for line in lines]
+    return [
+        (line.split(" ", 1)[0].removeprefix("NICE="), shlex.split(line.split(" ", 1)[1]))
+        for line in lines
+    ]
 
 
 def _option(argv: list[str], name: str) -> str:
@@ -52,8 +61,11 @@ def _option(argv: list[str], name: str) -> str:
 
 def test_run_starts_an_inference_worker_and_a_training_worker_of_one_process(tmp_path):
     commands = _commands(tmp_path)
-    workers = {_option(argv, "-Q"): (nice, argv) for nice, argv in commands
-               if argv[:2] == ["-m", "celery"] and "worker" in argv}
+    workers = {
+        _option(argv, "-Q"): (nice, argv)
+        for nice, argv in commands
+        if argv[:2] == ["-m", "celery"] and "worker" in argv
+    }
     assert set(workers) == {"inference,maintenance", "training"}, commands
 
     nice, inference = workers["inference,maintenance"]
@@ -86,7 +98,9 @@ def test_a_training_run_is_acknowledged_early_whatever_the_global_late_ack():
     # A run outlasts the broker's visibility timeout: a late ack would have Redis hand it out
     # again while it runs (see run_training's docstring).
     assert settings.CELERY_TASK_ACKS_LATE
-    assert (settings.CXR_TRAINING_TIME_LIMIT
-            > settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"])
+    assert (
+        settings.CXR_TRAINING_TIME_LIMIT
+        > settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
+    )
     assert run_training.acks_late is False
     assert run_training.time_limit == settings.CXR_TRAINING_TIME_LIMIT

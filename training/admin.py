@@ -9,12 +9,27 @@ from training.signals import model_version_rule_changed, send_and_count
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
-    list_display = ("name", "architecture", "status", "classes", "created_at", "promoted_at",
-                    "promoted_by")
+    list_display = (
+        "name",
+        "architecture",
+        "status",
+        "classes",
+        "created_at",
+        "promoted_at",
+        "promoted_by",
+    )
     list_filter = ("status", "architecture")
     search_fields = ("name", "architecture", "sha256")
-    readonly_fields = ("sha256", "weights", "status", "promoted_at", "promoted_by",
-                       "promotion_reason", "created_at", "created_by")
+    readonly_fields = (
+        "sha256",
+        "weights",
+        "status",
+        "promoted_at",
+        "promoted_by",
+        "promotion_reason",
+        "created_at",
+        "created_by",
+    )
     actions = ["promote", "promote_and_rerun_open"]
 
     @admin.display(description="classes")
@@ -30,8 +45,9 @@ class ModelVersionAdmin(admin.ModelAdmin):
         if change and {"normal_classes", "thresholds"} & set(form.changed_data):
             # Flags follow the new rule at once: the worklist sorts by the stored result.
             count = send_and_count(model_version_rule_changed, version=obj)
-            self.message_user(request, f"The results of {count} studies were updated.",
-                              messages.INFO)
+            self.message_user(
+                request, f"The results of {count} studies were updated.", messages.INFO
+            )
 
     @admin.action(description="Promote the selected version to production (or roll back to it)")
     def promote(self, request, queryset):
@@ -39,28 +55,43 @@ class ModelVersionAdmin(admin.ModelAdmin):
             self.message_user(request, "Select exactly one version to promote.", messages.ERROR)
             return
         version = queryset.get()
-        model_version_promote(version=version, promoted_by=request.user, request=request,
-                              reason=f"promoted in the admin by {request.user}")
+        model_version_promote(
+            version=version,
+            promoted_by=request.user,
+            request=request,
+            reason=f"promoted in the admin by {request.user}",
+        )
         self.message_user(request, f"{version.name} is now in production.", messages.SUCCESS)
 
-    @admin.action(description="Promote the selected version (or roll back to it) and re-run open "
-                              "(unsigned) studies with it")
+    @admin.action(
+        description="Promote the selected version (or roll back to it) and re-run open "
+        "(unsigned) studies with it"
+    )
     def promote_and_rerun_open(self, request, queryset):
         if queryset.count() != 1:
             self.message_user(request, "Select exactly one version to promote.", messages.ERROR)
             return
         version = model_version_promote(
-            version=queryset.get(), promoted_by=request.user, request=request,
-            reason=f"promoted in the admin by {request.user}", rerun_open=True,
+            version=queryset.get(),
+            promoted_by=request.user,
+            request=request,
+            reason=f"promoted in the admin by {request.user}",
+            rerun_open=True,
         )
         rerun = version.reanalysis
         if rerun is None:
-            self.message_user(request, f"{version.name} was already in production; nothing was "
-                                       "re-run.", messages.INFO)
+            self.message_user(
+                request,
+                f"{version.name} was already in production; nothing was re-run.",
+                messages.INFO,
+            )
             return
-        self.message_user(request, f"{version.name} is now in production; {rerun.queued} images "
-                                   f"of {rerun.studies} open studies queued for re-analysis.",
-                          messages.SUCCESS)
+        self.message_user(
+            request,
+            f"{version.name} is now in production; {rerun.queued} images "
+            f"of {rerun.studies} open studies queued for re-analysis.",
+            messages.SUCCESS,
+        )
 
 
 @admin.register(ModelPromotion)

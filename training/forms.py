@@ -13,12 +13,21 @@ from training.models import Dataset, ModelVersion
 ARCHITECTURES: tuple[str, ...] = ARCHITECTURE_NAMES
 
 STRATEGY_CHOICES = [
-    ("head", "Head only: train the new classifier, backbone frozen. Fast; a good first run "
-             f"(default learning rate {DEFAULT_LR['head']:g})."),
-    ("partial", "Partial: also unfreeze the last backbone blocks, so the deepest features adapt "
-                f"to X-rays (default learning rate {DEFAULT_LR['partial']:g})."),
-    ("full", "Full: fine-tune every layer at a small learning rate; needs the most images and "
-             f"time (default learning rate {DEFAULT_LR['full']:g})."),
+    (
+        "head",
+        "Head only: train the new classifier, backbone frozen. Fast; a good first run "
+        f"(default learning rate {DEFAULT_LR['head']:g}).",
+    ),
+    (
+        "partial",
+        "Partial: also unfreeze the last backbone blocks, so the deepest features adapt "
+        f"to X-rays (default learning rate {DEFAULT_LR['partial']:g}).",
+    ),
+    (
+        "full",
+        "Full: fine-tune every layer at a small learning rate; needs the most images and "
+        f"time (default learning rate {DEFAULT_LR['full']:g}).",
+    ),
 ]
 
 WEIGHTS_CHOICES = [
@@ -52,19 +61,28 @@ class DatasetChoiceField(forms.ModelChoiceField):
 class DatasetRegisterForm(forms.Form):
     name = forms.CharField(max_length=120, help_text="A short unique name, e.g. kermany-2018.")
     root = forms.CharField(
-        label="Folder", max_length=500,
+        label="Folder",
+        max_length=500,
         help_text="The folder with one sub-folder per class, as the training workers see it.",
     )
     seed = forms.IntegerField(
-        label="Split seed", min_value=0, initial=0,
+        label="Split seed",
+        min_value=0,
+        initial=0,
         help_text="The same seed on the same folder gives the same train/validation/test split.",
     )
     val_fraction = forms.FloatField(
-        label="Validation fraction", min_value=0.01, max_value=0.49, initial=0.15,
+        label="Validation fraction",
+        min_value=0.01,
+        max_value=0.49,
+        initial=0.15,
         widget=forms.NumberInput(attrs={"step": "0.01"}),
     )
     test_fraction = forms.FloatField(
-        label="Test fraction", min_value=0.01, max_value=0.49, initial=0.15,
+        label="Test fraction",
+        min_value=0.01,
+        max_value=0.49,
+        initial=0.15,
         widget=forms.NumberInput(attrs={"step": "0.01"}),
     )
 
@@ -74,46 +92,71 @@ class TrainingRunForm(forms.Form):
     whole configuration again (TrainingRejected)."""
 
     dataset = DatasetChoiceField(queryset=Dataset.objects.none(), empty_label=None)
-    architecture = forms.ChoiceField(choices=[(a, a) for a in ARCHITECTURES],
-                                     initial="resnet18")
-    weights = forms.ChoiceField(label="Starting weights", choices=WEIGHTS_CHOICES,
-                                initial="imagenet", widget=forms.RadioSelect)
-    weights_path = forms.CharField(
-        label="Weights file path", max_length=500, required=False,
-        help_text="Only with “a backbone weights file”: a state dict of the same architecture "
-                  "(e.g. a CXR-pretrained backbone), as the training workers see it.",
+    architecture = forms.ChoiceField(choices=[(a, a) for a in ARCHITECTURES], initial="resnet18")
+    weights = forms.ChoiceField(
+        label="Starting weights",
+        choices=WEIGHTS_CHOICES,
+        initial="imagenet",
+        widget=forms.RadioSelect,
     )
-    strategy = forms.ChoiceField(label="Fine-tuning strategy", choices=STRATEGY_CHOICES,
-                                 initial="head", widget=forms.RadioSelect)
+    weights_path = forms.CharField(
+        label="Weights file path",
+        max_length=500,
+        required=False,
+        help_text="Only with “a backbone weights file”: a state dict of the same architecture "
+        "(e.g. a CXR-pretrained backbone), as the training workers see it.",
+    )
+    strategy = forms.ChoiceField(
+        label="Fine-tuning strategy",
+        choices=STRATEGY_CHOICES,
+        initial="head",
+        widget=forms.RadioSelect,
+    )
     epochs = forms.IntegerField(min_value=1, max_value=500, initial=10)
     batch_size = forms.IntegerField(label="Batch size", min_value=1, max_value=1024, initial=16)
     lr = forms.FloatField(
-        label="Learning rate", required=False, min_value=1e-7, max_value=1.0,
+        label="Learning rate",
+        required=False,
+        min_value=1e-7,
+        max_value=1.0,
         widget=forms.NumberInput(attrs={"step": "any", "placeholder": "strategy default"}),
         help_text="Blank: the strategy's default (head 0.001, partial 0.0003, full 0.0001).",
     )
     warmup_head_epochs = forms.IntegerField(
-        label="Warm-up head epochs (full only)", min_value=0, initial=0,
+        label="Warm-up head epochs (full only)",
+        min_value=0,
+        initial=0,
         help_text="Full fine-tuning: train the new head alone first, so its random weights do "
-                  "not disturb the pretrained backbone. Fewer than the epochs.",
+        "not disturb the pretrained backbone. Fewer than the epochs.",
     )
     unfreeze_blocks = forms.IntegerField(
-        label="Blocks to unfreeze (partial only)", min_value=1, max_value=20, initial=2,
+        label="Blocks to unfreeze (partial only)",
+        min_value=1,
+        max_value=20,
+        initial=2,
         help_text="Partial: how many of the last backbone blocks train (ResNet: layer4 is one).",
     )
-    imbalance = forms.ChoiceField(label="Class imbalance", choices=IMBALANCE_CHOICES,
-                                  initial="weighted_loss")
+    imbalance = forms.ChoiceField(
+        label="Class imbalance", choices=IMBALANCE_CHOICES, initial="weighted_loss"
+    )
     hflip = forms.BooleanField(
-        label="Horizontal flips", required=False, initial=False,
+        label="Horizontal flips",
+        required=False,
+        initial=False,
         help_text="Off by default: the heart is on the left, and a flipped chest is not a "
-                  "normal chest.",
+        "normal chest.",
     )
     early_stopping_patience = forms.IntegerField(
-        label="Early-stopping patience", min_value=0, max_value=100, initial=3,
+        label="Early-stopping patience",
+        min_value=0,
+        max_value=100,
+        initial=3,
         help_text="Stop after this many epochs without a better validation loss; 0 = never.",
     )
     max_steps_per_epoch = forms.IntegerField(
-        label="Max steps per epoch", min_value=1, required=False,
+        label="Max steps per epoch",
+        min_value=1,
+        required=False,
         help_text="Blank: the whole training split every epoch. Set it for a quick trial run.",
     )
     seed = forms.IntegerField(min_value=0, initial=0)
@@ -125,20 +168,24 @@ class TrainingRunForm(forms.Form):
     def clean(self) -> dict[str, Any]:
         data = super().clean()
         if data.get("weights") == "file" and not (data.get("weights_path") or "").strip():
-            self.add_error("weights_path", "Give the path of the weights file, or choose "
-                                           "ImageNet or none.")
+            self.add_error(
+                "weights_path", "Give the path of the weights file, or choose ImageNet or none."
+            )
         strategy = data.get("strategy")
         if data.get("warmup_head_epochs") and strategy and strategy != "full":
-            self.add_error("warmup_head_epochs",
-                           "Warm-up head epochs only apply to full fine-tuning: set 0, or "
-                           "choose the full strategy.")
+            self.add_error(
+                "warmup_head_epochs",
+                "Warm-up head epochs only apply to full fine-tuning: set 0, or "
+                "choose the full strategy.",
+            )
         return data
 
     def config(self) -> dict[str, Any]:
         """The TrainConfig dict (training.ml.train.config.TrainConfig.from_dict) for the service."""
         d = self.cleaned_data
-        weights = {"imagenet": "imagenet", "none": None}.get(d["weights"],
-                                                            (d["weights_path"] or "").strip())
+        weights = {"imagenet": "imagenet", "none": None}.get(
+            d["weights"], (d["weights_path"] or "").strip()
+        )
         return {
             "arch": d["architecture"],
             "weights": weights,
@@ -162,9 +209,10 @@ class EvaluationForm(forms.Form):
     # As evaluate_model --skip-unknown-classes: an external dataset often has classes the model
     # was never trained on (a "Tuberculosis" folder for a NORMAL/PNEUMONIA model).
     skip_unknown_classes = forms.BooleanField(
-        required=False, label="Leave out classes the model lacks",
+        required=False,
+        label="Leave out classes the model lacks",
         help_text="Images of dataset classes the model does not know are left out (and listed "
-                  "with the result); without this, such a dataset fails.",
+        "with the result); without this, such a dataset fails.",
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -174,22 +222,25 @@ class EvaluationForm(forms.Form):
 
 class PromoteForm(forms.Form):
     reason = forms.CharField(
-        max_length=2000, strip=True,
+        max_length=2000,
+        strip=True,
         widget=forms.Textarea(attrs={"rows": 2}),
         help_text="Why this version should read the next studies (kept in the promotion history "
-                  "and the audit trail).",
+        "and the audit trail).",
         error_messages={"required": "Give a reason: it is kept in the promotion history."},
     )
     rerun_open = forms.BooleanField(
-        required=False, label="Re-run open (unsigned) studies with this version",
-        help_text="Their earlier results are kept as history; the re-runs wait behind new "
-                  "uploads.",
+        required=False,
+        label="Re-run open (unsigned) studies with this version",
+        help_text="Their earlier results are kept as history; the re-runs wait behind new uploads.",
     )
 
 
 class CompareForm(forms.Form):
     candidate = forms.ModelChoiceField(
-        queryset=ModelVersion.objects.all(), empty_label=None, label="Candidate version",
+        queryset=ModelVersion.objects.all(),
+        empty_label=None,
+        label="Candidate version",
     )
     dataset = DatasetChoiceField(queryset=Dataset.objects.none(), empty_label=None)
 

@@ -21,14 +21,19 @@ class ModelVersion(models.Model):
 
     name = models.CharField(max_length=120, unique=True)
     architecture = models.CharField(max_length=40)
-    class_labels = models.JSONField(help_text="Ordered class labels: output i of the model is class i.")
+    class_labels = models.JSONField(
+        help_text="Ordered class labels: output i of the model is class i."
+    )
     input_size = models.PositiveIntegerField(default=224)
     mean = models.JSONField(default=list)
     std = models.JSONField(default=list)
     temperature = models.FloatField(default=1.0, help_text="Softmax temperature (calibration).")
-    thresholds = models.JSONField(default=dict, blank=True, help_text="Operating threshold per class.")
+    thresholds = models.JSONField(
+        default=dict, blank=True, help_text="Operating threshold per class."
+    )
     normal_classes = models.JSONField(
-        null=True, blank=True,
+        null=True,
+        blank=True,
         help_text='The classes that mean "no finding", e.g. ["NORMAL"]: any other class at or '
         "above its operating threshold flags a study. Empty: every class is a finding. Left "
         "blank, the classes named normal / no finding / healthy / negative.",
@@ -49,7 +54,10 @@ class ModelVersion(models.Model):
     )
     promotion_reason = models.TextField(blank=True)
     training_run = models.OneToOneField(
-        "TrainingRun", null=True, blank=True, on_delete=models.SET_NULL,
+        "TrainingRun",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
         related_name="model_version",
     )
 
@@ -98,15 +106,22 @@ class ModelVersion(models.Model):
         wanted = {c.strip().lower() for c in self.normal_classes}
         known = {str(c).strip().lower() for c in self.class_labels or []}
         if wanted - known:
-            raise ValidationError({"normal_classes": (
-                f"Not classes of this version: {', '.join(sorted(wanted - known))}. "
-                f"Choose among {', '.join(self.class_labels or [])}."
-            )})
+            raise ValidationError(
+                {
+                    "normal_classes": (
+                        f"Not classes of this version: {', '.join(sorted(wanted - known))}. "
+                        f"Choose among {', '.join(self.class_labels or [])}."
+                    )
+                }
+            )
 
     def is_normal_label(self, label: str) -> bool:
         """Whether `label` is one of the version's normal classes (case-insensitive)."""
-        normal = (self.normal_classes if self.normal_classes is not None
-                  else self.default_normal_classes(self.class_labels or []))
+        normal = (
+            self.normal_classes
+            if self.normal_classes is not None
+            else self.default_normal_classes(self.class_labels or [])
+        )
         return label.strip().lower() in {str(c).strip().lower() for c in normal}
 
     def flags(self, label: str, probability: float) -> bool:
@@ -127,7 +142,9 @@ class ModelVersion(models.Model):
 class ModelPromotion(models.Model):
     """History of production changes: who put which version into production, when and why."""
 
-    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="promotions")
+    model_version = models.ForeignKey(
+        ModelVersion, on_delete=models.PROTECT, related_name="promotions"
+    )
     previous_version = models.ForeignKey(
         ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
@@ -205,8 +222,9 @@ class TrainingRun(models.Model):
     strategy = models.CharField(max_length=8, choices=Strategy.choices)
     weights = models.CharField(max_length=500, help_text="imagenet, none, or a weights file path")
     config = models.JSONField(default=dict, help_text="training.ml.train.TrainConfig")
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED,
-                              db_index=True)
+    status = models.CharField(
+        max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True
+    )
     error = models.TextField(blank=True)
     progress = models.JSONField(default=dict, blank=True)
     history = models.JSONField(default=list, blank=True)
@@ -261,8 +279,9 @@ class Evaluation(models.Model):
         DONE = "done", "Done"
         FAILED = "failed", "Failed"
 
-    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT,
-                                      related_name="evaluations")
+    model_version = models.ForeignKey(
+        ModelVersion, on_delete=models.PROTECT, related_name="evaluations"
+    )
     dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="evaluations")
     split = models.CharField(max_length=8, default="test", help_text="test, val, train or all")
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.QUEUED)

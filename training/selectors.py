@@ -14,8 +14,11 @@ ACTIVE_EVALUATION = (Evaluation.Status.QUEUED, Evaluation.Status.RUNNING)
 
 
 def production_version() -> ModelVersion | None:
-    return (ModelVersion.objects.select_related("promoted_by", "training_run")
-            .filter(status=ModelVersion.Status.PRODUCTION).first())
+    return (
+        ModelVersion.objects.select_related("promoted_by", "training_run")
+        .filter(status=ModelVersion.Status.PRODUCTION)
+        .first()
+    )
 
 
 def version_list() -> QuerySet[ModelVersion]:
@@ -31,31 +34,39 @@ def version_detail(pk: int) -> ModelVersion:
 
 
 def version_evaluations(version: ModelVersion) -> QuerySet[Evaluation]:
-    return (Evaluation.objects.filter(model_version=version)
-            .select_related("dataset", "created_by").defer("curves", "dataset__scan"))
+    return (
+        Evaluation.objects.filter(model_version=version)
+        .select_related("dataset", "created_by")
+        .defer("curves", "dataset__scan")
+    )
 
 
 def version_promotions(version: ModelVersion) -> QuerySet[ModelPromotion]:
     """The production changes this version took part in: put in, or replaced."""
-    return (ModelPromotion.objects
-            .filter(Q(model_version=version) | Q(previous_version=version))
-            .select_related("model_version", "previous_version", "promoted_by"))
+    return ModelPromotion.objects.filter(
+        Q(model_version=version) | Q(previous_version=version)
+    ).select_related("model_version", "previous_version", "promoted_by")
 
 
 def promotion_history(limit: int = 20) -> QuerySet[ModelPromotion]:
     return ModelPromotion.objects.select_related(
-        "model_version", "previous_version", "promoted_by")[:limit]
+        "model_version", "previous_version", "promoted_by"
+    )[:limit]
 
 
 def run_list() -> QuerySet[TrainingRun]:
     # The reverse one-to-one (the candidate version a run made) joins in the same query.
-    return (TrainingRun.objects.select_related("dataset", "created_by", "model_version")
-            .defer("history", "dataset__scan", "dataset__split"))
+    return TrainingRun.objects.select_related("dataset", "created_by", "model_version").defer(
+        "history", "dataset__scan", "dataset__split"
+    )
 
 
 def run_detail(pk: int) -> TrainingRun:
-    return (TrainingRun.objects.select_related("dataset", "created_by", "model_version")
-            .defer("dataset__scan").get(pk=pk))
+    return (
+        TrainingRun.objects.select_related("dataset", "created_by", "model_version")
+        .defer("dataset__scan")
+        .get(pk=pk)
+    )
 
 
 def run_version(run: TrainingRun) -> ModelVersion | None:
@@ -88,18 +99,21 @@ def dataset_class_table(dataset: Dataset) -> list[dict[str, Any]]:
         per_split[name] = counts
     rows = []
     for i, name in enumerate(dataset.classes or []):
-        rows.append({
-            "name": name,
-            "total": (dataset.class_counts or {}).get(name, 0),
-            "train": per_split["train"][i],
-            "val": per_split["val"][i],
-            "test": per_split["test"][i],
-        })
+        rows.append(
+            {
+                "name": name,
+                "total": (dataset.class_counts or {}).get(name, 0),
+                "train": per_split["train"][i],
+                "val": per_split["val"][i],
+                "test": per_split["test"][i],
+            }
+        )
     return rows
 
 
-def latest_evaluation(version: ModelVersion, dataset: Dataset,
-                      split: str = "test") -> Evaluation | None:
+def latest_evaluation(
+    version: ModelVersion, dataset: Dataset, split: str = "test"
+) -> Evaluation | None:
     """The newest evaluation of a version on a dataset's split: a finished one if any, else the
     newest queued or running one, else the newest failed one."""
     evaluations = Evaluation.objects.filter(model_version=version, dataset=dataset, split=split)

@@ -13,8 +13,12 @@ def scan_dataset(dataset_id: int) -> None:
     dataset_scan(dataset_id=dataset_id)
 
 
-@shared_task(ignore_result=True, acks_late=False, time_limit=settings.CXR_TRAINING_TIME_LIMIT,
-             soft_time_limit=settings.CXR_TRAINING_TIME_LIMIT - 60)
+@shared_task(
+    ignore_result=True,
+    acks_late=False,
+    time_limit=settings.CXR_TRAINING_TIME_LIMIT,
+    soft_time_limit=settings.CXR_TRAINING_TIME_LIMIT - 60,
+)
 def run_training(run_id: int) -> None:
     """Train one queued run (on the `training` queue, its own worker under `make run`).
 

@@ -23,8 +23,11 @@ urlpatterns = [
     path("models/<int:pk>/evaluate/", versions.version_evaluate, name="version-evaluate"),
     path("models/<int:pk>/promote/", versions.version_promote, name="version-promote"),
     path("models/<int:pk>/checkpoint.pt", versions.version_checkpoint, name="version-checkpoint"),
-    path("evaluations/<int:pk>/plots/<str:kind>.png", versions.evaluation_plot,
-         name="evaluation-plot"),
+    path(
+        "evaluations/<int:pk>/plots/<str:kind>.png",
+        versions.evaluation_plot,
+        name="evaluation-plot",
+    ),
     path("compare/", compare.compare, name="compare"),
     path("compare/results/", compare.compare_results, name="compare-results"),
 ]

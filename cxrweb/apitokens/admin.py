@@ -33,6 +33,7 @@ class ApiTokenAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Revoke selected tokens", permissions=["revoke"])
     def revoke_selected(self, request, queryset) -> None:
-        count = services.tokens_revoke(tokens=queryset, actor=request.user, via="admin",
-                                       request=request)
+        count = services.tokens_revoke(
+            tokens=queryset, actor=request.user, via="admin", request=request
+        )
         self.message_user(request, f"Revoked {count} token(s).", messages.SUCCESS)

@@ -49,14 +49,16 @@ class TokenAuthentication(knox_auth.TokenAuthentication):
         if auth_token.is_expired:
             raise exceptions.AuthenticationFailed(
                 f"Token expired at {timezone.localtime(auth_token.expiry):%Y-%m-%d %H:%M}. "
-                "Ask an administrator for a new one.")
+                "Ask an administrator for a new one."
+            )
         n_user = n_token + len(user_cols)
         user = _from_db(get_user_model(), user_cols, row[n_token:n_user], connection)
         if not user.is_active:
             raise exceptions.AuthenticationFailed("User inactive or deleted.")
         is_radiologist, is_admin = row[n_user:]
         user._cxr_roles = frozenset(
-            name for name, held in ((RADIOLOGIST_GROUP, is_radiologist), (ADMIN_GROUP, is_admin))
+            name
+            for name, held in ((RADIOLOGIST_GROUP, is_radiologist), (ADMIN_GROUP, is_admin))
             if held
         )
         auth_token.user = user
@@ -90,8 +92,12 @@ def _token_user_query() -> tuple[str, list[Col], list[Col]]:
     user_col = through.get_field(groups.m2m_field_name()).column
     group_col = through.get_field(groups.m2m_reverse_field_name()).column
     token = ApiToken._meta
-    columns = ", ".join([*(f"t.{q(f.column)}" for f in token.concrete_fields),
-                         *(f"u.{q(f.column)}" for f in user_model._meta.concrete_fields)])
+    columns = ", ".join(
+        [
+            *(f"t.{q(f.column)}" for f in token.concrete_fields),
+            *(f"u.{q(f.column)}" for f in user_model._meta.concrete_fields),
+        ]
+    )
     has_role = (
         f"EXISTS (SELECT 1 FROM {q(through.db_table)} ug INNER JOIN {q(group.db_table)} g "
         f"ON g.{q(group.pk.column)} = ug.{q(group_col)} "
@@ -103,5 +109,8 @@ def _token_user_query() -> tuple[str, list[Col], list[Col]]:
         f"ON u.{q(user_model._meta.pk.column)} = t.{q(token.get_field('user').column)} "
         f"WHERE t.{q(token.get_field('token_key').column)} = %s"
     )
-    return (sql, [f.get_col("t") for f in token.concrete_fields],
-            [f.get_col("u") for f in user_model._meta.concrete_fields])
+    return (
+        sql,
+        [f.get_col("t") for f in token.concrete_fields],
+        [f.get_col("u") for f in user_model._meta.concrete_fields],
+    )

@@ -19,8 +19,9 @@ class ApiToken(AbstractAuthToken):
     id = models.BigAutoField(primary_key=True)
     digest = models.CharField(max_length=CONSTANTS.DIGEST_LENGTH, unique=True)
     expiry = models.DateTimeField(help_text="The token stops working at this time.")
-    name = models.CharField(max_length=100, blank=True,
-                            help_text="What the token is for (a client, a script).")
+    name = models.CharField(
+        max_length=100, blank=True, help_text="What the token is for (a client, a script)."
+    )
 
     class Meta:
         ordering = ["-created"]

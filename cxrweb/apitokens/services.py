@@ -21,9 +21,15 @@ class TokenExpiryTooLong(ValueError):
     """A token asked for with a lifetime over CXR_API_TOKEN_MAX_TTL_DAYS."""
 
 
-def token_create(*, user: AbstractBaseUser, expiry_days: int | None = None, name: str = "",
-                 actor: AbstractBaseUser | None = None, via: str,
-                 request=None) -> tuple[ApiToken, str]:
+def token_create(
+    *,
+    user: AbstractBaseUser,
+    expiry_days: int | None = None,
+    name: str = "",
+    actor: AbstractBaseUser | None = None,
+    via: str,
+    request=None,
+) -> tuple[ApiToken, str]:
     """Issue a token for `user`; returns the row and the key, which is not stored anywhere.
 
     Raises TokenExpiryTooLong when `expiry_days` exceeds CXR_API_TOKEN_MAX_TTL_DAYS."""
@@ -31,16 +37,24 @@ def token_create(*, user: AbstractBaseUser, expiry_days: int | None = None, name
     if days > settings.CXR_API_TOKEN_MAX_TTL_DAYS:
         raise TokenExpiryTooLong(
             f"A token may live at most {settings.CXR_API_TOKEN_MAX_TTL_DAYS} days "
-            f"(CXR_API_TOKEN_MAX_TTL_DAYS), not {days}: issue a shorter-lived one and renew it.")
+            f"(CXR_API_TOKEN_MAX_TTL_DAYS), not {days}: issue a shorter-lived one and renew it."
+        )
     with transaction.atomic():
         token, key = ApiToken.objects.create(user=user, expiry=timedelta(days=days), name=name)
-        _audit(token, "created", actor=actor, via=via, request=request,
-               expires=token.expiry.isoformat())
+        _audit(
+            token,
+            "created",
+            actor=actor,
+            via=via,
+            request=request,
+            expires=token.expiry.isoformat(),
+        )
     return token, key
 
 
-def tokens_revoke(*, tokens: QuerySet[ApiToken], actor: AbstractBaseUser | None = None,
-                  via: str, request=None) -> int:
+def tokens_revoke(
+    *, tokens: QuerySet[ApiToken], actor: AbstractBaseUser | None = None, via: str, request=None
+) -> int:
     """Revoke (delete) `tokens`; returns how many there were."""
     with transaction.atomic():
         revoked = list(tokens.select_related("user"))
@@ -51,7 +65,19 @@ def tokens_revoke(*, tokens: QuerySet[ApiToken], actor: AbstractBaseUser | None 
 
 
 def _audit(token: ApiToken, what: str, *, actor, via: str, request, **extra) -> None:
-    action = AuditEvent.Action.TOKEN_CREATED if what == "created" else AuditEvent.Action.TOKEN_REVOKED
-    audit(request, action, token, user=actor,
-          detail={ "token_id": token.pk, "owner": token.user.get_username(),
-                  "name": token.name, "via": via, **extra})
+    action = (
+        AuditEvent.Action.TOKEN_CREATED if what == "created" else AuditEvent.Action.TOKEN_REVOKED
+    )
+    audit(
+        request,
+        action,
+        token,
+        user=actor,
+        detail={
+            "token_id": token.pk,
+            "owner": token.user.get_username(),
+            "name": token.name,
+            "via": via,
+            **extra,
+        },
+    )

@@ -20,8 +20,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 GENESIS = ""  # the prev_hash of the first event
-CHAINED_FIELDS = ("at", "user_id", "username", "action", "object_type", "object_id",
-                  "patient_mrn", "ip_address", "user_agent", "path", "detail")
+CHAINED_FIELDS = (
+    "at",
+    "user_id",
+    "username",
+    "action",
+    "object_type",
+    "object_id",
+    "patient_mrn",
+    "ip_address",
+    "user_agent",
+    "path",
+    "detail",
+)
 APPEND_ONLY_TABLES = ("diagnosis_auditevent", "diagnosis_reading")
 # pg_advisory_xact_lock key: any constant no other code uses ("cxra" in ASCII).
 PG_LOCK_KEY = 0x63787261
@@ -85,17 +96,24 @@ def verify_chain(rows: Iterable[Mapping]) -> ChainReport:
         count += 1
         if row["prev_hash"] != prev_hash:
             if prev_id is None:
-                problem = ("it does not start the chain: the events before it were removed "
-                           "(or it was inserted)")
+                problem = (
+                    "it does not start the chain: the events before it were removed "
+                    "(or it was inserted)"
+                )
             else:
-                problem = (f"it does not link to event {prev_id}, the event before it: event "
-                           f"{prev_id} was changed, or events between them were removed or "
-                           "inserted")
+                problem = (
+                    f"it does not link to event {prev_id}, the event before it: event "
+                    f"{prev_id} was changed, or events between them were removed or "
+                    "inserted"
+                )
             return ChainReport(count, prev_hash, row["id"], problem)
         if link_hash(prev_hash, row) != row["hash"]:
-            return ChainReport(count, prev_hash, row["id"],
-                               "its contents do not match its hash: it was changed after it "
-                               "was written")
+            return ChainReport(
+                count,
+                prev_hash,
+                row["id"],
+                "its contents do not match its hash: it was changed after it was written",
+            )
         prev_hash, prev_id = row["hash"], row["id"]
     return ChainReport(count, prev_hash)
 
@@ -106,15 +124,19 @@ def verify_chain(rows: Iterable[Mapping]) -> ChainReport:
 # changes one of these tables' columns must create them again (as diagnosis 0009 does);
 # verify_audit reports them missing.
 
+
 def sqlite_trigger_names() -> list[str]:
-    return [f"{table}_no_{op.lower()}" for table in APPEND_ONLY_TABLES for op in ("UPDATE", "DELETE")]
+    return [
+        f"{table}_no_{op.lower()}" for table in APPEND_ONLY_TABLES for op in ("UPDATE", "DELETE")
+    ]
 
 
 def sqlite_create_triggers_sql() -> list[str]:
     return [
         f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table} "
         f"BEGIN SELECT RAISE(ABORT, '{table} rows are append-only: {op} refused'); END;"
-        for table in APPEND_ONLY_TABLES for op in ("UPDATE", "DELETE")
+        for table in APPEND_ONLY_TABLES
+        for op in ("UPDATE", "DELETE")
     ]
 
 
@@ -133,8 +155,9 @@ def missing_triggers(connection) -> list[str]:
         elif connection.vendor == "postgresql":
             expected = [f"{table}_append_only" for table in APPEND_ONLY_TABLES]
             # tgenabled 'D': disabled with ALTER TABLE ... DISABLE TRIGGER.
-            cursor.execute("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal "
-                           "AND tgenabled <> 'D'")
+            cursor.execute(
+                "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgenabled <> 'D'"
+            )
             present = {name for (name,) in cursor.fetchall()}
         else:
             return []

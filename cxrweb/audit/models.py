@@ -80,10 +80,16 @@ class AuditEvent(AppendOnlyModel):
     at = models.DateTimeField(default=timezone.now, editable=False, db_index=True)
     # No database constraint: deleting a user must not rewrite the trail (username is kept).
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.DO_NOTHING,
-        db_constraint=False, related_name="+",
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
     )
-    username = models.CharField(max_length=150, blank=True, help_text="Kept if the user is deleted.")
+    username = models.CharField(
+        max_length=150, blank=True, help_text="Kept if the user is deleted."
+    )
     action = models.CharField(max_length=24, choices=Action.choices, db_index=True)
     object_type = models.CharField(max_length=40, blank=True)
     object_id = models.CharField(max_length=64, blank=True)
@@ -114,8 +120,13 @@ class AuditEvent(AppendOnlyModel):
         using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
         with transaction.atomic(using=using):
             chain.append_lock(connections[using])
-            head = (type(self).objects.using(using).order_by("-pk")
-                    .values_list("hash", flat=True).first())
+            head = (
+                type(self)
+                .objects.using(using)
+                .order_by("-pk")
+                .values_list("hash", flat=True)
+                .first()
+            )
             self.prev_hash = head or chain.GENESIS
             self.hash = chain.link_hash(self.prev_hash, chain.chain_values(self))
             super().save(*args, **kwargs)

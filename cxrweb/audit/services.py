@@ -38,8 +38,9 @@ def patient_mrn_of(obj) -> str:
         return ""
 
 
-def audit(request, action: str, obj=None, *, user=None, detail: dict | None = None,
-          patient_mrn: str = "") -> AuditEvent | None:
+def audit(
+    request, action: str, obj=None, *, user=None, detail: dict | None = None, patient_mrn: str = ""
+) -> AuditEvent | None:
     user = user if user is not None else getattr(request, "user", None)
     authenticated = user is not None and getattr(user, "is_authenticated", False)
     try:
@@ -69,9 +70,12 @@ def viewed_recently(request, action: str, obj, detail: dict) -> bool:
         return False
     try:
         return AuditEvent.objects.filter(
-            at__gte=timezone.now() - timedelta(seconds=window), user_id=user.pk, action=action,
+            at__gte=timezone.now() - timedelta(seconds=window),
+            user_id=user.pk,
+            action=action,
             object_type=type(obj).__name__ if obj is not None else "",
-            object_id=str(obj.pk) if obj is not None else "", detail=detail,
+            object_id=str(obj.pk) if obj is not None else "",
+            detail=detail,
         ).exists()
     except Exception:  # noqa: BLE001 - as in audit(): when in doubt, write the event
         logger.exception("could not look for a recent %s event", action)
@@ -91,5 +95,8 @@ def _logged_out(sender, request, user, **kwargs) -> None:
 
 @receiver(user_login_failed)
 def _login_failed(sender, credentials, request=None, **kwargs) -> None:
-    audit(request, AuditEvent.Action.LOGIN_FAILED,
-          detail={"username": str(credentials.get("username", ""))[:150]})
+    audit(
+        request,
+        AuditEvent.Action.LOGIN_FAILED,
+        detail={"username": str(credentials.get("username", ""))[:150]},
+    )

@@ -20,8 +20,9 @@ def class_heatmap_request(*, prediction: Prediction, class_label: str) -> ClassH
         prediction=prediction, class_label=class_label, method="Grad-CAM"
     )
     if not created and heatmap.status == ClassHeatmap.Status.FAILED:
-        ClassHeatmap.objects.filter(pk=heatmap.pk).update(status=ClassHeatmap.Status.QUEUED,
-                                                          error="")
+        ClassHeatmap.objects.filter(pk=heatmap.pk).update(
+            status=ClassHeatmap.Status.QUEUED, error=""
+        )
         heatmap.refresh_from_db()
         created = True
     if created:

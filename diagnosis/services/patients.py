@@ -23,8 +23,14 @@ class UploadFieldRejected(UploadRejected):
 class IdentityMismatch(UploadRejected):
     """The patient ID is on record with another name, sex or birth date than the upload's."""
 
-    def __init__(self, *, mrn: str, stored: identity.Demographics,
-                 submitted: identity.Demographics, fields: list[str]) -> None:
+    def __init__(
+        self,
+        *,
+        mrn: str,
+        stored: identity.Demographics,
+        submitted: identity.Demographics,
+        fields: list[str],
+    ) -> None:
         names = ", ".join(f.replace("_", " ") for f in fields)
         super().__init__(
             f"Patient {mrn} is on record with another {names}. Check that this image is of that "
@@ -36,8 +42,12 @@ class IdentityMismatch(UploadRejected):
 
     def as_dict(self) -> dict:
         """Both sets of demographics, JSON-safe (for the API's answer and the audit trail)."""
-        return {"patient_id": self.mrn, "mismatched": self.fields,
-                "stored": self.stored.as_dict(), "submitted": self.submitted.as_dict()}
+        return {
+            "patient_id": self.mrn,
+            "mismatched": self.fields,
+            "stored": self.stored.as_dict(),
+            "submitted": self.submitted.as_dict(),
+        }
 
     def rows(self) -> list[dict]:
         """(label, on record, this upload, differs) per field, for the upload form's warning."""
@@ -49,17 +59,29 @@ class IdentityMismatch(UploadRejected):
             return sexes.get(value, value) if key == "sex" and value else value
 
         return [
-            {"label": label, "stored": shown(key, stored[key]),
-             "submitted": shown(key, submitted[key]), "differs": key in self.fields}
+            {
+                "label": label,
+                "stored": shown(key, stored[key]),
+                "submitted": shown(key, submitted[key]),
+                "differs": key in self.fields,
+            }
             for key, label in (("name", "Name"), ("sex", "Sex"), ("birth_date", "Birth date"))
         ]
 
 
 # The DICOM tag each field falls back to, and how an error names the typed field.
-_FIELD_TAGS = {"patient_id": "PatientID", "accession_number": "AccessionNumber",
-               "patient_name": "PatientName", "patient_birth_date": "PatientBirthDate"}
-_FIELD_LABELS = {"patient_id": "The patient ID", "accession_number": "The accession number",
-                 "patient_name": "The patient name", "patient_birth_date": "The birth date"}
+_FIELD_TAGS = {
+    "patient_id": "PatientID",
+    "accession_number": "AccessionNumber",
+    "patient_name": "PatientName",
+    "patient_birth_date": "PatientBirthDate",
+}
+_FIELD_LABELS = {
+    "patient_id": "The patient ID",
+    "accession_number": "The accession number",
+    "patient_name": "The patient name",
+    "patient_birth_date": "The birth date",
+}
 
 
 def _source_label(field: str, from_dicom: bool) -> str:
@@ -80,8 +102,9 @@ def checked_text(
     problem = identity.text_problem(value, max_length=max_length, identifier=identifier)
     if problem is not None:
         code, message = problem
-        raise UploadFieldRejected(f"{_source_label(field, from_dicom)} {message}", code=code,
-                                  field=field)
+        raise UploadFieldRejected(
+            f"{_source_label(field, from_dicom)} {message}", code=code, field=field
+        )
     return value
 
 
@@ -96,8 +119,11 @@ def checked_birth_date(value: dt.date | None, dicom: DicomInfo | None) -> dt.dat
         value, from_dicom = dicom.patient_birth_date, True
     problem = identity.birth_date_problem(value, today=timezone.localdate())
     if problem is not None:
-        raise UploadFieldRejected(f"{_source_label('patient_birth_date', from_dicom)} {problem}",
-                                  code="bad_birth_date", field="patient_birth_date")
+        raise UploadFieldRejected(
+            f"{_source_label('patient_birth_date', from_dicom)} {problem}",
+            code="bad_birth_date",
+            field="patient_birth_date",
+        )
     return value
 
 
@@ -112,8 +138,9 @@ def patient_for_upload(
     )
     if created:
         return patient, None
-    stored = identity.Demographics(name=patient.name, sex=patient.sex,
-                                   birth_date=patient.birth_date)
+    stored = identity.Demographics(
+        name=patient.name, sex=patient.sex, birth_date=patient.birth_date
+    )
     fields = identity.mismatched_fields(stored, submitted)
     if fields:
         mismatch = IdentityMismatch(mrn=mrn, stored=stored, submitted=submitted, fields=fields)

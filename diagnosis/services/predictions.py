@@ -21,7 +21,11 @@ logger = logging.getLogger(__name__)
 def prediction_rerun(*, prediction: Prediction) -> Prediction:
     """Queue a failed prediction again (e.g. after the model file was fixed)."""
     updated = Prediction.objects.filter(pk=prediction.pk, status=Prediction.Status.FAILED).update(
-        status=Prediction.Status.QUEUED, error="", attempts=0, started_at=None, finished_at=None,
+        status=Prediction.Status.QUEUED,
+        error="",
+        attempts=0,
+        started_at=None,
+        finished_at=None,
         queued_at=timezone.now(),
     )
     if not updated:
@@ -79,14 +83,19 @@ def study_result_store(*, study_id: int) -> StudyResult:
     Called whenever a view's prediction finishes, and when a version's normal classes or
     thresholds change: the flag follows the study's current result, up and down.
     """
-    result = study_result(Prediction.objects.filter(image__study_id=study_id)
-                          .select_related("model_version"))
+    result = study_result(
+        Prediction.objects.filter(image__study_id=study_id).select_related("model_version")
+    )
     finding = result.flagged_classes[0][:64] if result.flagged else ""
     Study.objects.filter(pk=study_id).exclude(
-        flagged_by_model=result.flagged, flagged_finding=finding,
+        flagged_by_model=result.flagged,
+        flagged_finding=finding,
         result_label=(result.label or "")[:64],
-    ).update(flagged_by_model=result.flagged, flagged_finding=finding,
-             result_label=(result.label or "")[:64])
+    ).update(
+        flagged_by_model=result.flagged,
+        flagged_finding=finding,
+        result_label=(result.label or "")[:64],
+    )
     return result
 
 
@@ -99,8 +108,11 @@ def study_flag_from_prediction(*, prediction: Prediction) -> bool:
 def studies_restore_for_version(*, version: ModelVersion) -> int:
     """Store the result again of every study with a prediction of `version` (after its normal
     classes or thresholds changed); how many studies."""
-    ids = list(Study.objects.filter(images__predictions__model_version=version)
-               .values_list("pk", flat=True).distinct())
+    ids = list(
+        Study.objects.filter(images__predictions__model_version=version)
+        .values_list("pk", flat=True)
+        .distinct()
+    )
     for pk in ids:
         study_result_store(study_id=pk)
     return len(ids)

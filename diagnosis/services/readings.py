@@ -27,8 +27,14 @@ class ReadingStale(ReadingRejected):
 
 @transaction.atomic
 def reading_sign(
-    *, study: Study, radiologist, final_label: str, agrees: bool | None = None, notes: str = "",
-    amends: Reading | None = None, prediction_ids: Collection[int] | None = None,
+    *,
+    study: Study,
+    radiologist,
+    final_label: str,
+    agrees: bool | None = None,
+    notes: str = "",
+    amends: Reading | None = None,
+    prediction_ids: Collection[int] | None = None,
 ) -> Reading:
     """Sign a reading of `study` against its result (diagnosis.results.study_result).
 
@@ -51,7 +57,7 @@ def reading_sign(
     prediction = result.driving_prediction
     version = prediction.model_version if prediction is not None else None
     classes: list[str] = []
-    for label in (version.class_labels if version else []):
+    for label in version.class_labels if version else []:
         classes.append(label)
     classes += [c for c in result.probabilities if c not in classes]
     final_label = (final_label or "").strip()

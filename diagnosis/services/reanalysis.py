@@ -53,8 +53,12 @@ class ReanalysisOutcome:
     unchanged: int = 0  # images already read (or being read) by the version
 
     def as_detail(self, version: ModelVersion) -> dict:
-        return {"version": version.name, "studies": self.studies, "queued": self.queued,
-                "unchanged": self.unchanged}
+        return {
+            "version": version.name,
+            "studies": self.studies,
+            "queued": self.queued,
+            "unchanged": self.unchanged,
+        }
 
 
 def production_version() -> ModelVersion:
@@ -73,19 +77,29 @@ def _enqueue_reanalysis_on_commit(prediction_id: int) -> None:
 def prediction_reanalyse(*, image: Image, version: ModelVersion) -> Prediction | None:
     """Queue `image` for `version` (see the module's docstring); None when there is nothing
     to do. Call inside a transaction; the task is sent after it commits."""
-    predictions = list(Prediction.objects.select_for_update().filter(image=image)
-                       .order_by("-queued_at", "-pk"))
+    predictions = list(
+        Prediction.objects.select_for_update().filter(image=image).order_by("-queued_at", "-pk")
+    )
     current = predictions[0] if predictions else None
     existing = next((p for p in predictions if p.model_version_id == version.pk), None)
     if existing is None:
         prediction = Prediction.objects.create(image=image, model_version=version)
-    elif current is not None and existing.pk == current.pk and existing.status != Prediction.Status.FAILED:
+    elif (
+        current is not None
+        and existing.pk == current.pk
+        and existing.status != Prediction.Status.FAILED
+    ):
         return None
     else:
         # A roll back (V's prediction is history) or a failed one: V reads the image again.
         Prediction.objects.filter(pk=existing.pk).update(
-            status=Prediction.Status.QUEUED, error="", attempts=0, dispatches=0,
-            last_dispatched_at=None, started_at=None, finished_at=None,
+            status=Prediction.Status.QUEUED,
+            error="",
+            attempts=0,
+            dispatches=0,
+            last_dispatched_at=None,
+            started_at=None,
+            finished_at=None,
             queued_at=timezone.now(),
         )
         prediction = existing

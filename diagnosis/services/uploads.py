@@ -108,9 +108,13 @@ def study_upload(
     # check_only: a JPEG that serves as its own display copy is only checked here (decoded at
     # an eighth of its size, every step still read); the worker decodes it for the model.
     decoded = decode_upload(
-        data, max_bytes=settings.CXR_MAX_UPLOAD_BYTES, max_pixels=settings.CXR_MAX_IMAGE_PIXELS,
-        check_only=True, policy=UploadPolicy(min_side=settings.CXR_MIN_IMAGE_SIDE,
-                                             max_aspect_ratio=settings.CXR_MAX_ASPECT_RATIO),
+        data,
+        max_bytes=settings.CXR_MAX_UPLOAD_BYTES,
+        max_pixels=settings.CXR_MAX_IMAGE_PIXELS,
+        check_only=True,
+        policy=UploadPolicy(
+            min_side=settings.CXR_MIN_IMAGE_SIDE, max_aspect_ratio=settings.CXR_MAX_ASPECT_RATIO
+        ),
     )
     dicom = decoded.dicom
     patient_id = checked_text(patient_id, dicom, field="patient_id", max_length=64)
@@ -120,11 +124,13 @@ def study_upload(
             "that carries one.",
             code="missing_patient_id",
         )
-    accession_number = checked_text(accession_number, dicom, field="accession_number",
-                                     max_length=64)
+    accession_number = checked_text(
+        accession_number, dicom, field="accession_number", max_length=64
+    )
     submitted = identity.Demographics(
-        name=checked_text(patient_name, dicom, field="patient_name", max_length=200,
-                           identifier=False),
+        name=checked_text(
+            patient_name, dicom, field="patient_name", max_length=200, identifier=False
+        ),
         sex=known_sex(patient_sex or (dicom.patient_sex if dicom else "")),
         birth_date=checked_birth_date(patient_birth_date, dicom),
     )
@@ -155,7 +161,11 @@ def study_upload(
                 batch_accession=_clean(batch_accession, 64),
             )
             image = _image_create(
-                study=study, decoded=decoded, data=data, sha256=sha256, filename=filename,
+                study=study,
+                decoded=decoded,
+                data=data,
+                sha256=sha256,
+                filename=filename,
                 written=written,
             )
             prediction = _prediction_create(image=image)
@@ -167,11 +177,19 @@ def study_upload(
         raise
     logger.info(
         "upload: study %s image %s prediction %s (%s, %d bytes)",
-        study.pk, image.pk, prediction.pk, decoded.format, len(data),
+        study.pk,
+        image.pk,
+        prediction.pk,
+        decoded.format,
+        len(data),
     )
     return UploadResult(
-        study=study, image=image, prediction=prediction, study_created=study_created,
-        identity_confirmed=confirmed, stored_files=written,
+        study=study,
+        image=image,
+        prediction=prediction,
+        study_created=study_created,
+        identity_confirmed=confirmed,
+        stored_files=written,
     )
 
 
@@ -193,9 +211,15 @@ def study_upload_many(
             for data, filename in files:
                 batch = results[0].study.accession_number if results else ""
                 try:
-                    results.append(study_upload(uploaded_by=uploaded_by, data=data,
-                                                filename=filename, batch_accession=batch,
-                                                **fields))
+                    results.append(
+                        study_upload(
+                            uploaded_by=uploaded_by,
+                            data=data,
+                            filename=filename,
+                            batch_accession=batch,
+                            **fields,
+                        )
+                    )
                 except UploadRejected as exc:
                     exc.filename = filename
                     raise
@@ -213,8 +237,14 @@ def _zeroed_preamble(data: bytes) -> bytes:
 
 
 def _study_for_upload(
-    *, patient: Patient, accession_number: str, view: str, priority: int, uploaded_by,
-    decoded: DecodedImage, batch_accession: str = "",
+    *,
+    patient: Patient,
+    accession_number: str,
+    view: str,
+    priority: int,
+    uploaded_by,
+    decoded: DecodedImage,
+    batch_accession: str = "",
 ) -> tuple[Study, bool]:
     """The study the image joins (and False), or a new one (and True).
 
@@ -224,9 +254,12 @@ def _study_for_upload(
     dicom = decoded.dicom
     study_uid = dicom.study_instance_uid[:64] if dicom else ""
     if not accession_number and study_uid:
-        existing = Study.objects.select_for_update().filter(
-            study_instance_uid=study_uid
-        ).order_by("pk").first()
+        existing = (
+            Study.objects.select_for_update()
+            .filter(study_instance_uid=study_uid)
+            .order_by("pk")
+            .first()
+        )
         if existing is not None:
             if existing.patient_id != patient.pk:
                 raise UploadRejected(
@@ -237,9 +270,9 @@ def _study_for_upload(
             return _study_add_image(existing, priority=priority, study_uid=study_uid), False
     accession_number = accession_number or batch_accession
     if accession_number:
-        existing = Study.objects.select_for_update().filter(
-            accession_number=accession_number
-        ).first()
+        existing = (
+            Study.objects.select_for_update().filter(accession_number=accession_number).first()
+        )
         if existing is not None:
             if existing.patient_id != patient.pk:
                 raise UploadRejected(
@@ -278,7 +311,12 @@ def _study_add_image(study: Study, *, priority: int, study_uid: str) -> Study:
 
 
 def _image_create(
-    *, study: Study, decoded: DecodedImage, data: bytes, sha256: str, filename: str,
+    *,
+    study: Study,
+    decoded: DecodedImage,
+    data: bytes,
+    sha256: str,
+    filename: str,
     written: list[str],
 ) -> Image:
     dicom = decoded.dicom
@@ -330,5 +368,3 @@ def _prediction_create(*, image: Image) -> Prediction:
     )
     prediction_enqueue_on_commit(prediction.pk, recorded=True)
     return prediction
-
-

@@ -34,13 +34,21 @@ def image_original(request, pk: int):
     ext = {"PNG": "png", "JPEG": "jpg", "DICOM": "dcm"}[image.format]
     ctype = {"PNG": "image/png", "JPEG": "image/jpeg", "DICOM": "application/dicom"}[image.format]
     audit(request, Action.DOWNLOAD, image, detail={"file": "original", "study": image.study_id})
-    return private_file_response(image.original, ctype, download_name=download_name(
-        image.study.accession_number, f"-{image.pk}.{ext}", fallback="image"))
+    return private_file_response(
+        image.original,
+        ctype,
+        download_name=download_name(
+            image.study.accession_number, f"-{image.pk}.{ext}", fallback="image"
+        ),
+    )
 
 
 def _done_prediction_or_404(pk: int) -> Prediction:
-    return get_object_or_404(Prediction.objects.select_related("image__study__patient"), pk=pk,
-                             status=Prediction.Status.DONE)
+    return get_object_or_404(
+        Prediction.objects.select_related("image__study__patient"),
+        pk=pk,
+        status=Prediction.Status.DONE,
+    )
 
 
 @require_safe
@@ -48,8 +56,7 @@ def _done_prediction_or_404(pk: int) -> Prediction:
 def prediction_heatmap(request, pk: int):
     """The heatmap: the transparent colour map alone, drawn over the X-ray on the study page."""
     prediction = _done_prediction_or_404(pk)
-    audit_view(request, Action.VIEW_IMAGE, prediction, view="heatmap",
-               study=prediction.image.study)
+    audit_view(request, Action.VIEW_IMAGE, prediction, view="heatmap", study=prediction.image.study)
     return private_file_response(prediction.heatmap, "image/png")
 
 
@@ -58,8 +65,7 @@ def prediction_heatmap(request, pk: int):
 def prediction_overlay(request, pk: int):
     """The overlay: the X-ray with the colour map blended in (the printable report's picture)."""
     prediction = _done_prediction_or_404(pk)
-    audit_view(request, Action.VIEW_IMAGE, prediction, view="overlay",
-               study=prediction.image.study)
+    audit_view(request, Action.VIEW_IMAGE, prediction, view="overlay", study=prediction.image.study)
     return private_file_response(prediction.overlay, "image/png")
 
 
@@ -68,8 +74,15 @@ def prediction_overlay(request, pk: int):
 def class_heatmap_file(request, pk: int):
     heatmap = get_object_or_404(
         ClassHeatmap.objects.select_related("prediction__image__study__patient"),
-        pk=pk, status=ClassHeatmap.Status.DONE,
+        pk=pk,
+        status=ClassHeatmap.Status.DONE,
     )
-    audit_view(request, Action.VIEW_IMAGE, heatmap, view="class_heatmap",
-               study=heatmap.prediction.image.study, detail={"class": heatmap.class_label})
+    audit_view(
+        request,
+        Action.VIEW_IMAGE,
+        heatmap,
+        view="class_heatmap",
+        study=heatmap.prediction.image.study,
+        detail={"class": heatmap.class_label},
+    )
     return private_file_response(heatmap.file, "image/png")

@@ -37,31 +37,52 @@ def _study_context(study: Study) -> dict:
         heatmaps = {}
         if prediction is not None and prediction.status == Prediction.Status.DONE:
             heatmaps = {h.class_label: h for h in prediction.heatmaps.all()}
-        images.append({"image": image, "prediction": prediction, "history": predictions[1:],
-                       "heatmaps": heatmaps, "bars": results.prediction_bars(prediction)})
+        images.append(
+            {
+                "image": image,
+                "prediction": prediction,
+                "history": predictions[1:],
+                "heatmaps": heatmaps,
+                "bars": results.prediction_bars(prediction),
+            }
+        )
     pending = any(
         (i["prediction"] and not i["prediction"].is_finished)
         or any(h.status == ClassHeatmap.Status.QUEUED for h in i["heatmaps"].values())
         for i in images
     )
     result = selectors.study_result(study)
-    driving_view = next((n for n, i in enumerate(images, 1)
-                         if i["image"].pk == result.driving_image), None)
+    driving_view = next(
+        (n for n, i in enumerate(images, 1) if i["image"].pk == result.driving_image), None
+    )
     predictions = selectors.study_predictions(study)
-    return {"study": study, "images": images, "pending": pending, "result": result,
-            "driving_view": driving_view,
-            "reanalysis": results.reanalysis_notice(predictions),
-            # What "re-analyse with the production version" would do: offered unless every
-            # view's current prediction is already that version's (and did not fail).
-            "production_version": _reanalysable_with(predictions)}
+    return {
+        "study": study,
+        "images": images,
+        "pending": pending,
+        "result": result,
+        "driving_view": driving_view,
+        "reanalysis": results.reanalysis_notice(predictions),
+        # What "re-analyse with the production version" would do: offered unless every
+        # view's current prediction is already that version's (and did not fail).
+        "production_version": _reanalysable_with(predictions),
+    }
 
 
 def _reanalysable_with(predictions: list[Prediction]) -> ModelVersion | None:
-    version = ModelVersion.objects.filter(status=ModelVersion.Status.PRODUCTION).only(
-        "pk", "name").first()
+    version = (
+        ModelVersion.objects.filter(status=ModelVersion.Status.PRODUCTION)
+        .only("pk", "name")
+        .first()
+    )
     current = results.current_predictions(predictions)
-    if version is None or not current or all(
-        p.model_version_id == version.pk and p.status != Prediction.Status.FAILED for p in current
+    if (
+        version is None
+        or not current
+        or all(
+            p.model_version_id == version.pk and p.status != Prediction.Status.FAILED
+            for p in current
+        )
     ):
         return None
     return version
@@ -72,26 +93,38 @@ def _reading_context(study: Study, form: ReadingForm | None = None) -> dict:
     current = next((r for r in readings if r.is_current), None)
     predictions = selectors.study_predictions(study)
     result = results.study_result(predictions)
-    form = form or ReadingForm(classes=_reading_classes(result, predictions),
-                               has_result=result.label is not None,
-                               initial={"amends": current.pk if current else None,
-                                        "prediction_ids": ",".join(
-                                            str(i) for i in result.prediction_ids)})
-    return {"readings": readings, "current_reading": current, "reading_form": form,
-            "reading_result": result,
-            # The page swaps in a fresh reading form when the views it waits for finish.
-            "reading_awaits_result": result.status == "pending"
-            and any(not p.is_finished and p.model_version_id
-                    for p in results.current_predictions(predictions))}
+    form = form or ReadingForm(
+        classes=_reading_classes(result, predictions),
+        has_result=result.label is not None,
+        initial={
+            "amends": current.pk if current else None,
+            "prediction_ids": ",".join(str(i) for i in result.prediction_ids),
+        },
+    )
+    return {
+        "readings": readings,
+        "current_reading": current,
+        "reading_form": form,
+        "reading_result": result,
+        # The page swaps in a fresh reading form when the views it waits for finish.
+        "reading_awaits_result": result.status == "pending"
+        and any(
+            not p.is_finished and p.model_version_id
+            for p in results.current_predictions(predictions)
+        ),
+    }
 
 
 def _reading_classes(result: results.StudyResult, predictions: list[Prediction]) -> list[str]:
     """The labels a reading offers: the classes of the study result's model; without a result
     (still queued, failed), those of the model an image was sent to, else of the production
     model."""
-    version = result.driving_prediction.model_version if result.driving_prediction else next(
-        (p.model_version for p in predictions if p.model_version_id), None
-    ) or ModelVersion.objects.filter(status=ModelVersion.Status.PRODUCTION).first()
+    version = (
+        result.driving_prediction.model_version
+        if result.driving_prediction
+        else next((p.model_version for p in predictions if p.model_version_id), None)
+        or ModelVersion.objects.filter(status=ModelVersion.Status.PRODUCTION).first()
+    )
     classes = list(version.class_labels) if version else []
     return classes + [c for c in result.probabilities if c not in classes]
 
@@ -101,8 +134,9 @@ def _reading_classes(result: results.StudyResult, predictions: list[Prediction])
 def study_detail(request, pk: int):
     study = _study_or_404(pk)
     audit_view(request, Action.VIEW_STUDY, study, view="page", study=study)
-    return render(request, "diagnosis/study.html",
-                  {**_study_context(study), **_reading_context(study)})
+    return render(
+        request, "diagnosis/study.html", {**_study_context(study), **_reading_context(study)}
+    )
 
 
 @require_safe
@@ -131,8 +165,11 @@ def reading_sign(request, pk: int):
     study = _study_or_404(pk)
     predictions = selectors.study_predictions(study)
     result = results.study_result(predictions)
-    form = ReadingForm(request.POST, classes=_reading_classes(result, predictions),
-                       has_result=result.label is not None)
+    form = ReadingForm(
+        request.POST,
+        classes=_reading_classes(result, predictions),
+        has_result=result.label is not None,
+    )
     status = 400
     if form.is_valid():
         amends = None
@@ -140,40 +177,56 @@ def reading_sign(request, pk: int):
             amends = Reading.objects.filter(pk=form.cleaned_data["amends"], study=study).first()
         try:
             reading = services.reading_sign(
-                study=study, radiologist=request.user,
+                study=study,
+                radiologist=request.user,
                 final_label=form.cleaned_data.get("final_label") or "",
                 agrees=form.cleaned_data["decision"] == "agree",
-                notes=form.cleaned_data.get("notes") or "", amends=amends,
+                notes=form.cleaned_data.get("notes") or "",
+                amends=amends,
                 prediction_ids=form.cleaned_data["prediction_ids"],
             )
         except services.ReadingStale as exc:
             # The form now carries the current result's ids: signing again signs what is shown.
             data = request.POST.copy()
             data["prediction_ids"] = ",".join(str(i) for i in result.prediction_ids)
-            form = ReadingForm(data, classes=_reading_classes(result, predictions),
-                               has_result=result.label is not None)
+            form = ReadingForm(
+                data,
+                classes=_reading_classes(result, predictions),
+                has_result=result.label is not None,
+            )
             form.is_valid()
             form.add_error(None, str(exc))
             status = 409
         except services.ReadingRejected as exc:
             form.add_error(None, str(exc))
         else:
-            audit(request, Action.READING, reading,
-                  detail={"final_label": reading.final_label,
-                          "agrees": reading.agrees_with_model,
-                          "amends": amends.pk if amends else None,
-                          "prediction_ids": reading.prediction_ids})
+            audit(
+                request,
+                Action.READING,
+                reading,
+                detail={
+                    "final_label": reading.final_label,
+                    "agrees": reading.agrees_with_model,
+                    "amends": amends.pk if amends else None,
+                    "prediction_ids": reading.prediction_ids,
+                },
+            )
             messages.success(request, f"Reading signed: {reading.final_label}.")
             return redirect(study)
-    return render(request, "diagnosis/study.html",
-                  {**_study_context(study), **_reading_context(study, form)}, status=status)
+    return render(
+        request,
+        "diagnosis/study.html",
+        {**_study_context(study), **_reading_context(study, form)},
+        status=status,
+    )
 
 
 @require_POST
 @clinical_user_required
 def class_heatmap_request(request, pk: int):
-    prediction = get_object_or_404(Prediction.objects.select_related("model_version", "image"),
-                                   pk=pk)
+    prediction = get_object_or_404(
+        Prediction.objects.select_related("model_version", "image"), pk=pk
+    )
     label = request.POST.get("class_label", "")
     try:
         heatmap = services.class_heatmap_request(prediction=prediction, class_label=label)
@@ -212,15 +265,16 @@ def study_reanalyse(request, pk: int):
         messages.error(request, str(exc))
         return redirect("diagnosis:study", pk=study.pk)
     version = ModelVersion.objects.get(status=ModelVersion.Status.PRODUCTION)
-    audit(request, Action.REANALYSE, study,
-          detail={"scope": "study", **outcome.as_detail(version)})
+    audit(request, Action.REANALYSE, study, detail={"scope": "study", **outcome.as_detail(version)})
     if outcome.queued:
-        messages.success(request, f"{outcome.queued} image(s) queued for re-analysis with "
-                                  f"{version.name}; the earlier results are kept.")
+        messages.success(
+            request,
+            f"{outcome.queued} image(s) queued for re-analysis with "
+            f"{version.name}; the earlier results are kept.",
+        )
     else:
         messages.info(request, f"Already analysed with {version.name}: nothing to re-run.")
     return redirect("diagnosis:study", pk=study.pk)
-
 
 
 @require_safe

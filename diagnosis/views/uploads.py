@@ -32,8 +32,9 @@ def upload(request):
                 kwargs = form.upload_kwargs()
                 if len(form.image_files()) > 1:  # several files without JavaScript: one study
                     del kwargs["data"], kwargs["filename"]
-                    uploaded = services.study_upload_many(uploaded_by=request.user,
-                                                          files=form.upload_files(), **kwargs)
+                    uploaded = services.study_upload_many(
+                        uploaded_by=request.user, files=form.upload_files(), **kwargs
+                    )
                 else:
                     uploaded = [services.study_upload(uploaded_by=request.user, **kwargs)]
                 result = uploaded[0]
@@ -41,8 +42,12 @@ def upload(request):
                 # The confirm step: both sets of details and the box to tick. The file is not
                 # kept between the two posts, so it is chosen again.
                 audit_upload_rejected(request, exc)
-                return render(request, "diagnosis/upload.html",
-                              {**context, "form": form, "identity_mismatch": exc}, status=409)
+                return render(
+                    request,
+                    "diagnosis/upload.html",
+                    {**context, "form": form, "identity_mismatch": exc},
+                    status=409,
+                )
             except UploadRejected as exc:
                 audit_upload_rejected(request, exc)
                 form.add_error(getattr(exc, "field", "image"), str(exc))
@@ -51,18 +56,21 @@ def upload(request):
                 form.add_error(
                     None, "The database is unavailable; nothing was stored. Try again shortly."
                 )
-                return render(request, "diagnosis/upload.html", {**context, "form": form},
-                              status=503)
+                return render(
+                    request, "diagnosis/upload.html", {**context, "form": form}, status=503
+                )
             except services.StorageUnavailable as exc:
                 form.add_error(None, str(exc))
-                return render(request, "diagnosis/upload.html", {**context, "form": form},
-                              status=503)
+                return render(
+                    request, "diagnosis/upload.html", {**context, "form": form}, status=503
+                )
             else:
                 for each in uploaded:
                     audit_upload(request, each, via="browser")
                 messages.success(
-                    request, f"Uploaded {result.study.accession_number}"
-                    f"{f' ({len(uploaded)} images)' if len(uploaded) > 1 else ''}; analysis queued."
+                    request,
+                    f"Uploaded {result.study.accession_number}"
+                    f"{f' ({len(uploaded)} images)' if len(uploaded) > 1 else ''}; analysis queued.",
                 )
                 return redirect(result.study)
         return render(request, "diagnosis/upload.html", {**context, "form": form}, status=400)

@@ -34,15 +34,27 @@ def _worklist_table(request, *, view: str) -> dict:
     for study in page:
         predictions = selectors.study_predictions(study)
         readings = selectors.study_readings(study)
-        rows.append({"study": study, "result": selectors.study_result(study),
-                     # a study waiting for a model version says so in its status
-                     "waiting": any(p.is_waiting_for_model for p in predictions),
-                     "reading": readings[0] if readings else None})
+        rows.append(
+            {
+                "study": study,
+                "result": selectors.study_result(study),
+                # a study waiting for a model version says so in its status
+                "waiting": any(p.is_waiting_for_model for p in predictions),
+                "reading": readings[0] if readings else None,
+            }
+        )
     if rows:  # the page lists these patients' studies and results: one event names them all
-        audit_view(request, Action.VIEW_STUDY, None, view=view, study=None, detail={
-            "studies": [r["study"].pk for r in rows],
-            "patients": [r["study"].patient.mrn for r in rows],
-        })
+        audit_view(
+            request,
+            Action.VIEW_STUDY,
+            None,
+            view=view,
+            study=None,
+            detail={
+                "studies": [r["study"].pk for r in rows],
+                "patients": [r["study"].patient.mrn for r in rows],
+            },
+        )
     query = request.GET.copy()
     query.pop("page", None)
     return {"form": form, "page": page, "rows": rows, "query": query.urlencode()}
@@ -54,7 +66,8 @@ def worklist(request):
     token = selectors.worklist_token()  # before the rows: a change while they are read shows next
     context = {**_worklist_table(request, view="worklist"), "token": token}
     context["production"] = ModelVersion.objects.filter(
-        status=ModelVersion.Status.PRODUCTION).first()
+        status=ModelVersion.Status.PRODUCTION
+    ).first()
     return render(request, "diagnosis/worklist.html", context)
 
 
@@ -65,8 +78,9 @@ def worklist_rows(request):
     """The worklist's table alone (same filters and page), which the open page fetches when
     worklist_changes says something changed. Patient data: audited as the page is, a repeat of
     the same rows within the coalescing window being the one event already written."""
-    return render(request, "diagnosis/_worklist_table.html",
-                  _worklist_table(request, view="worklist-live"))
+    return render(
+        request, "diagnosis/_worklist_table.html", _worklist_table(request, view="worklist-live")
+    )
 
 
 @require_safe
@@ -98,7 +112,8 @@ def study_neighbours(request, pk: int):
     def link(index: int) -> str | None:
         return reverse("diagnosis:study", args=[order[index]]) if 0 <= index < len(order) else None
 
-    response = JsonResponse({"previous": link(at - 1), "next": link(at + 1),
-                             "position": at + 1, "count": len(order)})
+    response = JsonResponse(
+        {"previous": link(at - 1), "next": link(at + 1), "position": at + 1, "count": len(order)}
+    )
     response["Cache-Control"] = "no-store"
     return response

@@ -21,8 +21,12 @@ def worker_identity(worker: str) -> str:
 def _claim_values(worker: str, now: dt.datetime) -> dict:
     """The UPDATE that makes a prediction this worker's: running since `now`, one attempt more."""
     return {
-        "status": Prediction.Status.RUNNING, "started_at": now, "finished_at": None,
-        "attempts": F("attempts") + 1, "worker": worker, "error": "",
+        "status": Prediction.Status.RUNNING,
+        "started_at": now,
+        "finished_at": None,
+        "attempts": F("attempts") + 1,
+        "worker": worker,
+        "error": "",
     }
 
 

@@ -41,6 +41,8 @@ CACHED_MODELS = 2
 _lock = threading.Lock()
 # Loads in progress: another thread that wants the same version waits for it (one load).
 _loading: dict[tuple[int, str], threading.Event] = {}
+
+
 def configure_torch_threads(concurrency: int | None = None) -> int:
     """Pin torch's intra-op threads, and OpenCV's (Grad-CAM's resizing, the PNG encoding), so the
     worker's processes do not fight over the cores: OpenCV would otherwise start a thread per core
@@ -87,8 +89,10 @@ def predictor_for(version: ModelVersion) -> Predictor:
                 _threads_configured.add(threading.get_ident())
             if not _process_configured:
                 if retain_freed_memory(settings.CXR_WORKER_HEAP_RETAIN_MB):
-                    logger.info("keeping up to %d MB of freed memory for reuse",
-                                settings.CXR_WORKER_HEAP_RETAIN_MB)
+                    logger.info(
+                        "keeping up to %d MB of freed memory for reuse",
+                        settings.CXR_WORKER_HEAP_RETAIN_MB,
+                    )
                 _process_configured = True
             predictor = _cache.get(key)
             if predictor is not None:
@@ -148,8 +152,13 @@ def _load(version: ModelVersion) -> Predictor:
         )
     except MLError as exc:
         raise PredictionFailure(f"Model version {version.name} cannot be loaded: {exc}") from exc
-    logger.info("loaded model version %s (%s) on %s: %s", version.name, version.architecture,
-                predictor.device, predictor.execution)
+    logger.info(
+        "loaded model version %s (%s) on %s: %s",
+        version.name,
+        version.architecture,
+        predictor.device,
+        predictor.execution,
+    )
     return predictor
 
 
@@ -170,7 +179,9 @@ def open_display(image: Image, preprocessing):
             picture.load()
             picture = reduce_for_reading(picture, long_side)
     except FileNotFoundError as exc:
-        raise PredictionFailure(f"The stored image file is missing ({image.display.name}).") from exc
+        raise PredictionFailure(
+            f"The stored image file is missing ({image.display.name})."
+        ) from exc
     return picture
 
 
@@ -199,12 +210,18 @@ def compute_batch(batch: list[Prediction]) -> list[dict | Exception]:
             raise
         except Exception as exc:  # noqa: BLE001 - the model crashed: isolate the image at fault
             if len(indices) > 1:
-                logger.warning("a micro-batch of %d failed (%s); running its images one at a "
-                               "time", len(indices), exc)
+                logger.warning(
+                    "a micro-batch of %d failed (%s); running its images one at a time",
+                    len(indices),
+                    exc,
+                )
                 groups.extend([i] for i in reversed(indices))
                 continue
-            logger.exception("prediction %s failed (attempt %d)", batch[indices[0]].pk,
-                             batch[indices[0]].attempts)
+            logger.exception(
+                "prediction %s failed (attempt %d)",
+                batch[indices[0]].pk,
+                batch[indices[0]].attempts,
+            )
             outcomes[indices[0]] = exc
             continue
         predict_ms = (time.perf_counter() - started) * 1000.0 / len(indices)
@@ -232,8 +249,12 @@ def _open_pictures(
         except DatabaseError:
             raise
         except Exception as exc:  # noqa: BLE001 - an unreadable file is this image's failure
-            outcomes[i] = exc if isinstance(exc, PredictionFailure) else PredictionFailure(
-                f"The stored image cannot be read: {type(exc).__name__}: {exc}"
+            outcomes[i] = (
+                exc
+                if isinstance(exc, PredictionFailure)
+                else PredictionFailure(
+                    f"The stored image cannot be read: {type(exc).__name__}: {exc}"
+                )
             )
     return pictures
 

@@ -114,9 +114,11 @@ def release_unfinished(predictions: list[Prediction], *, worker: str) -> None:
         for member in predictions:
             if Prediction.objects.filter(
                 pk=member.pk, status=Prediction.Status.RUNNING, worker=worker
-            ).update(status=Prediction.Status.QUEUED, started_at=None,
-                     attempts=F("attempts") - 1):
+            ).update(status=Prediction.Status.QUEUED, started_at=None, attempts=F("attempts") - 1):
                 prediction_dispatch(member.pk)
     except Exception:  # noqa: BLE001 - the original database error is what the task reports
-        logger.warning("could not put %d batched predictions back in the queue; the reconciler "
-                       "will", len(predictions), exc_info=True)
+        logger.warning(
+            "could not put %d batched predictions back in the queue; the reconciler will",
+            len(predictions),
+            exc_info=True,
+        )

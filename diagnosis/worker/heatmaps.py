@@ -14,15 +14,19 @@ from training.ml.infer.render import render_pngs
 # Grad-CAM keeps only what raises the class's score (a ReLU over the weighted activations) and
 # scales the map to [0, 1]: a map with nothing above this level is empty, not a failure.
 EMPTY_CAM_LEVEL = 1e-3
-EMPTY_CAM_NOTE = ("The model's attention for this class is empty: no region of the image raises "
-                  "its score, so this heatmap shows nothing.")
+EMPTY_CAM_NOTE = (
+    "The model's attention for this class is empty: no region of the image raises "
+    "its score, so this heatmap shows nothing."
+)
 
 
 def class_heatmap_run(*, heatmap_id: int) -> ClassHeatmap | None:
     """Worker side of class_heatmap_request. Idempotent: a finished heatmap is left alone."""
-    heatmap = ClassHeatmap.objects.select_related(
-        "prediction__image", "prediction__model_version"
-    ).filter(pk=heatmap_id, status=ClassHeatmap.Status.QUEUED).first()
+    heatmap = (
+        ClassHeatmap.objects.select_related("prediction__image", "prediction__model_version")
+        .filter(pk=heatmap_id, status=ClassHeatmap.Status.QUEUED)
+        .first()
+    )
     if heatmap is None:
         return None
     try:
@@ -46,11 +50,14 @@ def class_heatmap_run(*, heatmap_id: int) -> ClassHeatmap | None:
     except OSError as exc:  # failed at once (asking again retries), not left queued
         ClassHeatmap.objects.filter(pk=heatmap.pk).update(
             status=ClassHeatmap.Status.FAILED,
-            error=(f"The heatmap could not be stored ({exc.strerror or type(exc).__name__}): "
-                   "the media storage is full or not writable."),
+            error=(
+                f"The heatmap could not be stored ({exc.strerror or type(exc).__name__}): "
+                "the media storage is full or not writable."
+            ),
         )
         return ClassHeatmap.objects.get(pk=heatmap.pk)
     # A finished heatmap's `error` says why it shows nothing (the viewer puts it in words).
-    ClassHeatmap.objects.filter(pk=heatmap.pk).update(status=ClassHeatmap.Status.DONE, file=name,
-                                                      error=EMPTY_CAM_NOTE if empty else "")
+    ClassHeatmap.objects.filter(pk=heatmap.pk).update(
+        status=ClassHeatmap.Status.DONE, file=name, error=EMPTY_CAM_NOTE if empty else ""
+    )
     return ClassHeatmap.objects.get(pk=heatmap.pk)

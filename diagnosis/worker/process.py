@@ -63,8 +63,9 @@ def _warm_production_model(**kwargs) -> None:
     if _warm_in_pool:
         import threading
 
-        threading.Thread(target=_keep_production_model_loaded, name="warm-model",
-                         daemon=True).start()
+        threading.Thread(
+            target=_keep_production_model_loaded, name="warm-model", daemon=True
+        ).start()
 
 
 def _keep_production_model_loaded() -> None:
@@ -94,10 +95,16 @@ def _load_production_model(*, first: bool) -> None:
         from diagnosis.worker import compute  # imports torch: worker side only
         from training.models import ModelVersion
 
-        production = ModelVersion.objects.filter(
-            status=ModelVersion.Status.PRODUCTION).values_list("pk", "sha256").first()
-        if (production is not None and production != _not_loadable
-                and not compute.is_loaded(*production)):
+        production = (
+            ModelVersion.objects.filter(status=ModelVersion.Status.PRODUCTION)
+            .values_list("pk", "sha256")
+            .first()
+        )
+        if (
+            production is not None
+            and production != _not_loadable
+            and not compute.is_loaded(*production)
+        ):
             version = ModelVersion.objects.defer("metrics").get(pk=production[0])
             try:
                 compute.predictor_for(version)
@@ -106,11 +113,16 @@ def _load_production_model(*, first: bool) -> None:
             except Exception:
                 _not_loadable = production  # its file: missing, changed, unreadable
                 raise
-            log.info("production model %s loaded ahead of the %s", version.name,
-                     "first task" if first else "first prediction since its promotion")
+            log.info(
+                "production model %s loaded ahead of the %s",
+                version.name,
+                "first task" if first else "first prediction since its promotion",
+            )
     except Exception:  # noqa: BLE001 - it loads on first use instead, and reports what fails there
-        log.warning("could not load the production model ahead of its first task; it loads on "
-                    "first use", exc_info=True)
+        log.warning(
+            "could not load the production model ahead of its first task; it loads on first use",
+            exc_info=True,
+        )
     finally:
         connections.close_all()  # this thread's own connection
 
@@ -132,8 +144,9 @@ def _preload_ml(log: logging.Logger) -> None:
 
         import training.ml.infer.predictor  # noqa: F401 - torchvision, pytorch-grad-cam, OpenCV
     except Exception:  # noqa: BLE001 - the children import them again, and report what fails
-        log.warning("could not preload the ML libraries in the worker's main process",
-                    exc_info=True)
+        log.warning(
+            "could not preload the ML libraries in the worker's main process", exc_info=True
+        )
         return
     if torch.cuda.is_initialized():  # would not survive the fork; never expected from imports
         log.warning("CUDA was initialised while preloading; pool processes may fail to use it")

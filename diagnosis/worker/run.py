@@ -62,8 +62,10 @@ def prediction_run(*, prediction_id: int, worker: str = "") -> Prediction | None
         if isinstance(exc, OSError):
             logger.error("prediction %s: results not stored: %s", prediction_id, exc)
             reason = exc.strerror or type(exc).__name__
-            message = (f"The result could not be stored ({reason}): the media storage is full "
-                       "or not writable.")
+            message = (
+                f"The result could not be stored ({reason}): the media storage is full "
+                "or not writable."
+            )
             return {m.pk: finish.prediction_retry_or_fail(m, message) for m in batch}[prediction.pk]
         finish.release_unfinished(batch[1:], worker=worker)
         raise

@@ -10,8 +10,7 @@ import pytest
 from diagnosis.models import Study
 from tests.browser.conftest import sign_in, xray_files
 
-pytestmark = [pytest.mark.browser, pytest.mark.integration,
-              pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
@@ -29,7 +28,8 @@ def _upload(page, live_server, files: list[str], mrn: str, accession: str = "") 
         page.get_by_label("Accession number").fill(accession)
     page.get_by_role("button", name="Upload and analyse").click()
     page.wait_for_function(
-        f"() => document.querySelectorAll('.file-list .fstate.ok').length === {len(files)}")
+        f"() => document.querySelectorAll('.file-list .fstate.ok').length === {len(files)}"
+    )
 
 
 @pytest.mark.parametrize("accession", ["ACC-GROUP-1", ""], ids=["typed", "generated"])
@@ -38,8 +38,14 @@ def test_three_files_at_once_become_one_study_with_three_images(
 ):
     problems: list[str] = []
     page.on("pageerror", lambda exc: problems.append(str(exc)))
-    page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400
-            and not r.url.endswith("/favicon.ico") else None)
+    page.on(
+        "response",
+        lambda r: (
+            problems.append(f"{r.status} {r.url}")
+            if r.status >= 400 and not r.url.endswith("/favicon.ico")
+            else None
+        ),
+    )
     sign_in(page, live_server, radiologist.username)
     _upload(page, live_server, xray_files(tmp_path, 1, 2, 3), "MRN-GROUP", accession)
 

@@ -13,8 +13,7 @@ from cxrweb.audit.models import AuditEvent
 from diagnosis.models import Image, Patient, Study
 from tests.browser.conftest import sign_in, xray_files
 
-pytestmark = [pytest.mark.browser, pytest.mark.integration,
-              pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 MRN = "MRN-X"
 CONFIRM = "This is the same patient: upload"
@@ -102,11 +101,16 @@ def _assert_mismatch_shown(box) -> None:
     """Both sets of details, row by row, the differing ones marked."""
     assert box.is_visible()
     assert MRN in box.inner_text()
-    rows = {r.locator("th").inner_text(): [c.inner_text() for c in r.locator("td").all()]
-            for r in box.locator("tbody tr").all()}
-    assert rows == {"Name (differs)": ["DOE^JOHN", "ROE^RICHARD"],
-                    "Sex": ["Male", "—"],
-                    "Birth date (differs)": ["1970-01-01", "1980-02-02"]}
+    rows = {
+        r.locator("th").inner_text(): [c.inner_text() for c in r.locator("td").all()]
+        for r in box.locator("tbody tr").all()
+    }
+    assert rows == {
+        "Name (differs)": ["DOE^JOHN", "ROE^RICHARD"],
+        "Sex": ["Male", "—"],
+        "Birth date (differs)": ["1970-01-01", "1980-02-02"],
+    }
+
     # The differing rows stand out from the agreeing one.
     def background(row: str) -> str:
         return box.locator(f"{row} td").first.evaluate("(c) => getComputedStyle(c).backgroundColor")
@@ -129,7 +133,10 @@ def test_a_mismatch_is_shown_then_confirmed_onto_the_patient_on_record(
     box = page.locator("#upload-file-0 .identity-mismatch")
     box.wait_for()
     _assert_mismatch_shown(box)
-    assert page.locator("#upload-file-0 .fstate").inner_text() == "Not uploaded yet: check the patient."
+    assert (
+        page.locator("#upload-file-0 .fstate").inner_text()
+        == "Not uploaded yet: check the patient."
+    )
     page.screenshot(path=shots / "01-mismatch.png", full_page=True)
     assert _counts() == (1, 1, 1)  # nothing stored yet
     assert not AuditEvent.objects.filter(action=AuditEvent.Action.IDENTITY_CONFIRMED).exists()
@@ -146,7 +153,11 @@ def test_a_mismatch_is_shown_then_confirmed_onto_the_patient_on_record(
     assert _record(patient) == ("DOE^JOHN", "M", "1970-01-01")
     event = AuditEvent.objects.get(action=AuditEvent.Action.IDENTITY_CONFIRMED)
     assert (event.user_id, event.patient_mrn, event.object_type, event.object_id) == (
-        radiologist.pk, MRN, "Study", str(study.pk))
+        radiologist.pk,
+        MRN,
+        "Study",
+        str(study.pk),
+    )
     assert event.detail["stored"]["name"] == "DOE^JOHN"
     assert event.detail["submitted"]["name"] == "ROE^RICHARD"
     assert event.detail["mismatched"] == ["name", "birth_date"]
@@ -189,7 +200,8 @@ def test_several_files_with_a_mismatch_each_ask_and_only_confirmed_ones_are_stor
     _fill(page, _xrays(tmp_path, 2, 3, 4), "ROE^RICHARD", birth_date="1980-02-02")
     page.get_by_role("button", name="Upload and analyse").click()
     page.wait_for_function(
-        "() => document.querySelectorAll('.file-list .identity-mismatch').length === 3")
+        "() => document.querySelectorAll('.file-list .identity-mismatch').length === 3"
+    )
     note = page.locator("[data-dicom-note]")
     assert note.inner_text() == ("0 of 3 file(s) uploaded; 3 wait for you to check the patient.")
     for i in range(3):
@@ -205,8 +217,9 @@ def test_several_files_with_a_mismatch_each_ask_and_only_confirmed_ones_are_stor
     page.locator("#upload-file-2 .fstate.ok").wait_for()
     # Several files stay on the page, whatever was confirmed.
     assert page.url == f"{live_server.url}/studies/upload/"
-    assert note.inner_text() == ("2 of 3 file(s) uploaded. They appear in the worklist as they "
-                                 "are analysed.")
+    assert note.inner_text() == (
+        "2 of 3 file(s) uploaded. They appear in the worklist as they are analysed."
+    )
     page.screenshot(path=shots / "05-several-resolved.png", full_page=True)
 
     # The two confirmed files were sent together: one new study (issue #22, item 6).
@@ -222,8 +235,9 @@ def test_several_files_with_a_mismatch_each_ask_and_only_confirmed_ones_are_stor
 def test_without_javascript_the_form_asks_with_a_box_to_tick(
     browser, live_server, radiologist, shots, tmp_path
 ):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000},
-                                  java_script_enabled=False)
+    context = browser.new_context(
+        viewport={"width": 1400, "height": 1000}, java_script_enabled=False
+    )
     page = context.new_page()
     watch = Watch(page, conflict_path="/studies/upload/")
     try:
@@ -232,8 +246,7 @@ def test_without_javascript_the_form_asks_with_a_box_to_tick(
         page.get_by_label("User name").fill(radiologist.username)
         page.get_by_label("Password").fill("correct horse battery")
         page.get_by_role("button", name="Sign in").click()
-        patient = Patient.objects.create(mrn=MRN, name="DOE^JOHN", sex="M",
-                                         birth_date="1970-01-01")
+        patient = Patient.objects.create(mrn=MRN, name="DOE^JOHN", sex="M", birth_date="1970-01-01")
 
         page.goto(f"{live_server.url}/studies/upload/")
         _fill(page, _xrays(tmp_path, 2), "ROE^RICHARD", birth_date="1980-02-02")

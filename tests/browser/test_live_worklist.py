@@ -37,7 +37,8 @@ def test_a_stat_study_from_the_api_appears_live_and_the_reader_keeps_their_place
     page.screenshot(path=artifacts_dir / "live-worklist-0-open.png")
     page.evaluate("() => window.scrollTo(0, 500)")
     assert page.evaluate("() => window.scrollY") == 500, page.evaluate(
-        "() => document.documentElement.scrollHeight")
+        "() => document.documentElement.scrollHeight"
+    )
     reading = page.get_by_role("link", name="ROUT-09", exact=True)
     reading.focus()
     before_scroll = page.evaluate("() => window.scrollY")
@@ -53,16 +54,25 @@ def test_a_stat_study_from_the_api_appears_live_and_the_reader_keeps_their_place
         response = colleague.request.post(
             f"{live_server.url}/api/v1/studies/",
             headers={"Authorization": f"Token {token}"},
-            multipart={"image": {"name": "stat.png", "mimeType": "image/png",
-                                 "buffer": imagegen.png_bytes(seed=299)},
-                       "patient_id": "STAT-LIVE", "priority": str(Study.Priority.STAT)})
+            multipart={
+                "image": {
+                    "name": "stat.png",
+                    "mimeType": "image/png",
+                    "buffer": imagegen.png_bytes(seed=299),
+                },
+                "patient_id": "STAT-LIVE",
+                "priority": str(Study.Priority.STAT),
+            },
+        )
         assert response.status == 201, response.text()
     finally:
         colleague.close()
 
     page.wait_for_function(
         "() => { const b = document.querySelector('[data-live-new-button]');"
-        " return b && !b.closest('[hidden]') && b.textContent === '1 new'; }", timeout=15_000)
+        " return b && !b.closest('[hidden]') && b.textContent === '1 new'; }",
+        timeout=15_000,
+    )
     arrived_after = time.monotonic() - sent
     assert arrived_after < 10, f"the study took {arrived_after:.1f} s to show"
     page.screenshot(path=artifacts_dir / "live-worklist-1-new.png")
@@ -72,7 +82,8 @@ def test_a_stat_study_from_the_api_appears_live_and_the_reader_keeps_their_place
     stat = page.locator("table.worklist tbody tr", has_text="STAT-LIVE")
     assert stat.get_attribute("class").split().count("row-new") == 1
     assert page.locator("table.worklist tbody tr").first.get_attribute("data-study-id") == (
-        stat.get_attribute("data-study-id"))  # STAT first
+        stat.get_attribute("data-study-id")
+    )  # STAT first
     # The reader's place: the row they were reading has not moved on the screen (the new row
     # came in above it, out of sight), and the link they had focused still has the focus.
     assert abs(_top(page, "ROUT-08") - before_top) <= 1

@@ -22,15 +22,25 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
 def test_the_study_page_re_analyses_and_says_that_the_result_changed(
-    page, live_server, radiologist, admin_user, pneumonia_model, artifacts_dir  # noqa: F811
+    page,
+    live_server,
+    radiologist,
+    admin_user,
+    pneumonia_model,  # noqa: F811 - the fixture imported above
+    artifacts_dir,
 ):
     model_version_promote(version=pneumonia_model, reason="first")
     study = upload_view(radiologist, "BR-1", "ACC-BR-1", seed=71)
     finish_prediction(study.prediction, pneumonia_model, {"NORMAL": 0.3, "PNEUMONIA": 0.7})
     v2 = ModelVersion.objects.create(
-        name="pneu-v2", architecture="mobilenet_v2", class_labels=PNEUMONIA_CLASSES,
-        thresholds=THRESHOLDS, weights="models/pneu-v2.pt", sha256="1" * 64,
-        mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225],
+        name="pneu-v2",
+        architecture="mobilenet_v2",
+        class_labels=PNEUMONIA_CLASSES,
+        thresholds=THRESHOLDS,
+        weights="models/pneu-v2.pt",
+        sha256="1" * 64,
+        mean=[0.485, 0.456, 0.406],
+        std=[0.229, 0.224, 0.225],
     )
 
     sign_in(page, live_server, admin_user.username)
@@ -59,6 +69,8 @@ def test_the_study_page_re_analyses_and_says_that_the_result_changed(
     wait_for(lambda: page.locator("[data-study-label]").count() == 1, timeout=20)
     notice = page.locator("[data-reanalysis]").inner_text()
     assert "Re-analysed with version pneu-v1" in notice
-    assert "previously: NORMAL with version pneu-v2" in page.locator("[data-reanalysis]").inner_text()
+    assert (
+        "previously: NORMAL with version pneu-v2" in page.locator("[data-reanalysis]").inner_text()
+    )
     assert page.locator("[data-reanalyse]").count() == 0
     page.screenshot(path=artifacts_dir / "reanalysis-study-page.png", full_page=True)

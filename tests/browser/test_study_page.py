@@ -10,8 +10,7 @@ from diagnosis.models import Study
 from tests import imagegen
 from tests.browser.conftest import sign_in
 
-pytestmark = [pytest.mark.browser, pytest.mark.integration,
-              pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
 def test_upload_then_the_study_page_updates_itself_and_the_heatmap_opacity_moves(
@@ -32,7 +31,10 @@ def test_upload_then_the_study_page_updates_itself_and_the_heatmap_opacity_moves
     study = Study.objects.get(patient__mrn="BROWSER-1")
     assert page.url == f"{live_server.url}/studies/{study.pk}/"
     assert page.locator("[data-status]").first.get_attribute("data-status") in (
-        "queued", "running", "done")
+        "queued",
+        "running",
+        "done",
+    )
     # No reload from here on: the page polls and replaces its results panel itself.
     page.wait_for_selector("[data-status='done']", timeout=90_000)
     prediction = study.images.get().predictions.get()
@@ -49,7 +51,8 @@ def test_upload_then_the_study_page_updates_itself_and_the_heatmap_opacity_moves
     heatmap.wait_for(state="visible")
     page.wait_for_function(
         "() => { const i = document.querySelector('.stage .heatmap');"
-        " return i && i.complete && i.naturalWidth > 0; }")
+        " return i && i.complete && i.naturalWidth > 0; }"
+    )
     slider = page.get_by_label("Opacity")
     slider.fill("25")
     assert heatmap.evaluate("(img) => img.style.opacity") == "0.25"
@@ -83,8 +86,14 @@ def test_a_bad_file_shows_a_clear_error_on_the_upload_page(
 
 
 def test_a_reading_started_before_the_result_is_kept_and_told_the_result_arrived(
-    page, live_server, radiologist, production_model, celery_worker, artifacts_dir, tmp_path,
-    settings
+    page,
+    live_server,
+    radiologist,
+    production_model,
+    celery_worker,
+    artifacts_dir,
+    tmp_path,
+    settings,
 ):
     """The model takes 3 s over a file named slow-* (fault injection): the page opens while it
     works. An untouched reading form is replaced by one that can agree with the model; one the

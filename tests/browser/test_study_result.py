@@ -19,7 +19,11 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
 def test_a_two_view_study_shows_and_signs_one_result(
-    page, live_server, radiologist, pneumonia_model, artifacts_dir  # noqa: F811
+    page,
+    live_server,
+    radiologist,
+    pneumonia_model,  # noqa: F811 - the fixture imported above
+    artifacts_dir,
 ):
     first = upload_view(radiologist, "SR-1", "ACC-SR-1", seed=61)
     second = upload_view(radiologist, "SR-1", "ACC-SR-1", seed=62)
@@ -44,7 +48,7 @@ def test_a_two_view_study_shows_and_signs_one_result(
     assert panel.locator("[data-study-label]").inner_text() == "PNEUMONIA"
     assert "flagged" in panel.inner_text()
     red = "rgb(164, 22, 26)"  # --danger
-    bar_colour = ("(el) => getComputedStyle(el.querySelector('.bar')).backgroundColor")
+    bar_colour = "(el) => getComputedStyle(el.querySelector('.bar')).backgroundColor"
     assert panel.locator("li", has_text="PNEUMONIA").evaluate(bar_colour) == red
     assert panel.locator("li", has_text="NORMAL").evaluate(bar_colour) != red
     assert page.locator("[data-shown-label]").inner_text() == "PNEUMONIA"

@@ -15,14 +15,17 @@ from diagnosis.worker.run import prediction_run
 from tests import imagegen
 from tests.browser.conftest import sign_in
 
-pytestmark = [pytest.mark.browser, pytest.mark.integration,
-              pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
 def _read_study(user, mrn: str, **kw) -> Study:
     """A one-image study whose analysis has finished (run here, in the test's process)."""
-    result = services.study_upload(uploaded_by=user, patient_id=mrn, **kw,
-                                   data=imagegen.png_bytes(imagegen.make_xray(512, 480, seed=3)))
+    result = services.study_upload(
+        uploaded_by=user,
+        patient_id=mrn,
+        **kw,
+        data=imagegen.png_bytes(imagegen.make_xray(512, 480, seed=3)),
+    )
     done = prediction_run(prediction_id=result.prediction.pk)
     assert done.status == "done", done.error
     return result.study
@@ -30,9 +33,10 @@ def _read_study(user, mrn: str, **kw) -> Study:
 
 @pytest.fixture
 def studies(radiologist, production_model, _broker) -> list[Study]:
-    made = [_read_study(radiologist, f"KEYS-{i}", priority=p)
-            for i, p in enumerate((Study.Priority.ROUTINE, Study.Priority.STAT,
-                                   Study.Priority.URGENT))]
+    made = [
+        _read_study(radiologist, f"KEYS-{i}", priority=p)
+        for i, p in enumerate((Study.Priority.ROUTINE, Study.Priority.STAT, Study.Priority.URGENT))
+    ]
     return made
 
 
@@ -43,13 +47,18 @@ def _worklist_order() -> list[int]:
 def _within(page, locator) -> bool:
     box = locator.bounding_box()
     size = page.viewport_size
-    return (box is not None and box["y"] >= 0 and box["x"] >= 0
-            and box["y"] + box["height"] <= size["height"]
-            and box["x"] + box["width"] <= size["width"])
+    return (
+        box is not None
+        and box["y"] >= 0
+        and box["x"] >= 0
+        and box["y"] + box["height"] <= size["height"]
+        and box["x"] + box["width"] <= size["width"]
+    )
 
 
-def test_a_one_image_study_fits_a_1280x720_screen(browser, live_server, radiologist, studies,
-                                                   artifacts_dir):
+def test_a_one_image_study_fits_a_1280x720_screen(
+    browser, live_server, radiologist, studies, artifacts_dir
+):
     context = browser.new_context(viewport={"width": 1280, "height": 720})
     page = context.new_page()
     try:
@@ -57,21 +66,28 @@ def test_a_one_image_study_fits_a_1280x720_screen(browser, live_server, radiolog
         page.goto(f"{live_server.url}/studies/{studies[0].pk}/")
         page.wait_for_function(
             "() => { const i = document.querySelector('.stage .xray');"
-            " return i && i.complete && i.naturalWidth > 0; }")
+            " return i && i.complete && i.naturalWidth > 0; }"
+        )
         page.screenshot(path=artifacts_dir / "study-1280x720.png")
         assert page.evaluate("window.scrollY") == 0
         sign = page.get_by_role("button", name="Sign reading")
-        for what in (sign, page.get_by_label("Agree with the model"),
-                     page.get_by_label("Heatmap"), page.get_by_label("Opacity"),
-                     page.get_by_label("Class", exact=True), page.locator(".stage .xray"),
-                     page.get_by_role("button", name="Zoom in")):
+        for what in (
+            sign,
+            page.get_by_label("Agree with the model"),
+            page.get_by_label("Heatmap"),
+            page.get_by_label("Opacity"),
+            page.get_by_label("Class", exact=True),
+            page.locator(".stage .xray"),
+            page.get_by_role("button", name="Zoom in"),
+        ):
             assert what.is_visible() and _within(page, what), what
     finally:
         context.close()
 
 
 def test_keyboard_shortcuts_follow_the_worklist_and_never_fire_while_typing(
-        page, live_server, radiologist, studies, artifacts_dir):
+    page, live_server, radiologist, studies, artifacts_dir
+):
     order = _worklist_order()
     assert sorted(order) == sorted(s.pk for s in studies)
     sign_in(page, live_server, radiologist.username)
@@ -113,8 +129,9 @@ def test_keyboard_shortcuts_follow_the_worklist_and_never_fire_while_typing(
     page.screenshot(path=artifacts_dir / "study-keys.png")
 
 
-def test_an_empty_class_heatmap_says_so(page, live_server, radiologist, studies, monkeypatch,
-                                        artifacts_dir):
+def test_an_empty_class_heatmap_says_so(
+    page, live_server, radiologist, studies, monkeypatch, artifacts_dir
+):
     from diagnosis.worker import compute
 
     study = studies[0]
@@ -129,8 +146,10 @@ def test_an_empty_class_heatmap_says_so(page, live_server, radiologist, studies,
             self.preprocessing = predictor.preprocessing
 
         def predict(self, images, **kw):
-            return [dataclasses.replace(r, cam=np.zeros_like(r.cam))
-                    for r in self._p.predict(images, **kw)]
+            return [
+                dataclasses.replace(r, cam=np.zeros_like(r.cam))
+                for r in self._p.predict(images, **kw)
+            ]
 
     monkeypatch.setattr(compute, "predictor_for", lambda v: Flat(real(v)))
     heatmap = class_heatmap_run(heatmap_id=heatmap.pk)
@@ -150,7 +169,8 @@ def test_an_empty_class_heatmap_says_so(page, live_server, radiologist, studies,
 
 
 def test_a_user_without_a_role_sees_the_refused_page_and_can_sign_out(
-        page, live_server, outsider, artifacts_dir):
+    page, live_server, outsider, artifacts_dir
+):
     page.goto(f"{live_server.url}/accounts/login/")
     page.get_by_label("User name").fill(outsider.username)
     page.get_by_label("Password").fill("correct horse battery")
@@ -164,8 +184,9 @@ def test_a_user_without_a_role_sees_the_refused_page_and_can_sign_out(
     assert "/accounts/login/" in page.url
 
 
-def test_the_audit_trail_reads_as_key_value_lines(page, live_server, admin_user, studies,
-                                                  artifacts_dir):
+def test_the_audit_trail_reads_as_key_value_lines(
+    page, live_server, admin_user, studies, artifacts_dir
+):
     sign_in(page, live_server, admin_user.username)
     page.goto(f"{live_server.url}/audit/")
     detail = page.locator("td dl.detail").first

@@ -25,8 +25,9 @@ def _no_horizontal_overflow(page) -> None:
     assert width <= page.viewport_size["width"], f"the page is {width}px wide"
 
 
-def test_an_admin_reviews_a_run_compares_and_promotes(page, live_server, admin_user,
-                                                      model_version, artifacts_dir):
+def test_an_admin_reviews_a_run_compares_and_promotes(
+    page, live_server, admin_user, model_version, artifacts_dir
+):
     shots = artifacts_dir / "training"
     shots.mkdir(exist_ok=True)
 
@@ -38,10 +39,12 @@ def test_an_admin_reviews_a_run_compares_and_promotes(page, live_server, admin_u
     candidate = model_version
     candidate.training_run, candidate.metrics = done, done.test_metrics
     candidate.save()
-    production = second_version(candidate, name="resnet18-imported-2025",
-                                metrics={"accuracy": 0.81, "macro_auc": 0.9})
-    model_version_promote(version=production, promoted_by=admin_user,
-                          reason="First model imported for the pilot.")
+    production = second_version(
+        candidate, name="resnet18-imported-2025", metrics={"accuracy": 0.81, "macro_auc": 0.9}
+    )
+    model_version_promote(
+        version=production, promoted_by=admin_user, reason="First model imported for the pilot."
+    )
     make_evaluation(candidate, dataset, skill=3.0, seed=1, plots=True)
     make_evaluation(production, dataset, skill=1.5, seed=2, plots=True)
 
@@ -120,4 +123,7 @@ def test_an_admin_reviews_a_run_compares_and_promotes(page, live_server, admin_u
     assert list(ModelVersion.objects.filter(status="production")) == [candidate]
     promotion = ModelPromotion.objects.order_by("-pk").first()
     assert (promotion.model_version, promotion.previous_version, promotion.promoted_by) == (
-        candidate, production, admin_user)
+        candidate,
+        production,
+        admin_user,
+    )

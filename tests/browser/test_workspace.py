@@ -8,21 +8,23 @@ from diagnosis.models import Reading, Study
 from tests import imagegen
 from tests.browser.conftest import sign_in
 
-pytestmark = [pytest.mark.browser, pytest.mark.integration,
-              pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
-def test_a_radiologists_day(page, live_server, radiologist, production_model, celery_worker,
-                            artifacts_dir, tmp_path):
+def test_a_radiologists_day(
+    page, live_server, radiologist, production_model, celery_worker, artifacts_dir, tmp_path
+):
     shots = artifacts_dir / "workspace"
     shots.mkdir(exist_ok=True)
     sign_in(page, live_server, radiologist.username)
 
     # Several files at once, with per-file progress and errors.
     files = []
-    for name, data in [("pa.png", imagegen.png_bytes(imagegen.make_xray(600, 560, seed=1))),
-                       ("second.jpg", imagegen.jpeg_bytes(imagegen.make_xray(500, 500, seed=2))),
-                       ("notes.png", imagegen.text_named_png())]:
+    for name, data in [
+        ("pa.png", imagegen.png_bytes(imagegen.make_xray(600, 560, seed=1))),
+        ("second.jpg", imagegen.jpeg_bytes(imagegen.make_xray(500, 500, seed=2))),
+        ("notes.png", imagegen.text_named_png()),
+    ]:
         path = tmp_path / name
         path.write_bytes(data)
         files.append(str(path))
@@ -52,7 +54,9 @@ def test_a_radiologists_day(page, live_server, radiologist, production_model, ce
     page.goto(f"{live_server.url}/")
     page.wait_for_function(
         "() => [...document.querySelectorAll('#worklist .status')].filter("
-        "e => e.textContent.trim() === 'Done').length >= 1", timeout=90_000)
+        "e => e.textContent.trim() === 'Done').length >= 1",
+        timeout=90_000,
+    )
     page.screenshot(path=shots / "03-worklist.png", full_page=True)
 
     # The study: heatmap opacity, zoom, another class's heatmap, then a signed reading.
@@ -71,9 +75,12 @@ def test_a_radiologists_day(page, live_server, radiologist, production_model, ce
     view.get_by_label("Class", exact=True).select_option(other)
     page.wait_for_function(
         f"() => {{ const o = [...document.querySelectorAll('[data-heatmap-class] option')]"
-        f".find(o => o.value === {other!r}); return o && o.dataset.src; }}", timeout=90_000)
+        f".find(o => o.value === {other!r}); return o && o.dataset.src; }}",
+        timeout=90_000,
+    )
     page.wait_for_function(
-        "() => document.querySelector('.stage .heatmap').src.includes('/heatmaps/')")
+        "() => document.querySelector('.stage .heatmap').src.includes('/heatmaps/')"
+    )
     # the zoom and the window survive the refresh that brought the new heatmap
     assert "scale(1.5625)" in page.locator(".stage").first.evaluate("e => e.style.transform")
     page.screenshot(path=shots / "04-study-viewer.png", full_page=True)
@@ -102,8 +109,9 @@ def test_a_radiologists_day(page, live_server, radiologist, production_model, ce
     page.screenshot(path=shots / "07-radiologist-denied-audit.png", full_page=True)
 
 
-def test_an_admin_reads_the_audit_trail_and_agreement(page, live_server, admin_user,
-                                                       radiologist, artifacts_dir):
+def test_an_admin_reads_the_audit_trail_and_agreement(
+    page, live_server, admin_user, radiologist, artifacts_dir
+):
     shots = artifacts_dir / "workspace"
     shots.mkdir(exist_ok=True)
     sign_in(page, live_server, admin_user.username)
@@ -113,5 +121,6 @@ def test_an_admin_reads_the_audit_trail_and_agreement(page, live_server, admin_u
     page.screenshot(path=shots / "08-admin-audit.png", full_page=True)
     page.goto(f"{live_server.url}/agreement/")
     page.screenshot(path=shots / "09-admin-agreement.png", full_page=True)
-    assert page.get_by_role("heading", name="Agreement between the model and the radiologists"
-                            ).is_visible()
+    assert page.get_by_role(
+        "heading", name="Agreement between the model and the radiologists"
+    ).is_visible()

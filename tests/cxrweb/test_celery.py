@@ -50,8 +50,7 @@ def test_an_acknowledgement_redis_did_not_answer_frees_the_prefetch_slot(channel
     Redis for another message (tests/faults: a hung broker left uploads queued for good)."""
     channel, queue = channel
     message = _receive(channel, queue)
-    monkeypatch.setattr(channel.qos, "_remove_from_indices",
-                        lambda tag, pipe=None: _HungPipeline())
+    monkeypatch.setattr(channel.qos, "_remove_from_indices", lambda tag, pipe=None: _HungPipeline())
 
     message.ack_log_error(logging.getLogger(__name__), channel.connection_errors)
 
@@ -63,8 +62,7 @@ def test_an_acknowledgement_redis_did_not_answer_frees_the_prefetch_slot(channel
 def test_a_rejection_redis_did_not_answer_frees_the_prefetch_slot(channel, monkeypatch):
     channel, queue = channel
     message = _receive(channel, queue)
-    monkeypatch.setattr(channel.qos, "_remove_from_indices",
-                        lambda tag, pipe=None: _HungPipeline())
+    monkeypatch.setattr(channel.qos, "_remove_from_indices", lambda tag, pipe=None: _HungPipeline())
 
     with pytest.raises(redis.exceptions.TimeoutError):
         message.reject()

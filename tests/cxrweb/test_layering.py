@@ -23,20 +23,30 @@ def _imports(path: Path) -> list[str]:
 
 def _offenders(files: list[Path], forbidden: set[str]) -> list[str]:
     assert files, "the scan found no files"
-    return [f"{path.relative_to(REPO_ROOT)}: {name}" for path in files for name in _imports(path)
-            if name.split(".")[0] in forbidden]
+    return [
+        f"{path.relative_to(REPO_ROOT)}: {name}"
+        for path in files
+        for name in _imports(path)
+        if name.split(".")[0] in forbidden
+    ]
 
 
 def test_cxrweb_s_shared_parts_import_neither_app() -> None:
-    files = [p for p in sorted((REPO_ROOT / "cxrweb").rglob("*.py"))
-             if not (p.parent == REPO_ROOT / "cxrweb" and p.name in WIRING)]
+    files = [
+        p
+        for p in sorted((REPO_ROOT / "cxrweb").rglob("*.py"))
+        if not (p.parent == REPO_ROOT / "cxrweb" and p.name in WIRING)
+    ]
     assert _offenders(files, {"diagnosis", "training"}) == []
 
 
 def test_the_training_app_does_not_import_diagnosis() -> None:
     # The ML core (training/ml) has its own guard, tests/training/ml/test_no_django.py.
-    files = [p for p in sorted((REPO_ROOT / "training").rglob("*.py"))
-             if "ml" not in p.relative_to(REPO_ROOT / "training").parts[:1]]
+    files = [
+        p
+        for p in sorted((REPO_ROOT / "training").rglob("*.py"))
+        if "ml" not in p.relative_to(REPO_ROOT / "training").parts[:1]
+    ]
     assert _offenders(files, {"diagnosis"}) == []
 
 
@@ -121,18 +131,33 @@ def test_the_cycle_finder_finds_a_circle() -> None:
 def test_dispatch_never_imports_the_consumers_of_its_tasks() -> None:
     graph = _module_graph()
     for dispatch in ("diagnosis.dispatch", "training.dispatch"):
-        consumers = {m for m in graph[dispatch]
-                     if m.endswith(".tasks") or m.startswith("diagnosis.worker")}
+        consumers = {
+            m for m in graph[dispatch] if m.endswith(".tasks") or m.startswith("diagnosis.worker")
+        }
         assert consumers == set(), dispatch
 
 
 def test_the_web_side_never_imports_the_worker_side() -> None:
     graph = _module_graph()
-    web = [m for m in graph if m.split(".")[:2] in (
-        ["diagnosis", "views"], ["diagnosis", "api"], ["diagnosis", "forms"],
-        ["diagnosis", "selectors"], ["diagnosis", "services"], ["training", "views"],
-        ["training", "forms"], ["training", "selectors"], ["training", "services"])]
+    web = [
+        m
+        for m in graph
+        if m.split(".")[:2]
+        in (
+            ["diagnosis", "views"],
+            ["diagnosis", "api"],
+            ["diagnosis", "forms"],
+            ["diagnosis", "selectors"],
+            ["diagnosis", "services"],
+            ["training", "views"],
+            ["training", "forms"],
+            ["training", "selectors"],
+            ["training", "services"],
+        )
+    ]
     assert len(web) > 15
-    offenders = {m: sorted(t for t in graph[m] if t.startswith("diagnosis.worker")
-                           or t.endswith(".tasks")) for m in web}
+    offenders = {
+        m: sorted(t for t in graph[m] if t.startswith("diagnosis.worker") or t.endswith(".tasks"))
+        for m in web
+    }
     assert {m: t for m, t in offenders.items() if t} == {}

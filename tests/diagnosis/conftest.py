@@ -20,24 +20,39 @@ THRESHOLDS = {"NORMAL": 0.5, "PNEUMONIA": 0.292}
 def pneumonia_model(db) -> ModelVersion:
     """A version row with the chosen thresholds (no weights are run: predictions are set)."""
     return ModelVersion.objects.create(
-        name="pneu-v1", architecture="mobilenet_v2", class_labels=PNEUMONIA_CLASSES,
-        thresholds=THRESHOLDS, weights="models/pneu-v1.pt", sha256="0" * 64,
-        mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225],
+        name="pneu-v1",
+        architecture="mobilenet_v2",
+        class_labels=PNEUMONIA_CLASSES,
+        thresholds=THRESHOLDS,
+        weights="models/pneu-v1.pt",
+        sha256="0" * 64,
+        mean=[0.485, 0.456, 0.406],
+        std=[0.229, 0.224, 0.225],
     )
 
 
 def upload_view(user, mrn: str, accession: str, seed: int, **kw):
-    return services.study_upload(uploaded_by=user, data=imagegen.png_bytes(seed=seed),
-                                 patient_id=mrn, accession_number=accession, **kw)
+    return services.study_upload(
+        uploaded_by=user,
+        data=imagegen.png_bytes(seed=seed),
+        patient_id=mrn,
+        accession_number=accession,
+        **kw,
+    )
 
 
-def finish_prediction(prediction: Prediction, version: ModelVersion,
-                      probabilities: dict) -> Prediction:
+def finish_prediction(
+    prediction: Prediction, version: ModelVersion, probabilities: dict
+) -> Prediction:
     """The worker's outcome, written as the worker writes it, then the study's result stored."""
     label = max(probabilities, key=probabilities.get)
     Prediction.objects.filter(pk=prediction.pk).update(
-        model_version=version, status="done", label=label, cam_class=label,
-        probabilities=probabilities, finished_at=timezone.now(),
+        model_version=version,
+        status="done",
+        label=label,
+        cam_class=label,
+        probabilities=probabilities,
+        finished_at=timezone.now(),
     )
     prediction.refresh_from_db()
     services.study_flag_from_prediction(prediction=prediction)
@@ -46,4 +61,5 @@ def finish_prediction(prediction: Prediction, version: ModelVersion,
 
 def fail_prediction(prediction: Prediction, version: ModelVersion) -> None:
     Prediction.objects.filter(pk=prediction.pk).update(
-        model_version=version, status="failed", error="decode error", finished_at=timezone.now())
+        model_version=version, status="failed", error="decode error", finished_at=timezone.now()
+    )

@@ -21,8 +21,12 @@ def api(api_token) -> APIClient:
 
 # The JSON fields that link a done prediction's pictures -> the path each links to. The last two
 # are v1's deprecated names: "heatmap_url" links the overlay, "cam_url" the heatmap layer.
-FILE_URL_FIELDS = {"overlay_url": "overlay.png", "heatmap_layer_url": "heatmap-layer.png",
-                   "heatmap_url": "heatmap.png", "cam_url": "cam.png"}
+FILE_URL_FIELDS = {
+    "overlay_url": "overlay.png",
+    "heatmap_layer_url": "heatmap-layer.png",
+    "heatmap_url": "heatmap.png",
+    "cam_url": "cam.png",
+}
 # v1's URLs, kept as deprecated aliases -> the canonical URL each answers as.
 ALIASES = {"heatmap.png": "overlay.png", "cam.png": "heatmap-layer.png"}
 
@@ -34,8 +38,9 @@ def _post(api, data: bytes, name: str = "chest.png", **fields):
 
 
 def test_upload_returns_201_with_the_study_and_its_prediction(api, production_model):
-    resp = _post(api, imagegen.png_bytes(), patient_id="API-1", accession_number="ACC-API-1",
-                 view="PA")
+    resp = _post(
+        api, imagegen.png_bytes(), patient_id="API-1", accession_number="ACC-API-1", view="PA"
+    )
     assert resp.status_code == 201, resp.content
     body = resp.json()
     assert body["id"] == Study.objects.get().pk
@@ -68,9 +73,7 @@ def test_prediction_detail_reports_a_waiting_prediction(api):
         (lambda: imagegen.dicom_bytes(with_pixels=False), "sr.dcm", "pixel data"),
     ],
 )
-def test_bad_input_gets_a_400_with_an_error_and_stores_nothing(
-    api, settings, make, name, fragment
-):
+def test_bad_input_gets_a_400_with_an_error_and_stores_nothing(api, settings, make, name, fragment):
     resp = _post(api, make(), name=name, patient_id="API-BAD")
     assert resp.status_code == 400, resp.content
     assert fragment.lower() in resp.json()["error"].lower()
@@ -197,7 +200,9 @@ def test_an_upload_does_not_read_the_model_versions_metrics(api, production_mode
     assert resp.status_code == 201
     prediction = resp.json()["predictions"][0]
     assert (prediction["model_version"], prediction["architecture"]) == (
-        production_model.name, production_model.architecture)
+        production_model.name,
+        production_model.architecture,
+    )
     version_reads = [q["sql"] for q in queries if 'FROM "training_modelversion"' in q["sql"]]
     assert len(version_reads) == 1
     assert '"metrics"' not in version_reads[0]
@@ -229,13 +234,17 @@ def test_polling_a_finished_prediction_reads_neither_metrics_nor_dicom_tags(
 
     classes = list(production_model.class_labels)
     prediction = _finished_prediction(
-        api, "POLL-DONE", label=classes[-1],
+        api,
+        "POLL-DONE",
+        label=classes[-1],
         probabilities={c: 1.0 / len(classes) for c in reversed(classes)},
     )
     api.get(f"/api/v1/predictions/{prediction.pk}/")  # the first view: an audit event
     # A download's count depends on how its audit event is chained: not pinned here.
-    for path, count in ((f"/api/v1/predictions/{prediction.pk}/", 3),
-                        (f"/api/v1/predictions/{prediction.pk}/overlay.png", None)):
+    for path, count in (
+        (f"/api/v1/predictions/{prediction.pk}/", 3),
+        (f"/api/v1/predictions/{prediction.pk}/overlay.png", None),
+    ):
         with CaptureQueriesContext(connection) as queries:
             got = api.get(path)
         assert got.status_code == 200
@@ -250,10 +259,15 @@ def test_polling_a_finished_prediction_reads_neither_metrics_nor_dicom_tags(
     assert body["model_version"] == production_model.name
 
 
-@pytest.mark.parametrize("file_name, field", [
-    ("overlay.png", "overlay"), ("heatmap-layer.png", "heatmap"),
-    ("heatmap.png", "overlay"), ("cam.png", "heatmap"),  # the deprecated aliases
-])
+@pytest.mark.parametrize(
+    "file_name, field",
+    [
+        ("overlay.png", "overlay"),
+        ("heatmap-layer.png", "heatmap"),
+        ("heatmap.png", "overlay"),
+        ("cam.png", "heatmap"),  # the deprecated aliases
+    ],
+)
 def test_a_heatmap_downloaded_through_the_api_is_an_audit_event_naming_the_patient(
     api, radiologist, production_model, file_name, field
 ):
@@ -287,8 +301,9 @@ def analysed(radiologist, production_model) -> Prediction:
     from diagnosis import services
     from diagnosis.worker.run import prediction_run
 
-    result = services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(),
-                                   patient_id="PIX-1")
+    result = services.study_upload(
+        uploaded_by=radiologist, data=imagegen.png_bytes(), patient_id="PIX-1"
+    )
     prediction = prediction_run(prediction_id=result.prediction.pk)
     assert prediction.status == Prediction.Status.DONE, prediction.error
     return prediction
@@ -353,5 +368,6 @@ def test_a_v1_alias_says_it_is_deprecated_on_an_error_too(api, production_model)
     pk = _post(api, imagegen.png_bytes(), patient_id="PIX-2").json()["prediction_id"]
     got = api.get(f"/api/v1/predictions/{pk}/cam.png")
     assert got.status_code == 404 and got["Deprecation"] == "true"
-    assert got["Link"].endswith(f'/api/v1/predictions/{pk}/heatmap-layer.png>; '
-                                'rel="successor-version"')
+    assert got["Link"].endswith(
+        f'/api/v1/predictions/{pk}/heatmap-layer.png>; rel="successor-version"'
+    )

@@ -54,10 +54,14 @@ def test_the_403_handler_answers_json_under_api(rf, outsider):
 
 
 def _upload(client, **extra):
-    return client.post("/api/v1/studies/", {
-        "image": SimpleUploadedFile("chest.png", imagegen.png_bytes()),
-        "patient_id": extra.pop("patient_id", "CHAN-1"), **extra,
-    })
+    return client.post(
+        "/api/v1/studies/",
+        {
+            "image": SimpleUploadedFile("chest.png", imagegen.png_bytes()),
+            "patient_id": extra.pop("patient_id", "CHAN-1"),
+            **extra,
+        },
+    )
 
 
 def test_an_upload_from_the_browser_page_is_logged_as_browser(rad_client):
@@ -69,9 +73,14 @@ def test_an_upload_from_the_browser_page_is_logged_as_browser(rad_client):
 
 
 def test_an_upload_with_the_upload_form_is_logged_as_browser(rad_client):
-    resp = rad_client.post("/studies/upload/", {
-        "image": SimpleUploadedFile("chest.png", imagegen.png_bytes()), "patient_id": "CHAN-F",
-        "priority": 0})
+    resp = rad_client.post(
+        "/studies/upload/",
+        {
+            "image": SimpleUploadedFile("chest.png", imagegen.png_bytes()),
+            "patient_id": "CHAN-F",
+            "priority": 0,
+        },
+    )
     assert resp.status_code == 302, resp.content
     assert AuditEvent.objects.get(action=AuditEvent.Action.UPLOAD).detail["via"] == "browser"
 
@@ -79,9 +88,11 @@ def test_an_upload_with_the_upload_form_is_logged_as_browser(rad_client):
 def test_an_upload_with_an_api_token_is_logged_as_api(api_token):
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Token {api_token}")
-    resp = api.post("/api/v1/studies/", {
-        "image": SimpleUploadedFile("scan.dcm", imagegen.dicom_bytes()), "patient_id": "CHAN-A"},
-        format="multipart")
+    resp = api.post(
+        "/api/v1/studies/",
+        {"image": SimpleUploadedFile("scan.dcm", imagegen.dicom_bytes()), "patient_id": "CHAN-A"},
+        format="multipart",
+    )
     assert resp.status_code == 201, resp.content
     event = AuditEvent.objects.get(action=AuditEvent.Action.UPLOAD)
     assert event.detail == {"via": "api", "format": "DICOM"}
@@ -95,9 +106,16 @@ def test_an_unknown_upload_channel_is_refused(rf):
 
 
 def test_the_audit_page_shows_details_as_escaped_key_value_pairs(client, admin_user):
-    AuditEvent.objects.create(action=AuditEvent.Action.VIEW_STUDY, username="rad1", detail={
-        "view": "worklist", "studies": [3, 4], "filters": {"q": "<script>x</script>"},
-        "agrees": True})
+    AuditEvent.objects.create(
+        action=AuditEvent.Action.VIEW_STUDY,
+        username="rad1",
+        detail={
+            "view": "worklist",
+            "studies": [3, 4],
+            "filters": {"q": "<script>x</script>"},
+            "agrees": True,
+        },
+    )
     client.force_login(admin_user)
     html = client.get("/audit/").content.decode()
     assert "<dt>view</dt><dd>worklist</dd>" in html

@@ -50,15 +50,19 @@ def test_the_token_moves_on_each_worklist_change_and_only_then(
 
     steps = {
         "promoted (waiting -> queued)": lambda p: Prediction.objects.filter(pk=p.pk).update(
-            model_version=pneumonia_model),
+            model_version=pneumonia_model
+        ),
         "started": lambda p: Prediction.objects.filter(pk=p.pk).update(
-            status="running", started_at=timezone.now()),
+            status="running", started_at=timezone.now()
+        ),
         "failed": lambda p: fail_prediction(p, pneumonia_model),
         "queued again": lambda p: services.prediction_rerun(prediction=p),
-        "finished": lambda p: finish_prediction(p, pneumonia_model,
-                                                {"NORMAL": 0.2, "PNEUMONIA": 0.8}),
-        "signed": lambda p: services.reading_sign(study=upload.study, radiologist=radiologist,
-                                                  final_label="PNEUMONIA", agrees=True),
+        "finished": lambda p: finish_prediction(
+            p, pneumonia_model, {"NORMAL": 0.2, "PNEUMONIA": 0.8}
+        ),
+        "signed": lambda p: services.reading_sign(
+            study=upload.study, radiologist=radiologist, final_label="PNEUMONIA", agrees=True
+        ),
     }
     for step, change in steps.items():
         change(Prediction.objects.get(pk=upload.prediction.pk))

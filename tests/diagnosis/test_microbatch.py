@@ -15,8 +15,11 @@ from tests import imagegen
 
 def _upload(user, seed: int, *, filename: str = "chest.png", priority=Study.Priority.ROUTINE):
     return services.study_upload(
-        uploaded_by=user, data=imagegen.png_bytes(seed=seed), patient_id=f"MB-{seed}",
-        filename=filename, priority=priority,
+        uploaded_by=user,
+        data=imagegen.png_bytes(seed=seed),
+        patient_id=f"MB-{seed}",
+        filename=filename,
+        priority=priority,
     ).prediction
 
 
@@ -27,8 +30,9 @@ def sent(sent_tasks, settings):
 
     def ids() -> list[int]:
         assert all(t.name == RUN_PREDICTION and len(t.args) == 1 for t in sent_tasks)
-        assert all(t.options.get("countdown") in (None, settings.CXR_RETRY_DELAY_S)
-                   for t in sent_tasks)
+        assert all(
+            t.options.get("countdown") in (None, settings.CXR_RETRY_DELAY_S) for t in sent_tasks
+        )
         return [t.args[0] for t in sent_tasks]
 
     return ids
@@ -53,9 +57,7 @@ def test_one_task_analyses_what_is_waiting_and_the_other_tasks_then_do_nothing(
         assert (again.worker, again.attempts, again.finished_at) == ("w1", 1, row.finished_at)
 
 
-def test_a_batch_gives_each_image_the_result_it_gets_alone(
-    radiologist, production_model, settings
-):
+def test_a_batch_gives_each_image_the_result_it_gets_alone(radiologist, production_model, settings):
     settings.CXR_INFERENCE_BATCH_SIZE = 2
     first, second = _upload(radiologist, 1), _upload(radiologist, 2)
     prediction_run(prediction_id=first.pk)
@@ -63,7 +65,9 @@ def test_a_batch_gives_each_image_the_result_it_gets_alone(
     assert batched.status == "done"
     settings.CXR_INFERENCE_BATCH_SIZE = 1
     same_bytes = services.study_upload(
-        uploaded_by=radiologist, data=imagegen.png_bytes(seed=2), patient_id="MB-again",
+        uploaded_by=radiologist,
+        data=imagegen.png_bytes(seed=2),
+        patient_id="MB-again",
     ).prediction
     alone = prediction_run(prediction_id=same_bytes.pk)
     assert alone.label == batched.label
@@ -147,7 +151,10 @@ def test_a_database_error_mid_batch_stores_none_of_it_and_puts_the_companions_ba
     assert calls == [first.pk, second.pk]
     rows = {r.pk: r for r in Prediction.objects.all()}
     assert (rows[first.pk].status, rows[first.pk].worker, rows[first.pk].attempts) == (
-        "running", "w1", 1)
+        "running",
+        "w1",
+        1,
+    )
     assert not rows[first.pk].heatmap and not rows[first.pk].overlay
     heatmaps = settings.MEDIA_ROOT / "heatmaps"
     assert not heatmaps.exists() or not any(p.is_file() for p in heatmaps.rglob("*"))
@@ -165,7 +172,11 @@ def test_a_database_error_mid_batch_stores_none_of_it_and_puts_the_companions_ba
 
 
 def test_a_full_disk_mid_batch_leaves_no_file_and_retries_the_whole_batch_at_once(
-    radiologist, production_model, settings, sent, monkeypatch,
+    radiologist,
+    production_model,
+    settings,
+    sent,
+    monkeypatch,
     django_capture_on_commit_callbacks,
 ):
     """Not only database errors: a file that cannot be written (disk full) while the batch is
@@ -198,8 +209,7 @@ def test_a_full_disk_mid_batch_leaves_no_file_and_retries_the_whole_batch_at_onc
     assert sorted(sent()) == sorted([first.pk, second.pk, third.pk])
 
 
-def test_a_batch_is_stored_with_one_commit(radiologist, production_model, settings,
-                                           monkeypatch):
+def test_a_batch_is_stored_with_one_commit(radiologist, production_model, settings, monkeypatch):
     """One transaction for the batch's results: not one commit (and WAL flush) per image."""
     from django.db import connection
 
@@ -220,9 +230,7 @@ def test_a_batch_is_stored_with_one_commit(radiologist, production_model, settin
     assert set(Prediction.objects.values_list("status", flat=True)) == {"done"}
 
 
-def test_the_same_process_takes_back_its_own_claim_after_an_error(
-    radiologist, production_model
-):
+def test_the_same_process_takes_back_its_own_claim_after_an_error(radiologist, production_model):
     """A retry of a task whose attempt stopped on a database error finds its own claim."""
     queued = _upload(radiologist, 60)
     Prediction.objects.filter(pk=queued.pk).update(status="running", worker="host:1", attempts=1)
@@ -269,12 +277,13 @@ def test_companions_are_claimed_in_one_update_and_read_back_in_one_query(
     Prediction.objects.filter(pk=waiting[1].pk).update(status="running", worker="w2", attempts=1)
     main = claim.prediction_claim(prediction_id=waiting[0].pk, worker="w1")
     with django_assert_num_queries(2):
-        companions = claim.predictions_claim_batch_companions(
-            prediction=main, limit=3, worker="w1"
-        )
+        companions = claim.predictions_claim_batch_companions(prediction=main, limit=3, worker="w1")
     assert [c.pk for c in companions] == [urgent.pk, waiting[2].pk, waiting[3].pk]
     assert all((c.status, c.worker, c.attempts) == ("running", "w1", 1) for c in companions)
     assert all(c.started_at == main.started_at for c in companions)
     assert Prediction.objects.get(pk=waiting[1].pk).worker == "w2"
-    assert set(Prediction.objects.filter(pk__in=[waiting[4].pk, waiting[5].pk])
-               .values_list("status", flat=True)) == {"queued"}
+    assert set(
+        Prediction.objects.filter(pk__in=[waiting[4].pk, waiting[5].pk]).values_list(
+            "status", flat=True
+        )
+    ) == {"queued"}

@@ -15,8 +15,12 @@ def versions(db, state_dict_file, settings):
 
     settings.CXR_INFERENCE_FREEZE = False  # the cache is under test, not the frozen graph
     path = state_dict_file("mobilenet_v2")
-    return [model_version_import(path=path, architecture="mobilenet_v2", classes=CLASSES,
-                                 name=f"cache-{i}") for i in range(3)]
+    return [
+        model_version_import(
+            path=path, architecture="mobilenet_v2", classes=CLASSES, name=f"cache-{i}"
+        )
+        for i in range(3)
+    ]
 
 
 def test_two_versions_stay_loaded_and_a_third_replaces_the_least_recently_used(versions):
@@ -45,8 +49,10 @@ def test_threads_that_want_the_same_version_share_one_load(versions, monkeypatch
 
     monkeypatch.setattr(compute, "_load", counted_load)
     results = []
-    threads = [threading.Thread(target=lambda: results.append(compute.predictor_for(versions[0])))
-               for _ in range(3)]
+    threads = [
+        threading.Thread(target=lambda: results.append(compute.predictor_for(versions[0])))
+        for _ in range(3)
+    ]
     threads[0].start()
     started.wait(30)  # the others ask while the first one loads
     for t in threads[1:]:
@@ -66,8 +72,10 @@ def test_a_newly_promoted_version_is_loaded_ahead_beside_the_previous_one(
 
     settings.CXR_INFERENCE_FREEZE = False
     path = state_dict_file("mobilenet_v2")
-    old, new = (model_version_import(path=path, architecture="mobilenet_v2", classes=CLASSES,
-                                     name=name) for name in ("ahead-old", "ahead-new"))
+    old, new = (
+        model_version_import(path=path, architecture="mobilenet_v2", classes=CLASSES, name=name)
+        for name in ("ahead-old", "ahead-new")
+    )
     model_version_promote(version=old, reason="test")
 
     def poll(first: bool) -> None:  # in its own thread, with its own database connection
@@ -84,7 +92,8 @@ def test_a_newly_promoted_version_is_loaded_ahead_beside_the_previous_one(
         poll(first=False)  # already held: nothing loaded again
     assert compute.is_loaded(new.pk, new.sha256) and compute.is_loaded(old.pk, old.sha256)
     assert [r.getMessage() for r in caplog.records if "loaded ahead" in r.getMessage()] == [
-        "production model ahead-new loaded ahead of the first prediction since its promotion"]
+        "production model ahead-new loaded ahead of the first prediction since its promotion"
+    ]
 
 
 def test_a_version_that_cannot_be_loaded_is_reported_once_not_every_poll(
@@ -96,15 +105,20 @@ def test_a_version_that_cannot_be_loaded_is_reported_once_not_every_poll(
     from training.services import model_version_import, model_version_promote
 
     monkeypatch.setattr(process, "_not_loadable", None)
-    version = model_version_import(path=state_dict_file("mobilenet_v2"),
-                                   architecture="mobilenet_v2", classes=CLASSES, name="gone")
+    version = model_version_import(
+        path=state_dict_file("mobilenet_v2"),
+        architecture="mobilenet_v2",
+        classes=CLASSES,
+        name="gone",
+    )
     model_version_promote(version=version, reason="test")
     os.remove(version.weights.path)
     caplog.clear()
     with caplog.at_level("WARNING", logger="diagnosis.worker.process"):
         for _ in range(3):
-            thread = threading.Thread(target=process._load_production_model,
-                                      kwargs={"first": False})
+            thread = threading.Thread(
+                target=process._load_production_model, kwargs={"first": False}
+            )
             thread.start()
             thread.join(60)
     warnings = [r for r in caplog.records if "could not load the production model" in r.message]

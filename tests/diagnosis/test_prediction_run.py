@@ -19,7 +19,8 @@ from tests.conftest import CLASSES
 @pytest.fixture
 def queued(radiologist, production_model):
     return services.study_upload(
-        uploaded_by=radiologist, data=imagegen.png_bytes(imagegen.make_xray(320, 256)),
+        uploaded_by=radiologist,
+        data=imagegen.png_bytes(imagegen.make_xray(320, 256)),
         patient_id="MRN-RUN",
     ).prediction
 
@@ -62,8 +63,9 @@ def test_a_prediction_running_elsewhere_is_left_alone(queued):
 
 def test_an_abandoned_running_prediction_is_claimed_again(queued, settings):
     long_ago = timezone.now() - dt.timedelta(seconds=settings.CXR_PREDICTION_STALE_AFTER_S + 5)
-    Prediction.objects.filter(pk=queued.pk).update(status="running", started_at=long_ago,
-                                                   attempts=1)
+    Prediction.objects.filter(pk=queued.pk).update(
+        status="running", started_at=long_ago, attempts=1
+    )
     done = prediction_run(prediction_id=queued.pk, worker="w2")
     assert done.status == "done"
     assert done.attempts == 2
@@ -120,8 +122,10 @@ def test_a_waiting_prediction_is_not_run(radiologist):
 
 @pytest.mark.parametrize(
     "data",
-    [imagegen.jpeg_bytes(imagegen.make_xray(2200, 1700, seed=4)),
-     imagegen.dicom_bytes(width=2200, height=1700, patient_id="MRN-BIG")],
+    [
+        imagegen.jpeg_bytes(imagegen.make_xray(2200, 1700, seed=4)),
+        imagegen.dicom_bytes(width=2200, height=1700, patient_id="MRN-BIG"),
+    ],
     ids=["jpeg", "dicom"],
 )
 def test_a_large_image_is_read_as_training_reads_it(radiologist, production_model, data):

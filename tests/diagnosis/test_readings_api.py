@@ -27,14 +27,24 @@ def shown(radiologist, pneumonia_model, api) -> dict:
     _finish(first.prediction, pneumonia_model, {"NORMAL": 0.59, "PNEUMONIA": 0.41})
     _finish(second.prediction, pneumonia_model, {"NORMAL": 0.35, "PNEUMONIA": 0.65})
     body = api.get(f"/api/v1/studies/{first.study.pk}/").json()
-    return {"study": first.study, "result": body["result"], "url":
-            f"/api/v1/studies/{first.study.pk}/readings/"}
+    return {
+        "study": first.study,
+        "result": body["result"],
+        "url": f"/api/v1/studies/{first.study.pk}/readings/",
+    }
 
 
 def test_an_agreeing_reading_carries_the_shown_label(api, shown, radiologist):
-    resp = api.post(shown["url"], {"agree": True, "label": "", "notes": "lower lobe",
-                                   "prediction_ids": shown["result"]["prediction_ids"]},
-                    format="json")
+    resp = api.post(
+        shown["url"],
+        {
+            "agree": True,
+            "label": "",
+            "notes": "lower lobe",
+            "prediction_ids": shown["result"]["prediction_ids"],
+        },
+        format="json",
+    )
     assert resp.status_code == 201, resp.content
     body = resp.json()
     assert body["label"] == shown["result"]["label"] == "PNEUMONIA"
@@ -48,9 +58,11 @@ def test_an_agreeing_reading_carries_the_shown_label(api, shown, radiologist):
 
 
 def test_agreeing_ignores_a_different_label_sent_with_it(api, shown):
-    resp = api.post(shown["url"], {"agree": True, "label": "NORMAL",
-                                   "prediction_ids": shown["result"]["prediction_ids"]},
-                    format="json")
+    resp = api.post(
+        shown["url"],
+        {"agree": True, "label": "NORMAL", "prediction_ids": shown["result"]["prediction_ids"]},
+        format="json",
+    )
     assert resp.status_code == 201 and resp.json()["label"] == "PNEUMONIA"
 
 
@@ -75,21 +87,23 @@ def test_a_view_that_finishes_after_reading_makes_the_shown_ids_stale(
     assert seen["status"] == "pending" and seen["label"] == "NORMAL"
     _finish(second.prediction, pneumonia_model, {"NORMAL": 0.2, "PNEUMONIA": 0.8})
     url = f"/api/v1/studies/{first.study.pk}/readings/"
-    resp = api.post(url, {"agree": True, "prediction_ids": seen["prediction_ids"]},
-                    format="json")
+    resp = api.post(url, {"agree": True, "prediction_ids": seen["prediction_ids"]}, format="json")
     assert resp.status_code == 409 and not Reading.objects.exists()
     now = resp.json()["result"]
     resp = api.post(url, {"agree": True, "prediction_ids": now["prediction_ids"]}, format="json")
     assert resp.status_code == 201 and resp.json()["label"] == "PNEUMONIA"
 
 
-@pytest.mark.parametrize("payload, field", [
-    ({"prediction_ids": []}, "agree"),
-    ({"agree": "yes", "prediction_ids": []}, "agree"),
-    ({"agree": True}, "prediction_ids"),
-    ({"agree": True, "prediction_ids": ["1"]}, "prediction_ids"),
-    ({"agree": False, "label": "", "prediction_ids": []}, "label"),
-])
+@pytest.mark.parametrize(
+    "payload, field",
+    [
+        ({"prediction_ids": []}, "agree"),
+        ({"agree": "yes", "prediction_ids": []}, "agree"),
+        ({"agree": True}, "prediction_ids"),
+        ({"agree": True, "prediction_ids": ["1"]}, "prediction_ids"),
+        ({"agree": False, "label": "", "prediction_ids": []}, "label"),
+    ],
+)
 def test_malformed_readings_are_refused(api, shown, payload, field):
     resp = api.post(shown["url"], payload, format="json")
     assert resp.status_code == 400 and resp.json()["field"] == field
@@ -98,31 +112,43 @@ def test_malformed_readings_are_refused(api, shown, payload, field):
 
 def test_an_override_follows_the_pages_rules(api, shown):
     ids = shown["result"]["prediction_ids"]
-    bad = api.post(shown["url"], {"agree": False, "label": "tuberculosis",
-                                  "prediction_ids": ids}, format="json")
+    bad = api.post(
+        shown["url"],
+        {"agree": False, "label": "tuberculosis", "prediction_ids": ids},
+        format="json",
+    )
     assert bad.status_code == 400 and "Unknown label" in bad.json()["error"]
-    first = api.post(shown["url"], {"agree": False, "label": "NORMAL", "prediction_ids": ids},
-                     format="json")
+    first = api.post(
+        shown["url"], {"agree": False, "label": "NORMAL", "prediction_ids": ids}, format="json"
+    )
     assert first.status_code == 201 and first.json()["agree"] is False
     again = api.post(shown["url"], {"agree": True, "prediction_ids": ids}, format="json")
     assert again.status_code == 400 and "amend it" in again.json()["error"]
-    amended = api.post(shown["url"], {"agree": True, "prediction_ids": ids,
-                                      "amends": first.json()["id"]}, format="json")
+    amended = api.post(
+        shown["url"],
+        {"agree": True, "prediction_ids": ids, "amends": first.json()["id"]},
+        format="json",
+    )
     assert amended.status_code == 201 and amended.json()["amends"] == first.json()["id"]
 
 
 def test_only_clinical_users_sign(shown, outsider):
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {ApiToken.objects.create(user=outsider)[1]}")
-    resp = client.post(shown["url"], {"agree": True,
-                                      "prediction_ids": shown["result"]["prediction_ids"]},
-                       format="json")
+    resp = client.post(
+        shown["url"],
+        {"agree": True, "prediction_ids": shown["result"]["prediction_ids"]},
+        format="json",
+    )
     assert resp.status_code == 403 and not Reading.objects.exists()
-    anonymous = APIClient().post(shown["url"], {"agree": True, "prediction_ids": []},
-                                 format="json")
+    anonymous = APIClient().post(shown["url"], {"agree": True, "prediction_ids": []}, format="json")
     assert anonymous.status_code in (401, 403)
 
 
 def test_an_unknown_study_is_404(api, db):
-    assert api.post("/api/v1/studies/999999/readings/", {"agree": True, "prediction_ids": []},
-                    format="json").status_code == 404
+    assert (
+        api.post(
+            "/api/v1/studies/999999/readings/", {"agree": True, "prediction_ids": []}, format="json"
+        ).status_code
+        == 404
+    )

@@ -33,9 +33,14 @@ def broker(_broker):
 def versions(pneumonia_model) -> tuple[ModelVersion, ModelVersion]:
     model_version_promote(version=pneumonia_model, reason="first")
     v2 = ModelVersion.objects.create(
-        name="pneu-v2", architecture="mobilenet_v2", class_labels=PNEUMONIA_CLASSES,
-        thresholds=THRESHOLDS, weights="models/pneu-v2.pt", sha256="1" * 64,
-        mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225],
+        name="pneu-v2",
+        architecture="mobilenet_v2",
+        class_labels=PNEUMONIA_CLASSES,
+        thresholds=THRESHOLDS,
+        weights="models/pneu-v2.pt",
+        sha256="1" * 64,
+        mean=[0.485, 0.456, 0.406],
+        std=[0.229, 0.224, 0.225],
     )
     return ModelVersion.objects.get(pk=pneumonia_model.pk), v2
 
@@ -50,11 +55,19 @@ def studies(radiologist, versions) -> dict:
     signed = _image(radiologist, "RE-3", "ACC-RE-3", seed=34)
     for upload, p in ((open_a, 0.7), (open_a2, 0.1), (open_b, 0.2), (signed, 0.8)):
         _finish(upload.prediction, v1, {"NORMAL": 1 - p, "PNEUMONIA": p})
-    Reading.objects.create(study=signed.study, radiologist=radiologist, final_label="PNEUMONIA",
-                           agrees_with_model=True, prediction_ids=[signed.prediction.pk])
-    return {"open": [open_a.study.pk, open_b.study.pk], "signed": signed.study.pk,
-            "open_images": {open_a.image.pk, open_a2.image.pk, open_b.image.pk},
-            "signed_prediction": signed.prediction.pk}
+    Reading.objects.create(
+        study=signed.study,
+        radiologist=radiologist,
+        final_label="PNEUMONIA",
+        agrees_with_model=True,
+        prediction_ids=[signed.prediction.pk],
+    )
+    return {
+        "open": [open_a.study.pk, open_b.study.pk],
+        "signed": signed.study.pk,
+        "open_images": {open_a.image.pk, open_a2.image.pk, open_b.image.pk},
+        "signed_prediction": signed.prediction.pk,
+    }
 
 
 def _queued(broker, priority: int) -> list[bytes]:
@@ -68,21 +81,29 @@ def test_promoting_with_rerun_queues_exactly_the_unsigned_studies_behind_uploads
     v1, v2 = versions
     client.force_login(admin_user)
     with django_capture_on_commit_callbacks(execute=True):
-        response = client.post(reverse("training:version-promote", args=[v2.pk]),
-                               {"reason": "better", "rerun_open": "on"})
+        response = client.post(
+            reverse("training:version-promote", args=[v2.pk]),
+            {"reason": "better", "rerun_open": "on"},
+        )
     assert response.status_code == 302
     rerun = Prediction.objects.filter(model_version=v2)
     assert {p.image_id for p in rerun} == studies["open_images"]
     assert all(p.status == "queued" for p in rerun)
     # The signed study is left as it was read; every earlier prediction is kept.
-    assert not Prediction.objects.filter(image__study_id=studies["signed"],
-                                         model_version=v2).exists()
+    assert not Prediction.objects.filter(
+        image__study_id=studies["signed"], model_version=v2
+    ).exists()
     assert Prediction.objects.filter(model_version=v1, status="done").count() == 4
     # Sent at the re-run priority (the lowest list), none at the uploads' priority.
     assert len(_queued(broker, REANALYSIS_PRIORITY)) == 3 and _queued(broker, 0) == []
     event = AuditEvent.objects.get(action="reanalyse")
-    assert event.detail == {"scope": "open studies", "version": "pneu-v2", "studies": 2,
-                            "queued": 3, "unchanged": 0}
+    assert event.detail == {
+        "scope": "open studies",
+        "version": "pneu-v2",
+        "studies": 2,
+        "queued": 3,
+        "unchanged": 0,
+    }
     assert event.username == admin_user.username
     # The open studies wait for the new version: their flag follows the (pending) result.
     assert not Study.objects.get(pk=studies["open"][0]).flagged_by_model
@@ -157,13 +178,17 @@ def test_the_study_button_re_reads_with_production_and_the_page_says_it_changed(
     assert AuditEvent.objects.filter(action="reanalyse").order_by("pk").last().detail["queued"] == 0
     api = APIClient()
     api.force_authenticate(radiologist)
-    stale = api.post(f"/api/v1/studies/{study_id}/readings/",
-                     {"agree": True, "prediction_ids": shown.prediction_ids}, format="json")
+    stale = api.post(
+        f"/api/v1/studies/{study_id}/readings/",
+        {"agree": True, "prediction_ids": shown.prediction_ids},
+        format="json",
+    )
     assert stale.status_code == 409
 
 
-def test_re_analysis_needs_a_clinical_role_and_post(client, outsider, rad_client, versions,
-                                                    studies):
+def test_re_analysis_needs_a_clinical_role_and_post(
+    client, outsider, rad_client, versions, studies
+):
     study_id = studies["open"][0]
     assert rad_client.get(f"/studies/{study_id}/reanalyse/").status_code == 405
     client.force_login(outsider)
@@ -181,8 +206,12 @@ def test_the_worker_runs_the_re_runs_of_a_promotion(
 
     first = _image(radiologist, "RW-1", "ACC-RW-1", seed=41)
     wait_for(lambda: Prediction.objects.get(pk=first.prediction.pk).status == "done")
-    v2 = model_version_import(path=state_dict_file("mobilenet_v2"), architecture="mobilenet_v2",
-                              classes=CLASSES, name="test-mobilenet-2")
+    v2 = model_version_import(
+        path=state_dict_file("mobilenet_v2"),
+        architecture="mobilenet_v2",
+        classes=CLASSES,
+        name="test-mobilenet-2",
+    )
     model_version_promote(version=v2, promoted_by=admin_user, rerun_open=True)
     rerun = Prediction.objects.get(image=first.image, model_version=v2)
     wait_for(lambda: Prediction.objects.get(pk=rerun.pk).status == "done")
@@ -192,11 +221,12 @@ def test_the_worker_runs_the_re_runs_of_a_promotion(
     assert results.reanalysis_notice(predictions).previous_version == "test-mobilenet"
 
 
-def test_the_admin_action_promotes_and_re_runs_open_studies(client, admin_user, versions,
-                                                            studies):
+def test_the_admin_action_promotes_and_re_runs_open_studies(client, admin_user, versions, studies):
     client.force_login(admin_user)
-    response = client.post("/admin/training/modelversion/", {
-        "action": "promote_and_rerun_open", "_selected_action": [versions[1].pk]})
+    response = client.post(
+        "/admin/training/modelversion/",
+        {"action": "promote_and_rerun_open", "_selected_action": [versions[1].pk]},
+    )
     assert response.status_code == 302
     assert Prediction.objects.filter(model_version=versions[1]).count() == 3
     assert ModelVersion.objects.get(pk=versions[1].pk).is_production

@@ -32,17 +32,16 @@ def sent(sent_tasks):
 
 @pytest.fixture
 def queued(radiologist, production_model):
-    return services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(),
-                                 patient_id="REC-1", filename="chest.png").prediction
+    return services.study_upload(
+        uploaded_by=radiologist, data=imagegen.png_bytes(), patient_id="REC-1", filename="chest.png"
+    ).prediction
 
 
 def _age(prediction, **fields):
     Prediction.objects.filter(pk=prediction.pk).update(**fields)
 
 
-def test_a_lost_queued_prediction_is_sent_again_then_failed_after_the_limit(
-    queued, sent, settings
-):
+def test_a_lost_queued_prediction_is_sent_again_then_failed_after_the_limit(queued, sent, settings):
     long_ago = timezone.now() - dt.timedelta(seconds=settings.CXR_RECONCILE_QUEUED_AFTER_S + 1)
     _age(queued, last_dispatched_at=long_ago, dispatches=1)
     assert predictions_reconcile() == {"redispatched": 1, "failed": 0}
@@ -57,8 +56,9 @@ def test_a_lost_queued_prediction_is_sent_again_then_failed_after_the_limit(
 
 
 def test_a_waiting_prediction_is_not_touched_by_the_reconciler(radiologist, sent, settings):
-    waiting = services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(),
-                                    patient_id="REC-W").prediction
+    waiting = services.study_upload(
+        uploaded_by=radiologist, data=imagegen.png_bytes(), patient_id="REC-W"
+    ).prediction
     long_ago = timezone.now() - dt.timedelta(days=1)
     _age(waiting, queued_at=long_ago)
     assert predictions_reconcile() == {"redispatched": 0, "failed": 0}
@@ -75,8 +75,12 @@ def test_a_stale_running_prediction_is_sent_again_and_completes_once(queued, sen
 
 
 def test_a_claim_held_by_a_dead_process_on_this_host_is_taken_over_at_once(queued):
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     dead = f"{socket.gethostname()}:{proc.stdout.strip()}"
     _age(queued, status="running", started_at=timezone.now(), attempts=1, worker=dead)
     done = prediction_run(prediction_id=queued.pk)
@@ -96,10 +100,12 @@ def test_an_image_that_crashes_the_model_is_retried_then_failed_without_blocking
     radiologist, production_model, sent, settings
 ):
     settings.CXR_FAULT_INJECTION = True
-    poison = services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(),
-                                   patient_id="P", filename="poison.png").prediction
-    good = services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(),
-                                 patient_id="G", filename="good.png").prediction
+    poison = services.study_upload(
+        uploaded_by=radiologist, data=imagegen.png_bytes(), patient_id="P", filename="poison.png"
+    ).prediction
+    good = services.study_upload(
+        uploaded_by=radiologist, data=imagegen.png_bytes(), patient_id="G", filename="good.png"
+    ).prediction
     for attempt in range(1, settings.CXR_PREDICTION_MAX_ATTEMPTS):
         again = prediction_run(prediction_id=poison.pk)
         assert again.status == "queued" and "crashed" in again.error
@@ -124,8 +130,12 @@ def test_a_claim_beyond_the_limit_whose_process_died_is_not_counted_as_an_attemp
     queued, sent, settings
 ):
     """Such a claim only marks the row failed; if its process died first, the reconciler does."""
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     dead = f"{socket.gethostname()}:{proc.stdout.strip()}"
     limit = settings.CXR_PREDICTION_MAX_ATTEMPTS
     _age(queued, status="running", started_at=timezone.now(), attempts=limit + 1, worker=dead)
@@ -148,8 +158,9 @@ def test_a_send_the_broker_refused_is_uncounted_and_due_at_the_next_reconcile(
 
     monkeypatch.setattr(app, "send_task", refused)
     with django_capture_on_commit_callbacks(execute=True):  # robust: the upload stands
-        result = services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(),
-                                       patient_id="REC-DOWN")
+        result = services.study_upload(
+            uploaded_by=radiologist, data=imagegen.png_bytes(), patient_id="REC-DOWN"
+        )
     row = Prediction.objects.get(pk=result.prediction.pk)
     assert (row.status, row.dispatches) == ("queued", 0)  # the failed send does not count
     monkeypatch.setattr(app, "send_task", recording)

@@ -46,7 +46,11 @@ def test_the_web_request_path_never_imports_torch():
     env = {**os.environ, "SECRET_KEY": "x", "CELERY_BROKER_URL": "redis://127.0.0.1:1/0"}
     env.pop("DATABASE_URL", None)
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=120,
+        [sys.executable, "-c", SCRIPT],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]

@@ -18,8 +18,9 @@ def _sent_ids(sent_tasks):
     be the prediction task, sent at once and at the default priority."""
 
     def ids() -> list[int]:
-        assert all(t.name == RUN_PREDICTION and len(t.args) == 1 and t.options == {}
-                   for t in sent_tasks), sent_tasks
+        assert all(
+            t.name == RUN_PREDICTION and len(t.args) == 1 and t.options == {} for t in sent_tasks
+        ), sent_tasks
         return [t.args[0] for t in sent_tasks]
 
     return ids
@@ -62,8 +63,13 @@ def test_it_queues_on_the_production_model_after_commit(
 
 def test_it_takes_patient_and_study_fields_from_dicom_tags(radiologist):
     data = imagegen.dicom_bytes(
-        patient_id="DCM-7", patient_name="Doe^Jane", sex="F", birth_date="19700102",
-        accession="ACC-77", study_date="20260105", view="AP",
+        patient_id="DCM-7",
+        patient_name="Doe^Jane",
+        sex="F",
+        birth_date="19700102",
+        accession="ACC-77",
+        study_date="20260105",
+        view="AP",
     )
     result = services.study_upload(uploaded_by=radiologist, data=data, filename="x.dcm")
     study = result.study
@@ -137,8 +143,11 @@ def test_an_existing_accession_adds_the_image_to_that_study(radiologist):
         uploaded_by=radiologist, data=imagegen.png_bytes(), patient_id="M1", accession_number="A1"
     )
     second = services.study_upload(
-        uploaded_by=radiologist, data=imagegen.png_bytes(imagegen.make_xray(seed=3)),
-        patient_id="M1", accession_number="A1", view="LATERAL",
+        uploaded_by=radiologist,
+        data=imagegen.png_bytes(imagegen.make_xray(seed=3)),
+        patient_id="M1",
+        accession_number="A1",
+        view="LATERAL",
     )
     assert second.study.pk == first.study.pk
     assert first.study.images.count() == 2
@@ -150,7 +159,9 @@ def test_an_accession_of_another_patient_is_refused(radiologist):
     )
     with pytest.raises(UploadRejected) as exc:
         services.study_upload(
-            uploaded_by=radiologist, data=imagegen.png_bytes(), patient_id="M2",
+            uploaded_by=radiologist,
+            data=imagegen.png_bytes(),
+            patient_id="M2",
             accession_number="A1",
         )
     assert exc.value.code == "accession_conflict"
@@ -179,8 +190,17 @@ def test_the_same_file_twice_is_flagged_as_a_duplicate_and_stored_once(radiologi
         (lambda: imagegen.png16_bytes(), False),
         (lambda: imagegen.dicom_bytes(), False),
     ],
-    ids=["png-8bit-gray", "png-rgb", "jpeg-gray", "jpeg-orientation-1", "jpeg-orientation-6",
-         "jpeg-rgb", "jpeg-icc", "png-16bit", "dicom"],
+    ids=[
+        "png-8bit-gray",
+        "png-rgb",
+        "jpeg-gray",
+        "jpeg-orientation-1",
+        "jpeg-orientation-6",
+        "jpeg-rgb",
+        "jpeg-icc",
+        "png-16bit",
+        "dicom",
+    ],
 )
 def test_the_display_copy_is_the_upload_itself_only_when_nothing_would_change(
     radiologist, make, own_display
@@ -218,8 +238,9 @@ def test_promotion_assigns_waiting_predictions_and_queues_them(
     from training.services import model_version_promote
 
     sent = _sent_ids(sent_tasks)
-    result = services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(),
-                                   patient_id="M1")
+    result = services.study_upload(
+        uploaded_by=radiologist, data=imagegen.png_bytes(), patient_id="M1"
+    )
     assert result.prediction.model_version is None
     with django_capture_on_commit_callbacks(execute=True):
         model_version_promote(version=model_version, reason="first model")
@@ -229,8 +250,9 @@ def test_promotion_assigns_waiting_predictions_and_queues_them(
 
 
 def test_only_a_failed_prediction_can_be_rerun(radiologist, production_model):
-    result = services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(),
-                                   patient_id="M1")
+    result = services.study_upload(
+        uploaded_by=radiologist, data=imagegen.png_bytes(), patient_id="M1"
+    )
     with pytest.raises(ValueError):
         services.prediction_rerun(prediction=result.prediction)
     Prediction.objects.filter(pk=result.prediction.pk).update(status="failed", error="x")

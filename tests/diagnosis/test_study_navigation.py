@@ -22,16 +22,19 @@ def _upload(user, mrn: str, **kw):
 
 
 def test_neighbours_follow_the_worklist_selectors_order(rad_client, radiologist):
-    for i, priority in enumerate((Study.Priority.ROUTINE, Study.Priority.STAT,
-                                  Study.Priority.URGENT)):
+    for i, priority in enumerate(
+        (Study.Priority.ROUTINE, Study.Priority.STAT, Study.Priority.URGENT)
+    ):
         _upload(radiologist, f"N-{i}", priority=priority)
     order = list(selectors.worklist().values_list("pk", flat=True))
     assert order != sorted(order)  # STAT first: not the upload order
     first = rad_client.get(f"/studies/{order[0]}/neighbours/").json()
     assert first == {"previous": None, "next": f"/studies/{order[1]}/", "position": 1, "count": 3}
     middle = rad_client.get(f"/studies/{order[1]}/neighbours/").json()
-    assert (middle["previous"], middle["next"]) == (f"/studies/{order[0]}/",
-                                                    f"/studies/{order[2]}/")
+    assert (middle["previous"], middle["next"]) == (
+        f"/studies/{order[0]}/",
+        f"/studies/{order[2]}/",
+    )
     assert rad_client.get(f"/studies/{order[2]}/neighbours/").json()["next"] is None
 
 
@@ -66,14 +69,17 @@ def _run_with_cam(monkeypatch, heatmap, make_cam):
             self._p, self.preprocessing = predictor, predictor.preprocessing
 
         def predict(self, images, **kw):
-            return [dataclasses.replace(r, cam=make_cam(r.cam)) for r in self._p.predict(images, **kw)]
+            return [
+                dataclasses.replace(r, cam=make_cam(r.cam)) for r in self._p.predict(images, **kw)
+            ]
 
     monkeypatch.setattr(compute, "predictor_for", lambda v: Predictor(real(v)))
     return class_heatmap_run(heatmap_id=heatmap.pk)
 
 
 def test_an_empty_class_heatmap_is_finished_with_a_note_the_page_shows(
-        finished, monkeypatch, rad_client):
+    finished, monkeypatch, rad_client
+):
     other = next(c for c in finished.model_version.class_labels if c != finished.cam_class)
     heatmap = services.class_heatmap_request(prediction=finished, class_label=other)
     done = _run_with_cam(monkeypatch, heatmap, np.zeros_like)
@@ -81,7 +87,7 @@ def test_an_empty_class_heatmap_is_finished_with_a_note_the_page_shows(
     assert done.error == EMPTY_CAM_NOTE
     html = rad_client.get(f"/studies/{finished.image.study_id}/results/").content.decode()
     assert f"{other} (empty)" in html
-    assert "data-empty=\"The model&#x27;s attention for this class is empty" in html
+    assert 'data-empty="The model&#x27;s attention for this class is empty' in html
 
 
 def test_a_class_heatmap_with_attention_has_no_note(finished, monkeypatch):

@@ -25,8 +25,12 @@ def two_views(radiologist, pneumonia_model) -> dict:
     assert second.study.pk == first.study.pk
     p1 = _finish(first.prediction, pneumonia_model, {"NORMAL": 0.59, "PNEUMONIA": 0.41})
     p2 = _finish(second.prediction, pneumonia_model, {"NORMAL": 0.35, "PNEUMONIA": 0.65})
-    return {"study": Study.objects.get(pk=first.study.pk), "p1": p1, "p2": p2,
-            "image2": second.image}
+    return {
+        "study": Study.objects.get(pk=first.study.pk),
+        "p1": p1,
+        "p2": p2,
+        "image2": second.image,
+    }
 
 
 def test_two_views_give_one_flagged_result_driven_by_the_abnormal_view(two_views):
@@ -52,8 +56,7 @@ def test_every_surface_shows_the_one_result(two_views, rad_client, api_token):
     assert body["result"]["status"] == "done"
     assert body["result"]["flagged_classes"] == ["PNEUMONIA"]
     assert body["result"]["driving_image"] == two_views["image2"].pk
-    assert sorted(body["result"]["prediction_ids"]) == sorted(
-        p["id"] for p in body["predictions"])
+    assert sorted(body["result"]["prediction_ids"]) == sorted(p["id"] for p in body["predictions"])
     assert body["result"]["model_version"] == "pneu-v1"
 
     worklist = rad_client.get("/").content.decode()
@@ -83,8 +86,9 @@ def test_every_surface_shows_the_one_result(two_views, rad_client, api_token):
 def test_agreeing_on_the_page_signs_the_shown_study_label(two_views, rad_client):
     study = two_views["study"]
     ids = f"{two_views['p1'].pk},{two_views['p2'].pk}"
-    resp = rad_client.post(f"/studies/{study.pk}/reading/",
-                           {"decision": "agree", "prediction_ids": ids})
+    resp = rad_client.post(
+        f"/studies/{study.pk}/reading/", {"decision": "agree", "prediction_ids": ids}
+    )
     assert resp.status_code == 302
     reading = study.readings.get()
     assert reading.final_label == "PNEUMONIA" and reading.agrees_with_model is True
@@ -152,9 +156,11 @@ def test_a_view_still_analysed_keeps_the_study_pending(radiologist, pneumonia_mo
 
 # The rule itself, on plain objects: no database (the module imports no Django).
 
+
 class _Version:
-    def __init__(self, name="v", classes=("NORMAL", "PNEUMONIA"), normal=("NORMAL",),
-                 thresholds=None):
+    def __init__(
+        self, name="v", classes=("NORMAL", "PNEUMONIA"), normal=("NORMAL",), thresholds=None
+    ):
         self.name, self.class_labels = name, list(classes)
         self.normal, self.thresholds = set(normal), thresholds or {}
 
@@ -166,8 +172,7 @@ class _Version:
 
 
 class _P:
-    def __init__(self, pk, image_id, status="done", probabilities=None, version=None,
-                 queued_at=0):
+    def __init__(self, pk, image_id, status="done", probabilities=None, version=None, queued_at=0):
         self.pk, self.image_id, self.status = pk, image_id, status
         self.probabilities, self.model_version, self.queued_at = probabilities, version, queued_at
 
@@ -181,27 +186,44 @@ def test_the_rule_uses_each_images_current_prediction_only():
 
 
 def test_the_top_flagged_class_wins_over_a_higher_normal_class():
-    v = _Version(classes=("normal", "a", "b"), normal=("normal",),
-                 thresholds={"a": 0.2, "b": 0.3})
-    result = results.study_result([
-        _P(1, 1, probabilities={"normal": 0.5, "a": 0.25, "b": 0.25}, version=v),
-        _P(2, 2, probabilities={"normal": 0.4, "a": 0.21, "b": 0.39}, version=v),
-    ])
+    v = _Version(classes=("normal", "a", "b"), normal=("normal",), thresholds={"a": 0.2, "b": 0.3})
+    result = results.study_result(
+        [
+            _P(1, 1, probabilities={"normal": 0.5, "a": 0.25, "b": 0.25}, version=v),
+            _P(2, 2, probabilities={"normal": 0.4, "a": 0.21, "b": 0.39}, version=v),
+        ]
+    )
     assert result.flagged_classes == ["b", "a"] and result.label == "b"
     assert result.driving_image == 2
     assert [(label, flagged) for label, _, _, flagged in result.bars()] == [
-        ("normal", False), ("b", True), ("a", True)]
+        ("normal", False),
+        ("b", True),
+        ("a", True),
+    ]
 
 
-@pytest.mark.parametrize("statuses, expected", [
-    (["done", "queued"], "pending"), (["done", "running"], "pending"),
-    (["done", "failed"], "failed"), (["queued", "failed"], "failed"), (["done", "done"], "done"),
-])
+@pytest.mark.parametrize(
+    "statuses, expected",
+    [
+        (["done", "queued"], "pending"),
+        (["done", "running"], "pending"),
+        (["done", "failed"], "failed"),
+        (["queued", "failed"], "failed"),
+        (["done", "done"], "done"),
+    ],
+)
 def test_the_study_status(statuses, expected):
     v = _Version()
-    predictions = [_P(i, i, status=s, version=v,
-                      probabilities={"NORMAL": 0.7, "PNEUMONIA": 0.3} if s == "done" else None)
-                   for i, s in enumerate(statuses)]
+    predictions = [
+        _P(
+            i,
+            i,
+            status=s,
+            version=v,
+            probabilities={"NORMAL": 0.7, "PNEUMONIA": 0.3} if s == "done" else None,
+        )
+        for i, s in enumerate(statuses)
+    ]
     assert results.study_result(predictions).status == expected
 
 
@@ -212,15 +234,24 @@ def test_a_study_without_analysis_has_no_result():
 
 # Which classes are normal: a property of the version.
 
-@pytest.mark.parametrize("classes, normal", [
-    (["NORMAL", "PNEUMONIA"], ["NORMAL"]),
-    (["No Finding", "Effusion"], ["No Finding"]),
-    (["healthy", "covid"], ["healthy"]),
-    (["a", "b"], []),
-])
+
+@pytest.mark.parametrize(
+    "classes, normal",
+    [
+        (["NORMAL", "PNEUMONIA"], ["NORMAL"]),
+        (["No Finding", "Effusion"], ["No Finding"]),
+        (["healthy", "covid"], ["healthy"]),
+        (["a", "b"], []),
+    ],
+)
 def test_a_version_learns_its_normal_classes_from_their_names(db, classes, normal):
-    version = ModelVersion.objects.create(name="-".join(classes), architecture="resnet18",
-                                          class_labels=classes, weights="m.pt", sha256="0")
+    version = ModelVersion.objects.create(
+        name="-".join(classes),
+        architecture="resnet18",
+        class_labels=classes,
+        weights="m.pt",
+        sha256="0",
+    )
     assert version.normal_classes == normal
 
 
@@ -251,9 +282,19 @@ def test_normal_classes_must_be_classes_of_the_version(pneumonia_model):
 def test_import_model_takes_the_normal_classes(db, state_dict_file):
     from django.core.management import call_command
 
-    call_command("import_model", str(state_dict_file("mobilenet_v2", 2)), "--arch", "mobilenet_v2",
-                 "--classes", "clear,effusion", "--normal-classes", "CLEAR", "--name", "nc",
-                 stdout=io.StringIO())
+    call_command(
+        "import_model",
+        str(state_dict_file("mobilenet_v2", 2)),
+        "--arch",
+        "mobilenet_v2",
+        "--classes",
+        "clear,effusion",
+        "--normal-classes",
+        "CLEAR",
+        "--name",
+        "nc",
+        stdout=io.StringIO(),
+    )
     assert ModelVersion.objects.get(name="nc").normal_classes == ["clear"]
 
 
@@ -267,7 +308,16 @@ def test_the_rule_imports_no_django():
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
     env["PYTHONPATH"] = str(root)
     done = subprocess.run(
-        [sys.executable, "-c", "import sys, diagnosis.results\n"
-         "assert not [m for m in sys.modules if m.startswith('django')]"],
-        cwd=root, env=env, capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "-c",
+            "import sys, diagnosis.results\n"
+            "assert not [m for m in sys.modules if m.startswith('django')]",
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr

@@ -21,10 +21,14 @@ def test_a_user_without_a_role_is_refused(client, outsider):
 
 
 def test_the_upload_form_stores_a_study_and_redirects_to_it(rad_client):
-    resp = rad_client.post("/studies/upload/", {
-        "image": SimpleUploadedFile("c.jpg", imagegen.jpeg_bytes()), "patient_id": "WEB-1",
-        "priority": "1",
-    })
+    resp = rad_client.post(
+        "/studies/upload/",
+        {
+            "image": SimpleUploadedFile("c.jpg", imagegen.jpeg_bytes()),
+            "patient_id": "WEB-1",
+            "priority": "1",
+        },
+    )
     study = Study.objects.get()
     assert resp.status_code == 302
     assert resp["Location"] == f"/studies/{study.pk}/"
@@ -39,29 +43,41 @@ def test_the_upload_form_stores_a_study_and_redirects_to_it(rad_client):
 
 @pytest.mark.parametrize(
     "make, fragment",
-    [(imagegen.text_named_png, "PNG, JPEG"), (imagegen.truncated_png, "truncated"),
-     (imagegen.bomb_png, "pixels")],
+    [
+        (imagegen.text_named_png, "PNG, JPEG"),
+        (imagegen.truncated_png, "truncated"),
+        (imagegen.bomb_png, "pixels"),
+    ],
 )
 def test_the_upload_form_shows_the_error_and_stores_nothing(rad_client, make, fragment):
-    resp = rad_client.post("/studies/upload/", {
-        "image": SimpleUploadedFile("x.png", make()), "patient_id": "WEB-BAD",
-    })
+    resp = rad_client.post(
+        "/studies/upload/",
+        {
+            "image": SimpleUploadedFile("x.png", make()),
+            "patient_id": "WEB-BAD",
+        },
+    )
     assert resp.status_code == 400
     assert fragment.lower() in resp.content.decode().lower()
     assert Study.objects.count() == 0
 
 
 def test_the_upload_form_rejects_an_empty_file(rad_client):
-    resp = rad_client.post("/studies/upload/", {
-        "image": SimpleUploadedFile("x.png", b""), "patient_id": "WEB-E",
-    })
+    resp = rad_client.post(
+        "/studies/upload/",
+        {
+            "image": SimpleUploadedFile("x.png", b""),
+            "patient_id": "WEB-E",
+        },
+    )
     assert resp.status_code == 400
     assert "empty" in resp.content.decode().lower()
 
 
 def test_images_are_served_only_to_clinical_users(client, radiologist, outsider):
-    result = services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(),
-                                   patient_id="M")
+    result = services.study_upload(
+        uploaded_by=radiologist, data=imagegen.png_bytes(), patient_id="M"
+    )
     url = f"/images/{result.image.pk}/display.png"
     assert client.get(url).status_code == 302  # anonymous: to the sign-in page
     client.force_login(outsider)

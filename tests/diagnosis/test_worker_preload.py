@@ -37,9 +37,13 @@ print("child exit", os.waitstatus_to_exitcode(status))
 
 
 def test_the_pool_process_runs_a_model_on_libraries_its_parent_imported() -> None:
-    done = run_python(SCRIPT, timeout=300, env={
-        "DJANGO_SETTINGS_MODULE": "cxrweb.settings",
-        "SECRET_KEY": os.environ.get("SECRET_KEY") or "test-only",
-    })
+    done = run_python(
+        SCRIPT,
+        timeout=300,
+        env={
+            "DJANGO_SETTINGS_MODULE": "cxrweb.settings",
+            "SECRET_KEY": os.environ.get("SECRET_KEY") or "test-only",
+        },
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "child exit 0", done.stdout

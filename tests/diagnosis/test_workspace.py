@@ -24,7 +24,9 @@ def _upload(user, mrn: str, **kw):
 def _finish(prediction: Prediction, label: str, p: float) -> Prediction:
     rest = (1 - p) / (len(CLASSES) - 1)
     Prediction.objects.filter(pk=prediction.pk).update(
-        status="done", label=label, cam_class=label,
+        status="done",
+        label=label,
+        cam_class=label,
         probabilities={c: (p if c == label else rest) for c in CLASSES},
     )
     prediction.refresh_from_db()
@@ -60,8 +62,9 @@ def test_the_worklist_puts_unreviewed_flagged_studies_first_then_priority(
     _finish(_upload(radiologist, "S", priority=Study.Priority.STAT).prediction, "normal", 0.9)
     _finish(_upload(radiologist, "F").prediction, "viral_pneumonia", 0.8)
     read_flagged = _finish(_upload(radiologist, "RF").prediction, "covid19", 0.8)
-    services.reading_sign(study=read_flagged.image.study, radiologist=radiologist,
-                          final_label="covid19", agrees=True)
+    services.reading_sign(
+        study=read_flagged.image.study, radiologist=radiologist, final_label="covid19", agrees=True
+    )
     order = [s.patient.mrn for s in selectors.worklist()]
     assert order == ["F", "S", "R", "RF"]
     assert [s.patient.mrn for s in selectors.worklist(reviewed="no")] == ["F", "S", "R"]
@@ -76,12 +79,24 @@ def test_the_flag_follows_the_current_result_of_the_view(done, production_model)
     """The study shows one result, from each view's current prediction: a later confident normal
     result of the same view (a re-analysis) clears the flag the earlier one raised."""
     study = Study.objects.get(pk=done.image.study_id)
-    newer = ModelVersion.objects.create(name="v2", architecture="mobilenet_v2",
-                                        class_labels=CLASSES, weights="models/v2.pt", sha256="0")
+    newer = ModelVersion.objects.create(
+        name="v2",
+        architecture="mobilenet_v2",
+        class_labels=CLASSES,
+        weights="models/v2.pt",
+        sha256="0",
+    )
     again = Prediction.objects.create(
-        image=done.image, model_version=newer, status="done", label="normal",
-        probabilities={"normal": 0.97, "bacterial_pneumonia": 0.01, "viral_pneumonia": 0.01,
-                       "covid19": 0.01},
+        image=done.image,
+        model_version=newer,
+        status="done",
+        label="normal",
+        probabilities={
+            "normal": 0.97,
+            "bacterial_pneumonia": 0.01,
+            "viral_pneumonia": 0.01,
+            "covid19": 0.01,
+        },
     )
     assert services.study_flag_from_prediction(prediction=again) is False
     study.refresh_from_db()
@@ -89,8 +104,13 @@ def test_the_flag_follows_the_current_result_of_the_view(done, production_model)
 
 
 def test_signing_agreeing_takes_the_model_label_and_records_the_version(done, radiologist):
-    reading = services.reading_sign(study=done.image.study, radiologist=radiologist,
-                                    final_label="", agrees=True, notes="ground glass")
+    reading = services.reading_sign(
+        study=done.image.study,
+        radiologist=radiologist,
+        final_label="",
+        agrees=True,
+        notes="ground glass",
+    )
     assert reading.final_label == "covid19"
     assert reading.agrees_with_model is True
     assert reading.model_version == done.model_version
@@ -99,35 +119,61 @@ def test_signing_agreeing_takes_the_model_label_and_records_the_version(done, ra
 
 def test_an_override_must_use_a_class_of_the_version_or_other_with_notes(done, radiologist):
     with pytest.raises(services.ReadingRejected):
-        services.reading_sign(study=done.image.study, radiologist=radiologist,
-                              final_label="tuberculosis", agrees=False)
+        services.reading_sign(
+            study=done.image.study,
+            radiologist=radiologist,
+            final_label="tuberculosis",
+            agrees=False,
+        )
     with pytest.raises(services.ReadingRejected):
-        services.reading_sign(study=done.image.study, radiologist=radiologist,
-                              final_label="other", agrees=False)
-    reading = services.reading_sign(study=done.image.study, radiologist=radiologist,
-                                    final_label="other", agrees=False, notes="pneumothorax")
+        services.reading_sign(
+            study=done.image.study, radiologist=radiologist, final_label="other", agrees=False
+        )
+    reading = services.reading_sign(
+        study=done.image.study,
+        radiologist=radiologist,
+        final_label="other",
+        agrees=False,
+        notes="pneumothorax",
+    )
     assert reading.agrees_with_model is False
 
 
 def test_an_amendment_keeps_the_signed_reading(done, radiologist, second_radiologist):
-    first = services.reading_sign(study=done.image.study, radiologist=radiologist,
-                                  final_label="covid19", agrees=True)
+    first = services.reading_sign(
+        study=done.image.study, radiologist=radiologist, final_label="covid19", agrees=True
+    )
     with pytest.raises(services.ReadingRejected):
-        services.reading_sign(study=done.image.study, radiologist=second_radiologist,
-                              final_label="normal", agrees=False)
-    second = services.reading_sign(study=done.image.study, radiologist=second_radiologist,
-                                   final_label="normal", agrees=False, amends=first)
+        services.reading_sign(
+            study=done.image.study,
+            radiologist=second_radiologist,
+            final_label="normal",
+            agrees=False,
+        )
+    second = services.reading_sign(
+        study=done.image.study,
+        radiologist=second_radiologist,
+        final_label="normal",
+        agrees=False,
+        amends=first,
+    )
     first.refresh_from_db()
     assert not first.is_current and second.is_current
     assert Reading.objects.filter(study=done.image.study).count() == 2
     with pytest.raises(services.ReadingRejected):
-        services.reading_sign(study=done.image.study, radiologist=radiologist,
-                              final_label="normal", agrees=False, amends=first)
+        services.reading_sign(
+            study=done.image.study,
+            radiologist=radiologist,
+            final_label="normal",
+            agrees=False,
+            amends=first,
+        )
 
 
 def test_signed_readings_and_audit_events_cannot_be_changed_or_deleted(done, radiologist):
-    reading = services.reading_sign(study=done.image.study, radiologist=radiologist,
-                                    final_label="covid19", agrees=True)
+    reading = services.reading_sign(
+        study=done.image.study, radiologist=radiologist, final_label="covid19", agrees=True
+    )
     event = AuditEvent.objects.create(action="view_study", username="x")
     for obj in (reading, event):
         with pytest.raises(ValueError):
@@ -136,7 +182,8 @@ def test_signed_readings_and_audit_events_cannot_be_changed_or_deleted(done, rad
             obj.delete()
         with pytest.raises(ValueError):
             type(obj).objects.filter(pk=obj.pk).update(notes="x") if isinstance(
-                obj, Reading) else type(obj).objects.filter(pk=obj.pk).update(username="y")
+                obj, Reading
+            ) else type(obj).objects.filter(pk=obj.pk).update(username="y")
         with pytest.raises(ValueError):
             type(obj).objects.filter(pk=obj.pk).delete()
 
@@ -147,8 +194,11 @@ def test_the_database_refuses_changes_to_the_audit_trail_on_postgresql(db):
     if connection.vendor != "postgresql":
         pytest.skip("the trigger exists on PostgreSQL only")
     AuditEvent.objects.create(action="view_study", username="x")
-    with pytest.raises((DatabaseError, IntegrityError)), transaction.atomic(), \
-            connection.cursor() as cursor:
+    with (
+        pytest.raises((DatabaseError, IntegrityError)),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
         cursor.execute("UPDATE diagnosis_auditevent SET username = 'forged'")
 
 
@@ -157,12 +207,19 @@ def test_agreement_is_counted_per_version_on_current_readings(
 ):
     a = _finish(_upload(radiologist, "A1").prediction, "normal", 0.9)
     b = _finish(_upload(radiologist, "A2").prediction, "covid19", 0.9)
-    first = services.reading_sign(study=a.image.study, radiologist=radiologist,
-                                  final_label="normal", agrees=True)
-    services.reading_sign(study=a.image.study, radiologist=second_radiologist,
-                          final_label="covid19", agrees=False, amends=first)
-    services.reading_sign(study=b.image.study, radiologist=radiologist,
-                          final_label="covid19", agrees=True)
+    first = services.reading_sign(
+        study=a.image.study, radiologist=radiologist, final_label="normal", agrees=True
+    )
+    services.reading_sign(
+        study=a.image.study,
+        radiologist=second_radiologist,
+        final_label="covid19",
+        agrees=False,
+        amends=first,
+    )
+    services.reading_sign(
+        study=b.image.study, radiologist=radiologist, final_label="covid19", agrees=True
+    )
     [row] = selectors.agreement_by_version()
     assert row["model_version__name"] == production_model.name
     assert (row["readings"], row["agreed"]) == (2, 1)

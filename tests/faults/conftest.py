@@ -43,8 +43,9 @@ from tests.conftest import wait_for
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 CLASSES = ["normal", "pneumonia"]
-REDIS_SERVER = shutil.which("redis-server", path="/usr/bin:/usr/local/bin:" + os.environ.get(
-    "PATH", ""))
+REDIS_SERVER = shutil.which(
+    "redis-server", path="/usr/bin:/usr/local/bin:" + os.environ.get("PATH", "")
+)
 BASE_WORKERS = 2
 
 # Small timings, so that the scenarios finish in seconds (see cxrweb/settings.py).
@@ -92,8 +93,10 @@ def free_port() -> int:
 
 
 def _pg_bindir() -> Path | None:
-    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"),
-                        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+    )
     for bindir in reversed(candidates):
         if (bindir / "initdb").exists() and (bindir / "pg_ctl").exists():
             return bindir
@@ -121,8 +124,11 @@ def child_pids(pid: int) -> list[int]:
     try:
         import psutil
 
-        return [c.pid for c in psutil.Process(pid).children(recursive=False)
-                if c.status() != psutil.STATUS_ZOMBIE]
+        return [
+            c.pid
+            for c in psutil.Process(pid).children(recursive=False)
+            if c.status() != psutil.STATUS_ZOMBIE
+        ]
     except ImportError:  # pragma: no cover - psutil is installed; /proc otherwise
         out = []
         for entry in Path("/proc").iterdir():
@@ -158,8 +164,16 @@ def pid_alive(pid: int) -> bool:
 class Proc:
     """A long-running child in its own process group (session), its output in a log file."""
 
-    def __init__(self, name: str, argv: list[str], *, env: dict[str, str] | None, log_path: Path,
-                 cwd: Path = REPO, user: str | None = None):
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None,
+        log_path: Path,
+        cwd: Path = REPO,
+        user: str | None = None,
+    ):
         self.name, self.argv, self.env, self.log_path, self.cwd = name, argv, env, log_path, cwd
         self.user = user
         self.popen: subprocess.Popen | None = None
@@ -172,12 +186,20 @@ class Proc:
         if self.user:
             kwargs = {"user": self.user, "group": self.user, "extra_groups": []}
         with self.log_path.open("ab") as fh:
-            fh.write(f"\n----- {time.strftime('%H:%M:%S')} start {self.name}: "
-                     f"{' '.join(self.argv)}\n".encode())
+            fh.write(
+                f"\n----- {time.strftime('%H:%M:%S')} start {self.name}: "
+                f"{' '.join(self.argv)}\n".encode()
+            )
             fh.flush()
             self.popen = subprocess.Popen(
-                self.argv, cwd=self.cwd, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True, **kwargs,
+                self.argv,
+                cwd=self.cwd,
+                env=self.env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                **kwargs,
             )
         return self
 
@@ -263,31 +285,63 @@ class PrivatePostgres:
         out = self.root / "pg_ctl.out"
         with open(out, "ab") as fh:
             done = subprocess.run(
-                [str(self.bindir / args[0]), *args[1:]], cwd=self.root, stdout=fh,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=timeout,
-                start_new_session=True, env={**os.environ, "LC_ALL": "C"}, **kwargs,
+                [str(self.bindir / args[0]), *args[1:]],
+                cwd=self.root,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                timeout=timeout,
+                start_new_session=True,
+                env={**os.environ, "LC_ALL": "C"},
+                **kwargs,
             )
         if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}): "
-                               f"{out.read_text(errors='replace')[-2000:]}")
+            raise RuntimeError(
+                f"{' '.join(args)} failed ({done.returncode}): "
+                f"{out.read_text(errors='replace')[-2000:]}"
+            )
         return out.read_text(errors="replace")
 
     def init(self) -> None:
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
-                  "--no-sync", timeout=120)
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            timeout=120,
+        )
 
     def start(self) -> None:
-        options = (f"-k {self.sockdir} -c listen_addresses=127.0.0.1 -p {self.port} "
-                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                   "-c max_connections=100")
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
-                  "-o", options, "start", timeout=90)
+        options = (
+            f"-k {self.sockdir} -c listen_addresses=127.0.0.1 -p {self.port} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+            "-c max_connections=100"
+        )
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            options,
+            "start",
+            timeout=90,
+        )
 
     def stop(self, mode: str = "fast") -> None:
         if self.running_pid() is None:
             return
-        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop",
-                  timeout=90)
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop", timeout=90)
 
     def running_pid(self) -> int | None:
         try:
@@ -339,10 +393,28 @@ class PrivateRedis:
     def start(self) -> None:
         self.proc = Proc(
             "redis",
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--unixsocket", str(self.root / "redis.sock"), "--unixsocketperm", "700",
-             "--appendonly", "no", "--dir", str(self.root), "--daemonize", "no"],
-            env=None, log_path=self.root / "logs" / "redis.log", cwd=self.root,
+            [
+                REDIS_SERVER,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--unixsocket",
+                str(self.root / "redis.sock"),
+                "--unixsocketperm",
+                "700",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.root),
+                "--daemonize",
+                "no",
+            ],
+            env=None,
+            log_path=self.root / "logs" / "redis.log",
+            cwd=self.root,
         ).start()
         wait_for(self.ping, timeout=20, interval=0.05, what="the private Redis to answer")
 
@@ -357,8 +429,9 @@ class PrivateRedis:
         import redis
 
         try:
-            client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=1,
-                                 socket_timeout=2)
+            client = redis.Redis(
+                host="127.0.0.1", port=self.port, socket_connect_timeout=1, socket_timeout=2
+            )
             ok = bool(client.ping())
             client.close()
             return ok
@@ -368,8 +441,9 @@ class PrivateRedis:
     def client(self):
         import redis
 
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=2,
-                           socket_timeout=5)
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, socket_connect_timeout=2, socket_timeout=5
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -394,31 +468,52 @@ class Api:
         # No proxies, whatever the environment says: traffic stays on 127.0.0.1.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-    def request(self, method: str, path: str, *, body: bytes | None = None,
-                headers: dict[str, str] | None = None, timeout: float = 30) -> Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30,
+    ) -> Response:
         url = path if path.startswith("http") else self.base + path
         assert url.startswith(self.base), url
-        req = urllib.request.Request(url, data=body, method=method, headers={
-            "Authorization": f"Token {self.token}", **(headers or {})})
+        req = urllib.request.Request(
+            url,
+            data=body,
+            method=method,
+            headers={"Authorization": f"Token {self.token}", **(headers or {})},
+        )
         try:
             with self._opener.open(req, timeout=timeout) as resp:
                 return Response(resp.status, dict(resp.headers), resp.read())
         except urllib.error.HTTPError as exc:
             return Response(exc.code, dict(exc.headers), exc.read())
 
-    def upload(self, data: bytes, *, filename: str, patient_id: str,
-               timeout: float = 60) -> Response:
+    def upload(
+        self, data: bytes, *, filename: str, patient_id: str, timeout: float = 60
+    ) -> Response:
         boundary = uuid.uuid4().hex
         buf = io.BytesIO()
         for name, value in (("patient_id", patient_id), ("view", "PA")):
-            buf.write(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n"
-                      f"{value}\r\n".encode())
-        buf.write(f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; "
-                  f"filename=\"{filename}\"\r\nContent-Type: image/png\r\n\r\n".encode())
+            buf.write(
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+                f"{value}\r\n".encode()
+            )
+        buf.write(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; '
+            f'filename="{filename}"\r\nContent-Type: image/png\r\n\r\n'.encode()
+        )
         buf.write(data)
         buf.write(f"\r\n--{boundary}--\r\n".encode())
-        return self.request("POST", "/api/v1/studies/", body=buf.getvalue(), timeout=timeout,
-                            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        return self.request(
+            "POST",
+            "/api/v1/studies/",
+            body=buf.getvalue(),
+            timeout=timeout,
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
 
     def prediction(self, prediction_id: int) -> dict:
         resp = self.request("GET", f"/api/v1/predictions/{prediction_id}/")
@@ -468,11 +563,26 @@ class FaultStack:
         self.manage("migrate", "--noinput", timeout=300)
         weights = self.tmp / "mobilenet_v2-2.pt"
         self._make_state_dict(weights)
-        self.manage("import_model", str(weights), "--arch", "mobilenet_v2", "--classes",
-                    ",".join(CLASSES), "--name", "faults-mobilenet", "--promote", timeout=300)
+        self.manage(
+            "import_model",
+            str(weights),
+            "--arch",
+            "mobilenet_v2",
+            "--classes",
+            ",".join(CLASSES),
+            "--name",
+            "faults-mobilenet",
+            "--promote",
+            timeout=300,
+        )
         password = secrets.token_urlsafe(24)
-        self.manage("create_user", "faults-rad", "--role", "radiologist",
-                    extra_env={"CXR_NEW_USER_PASSWORD": password})
+        self.manage(
+            "create_user",
+            "faults-rad",
+            "--role",
+            "radiologist",
+            extra_env={"CXR_NEW_USER_PASSWORD": password},
+        )
         out = self.manage("create_token", "faults-rad", "--name", "fault tests")
         assert re.fullmatch(r"\w+", out.strip()), f"create_token printed no token: {out!r}"
         self.token = out.strip()
@@ -485,28 +595,41 @@ class FaultStack:
             self.wait_worker_ready(worker)
 
     def _child_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("CXR_", "CELERY_", "DJANGO_", "PYTEST_"))
-               and k not in ("DATABASE_URL", "SECRET_KEY", "DEBUG", "ALLOWED_HOSTS", "MEDIA_ROOT",
-                             "STATIC_ROOT", "LOG_LEVEL")}
-        env.update({
-            "SECRET_KEY": secrets.token_urlsafe(50),
-            "DEBUG": "false",
-            "ALLOWED_HOSTS": "127.0.0.1,localhost",
-            "DATABASE_URL": self.pg.url(),
-            # The app's processes go through the unix socket, as under `make run` (a lost broker
-            # takes a different path in kombu there); the tests look through TCP.
-            "CELERY_BROKER_URL": self.redis.socket_url,
-            "MEDIA_ROOT": str(self.media),
-            "CXR_VAR_DIR": str(self.tmp / "var"),
-            "STATIC_ROOT": str(self.tmp / "static"),
-            "CXR_FAULT_INJECTION": "true",
-            "CXR_TORCH_THREADS": "1",
-            "LOG_LEVEL": "INFO",
-            "DJANGO_SETTINGS_MODULE": "cxrweb.settings",
-            "PYTHONUNBUFFERED": "1",
-            **{k: str(v) for k, v in TIMINGS.items()},
-        })
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("CXR_", "CELERY_", "DJANGO_", "PYTEST_"))
+            and k
+            not in (
+                "DATABASE_URL",
+                "SECRET_KEY",
+                "DEBUG",
+                "ALLOWED_HOSTS",
+                "MEDIA_ROOT",
+                "STATIC_ROOT",
+                "LOG_LEVEL",
+            )
+        }
+        env.update(
+            {
+                "SECRET_KEY": secrets.token_urlsafe(50),
+                "DEBUG": "false",
+                "ALLOWED_HOSTS": "127.0.0.1,localhost",
+                "DATABASE_URL": self.pg.url(),
+                # The app's processes go through the unix socket, as under `make run` (a lost broker
+                # takes a different path in kombu there); the tests look through TCP.
+                "CELERY_BROKER_URL": self.redis.socket_url,
+                "MEDIA_ROOT": str(self.media),
+                "CXR_VAR_DIR": str(self.tmp / "var"),
+                "STATIC_ROOT": str(self.tmp / "static"),
+                "CXR_FAULT_INJECTION": "true",
+                "CXR_TORCH_THREADS": "1",
+                "LOG_LEVEL": "INFO",
+                "DJANGO_SETTINGS_MODULE": "cxrweb.settings",
+                "PYTHONUNBUFFERED": "1",
+                **{k: str(v) for k, v in TIMINGS.items()},
+            }
+        )
         return env
 
     @staticmethod
@@ -520,12 +643,18 @@ class FaultStack:
 
     def manage(self, *args: str, timeout: float = 120, extra_env: dict | None = None) -> str:
         done = subprocess.run(
-            [PYTHON, "manage.py", *args], cwd=REPO, env={**self.env, **(extra_env or {})},
-            capture_output=True, text=True, timeout=timeout, start_new_session=True,
+            [PYTHON, "manage.py", *args],
+            cwd=REPO,
+            env={**self.env, **(extra_env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            start_new_session=True,
             stdin=subprocess.DEVNULL,
         )
         assert done.returncode == 0, (
-            f"manage.py {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+            f"manage.py {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}"
+        )
         return done.stdout
 
     def _spawn(self, name: str, argv: list[str]) -> Proc:
@@ -534,17 +663,32 @@ class FaultStack:
         return proc
 
     def start_web(self) -> Proc:
-        self.web = self._spawn("gunicorn", [
-            PYTHON, "-m", "gunicorn", "cxrweb.wsgi:application", "--bind",
-            f"127.0.0.1:{self.web_port}", "--workers", "2", "--timeout", "60",
-            "--graceful-timeout", "5",
-        ])
+        self.web = self._spawn(
+            "gunicorn",
+            [
+                PYTHON,
+                "-m",
+                "gunicorn",
+                "cxrweb.wsgi:application",
+                "--bind",
+                f"127.0.0.1:{self.web_port}",
+                "--workers",
+                "2",
+                "--timeout",
+                "60",
+                "--graceful-timeout",
+                "5",
+            ],
+        )
 
         def answering() -> bool:
             assert self.web.alive(), f"gunicorn exited:\n{self.web.log_tail()}"
             try:
                 return self.api.request("GET", "/api/v1/predictions/0/", timeout=5).status in (
-                    401, 403, 404)
+                    401,
+                    403,
+                    404,
+                )
             except OSError:
                 return False
 
@@ -552,21 +696,48 @@ class FaultStack:
         return self.web
 
     def start_beat(self) -> Proc:
-        self.beat = self._spawn("beat", [
-            PYTHON, "-m", "celery", "-A", "cxrweb", "beat", "-s",
-            str(self.tmp / "beat-schedule"), "--loglevel", "INFO",
-        ])
+        self.beat = self._spawn(
+            "beat",
+            [
+                PYTHON,
+                "-m",
+                "celery",
+                "-A",
+                "cxrweb",
+                "beat",
+                "-s",
+                str(self.tmp / "beat-schedule"),
+                "--loglevel",
+                "INFO",
+            ],
+        )
         return self.beat
 
-    def start_worker(self, *, wait: bool = True, hostname: str | None = None,
-                     concurrency: int = 1) -> Proc:
+    def start_worker(
+        self, *, wait: bool = True, hostname: str | None = None, concurrency: int = 1
+    ) -> Proc:
         """A new Celery worker in its own process group. `hostname` runs it under another host
         name (a UTS namespace, `unshare -u`), as if it ran on another machine."""
         self._worker_seq += 1
         name = f"w{self._worker_seq}"
-        argv = [PYTHON, "-m", "celery", "-A", "cxrweb", "worker", "-Q", "inference,maintenance",
-                "--concurrency", str(concurrency), "--pool", "prefork", "-n", f"{name}@%h",
-                "--loglevel", "INFO"]
+        argv = [
+            PYTHON,
+            "-m",
+            "celery",
+            "-A",
+            "cxrweb",
+            "worker",
+            "-Q",
+            "inference,maintenance",
+            "--concurrency",
+            str(concurrency),
+            "--pool",
+            "prefork",
+            "-n",
+            f"{name}@%h",
+            "--loglevel",
+            "INFO",
+        ]
         if hostname:
             argv = ["unshare", "-u", "sh", "-c", f'hostname {hostname} && exec "$0" "$@"', *argv]
         worker = self._spawn(name, argv)
@@ -632,10 +803,12 @@ class FaultStack:
 
     def logs_tail(self, lines: int = 40) -> str:
         parts = []
-        for proc in [*self.procs, *( [self.redis.proc] if self.redis.proc else [])]:
+        for proc in [*self.procs, *([self.redis.proc] if self.redis.proc else [])]:
             state = "alive" if proc.alive() else f"exited {proc.popen.poll()}"
-            parts.append(f"===== {proc.name} (pid {proc.popen.pid}, {state}) "
-                         f"{proc.log_path} =====\n{proc.log_tail(lines)}")
+            parts.append(
+                f"===== {proc.name} (pid {proc.popen.pid}, {state}) "
+                f"{proc.log_path} =====\n{proc.log_tail(lines)}"
+            )
         with contextlib.suppress(OSError):
             tail = self.pg.log.read_text(errors="replace").splitlines()[-lines:]
             parts.append(f"===== postgres {self.pg.log} =====\n" + "\n".join(tail))
@@ -647,21 +820,26 @@ class FaultStack:
         import psycopg
         from psycopg.rows import dict_row
 
-        with psycopg.connect(self.pg.url(), connect_timeout=5, autocommit=True,
-                             row_factory=dict_row) as conn:
+        with psycopg.connect(
+            self.pg.url(), connect_timeout=5, autocommit=True, row_factory=dict_row
+        ) as conn:
             return conn.execute(query, params or None).fetchall()
 
     def predictions(self, ids: list[int]) -> dict[int, dict]:
         rows = self.sql(
             "SELECT id, status, attempts, dispatches, worker, error, image_id, queued_at, "
             "started_at, finished_at, last_dispatched_at FROM diagnosis_prediction "
-            "WHERE id = ANY(%s)", (list(ids),))
+            "WHERE id = ANY(%s)",
+            (list(ids),),
+        )
         return {row["id"]: row for row in rows}
 
     def predictions_per_image(self, image_ids: list[int]) -> dict[int, int]:
         rows = self.sql(
             "SELECT image_id, count(*) AS n FROM diagnosis_prediction WHERE image_id = ANY(%s) "
-            "GROUP BY image_id", (list(image_ids),))
+            "GROUP BY image_id",
+            (list(image_ids),),
+        )
         return {row["image_id"]: row["n"] for row in rows}
 
     def media_files(self) -> set[str]:
@@ -674,8 +852,7 @@ class FaultStack:
         resp = self.api.upload(data, filename=filename, patient_id=patient_id)
         assert resp.status == 201, (resp.status, resp.body[:1000])
         body = resp.json()
-        return {"prediction_id": body["prediction_id"], "image_id": body["image_id"],
-                "body": body}
+        return {"prediction_id": body["prediction_id"], "image_id": body["image_id"], "body": body}
 
     def wait_finished(self, ids: list[int], *, timeout: float, what: str = "") -> dict[int, dict]:
         """Wait until every prediction in `ids` is done or failed; returns their rows."""
@@ -683,14 +860,19 @@ class FaultStack:
 
         def finished():
             rows = self.predictions(ids)
-            if len(rows) == len(ids) and all(r["status"] in ("done", "failed")
-                                             for r in rows.values()):
+            if len(rows) == len(ids) and all(
+                r["status"] in ("done", "failed") for r in rows.values()
+            ):
                 return rows
             return None
 
         try:
-            return wait_for(finished, timeout=timeout, interval=0.5,
-                            what=what or f"{len(ids)} predictions to finish")
+            return wait_for(
+                finished,
+                timeout=timeout,
+                interval=0.5,
+                what=what or f"{len(ids)} predictions to finish",
+            )
         except AssertionError as exc:
             rows = self.predictions(ids)
             counts: dict[str, int] = {}
@@ -753,8 +935,14 @@ class MidFlight:
 _ROW = "SELECT status, worker, started_at FROM diagnosis_prediction WHERE id = %s"
 
 
-def freeze_when_running(stack: FaultStack, conn, prediction_id: int, *, timeout: float = 120,
-                        not_by: tuple[str, ...] = ()) -> MidFlight | None:
+def freeze_when_running(
+    stack: FaultStack,
+    conn,
+    prediction_id: int,
+    *,
+    timeout: float = 120,
+    not_by: tuple[str, ...] = (),
+) -> MidFlight | None:
     """Wait until the prediction is *running* (claimed by a process not in `not_by`), and freeze
     it there: SIGSTOP the pool child named by the row's `worker` field, then read the row again
     a moment later. If it still says running by that child, the child is stopped between its
@@ -776,7 +964,8 @@ def freeze_when_running(stack: FaultStack, conn, prediction_id: int, *, timeout:
             # its worker; wait for the next claim.
             skip.add(worker_identity)
         assert time.monotonic() < deadline, (
-            f"prediction {prediction_id} still {status} after {timeout}s")
+            f"prediction {prediction_id} still {status} after {timeout}s"
+        )
         time.sleep(0.003)
     os.kill(pid, signal.SIGSTOP)
     time.sleep(0.2)  # anything the child had already sent reaches the database
@@ -788,8 +977,9 @@ def freeze_when_running(stack: FaultStack, conn, prediction_id: int, *, timeout:
     return None
 
 
-def catch_mid_flight(stack: FaultStack, *, patient_id: str, seeds, size: int = 384,
-                     timeout: float = 120) -> MidFlight:
+def catch_mid_flight(
+    stack: FaultStack, *, patient_id: str, seeds, size: int = 384, timeout: float = 120
+) -> MidFlight:
     """Upload images one at a time until one is caught mid-prediction (see
     freeze_when_running); its pool child is left stopped. The files are named slow-*.png: with
     CXR_FAULT_INJECTION the model takes 3 s over each, so a run is never over before the test
@@ -799,8 +989,9 @@ def catch_mid_flight(stack: FaultStack, *, patient_id: str, seeds, size: int = 3
 
     with psycopg.connect(stack.pg.url(), autocommit=True, connect_timeout=5) as conn:
         for seed in seeds:
-            up = stack.upload(png(seed, size=size), filename=f"slow-{seed}.png",
-                              patient_id=patient_id)
+            up = stack.upload(
+                png(seed, size=size), filename=f"slow-{seed}.png", patient_id=patient_id
+            )
             caught = freeze_when_running(stack, conn, up["prediction_id"], timeout=timeout)
             if caught is not None:
                 return caught

@@ -24,8 +24,9 @@ def _prompt_uploads(stack, seeds: list[int], name: str, patient: str) -> list[di
     uploads = []
     for i, seed in enumerate(seeds):
         started = time.monotonic()
-        resp = stack.api.upload(png(seed), filename=f"{name}-{i}.png", patient_id=f"{patient}{i}",
-                                timeout=60)
+        resp = stack.api.upload(
+            png(seed), filename=f"{name}-{i}.png", patient_id=f"{patient}{i}", timeout=60
+        )
         elapsed = time.monotonic() - started
         assert resp.status == 201, (resp.status, resp.body[:500])
         # Two sends of CXR_BROKER_TIMEOUT_S (2 s) each at most; a hung one would wait for the
@@ -42,8 +43,10 @@ def test_uploads_survive_a_redis_restart_and_the_reconciler_resends_what_was_los
     for worker in workers:
         worker.signal_group(signal.SIGSTOP)
     try:
-        before = [stack.upload(png(200 + i), filename=f"before-{i}.png",
-                               patient_id=f"FAULT-REDIS-{i}") for i in range(4)]
+        before = [
+            stack.upload(png(200 + i), filename=f"before-{i}.png", patient_id=f"FAULT-REDIS-{i}")
+            for i in range(4)
+        ]
         # A paused worker may already hold one message in its socket; the rest are in Redis.
         waiting = stack.redis.client().llen("inference")
         assert waiting >= len(before) - len(workers), waiting
@@ -58,8 +61,9 @@ def test_uploads_survive_a_redis_restart_and_the_reconciler_resends_what_was_los
     assert {r["status"] for r in rows.values()} == {"queued"}, rows
     assert {r["dispatches"] for r in rows.values()} == {0}, rows  # a failed send is not counted
     # ... and is due at the reconciler's next run, not after its deadline for lost messages.
-    due = stack.sql("SELECT now() - make_interval(secs => %s) AS t",
-                    (TIMINGS["CXR_RECONCILE_QUEUED_AFTER_S"],))[0]["t"]
+    due = stack.sql(
+        "SELECT now() - make_interval(secs => %s) AS t", (TIMINGS["CXR_RECONCILE_QUEUED_AFTER_S"],)
+    )[0]["t"]
     assert all(r["last_dispatched_at"] < due for r in rows.values()), rows
 
     stack.redis.start()  # same port, empty
@@ -95,8 +99,9 @@ def test_a_hung_broker_does_not_hang_uploads(stack):
     assert stack.redis.ping()
 
     ids = [u["prediction_id"] for u in uploads]
-    rows = stack.wait_finished(ids, timeout=150, what="the predictions uploaded while the broker "
-                                                     "hung to be done")
+    rows = stack.wait_finished(
+        ids, timeout=150, what="the predictions uploaded while the broker hung to be done"
+    )
     assert {r["status"] for r in rows.values()} == {"done"}, rows
     assert all(r["attempts"] == 1 for r in rows.values()), rows
     image_ids = [u["image_id"] for u in uploads]
@@ -115,8 +120,7 @@ def test_a_worker_survives_redis_stopping_under_a_running_prediction(stack):
     stack.workers.clear()
     worker = stack.start_worker(concurrency=2)
     try:
-        up = stack.upload(png(240, size=384), filename="slow-240.png",
-                          patient_id="FAULT-REDIS-RUN")
+        up = stack.upload(png(240, size=384), filename="slow-240.png", patient_id="FAULT-REDIS-RUN")
         pid = up["prediction_id"]
         deadline = time.monotonic() + 60
         while stack.predictions([pid])[pid]["status"] != "running":
@@ -130,10 +134,10 @@ def test_a_worker_survives_redis_stopping_under_a_running_prediction(stack):
         assert rows[pid]["status"] == "done" and rows[pid]["attempts"] == 1, rows
         assert worker.alive(), f"the worker died:\n{worker.log_tail()}"
         assert "Unrecoverable error" not in worker.log_text(), worker.log_tail()
-        after = stack.upload(png(241), filename="after-redis.png",
-                             patient_id="FAULT-REDIS-RUN2")
-        rows = stack.wait_finished([after["prediction_id"]], timeout=150,
-                                   what="an upload after the restart to be analysed")
+        after = stack.upload(png(241), filename="after-redis.png", patient_id="FAULT-REDIS-RUN2")
+        rows = stack.wait_finished(
+            [after["prediction_id"]], timeout=150, what="an upload after the restart to be analysed"
+        )
         assert rows[after["prediction_id"]]["status"] == "done", rows
         image_ids = [up["image_id"], after["image_id"]]
         assert stack.predictions_per_image(image_ids) == {i: 1 for i in image_ids}

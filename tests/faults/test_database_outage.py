@@ -32,15 +32,18 @@ def test_an_upload_while_the_database_is_down_gets_a_503_and_stores_nothing(stac
     files_before = stack.media_files()
     stack.pg.stop("fast")
     try:
-        resp = stack.api.upload(png(300), filename="db-down.png", patient_id="FAULT-DB-1",
-                                timeout=60)
+        resp = stack.api.upload(
+            png(300), filename="db-down.png", patient_id="FAULT-DB-1", timeout=60
+        )
         _assert_503_json(resp)
         _assert_503_json(stack.api.request("GET", "/api/v1/predictions/1/"))
         assert stack.media_files() == files_before
     finally:
         stack.pg.start()
-    assert stack.sql("SELECT count(*) AS n FROM diagnosis_patient WHERE mrn = 'FAULT-DB-1'")[0][
-        "n"] == 0
+    assert (
+        stack.sql("SELECT count(*) AS n FROM diagnosis_patient WHERE mrn = 'FAULT-DB-1'")[0]["n"]
+        == 0
+    )
     _next_upload_works(stack, 301, "FAULT-DB-1")
 
 
@@ -57,20 +60,27 @@ def test_the_database_going_away_in_the_middle_of_an_upload_leaves_no_file_behin
         locker.execute("LOCK TABLE diagnosis_prediction IN ACCESS EXCLUSIVE MODE")
 
         def upload():
-            result["resp"] = stack.api.upload(png(310, size=128), filename="mid-upload.png",
-                                              patient_id="FAULT-DB-2", timeout=90)
+            result["resp"] = stack.api.upload(
+                png(310, size=128), filename="mid-upload.png", patient_id="FAULT-DB-2", timeout=90
+            )
 
         thread = threading.Thread(target=upload, daemon=True)
         thread.start()
         # The upload's backend, waiting on the lock to insert its prediction.
-        blocked_upload = ("FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                          "AND query ILIKE 'INSERT INTO \"diagnosis_prediction\"%%'")
+        blocked_upload = (
+            "FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query ILIKE 'INSERT INTO \"diagnosis_prediction\"%%'"
+        )
 
         def upload_blocked():
             return stack.sql(f"SELECT count(*) AS n {blocked_upload}")[0]["n"] >= 1
 
-        wait_for(upload_blocked, timeout=30, interval=0.1,
-                 what="the upload to wait on the prediction table")
+        wait_for(
+            upload_blocked,
+            timeout=30,
+            interval=0.1,
+            what="the upload to wait on the prediction table",
+        )
         written = stack.media_files() - files_before
         assert written, "the upload should have written its files before inserting its rows"
         # The upload's own connection is cut first, while the lock still holds it: a fast
@@ -88,6 +98,8 @@ def test_the_database_going_away_in_the_middle_of_an_upload_leaves_no_file_behin
     _assert_503_json(result["resp"])
     leftover = stack.media_files() - files_before
     assert not leftover, f"files left behind by the failed upload: {sorted(leftover)}"
-    assert stack.sql("SELECT count(*) AS n FROM diagnosis_patient WHERE mrn = 'FAULT-DB-2'")[0][
-        "n"] == 0
+    assert (
+        stack.sql("SELECT count(*) AS n FROM diagnosis_patient WHERE mrn = 'FAULT-DB-2'")[0]["n"]
+        == 0
+    )
     _next_upload_works(stack, 311, "FAULT-DB-2")

@@ -64,16 +64,22 @@ def test_200_uploads_then_every_worker_restarted_all_done_exactly_once(stack):
 
     rows = stack.wait_finished(ids, timeout=300, what=f"{UPLOADS} predictions to finish")
     total_s = time.monotonic() - started
-    print(f"\n{UPLOADS} uploads in {uploaded_s:.1f}s, {len(pending)} pending at the restart, "
-          f"warm shutdown {warm_s:.1f}s, all done after {total_s:.1f}s")
+    print(
+        f"\n{UPLOADS} uploads in {uploaded_s:.1f}s, {len(pending)} pending at the restart, "
+        f"warm shutdown {warm_s:.1f}s, all done after {total_s:.1f}s"
+    )
     assert {r["status"] for r in rows.values()} == {"done"}, [
-        r for r in rows.values() if r["status"] != "done"][:5]
+        r for r in rows.values() if r["status"] != "done"
+    ][:5]
     assert all(r["attempts"] >= 1 for r in rows.values())
     # At most the one micro-batch running in the SIGKILLed worker ran twice.
     batch = TIMINGS["CXR_INFERENCE_BATCH_SIZE"]
     assert sum(r["attempts"] for r in rows.values()) <= UPLOADS + batch, sorted(
-        (r["id"], r["attempts"]) for r in rows.values() if r["attempts"] > 1)
+        (r["id"], r["attempts"]) for r in rows.values() if r["attempts"] > 1
+    )
     per_image = stack.predictions_per_image(image_ids)
     assert per_image == {i: 1 for i in image_ids}
-    assert len(stack.sql("SELECT id FROM diagnosis_prediction WHERE image_id = ANY(%s)",
-                         (image_ids,))) == UPLOADS
+    assert (
+        len(stack.sql("SELECT id FROM diagnosis_prediction WHERE image_id = ANY(%s)", (image_ids,)))
+        == UPLOADS
+    )

@@ -23,8 +23,10 @@ def test_a_poison_image_fails_after_the_retry_limit_without_blocking_the_queue(s
         worker.signal_group(signal.SIGSTOP)
     try:
         poison = stack.upload(png(400), filename="chest-poison.png", patient_id="FAULT-POISON")
-        normals = [stack.upload(png(401 + i), filename=f"chest-{i}.png",
-                                patient_id=f"FAULT-POISON-N{i}") for i in range(6)]
+        normals = [
+            stack.upload(png(401 + i), filename=f"chest-{i}.png", patient_id=f"FAULT-POISON-N{i}")
+            for i in range(6)
+        ]
     finally:
         for worker in workers:
             worker.signal_group(signal.SIGCONT)

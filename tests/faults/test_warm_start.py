@@ -15,8 +15,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 def test_a_new_worker_loads_the_production_model_before_its_first_task(stack):
     worker = stack.start_worker()
-    wait_for(lambda: "loaded ahead of the first task" in worker.log_text(), timeout=120,
-             what=f"the production model loaded by {worker.name}'s pool process")
+    wait_for(
+        lambda: "loaded ahead of the first task" in worker.log_text(),
+        timeout=120,
+        what=f"the production model loaded by {worker.name}'s pool process",
+    )
     log = worker.log_text()
     loaded = log.index("loaded ahead of the first task")
     first_task = re.search(r"run_prediction\[[^\]]+\] received", log)
@@ -27,34 +30,59 @@ def test_a_new_worker_loads_the_production_model_before_its_first_task(stack):
     # the thread count torch keeps per calling thread is pinned in the task's thread too, not only
     # in the one that loaded the model (unpinned, each pool process ran a thread per core). Two
     # threads per pool process: the task's, and the one that loads promoted versions ahead.
-    ids = [stack.upload(png(90 + i), filename=f"warm{i}.png", patient_id=f"WARM-{i}")
-           ["prediction_id"] for i in range(6)]
+    ids = [
+        stack.upload(png(90 + i), filename=f"warm{i}.png", patient_id=f"WARM-{i}")["prediction_id"]
+        for i in range(6)
+    ]
     rows = stack.wait_finished(ids, timeout=120)
     assert {row["status"] for row in rows.values()} == {"done"}, rows
     children = [pid for w in stack.workers if w.alive() for pid in w.children()]
-    wait_for(lambda: all(_threads(pid) == 2 for pid in children), timeout=30,
-             what=f"two threads in each pool process: {[_threads(pid) for pid in children]}")
+    wait_for(
+        lambda: all(_threads(pid) == 2 for pid in children),
+        timeout=30,
+        what=f"two threads in each pool process: {[_threads(pid) for pid in children]}",
+    )
 
 
 def test_a_promoted_version_is_loaded_before_its_first_prediction(stack):
     workers = list(stack.workers)
     for worker in workers:
-        wait_for(lambda w=worker: "loaded ahead of the first task" in w.log_text(), timeout=120,
-                 what=f"the production model loaded by {worker.name}")
-    stack.manage("import_model", str(stack.tmp / "mobilenet_v2-2.pt"), "--arch", "mobilenet_v2",
-                 "--classes", ",".join(CLASSES), "--name", "faults-promoted", "--promote",
-                 timeout=300)
+        wait_for(
+            lambda w=worker: "loaded ahead of the first task" in w.log_text(),
+            timeout=120,
+            what=f"the production model loaded by {worker.name}",
+        )
+    stack.manage(
+        "import_model",
+        str(stack.tmp / "mobilenet_v2-2.pt"),
+        "--arch",
+        "mobilenet_v2",
+        "--classes",
+        ",".join(CLASSES),
+        "--name",
+        "faults-promoted",
+        "--promote",
+        timeout=300,
+    )
     ahead = "faults-promoted loaded ahead of the first prediction since its promotion"
     for worker in workers:  # each polls every CXR_WORKER_WARM_POLL_S (1 s here)
-        wait_for(lambda w=worker: ahead in w.log_text(), timeout=60,
-                 what=f"the promoted version loaded by {worker.name} before any task")
-    ids = [stack.upload(png(120 + i), filename=f"promoted{i}.png", patient_id=f"PROMOTED-{i}")
-           ["prediction_id"] for i in range(4)]
+        wait_for(
+            lambda w=worker: ahead in w.log_text(),
+            timeout=60,
+            what=f"the promoted version loaded by {worker.name} before any task",
+        )
+    ids = [
+        stack.upload(png(120 + i), filename=f"promoted{i}.png", patient_id=f"PROMOTED-{i}")[
+            "prediction_id"
+        ]
+        for i in range(4)
+    ]
     rows = stack.wait_finished(ids, timeout=120)
     assert {row["status"] for row in rows.values()} == {"done"}, rows
     for worker in workers:  # loaded once per pool process (one each here): ahead, not on use
         assert worker.log_text().count("loaded model version faults-promoted ") == 1, (
-            worker.log_tail())
+            worker.log_tail()
+        )
 
 
 def _threads(pid: int) -> int:

@@ -49,8 +49,11 @@ def test_a_pool_child_killed_mid_prediction_is_redelivered_and_completes_once(st
     os.kill(caught.pid, signal.SIGKILL)
     worker = caught.worker
     # The worker's main process survives, sees the lost child and puts the message back.
-    wait_for(lambda: "signal 9" in worker.log_text(), timeout=30,
-             what="the worker to report its lost child")
+    wait_for(
+        lambda: "signal 9" in worker.log_text(),
+        timeout=30,
+        what="the worker to report its lost child",
+    )
     assert worker.alive()
 
     _assert_done_once(stack, caught)
@@ -75,8 +78,10 @@ def test_a_whole_worker_killed_mid_prediction_is_resent_by_the_reconciler(stack)
 
 def _unshare_works() -> bool:
     try:
-        return subprocess.run(["unshare", "-u", "true"], capture_output=True,
-                              timeout=10).returncode == 0
+        return (
+            subprocess.run(["unshare", "-u", "true"], capture_output=True, timeout=10).returncode
+            == 0
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -107,8 +112,11 @@ def _kill_child_and_replace_worker(stack, caught) -> None:
     message back), replace that worker: its new pool children never come up (see
     test_a_worker_gets_a_working_pool_child_back_after_losing_one)."""
     os.kill(caught.pid, signal.SIGKILL)
-    wait_for(lambda: "signal 9" in caught.worker.log_text(), timeout=30,
-             what=f"{caught.worker.name} to report its lost child")
+    wait_for(
+        lambda: "signal 9" in caught.worker.log_text(),
+        timeout=30,
+        what=f"{caught.worker.name} to report its lost child",
+    )
     caught.worker.kill_group()
     stack.workers.remove(caught.worker)
     stack.start_worker(wait=False)
@@ -129,12 +137,14 @@ def test_a_prediction_whose_worker_dies_every_time_ends_failed_after_the_attempt
             killed.append(caught.worker_identity)
             # The row counts every claim, also one by a child the test did not see (a retiring
             # worker's respawned child): the loop ends when the row says it gave up.
-            caught = freeze_when_running(stack, conn, prediction_id, timeout=90,
-                                         not_by=tuple(killed))
+            caught = freeze_when_running(
+                stack, conn, prediction_id, timeout=90, not_by=tuple(killed)
+            )
             if caught is None:
                 break
             assert len(killed) <= max_attempts, (
-                f"still claimed after {len(killed)} deaths: {stack.predictions([prediction_id])}")
+                f"still claimed after {len(killed)} deaths: {stack.predictions([prediction_id])}"
+            )
 
     row = stack.wait_finished([prediction_id], timeout=60)[prediction_id]
     assert row["status"] == "failed", row
@@ -155,16 +165,23 @@ def test_workers_that_lost_their_pool_children_get_working_children_back(stack):
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
     for worker in stack.workers:
-        wait_for(lambda w=worker: "signal 9" in w.log_text(), timeout=30,
-                 what=f"{worker.name} to report its lost child")
+        wait_for(
+            lambda w=worker: "signal 9" in w.log_text(),
+            timeout=30,
+            what=f"{worker.name} to report its lost child",
+        )
 
-    ups = [stack.upload(png(180 + i), filename=f"after-child-loss-{i}.png",
-                        patient_id="FAULT-RESPAWN") for i in range(2)]
+    ups = [
+        stack.upload(png(180 + i), filename=f"after-child-loss-{i}.png", patient_id="FAULT-RESPAWN")
+        for i in range(2)
+    ]
     ids = [u["prediction_id"] for u in ups]
     try:  # ~15 s on an idle machine (two new children loading the model at once): generous
         rows = stack.wait_finished(ids, timeout=150)
     finally:
         for worker in stack.workers:
-            print(f"\n{worker.name}: {worker.log_text().count('Timed out waiting for UP')} "
-                  "replacement children killed for not coming up within 4 s")
+            print(
+                f"\n{worker.name}: {worker.log_text().count('Timed out waiting for UP')} "
+                "replacement children killed for not coming up within 4 s"
+            )
     assert {r["status"] for r in rows.values()} == {"done"}, rows

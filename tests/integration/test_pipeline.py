@@ -41,8 +41,13 @@ def test_an_api_upload_is_answered_by_the_worker_with_probabilities_and_a_heatma
 ):
     resp = api.post(
         "/api/v1/studies/",
-        {"image": SimpleUploadedFile("cxr.jpg", imagegen.jpeg_bytes(imagegen.make_xray(400, 360))),
-         "patient_id": "INT-1", "view": "PA"},
+        {
+            "image": SimpleUploadedFile(
+                "cxr.jpg", imagegen.jpeg_bytes(imagegen.make_xray(400, 360))
+            ),
+            "patient_id": "INT-1",
+            "view": "PA",
+        },
         format="multipart",
     )
     assert resp.status_code == 201, resp.content
@@ -66,8 +71,9 @@ def test_a_dicom_upload_through_the_browser_form_is_analysed(
     client, radiologist, production_model, celery_worker
 ):
     client.force_login(radiologist)
-    data = imagegen.dicom_bytes(photometric="MONOCHROME1", patient_id="INT-DCM",
-                                accession="ACC-INT-DCM", view="AP")
+    data = imagegen.dicom_bytes(
+        photometric="MONOCHROME1", patient_id="INT-DCM", accession="ACC-INT-DCM", view="AP"
+    )
     resp = client.post("/studies/upload/", {"image": SimpleUploadedFile("scan.dcm", data)})
     assert resp.status_code == 302, resp.content.decode()[:2000]
     study = Study.objects.get(accession_number="ACC-INT-DCM")
@@ -84,14 +90,17 @@ def test_a_dicom_upload_through_the_browser_form_is_analysed(
     assert f"/predictions/{prediction.pk}/heatmap-layer.png" in page
 
 
-def test_a_waiting_upload_runs_once_a_model_is_promoted(
-    api, model_version, celery_worker
-):
+def test_a_waiting_upload_runs_once_a_model_is_promoted(api, model_version, celery_worker):
     from training.services import model_version_promote
 
-    resp = api.post("/api/v1/studies/", {
-        "image": SimpleUploadedFile("a.png", imagegen.png_bytes()), "patient_id": "INT-W",
-    }, format="multipart")
+    resp = api.post(
+        "/api/v1/studies/",
+        {
+            "image": SimpleUploadedFile("a.png", imagegen.png_bytes()),
+            "patient_id": "INT-W",
+        },
+        format="multipart",
+    )
     [prediction] = resp.json()["predictions"]
     assert prediction["status"] == "queued" and prediction["model_version"] is None
     model_version_promote(version=model_version, reason="first model")
@@ -105,9 +114,14 @@ def test_a_redelivered_task_does_not_create_or_redo_a_prediction(
 ):
     from diagnosis.dispatch import RUN_PREDICTION, send
 
-    resp = api.post("/api/v1/studies/", {
-        "image": SimpleUploadedFile("a.png", imagegen.png_bytes()), "patient_id": "INT-R",
-    }, format="multipart")
+    resp = api.post(
+        "/api/v1/studies/",
+        {
+            "image": SimpleUploadedFile("a.png", imagegen.png_bytes()),
+            "patient_id": "INT-R",
+        },
+        format="multipart",
+    )
     [prediction] = resp.json()["predictions"]
     first = wait_for(_finished(api, prediction["url"]))
     # The broker delivers the same task again (e.g. after a visibility timeout).
@@ -138,9 +152,14 @@ def test_a_worker_failure_marks_the_prediction_failed_and_it_can_be_rerun(
     path = production_model.weights.path
     saved = open(path, "rb").read()
     os.remove(path)
-    resp = api.post("/api/v1/studies/", {
-        "image": SimpleUploadedFile("a.png", imagegen.png_bytes()), "patient_id": "INT-F",
-    }, format="multipart")
+    resp = api.post(
+        "/api/v1/studies/",
+        {
+            "image": SimpleUploadedFile("a.png", imagegen.png_bytes()),
+            "patient_id": "INT-F",
+        },
+        format="multipart",
+    )
     [prediction] = resp.json()["predictions"]
     body = wait_for(_finished(api, prediction["url"]))
     assert body["status"] == "failed"

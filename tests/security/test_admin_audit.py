@@ -19,24 +19,34 @@ def _only_new_event(before: int) -> AuditEvent:
     return AuditEvent.objects.order_by("pk").last()
 
 
-def test_opening_a_record_in_the_admin_is_an_event_naming_its_patient(
-        client, admin_user, viewed):  # noqa: F811
-    records = {"patient": viewed["study"].patient, "study": viewed["study"],
-               "image": viewed["image"], "prediction": viewed["prediction"],
-               "classheatmap": viewed["class_heatmap"]}
+def test_opening_a_record_in_the_admin_is_an_event_naming_its_patient(client, admin_user, viewed):  # noqa: F811
+    records = {
+        "patient": viewed["study"].patient,
+        "study": viewed["study"],
+        "image": viewed["image"],
+        "prediction": viewed["prediction"],
+        "classheatmap": viewed["class_heatmap"],
+    }
     client.force_login(admin_user)
     for model, record in records.items():
         before = AuditEvent.objects.count()
         assert client.get(f"/admin/diagnosis/{model}/{record.pk}/change/").status_code == 200
         event = _only_new_event(before)
         assert (event.action, event.user, event.patient_mrn) == (
-            AuditEvent.Action.VIEW_ADMIN, admin_user, MRN), model
+            AuditEvent.Action.VIEW_ADMIN,
+            admin_user,
+            MRN,
+        ), model
         assert (event.object_type, event.object_id) == (type(record).__name__, str(record.pk))
         assert event.detail["view"] == f"admin {model}"
 
 
 def test_each_page_of_an_admin_list_is_an_event_listing_its_patients(
-        client, admin_user, viewed, django_assert_max_num_queries):  # noqa: F811
+    client,
+    admin_user,
+    viewed,  # noqa: F811 - the fixture imported above
+    django_assert_max_num_queries,
+):
     client.force_login(admin_user)
     for model in (*MODELS, "reading"):
         before = AuditEvent.objects.count()

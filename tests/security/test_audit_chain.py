@@ -50,13 +50,24 @@ print(AuditEvent.objects.count())
 
 
 def _env(db_file: Path) -> dict[str, str]:
-    return {**os.environ, "DATABASE_URL": f"sqlite:///{db_file}", "PYTHONPATH": str(REPO),
-            "DJANGO_SETTINGS_MODULE": "cxrweb.settings", "SECRET_KEY": "test-only"}
+    return {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{db_file}",
+        "PYTHONPATH": str(REPO),
+        "DJANGO_SETTINGS_MODULE": "cxrweb.settings",
+        "SECRET_KEY": "test-only",
+    }
 
 
 def _manage(db_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=REPO, env=_env(db_file),
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=REPO,
+        env=_env(db_file),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +78,14 @@ def migrated_sqlite(tmp_path_factory) -> Path:
     migrate = _manage(db_file, "migrate", "--no-input", "-v", "0")
     assert migrate.returncode == 0, migrate.stderr
     script = "import django; django.setup()\n" + EVENTS
-    made = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=_env(db_file),
-                          capture_output=True, text=True, timeout=120)
+    made = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        env=_env(db_file),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert made.returncode == 0, made.stderr
     assert made.stdout.strip() == "5"
     return db_file
@@ -82,14 +99,18 @@ def sqlite_db(migrated_sqlite, tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("table", ["diagnosis_auditevent", "diagnosis_reading"])
-@pytest.mark.parametrize("statement", [
-    "UPDATE {table} SET id = id",
-    "UPDATE {table} SET id = id + 1000 WHERE id = (SELECT max(id) FROM {table})",
-    "DELETE FROM {table}",
-    "DELETE FROM {table} WHERE id = (SELECT min(id) FROM {table})",
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE {table} SET id = id",
+        "UPDATE {table} SET id = id + 1000 WHERE id = (SELECT max(id) FROM {table})",
+        "DELETE FROM {table}",
+        "DELETE FROM {table} WHERE id = (SELECT min(id) FROM {table})",
+    ],
+)
 def test_sqlite_refuses_raw_updates_and_deletes_of_audit_events_and_readings(
-        sqlite_db, table, statement):
+    sqlite_db, table, statement
+):
     db = sqlite3.connect(sqlite_db)
     before = db.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
     assert before
@@ -103,8 +124,11 @@ def test_a_fresh_sqlite_chain_verifies(sqlite_db):
     result = _manage(sqlite_db, "verify_audit")
     assert result.returncode == 0, result.stderr
     assert "Audit chain intact: 5 event(s)" in result.stdout
-    head = sqlite3.connect(sqlite_db).execute(
-        "SELECT hash FROM diagnosis_auditevent ORDER BY id DESC LIMIT 1").fetchone()[0]
+    head = (
+        sqlite3.connect(sqlite_db)
+        .execute("SELECT hash FROM diagnosis_auditevent ORDER BY id DESC LIMIT 1")
+        .fetchone()[0]
+    )
     assert f"head {head}" in result.stdout
     assert _manage(sqlite_db, "verify_audit", "--head", head).returncode == 0
 
@@ -124,27 +148,48 @@ def _ids(db_file: Path) -> list[int]:
     return [row[0] for row in rows]
 
 
-@pytest.mark.parametrize("attack, named, problem", [
-    ("UPDATE diagnosis_auditevent SET patient_mrn = 'someone-else' WHERE id = {e3}", "e3",
-     "its contents do not match its hash"),
-    ("UPDATE diagnosis_auditevent SET ip_address = '10.9.9.9' WHERE id = {e5}", "e5",
-     "its contents do not match its hash"),
-    ("UPDATE diagnosis_auditevent SET detail = '{{}}' WHERE id = {e2}", "e2",
-     "its contents do not match its hash"),
-    ("UPDATE diagnosis_auditevent SET at = '2020-01-01 00:00:00' WHERE id = {e4}", "e4",
-     "its contents do not match its hash"),
-    ("DELETE FROM diagnosis_auditevent WHERE id = {e3}", "e4",
-     "it does not link to event {e2}"),
-    ("DELETE FROM diagnosis_auditevent WHERE id = {e1}", "e2", "it does not start the chain"),
-])
+@pytest.mark.parametrize(
+    "attack, named, problem",
+    [
+        (
+            "UPDATE diagnosis_auditevent SET patient_mrn = 'someone-else' WHERE id = {e3}",
+            "e3",
+            "its contents do not match its hash",
+        ),
+        (
+            "UPDATE diagnosis_auditevent SET ip_address = '10.9.9.9' WHERE id = {e5}",
+            "e5",
+            "its contents do not match its hash",
+        ),
+        (
+            "UPDATE diagnosis_auditevent SET detail = '{{}}' WHERE id = {e2}",
+            "e2",
+            "its contents do not match its hash",
+        ),
+        (
+            "UPDATE diagnosis_auditevent SET at = '2020-01-01 00:00:00' WHERE id = {e4}",
+            "e4",
+            "its contents do not match its hash",
+        ),
+        (
+            "DELETE FROM diagnosis_auditevent WHERE id = {e3}",
+            "e4",
+            "it does not link to event {e2}",
+        ),
+        ("DELETE FROM diagnosis_auditevent WHERE id = {e1}", "e2", "it does not start the chain"),
+    ],
+)
 def test_verify_audit_names_the_first_event_an_attacker_changed_or_removed(
-        sqlite_db, attack, named, problem):
+    sqlite_db, attack, named, problem
+):
     ids = dict(zip(("e1", "e2", "e3", "e4", "e5"), _ids(sqlite_db), strict=True))
     _attack(sqlite_db, attack.format(**ids))
     result = _manage(sqlite_db, "verify_audit")
     assert result.returncode != 0
     assert f"Audit chain broken at event {ids[named]}: {problem.format(**ids)}" in result.stderr
-    assert "Append-only triggers missing or disabled: diagnosis_auditevent_no_update" in result.stderr
+    assert (
+        "Append-only triggers missing or disabled: diagnosis_auditevent_no_update" in result.stderr
+    )
 
 
 def test_an_event_rewritten_with_a_recomputed_hash_breaks_the_next_link(sqlite_db):
@@ -152,11 +197,17 @@ def test_an_event_rewritten_with_a_recomputed_hash_breaks_the_next_link(sqlite_d
     _attack(sqlite_db, f"UPDATE diagnosis_auditevent SET username = 'nobody' WHERE id = {e3}")
     # The attacker recomputes the changed event's own hash; the next event still holds the old one.
     db = sqlite3.connect(sqlite_db)
-    rows = _manage(sqlite_db, "shell", "-c", (
-        "from cxrweb.audit.models import AuditEvent\n"
-        "from cxrweb.audit.chain import chain_values, link_hash\n"
-        f"e = AuditEvent.objects.get(pk={e3})\n"
-        "print(link_hash(e.prev_hash, chain_values(e)))"))
+    rows = _manage(
+        sqlite_db,
+        "shell",
+        "-c",
+        (
+            "from cxrweb.audit.models import AuditEvent\n"
+            "from cxrweb.audit.chain import chain_values, link_hash\n"
+            f"e = AuditEvent.objects.get(pk={e3})\n"
+            "print(link_hash(e.prev_hash, chain_values(e)))"
+        ),
+    )
     assert rows.returncode == 0, rows.stderr
     forged = rows.stdout.split()[-1]
     db.execute("UPDATE diagnosis_auditevent SET hash = ? WHERE id = ?", (forged, e3))
@@ -171,8 +222,10 @@ def test_verify_audit_notices_the_newest_events_cut_off_given_the_head_it_printe
     _attack(sqlite_db, f"DELETE FROM diagnosis_auditevent WHERE id = {_ids(sqlite_db)[-1]}")
     db = sqlite3.connect(sqlite_db)
     for name, op in (("no_update", "UPDATE"), ("no_delete", "DELETE")):  # triggers put back
-        db.execute(f"CREATE TRIGGER diagnosis_auditevent_{name} BEFORE {op} ON "
-                   "diagnosis_auditevent BEGIN SELECT RAISE(ABORT, 'no'); END")
+        db.execute(
+            f"CREATE TRIGGER diagnosis_auditevent_{name} BEFORE {op} ON "
+            "diagnosis_auditevent BEGIN SELECT RAISE(ABORT, 'no'); END"
+        )
     db.commit()
     assert _manage(sqlite_db, "verify_audit").returncode == 0  # the chain alone cannot tell
     result = _manage(sqlite_db, "verify_audit", "--head", head)
@@ -190,15 +243,22 @@ def _request(ip: str, agent: str):
 
 
 def test_events_the_app_writes_link_to_the_one_before_and_verify(radiologist):
-    first = audit(_request("::ffff:192.0.2.1", "Zoë \u2603"), AuditEvent.Action.LOGIN,
-                  user=radiologist)
-    second = audit(_request("2001:DB8:0:0::1", "x"), AuditEvent.Action.VIEW_STUDY,
-                   user=radiologist, detail={"b": [1.5, {"z": 1, "a": None}], "a": "\u00fc"})
+    first = audit(
+        _request("::ffff:192.0.2.1", "Zoë \u2603"), AuditEvent.Action.LOGIN, user=radiologist
+    )
+    second = audit(
+        _request("2001:DB8:0:0::1", "x"),
+        AuditEvent.Action.VIEW_STUDY,
+        user=radiologist,
+        detail={"b": [1.5, {"z": 1, "a": None}], "a": "\u00fc"},
+    )
     third = AuditEvent.objects.create(action="logout", username="x")
     assert first.prev_hash == GENESIS
     assert (second.prev_hash, third.prev_hash) == (first.hash, second.hash)
     stored = AuditEvent.objects.get(pk=second.pk)  # as the database gives it back
-    assert link_hash(stored.prev_hash, {f: getattr(stored, f) for f in CHAINED_FIELDS}) == stored.hash
+    assert (
+        link_hash(stored.prev_hash, {f: getattr(stored, f) for f in CHAINED_FIELDS}) == stored.hash
+    )
     report = verify_chain(AuditEvent.objects.order_by("pk").values())
     assert (report.intact, report.events, report.head) == (True, 3, third.hash)
 
@@ -246,7 +306,9 @@ def test_verify_audit_fails_when_the_database_lost_its_triggers(db):
     audit(None, AuditEvent.Action.LOGIN)
     call_command("verify_audit")
     with connection.cursor() as cursor:
-        cursor.execute("ALTER TABLE diagnosis_reading DISABLE TRIGGER diagnosis_reading_append_only")
+        cursor.execute(
+            "ALTER TABLE diagnosis_reading DISABLE TRIGGER diagnosis_reading_append_only"
+        )
     with pytest.raises(CommandError, match="no longer protects it"):
         call_command("verify_audit")
 
@@ -260,7 +322,8 @@ def test_events_written_before_the_chain_existed_are_chained_by_the_migration(tm
             "INSERT INTO diagnosis_auditevent (at, username, action, object_type, object_id, "
             "patient_mrn, ip_address, user_agent, path, detail) "
             "VALUES (?, 'old', 'login', '', '', 'MRN', ?, 'ua', '/', ?)",
-            (f"2025-01-0{i + 1} 10:00:00.123456", ip, '{"b": 1, "a": [2]}'))
+            (f"2025-01-0{i + 1} 10:00:00.123456", ip, '{"b": 1, "a": [2]}'),
+        )
     db.commit()
     migrate = _manage(db_file, "migrate", "-v", "0")
     assert migrate.returncode == 0, migrate.stderr

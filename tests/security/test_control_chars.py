@@ -11,12 +11,26 @@ from tests import imagegen
 from tests.security.upload_helpers import api_client, post_api, post_form, stored
 
 HOSTILE = [
-    "PAT\x00X", "PAT\x07X", "PAT\tX", "PAT\nX", "PAT\rX", "PAT\x1bX", "PAT\x7fX",
-    "ACC\r\nX-Evil: 1", "PAT\n",
+    "PAT\x00X",
+    "PAT\x07X",
+    "PAT\tX",
+    "PAT\nX",
+    "PAT\rX",
+    "PAT\x1bX",
+    "PAT\x7fX",
+    "ACC\r\nX-Evil: 1",
+    "PAT\n",
 ]
 # Invisible or line-breaking Unicode: refused in IDs as well.
-HOSTILE_UNICODE = ["PAT\x85X", "PAT\u2028X", "PAT\u2029X", "PAT\u202eX", "PAT\u2066X",
-                   "PAT\u200bX", "PAT\ufeffX"]
+HOSTILE_UNICODE = [
+    "PAT\x85X",
+    "PAT\u2028X",
+    "PAT\u2029X",
+    "PAT\u202eX",
+    "PAT\u2066X",
+    "PAT\u200bX",
+    "PAT\ufeffX",
+]
 ID_FIELDS = ["patient_id", "accession_number"]
 DICOM_TAGS = [("patient_id", "PatientID"), ("accession_number", "AccessionNumber")]
 
@@ -88,14 +102,16 @@ def test_a_dicom_tag_with_a_control_character_is_refused_on_the_browser_form_fie
     assert stored() == before
 
 
-@pytest.mark.parametrize("value", ["Doe\nJane", "Doe\r\nX-Evil: 1", "Doe\x00", "Doe\u202eenaJ",
-                                   "Doe\u2028Jane"])
+@pytest.mark.parametrize(
+    "value", ["Doe\nJane", "Doe\r\nX-Evil: 1", "Doe\x00", "Doe\u202eenaJ", "Doe\u2028Jane"]
+)
 def test_a_patient_name_with_a_control_character_is_refused_on_the_api_and_the_form(
     api_token, rad_client, value
 ):
     before = stored()
-    resp = post_api(api_client(api_token), imagegen.png_bytes(), patient_id="MRN-N",
-                    patient_name=value)
+    resp = post_api(
+        api_client(api_token), imagegen.png_bytes(), patient_id="MRN-N", patient_name=value
+    )
     assert resp.status_code == 400
     assert resp.json()["code"] == "control_character"
     assert "patient_name" in resp.json()["fields"]
@@ -107,8 +123,9 @@ def test_a_patient_name_with_a_control_character_is_refused_on_the_api_and_the_f
 
 def test_a_dicom_patient_name_with_a_line_break_is_refused(api_token):
     before = stored()
-    resp = post_api(api_client(api_token), imagegen.dicom_bytes(patient_name="Doe^Ja\nne"),
-                    name="x.dcm")
+    resp = post_api(
+        api_client(api_token), imagegen.dicom_bytes(patient_name="Doe^Ja\nne"), name="x.dcm"
+    )
     assert resp.status_code == 400
     assert resp.json()["field"] == "patient_name"
     assert "The DICOM file's PatientName" in resp.json()["error"]
@@ -117,8 +134,13 @@ def test_a_dicom_patient_name_with_a_line_break_is_refused(api_token):
 
 def test_ids_and_names_in_other_scripts_and_padded_with_spaces_are_accepted(api_token):
     # ZWNJ (U+200C) is part of how Persian writes names: a name keeps it, an ID would not.
-    resp = post_api(api_client(api_token), imagegen.png_bytes(), patient_id="  MRN-Zoë-1  ",
-                    accession_number="ACC-Ω-1", patient_name="Zoë Müller-\u0645\u200c\u06cc")
+    resp = post_api(
+        api_client(api_token),
+        imagegen.png_bytes(),
+        patient_id="  MRN-Zoë-1  ",
+        accession_number="ACC-Ω-1",
+        patient_name="Zoë Müller-\u0645\u200c\u06cc",
+    )
     assert resp.status_code == 201, resp.content
     patient = Patient.objects.get()
     assert patient.mrn == "MRN-Zoë-1"
@@ -129,15 +151,30 @@ def test_ids_and_names_in_other_scripts_and_padded_with_spaces_are_accepted(api_
 # Cc, Cf, Cs, Co, Cn, Zl, Zp but ZWNJ and ZWJ): zero-width space, soft hyphen, word joiner,
 # Mongolian vowel separator, Arabic letter mark, LRM, RLM, a language tag, the isolates and
 # overrides, a private-use and an unassigned code point.
-INVISIBLE_IN_NAMES = ["\u200b", "\u00ad", "\u2060", "\u180e", "\u061c", "\u200e", "\u200f",
-                      "\U000e0001", "\u202e", "\u2066", "\u2069", "\ufeff", "\ue000", "\U000e0080"]
+INVISIBLE_IN_NAMES = [
+    "\u200b",
+    "\u00ad",
+    "\u2060",
+    "\u180e",
+    "\u061c",
+    "\u200e",
+    "\u200f",
+    "\U000e0001",
+    "\u202e",
+    "\u2066",
+    "\u2069",
+    "\ufeff",
+    "\ue000",
+    "\U000e0080",
+]
 
 
 @pytest.mark.parametrize("ch", INVISIBLE_IN_NAMES, ids=lambda ch: f"U+{ord(ch):04X}")
 def test_the_api_refuses_an_invisible_or_bidi_character_in_a_patient_name(api_token, ch):
     before = stored()
-    resp = post_api(api_client(api_token), imagegen.png_bytes(), patient_id="MRN-N",
-                    patient_name=f"A{ch}B")
+    resp = post_api(
+        api_client(api_token), imagegen.png_bytes(), patient_id="MRN-N", patient_name=f"A{ch}B"
+    )
     assert resp.status_code == 400, resp.content
     assert resp.json()["code"] == "control_character"
     assert "patient_name" in resp.json()["fields"]
@@ -146,9 +183,7 @@ def test_the_api_refuses_an_invisible_or_bidi_character_in_a_patient_name(api_to
 
 
 @pytest.mark.parametrize("ch", INVISIBLE_IN_NAMES, ids=lambda ch: f"U+{ord(ch):04X}")
-def test_the_browser_form_refuses_an_invisible_or_bidi_character_in_a_patient_name(
-    rad_client, ch
-):
+def test_the_browser_form_refuses_an_invisible_or_bidi_character_in_a_patient_name(rad_client, ch):
     before = stored()
     resp = post_form(rad_client, imagegen.png_bytes(), patient_id="MRN-N", patient_name=f"A{ch}B")
     assert resp.status_code == 400
@@ -157,9 +192,9 @@ def test_the_browser_form_refuses_an_invisible_or_bidi_character_in_a_patient_na
     assert stored() == before
 
 
-@pytest.mark.parametrize("name", ["DOE^A\x00B", "DOE\x00X^ANN", *(f"DOE^A{ch}B" for ch in
-                                                                   INVISIBLE_IN_NAMES)],
-                         ids=repr)
+@pytest.mark.parametrize(
+    "name", ["DOE^A\x00B", "DOE\x00X^ANN", *(f"DOE^A{ch}B" for ch in INVISIBLE_IN_NAMES)], ids=repr
+)
 def test_a_dicom_patient_name_with_a_nul_or_invisible_character_is_refused_not_dropped(
     api_token, name
 ):
@@ -181,17 +216,20 @@ def test_a_dicom_patient_name_with_a_nul_is_refused_on_the_browser_form_field(ra
     assert stored() == before
 
 
-@pytest.mark.parametrize("name", ["\u0915\u094d\u200d\u0937", "\u0645\u200c\u06cc",
-                                  "\u0d28\u0d4d\u200d"])
+@pytest.mark.parametrize(
+    "name", ["\u0915\u094d\u200d\u0937", "\u0645\u200c\u06cc", "\u0d28\u0d4d\u200d"]
+)
 def test_a_name_keeps_zwj_and_zwnj_which_indic_and_persian_scripts_need(api_token, name):
-    resp = post_api(api_client(api_token), imagegen.png_bytes(), patient_id="MRN-J",
-                    patient_name=name)
+    resp = post_api(
+        api_client(api_token), imagegen.png_bytes(), patient_id="MRN-J", patient_name=name
+    )
     assert resp.status_code == 201, resp.content
     assert Patient.objects.get().name == name
 
 
 def test_a_dicom_patient_name_padded_with_spaces_or_nuls_is_accepted_trimmed(api_token):
-    resp = post_api(api_client(api_token), imagegen.dicom_bytes(patient_name="DOE^JANE \x00"),
-                    name="x.dcm")
+    resp = post_api(
+        api_client(api_token), imagegen.dicom_bytes(patient_name="DOE^JANE \x00"), name="x.dcm"
+    )
     assert resp.status_code == 201, resp.content
     assert Patient.objects.get().name == "DOE JANE"

@@ -14,8 +14,7 @@ from tests.browser.conftest import sign_in
 from tests.training.test_views import make_dataset, make_run
 from training.models import TrainingRun
 
-pytestmark = [pytest.mark.browser, pytest.mark.integration,
-              pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 REPORT_VIOLATIONS = """
 document.addEventListener("securitypolicyviolation", (e) => {
@@ -31,13 +30,24 @@ def watched(page):
     problems: list[str] = []
     page.expose_function("cxrCspViolation", lambda text: problems.append(f"CSP: {text}"))
     page.add_init_script(REPORT_VIOLATIONS)
-    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
+    page.on(
+        "console",
+        lambda m: (
+            problems.append(f"console {m.type}: {m.text}")
             if m.type in ("error", "warning") and not m.text.startswith("Failed to load resource")
-            else None)
+            else None
+        ),
+    )
     # A failed load, by URL; the Django admin declares no icon, so the browser asks for
     # /favicon.ico, which the app does not serve.
-    page.on("response", lambda r: problems.append(f"HTTP {r.status}: {r.url}")
-            if r.status >= 400 and not r.url.endswith("/favicon.ico") else None)
+    page.on(
+        "response",
+        lambda r: (
+            problems.append(f"HTTP {r.status}: {r.url}")
+            if r.status >= 400 and not r.url.endswith("/favicon.ico")
+            else None
+        ),
+    )
     page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
     return page, problems
 
@@ -51,8 +61,7 @@ def _visit(page, url: str, problems: list[str], shot=None) -> None:
 
 
 def test_the_clinical_pages_run_under_the_policy_without_a_violation(
-    watched, live_server, radiologist, production_model, celery_worker, artifacts_dir,
-    tmp_path
+    watched, live_server, radiologist, production_model, celery_worker, artifacts_dir, tmp_path
 ):
     page, problems = watched
     shots = artifacts_dir / "csp"
@@ -70,8 +79,10 @@ def test_the_clinical_pages_run_under_the_policy_without_a_violation(
     # The results panel arrives by polling (innerHTML): bars and the stage's aspect ratio are set
     # from data- attributes, the heatmap's opacity from the slider, all through element.style.
     page.wait_for_selector("[data-status='done']", timeout=90_000)
-    page.wait_for_function("() => { const i = document.querySelector('.stage .heatmap');"
-                           " return i && i.complete && i.naturalWidth > 0; }")
+    page.wait_for_function(
+        "() => { const i = document.querySelector('.stage .heatmap');"
+        " return i && i.complete && i.naturalWidth > 0; }"
+    )
     bar_widths = page.locator(".probs .bar").evaluate_all("(bars) => bars.map(b => b.style.width)")
     assert bar_widths and all(w.endswith("%") for w in bar_widths)
     assert page.locator(".probs .thr").first.evaluate("(t) => t.style.left").endswith("%")
@@ -85,8 +96,7 @@ def test_the_clinical_pages_run_under_the_policy_without_a_violation(
     assert problems == []
 
     study = Study.objects.get(patient__mrn="CSP-1")
-    _visit(page, f"{live_server.url}/studies/{study.pk}/report/", problems,
-           shots / "report.png")
+    _visit(page, f"{live_server.url}/studies/{study.pk}/report/", problems, shots / "report.png")
     assert page.locator("figure img").evaluate("(i) => i.naturalWidth") > 0
     _visit(page, f"{live_server.url}/", problems, shots / "worklist.png")
     assert page.get_by_role("link", name="CSP-1").is_visible()
@@ -103,12 +113,19 @@ def test_the_training_pages_and_the_admin_run_under_the_policy_without_a_violati
     patient = Patient.objects.create(mrn="CSP-ADMIN", name="Doe^Jane")
     sign_in(page, live_server, admin_user.username)
     for name, path in [
-        ("training", "/training/"), ("datasets", "/training/datasets/"),
-        ("dataset", f"/training/datasets/{dataset.pk}/"), ("runs", "/training/runs/"),
-        ("run-start", "/training/runs/new/"), ("run", f"/training/runs/{run.pk}/"),
-        ("versions", "/training/models/"), ("version", f"/training/models/{model_version.pk}/"),
-        ("compare", "/training/compare/"), ("agreement", "/agreement/"), ("audit", "/audit/"),
-        ("admin", "/admin/"), ("admin-patients", "/admin/diagnosis/patient/"),
+        ("training", "/training/"),
+        ("datasets", "/training/datasets/"),
+        ("dataset", f"/training/datasets/{dataset.pk}/"),
+        ("runs", "/training/runs/"),
+        ("run-start", "/training/runs/new/"),
+        ("run", f"/training/runs/{run.pk}/"),
+        ("versions", "/training/models/"),
+        ("version", f"/training/models/{model_version.pk}/"),
+        ("compare", "/training/compare/"),
+        ("agreement", "/agreement/"),
+        ("audit", "/audit/"),
+        ("admin", "/admin/"),
+        ("admin-patients", "/admin/diagnosis/patient/"),
         ("admin-patient", f"/admin/diagnosis/patient/{patient.pk}/change/"),
         ("admin-user-add", "/admin/auth/user/add/"),
     ]:

@@ -83,8 +83,9 @@ def test_a_root_given_through_a_symlink_is_resolved_too(db, places, settings, tm
     assert dataset_register(name="ok", root=str(places["root"] / "inside")).size == 4
 
 
-@pytest.mark.parametrize("template", ["{outside}/secret", "{outside}/nothing-here",
-                                      "{root}/link-out"])
+@pytest.mark.parametrize(
+    "template", ["{outside}/secret", "{outside}/nothing-here", "{root}/link-out"]
+)
 def test_the_register_command_refuses_a_folder_outside_the_roots(db, places, template):
     with pytest.raises(CommandError) as refused:
         call_command("register_dataset", "x", _path(template, places))
@@ -93,18 +94,28 @@ def test_the_register_command_refuses_a_folder_outside_the_roots(db, places, tem
 
 
 def test_the_web_form_answers_the_same_for_an_existing_and_a_missing_outside_folder(
-        admin_client, places):
+    admin_client, places
+):
     def error_of(path: str) -> str:
-        resp = admin_client.post("/training/datasets/", {
-            "name": "x", "root": path, "seed": "0", "val_fraction": "0.15",
-            "test_fraction": "0.15"})
+        resp = admin_client.post(
+            "/training/datasets/",
+            {
+                "name": "x",
+                "root": path,
+                "seed": "0",
+                "val_fraction": "0.15",
+                "test_fraction": "0.15",
+            },
+        )
         assert resp.status_code == 400
         html = resp.content.decode()
         start = html.index('<div class="form-errors"')
-        return html[start:html.index("</div>", start)]
+        return html[start : html.index("</div>", start)]
 
-    answers = {error_of(_path(t, places)) for t in
-               ["{outside}/secret", "{outside}/nothing-here", "{root}/link-out", "/etc"]}
+    answers = {
+        error_of(_path(t, places))
+        for t in ["{outside}/secret", "{outside}/nothing-here", "{root}/link-out", "/etc"]
+    }
     assert len(answers) == 1
     assert OUTSIDE_ROOTS.replace("'", "&#x27;") in answers.pop()
     assert not Dataset.objects.exists()
@@ -152,21 +163,25 @@ def linked(tmp_path, settings) -> dict[str, Path]:
 LEFT_OUT = ["ETC", "OUT", "left/sub", "right/extra.png"]
 
 
-def test_the_service_leaves_out_links_leading_outside_the_folder_without_naming_targets(
-        db, linked):
+def test_the_service_leaves_out_links_leading_outside_the_folder_without_naming_targets(db, linked):
     dataset = dataset_register(name="ds", root=str(linked["ds"]))
     assert dataset.status == Dataset.Status.READY, dataset.error
     assert dataset.classes == ["left", "right"]
     assert sorted(dataset.scan["outside"]) == LEFT_OUT
     assert sorted(rel for rel, _ in dataset.scan["samples"]) == [
-        "left/alias.png", "left/img_000.png", "left/img_001.jpg",
-        "right/img_000.png", "right/img_001.jpg"]
+        "left/alias.png",
+        "left/img_000.png",
+        "left/img_001.jpg",
+        "right/img_000.png",
+        "right/img_001.jpg",
+    ]
     stored = repr(dataset.scan) + repr(dataset.unreadable) + dataset.error
     assert str(linked["outside"]) not in stored and "/etc" not in stored
 
 
 def test_a_class_folder_linked_outside_is_no_class_and_the_message_hides_its_target(
-        db, tmp_path, settings):
+    db, tmp_path, settings
+):
     root, outside = tmp_path / "root", tmp_path / "outside"
     make_folder(outside / "secret", per_class=2)
     ds = root / "ds3"
@@ -214,14 +229,16 @@ def test_a_file_replaced_by_a_link_after_the_scan_is_not_read(db, linked):
         CXRDataset(dataset.root, [("../../outside/secret/left/img_000.png", 0)]).image(0)
 
 
-def test_a_dataset_folder_replaced_by_a_link_out_of_the_roots_is_not_scanned_or_trained(
-        db, linked):
+def test_a_dataset_folder_replaced_by_a_link_out_of_the_roots_is_not_scanned_or_trained(db, linked):
     from training.models import TrainingRun
     from training.services import dataset_scan, training_run_create, training_run_execute
 
     dataset = dataset_register(name="ds", root=str(linked["ds"]))
-    run = training_run_create(dataset=dataset, config={"arch": "mobilenet_v2", "weights": None,
-                                                       "epochs": 1}, enqueue=False)
+    run = training_run_create(
+        dataset=dataset,
+        config={"arch": "mobilenet_v2", "weights": None, "epochs": 1},
+        enqueue=False,
+    )
     moved = linked["root"].parent / "moved-ds"
     linked["ds"].rename(moved)
     linked["ds"].symlink_to(linked["outside"] / "secret")

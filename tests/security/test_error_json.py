@@ -64,8 +64,9 @@ def test_too_many_fields_is_a_json_400_on_the_api(api_token, settings):
 def test_too_many_files_is_a_json_400_on_the_api(api_token, settings):
     settings.DATA_UPLOAD_MAX_NUMBER_FILES = 1
     files = [SimpleUploadedFile(f"{i}.png", imagegen.png_bytes(seed=i)) for i in range(2)]
-    resp = api_client(api_token).post(API_URL, {"image": files, "patient_id": "ERR-4"},
-                                      format="multipart")
+    resp = api_client(api_token).post(
+        API_URL, {"image": files, "patient_id": "ERR-4"}, format="multipart"
+    )
     assert resp.status_code == 400
     assert resp.json()["code"] == "too_many_files"
     assert stored()["images"] == 0
@@ -89,8 +90,9 @@ def test_a_worker_that_cannot_write_its_heatmap_retries_then_fails_at_once(
     settings.CXR_RETRY_DELAY_S = 0
     (settings.MEDIA_ROOT / "heatmaps").parent.mkdir(parents=True, exist_ok=True)
     (settings.MEDIA_ROOT / "heatmaps").write_bytes(b"")  # heatmaps/<id>/ cannot be made
-    queued = services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(seed=61),
-                                   patient_id="ERR-W").prediction
+    queued = services.study_upload(
+        uploaded_by=radiologist, data=imagegen.png_bytes(seed=61), patient_id="ERR-W"
+    ).prediction
 
     def failed():
         """the prediction to fail on its storage error"""

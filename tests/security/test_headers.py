@@ -61,8 +61,11 @@ def test_an_error_page_and_the_sign_in_page_are_not_cached_either(client, rad_cl
 def test_every_answer_has_a_strict_content_security_policy_and_a_same_origin_referrer(
     client, rad_client, study
 ):
-    for response in (client.get("/accounts/login/"), rad_client.get(f"/studies/{study.pk}/"),
-                     rad_client.get(f"/api/v1/studies/{study.pk}/")):
+    for response in (
+        client.get("/accounts/login/"),
+        rad_client.get(f"/studies/{study.pk}/"),
+        rad_client.get(f"/api/v1/studies/{study.pk}/"),
+    ):
         policy = dict(
             (d.split()[0], d.split()[1:]) for d in response["Content-Security-Policy"].split(";")
         )
@@ -85,15 +88,20 @@ class _InlineFinder(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         attributes = dict(attrs)
-        if tag == "script" and not attributes.get("src") and \
-                attributes.get("type") != "application/json":
+        if (
+            tag == "script"
+            and not attributes.get("src")
+            and attributes.get("type") != "application/json"
+        ):
             self.found.append("inline <script>")
         if tag == "style":
             self.found.append("<style> element")
         for name, value in attrs:
             if name == "style" or name.startswith("on"):
                 self.found.append(f"<{tag} {name}=...>")
-            if name in ("href", "src", "action") and (value or "").lower().startswith("javascript:"):
+            if name in ("href", "src", "action") and (value or "").lower().startswith(
+                "javascript:"
+            ):
                 self.found.append(f"<{tag} {name}=javascript:...>")
 
 
@@ -104,24 +112,39 @@ def _inline_code(html: str) -> list[str]:
 
 
 def test_the_clinical_pages_have_no_inline_script_style_or_handler(rad_client, study):
-    for path in ["/", "/studies/upload/", f"/studies/{study.pk}/",
-                 f"/studies/{study.pk}/results/", f"/studies/{study.pk}/reading-form/",
-                 f"/studies/{study.pk}/report/"]:
+    for path in [
+        "/",
+        "/studies/upload/",
+        f"/studies/{study.pk}/",
+        f"/studies/{study.pk}/results/",
+        f"/studies/{study.pk}/reading-form/",
+        f"/studies/{study.pk}/report/",
+    ]:
         response = rad_client.get(path)
         assert response.status_code == 200, path
         assert _inline_code(response.content.decode()) == [], path
 
 
-def test_the_admin_pages_have_no_inline_script_style_or_handler(client, admin_user, study,
-                                                                 model_version):
+def test_the_admin_pages_have_no_inline_script_style_or_handler(
+    client, admin_user, study, model_version
+):
     dataset = make_dataset("hdr-data", root="/srv/datasets/hdr")
     run = make_run(dataset, TrainingRun.Status.DONE, user=admin_user, plots=True)
     client.force_login(admin_user)
-    paths = [reverse(f"training:{name}") for name in ("overview", "datasets", "runs", "run-start",
-                                                      "versions", "compare")]
-    paths += [f"/training/runs/{run.pk}/", f"/training/datasets/{dataset.pk}/",
-              f"/training/models/{model_version.pk}/", "/agreement/", "/audit/", "/admin/",
-              "/admin/diagnosis/study/", f"/admin/diagnosis/study/{study.pk}/change/"]
+    paths = [
+        reverse(f"training:{name}")
+        for name in ("overview", "datasets", "runs", "run-start", "versions", "compare")
+    ]
+    paths += [
+        f"/training/runs/{run.pk}/",
+        f"/training/datasets/{dataset.pk}/",
+        f"/training/models/{model_version.pk}/",
+        "/agreement/",
+        "/audit/",
+        "/admin/",
+        "/admin/diagnosis/study/",
+        f"/admin/diagnosis/study/{study.pk}/change/",
+    ]
     for path in paths:
         response = client.get(path)
         assert response.status_code == 200, path
@@ -129,8 +152,15 @@ def test_the_admin_pages_have_no_inline_script_style_or_handler(client, admin_us
 
 
 def test_the_finder_sees_what_the_policy_would_block():
-    assert _inline_code('<p style="x" onclick="y"><script>1</script>'
-                        '<a href="javascript:z">') == [
-        "<p style=...>", "<p onclick=...>", "inline <script>", "<a href=javascript:...>"]
-    assert _inline_code('<script src="/static/js/app.js"></script>'
-                        '<script type="application/json">{}</script>') == []
+    assert _inline_code('<p style="x" onclick="y"><script>1</script><a href="javascript:z">') == [
+        "<p style=...>",
+        "<p onclick=...>",
+        "inline <script>",
+        "<a href=javascript:...>",
+    ]
+    assert (
+        _inline_code(
+            '<script src="/static/js/app.js"></script><script type="application/json">{}</script>'
+        )
+        == []
+    )

@@ -13,10 +13,17 @@ from diagnosis.models import Patient, Study
 from tests import imagegen
 from tests.security.upload_helpers import api_client, post_api, post_form, stored
 
-ON_RECORD = {"patient_id": "MRN-ID-1", "patient_name": "Doe^John", "patient_sex": "M",
-             "patient_birth_date": "1970-01-01"}
-OTHER_PATIENT = {"patient_id": "MRN-ID-1", "patient_name": "Roe^Richard",
-                 "patient_birth_date": "1980-02-02"}
+ON_RECORD = {
+    "patient_id": "MRN-ID-1",
+    "patient_name": "Doe^John",
+    "patient_sex": "M",
+    "patient_birth_date": "1970-01-01",
+}
+OTHER_PATIENT = {
+    "patient_id": "MRN-ID-1",
+    "patient_name": "Roe^Richard",
+    "patient_birth_date": "1980-02-02",
+}
 
 
 @pytest.fixture
@@ -47,11 +54,17 @@ def test_the_api_answers_409_with_both_sets_of_details_and_stores_nothing(api, o
     assert (event.patient_mrn, event.detail["code"]) == ("MRN-ID-1", "identity_mismatch")
 
 
-@pytest.mark.parametrize("fields", [
-    {"patient_id": "MRN-ID-1"},  # blank fields are no mismatch
-    {"patient_id": "MRN-ID-1", "patient_name": "  DOE^JOHN "},  # case, ^ and spaces do not count
-    {"patient_id": "MRN-ID-1", "patient_name": "doe   john", "patient_sex": "M"},
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"patient_id": "MRN-ID-1"},  # blank fields are no mismatch
+        {
+            "patient_id": "MRN-ID-1",
+            "patient_name": "  DOE^JOHN ",
+        },  # case, ^ and spaces do not count
+        {"patient_id": "MRN-ID-1", "patient_name": "doe   john", "patient_sex": "M"},
+    ],
+)
 def test_an_upload_that_agrees_with_the_record_or_leaves_details_blank_is_attached(
     api, on_record, fields
 ):
@@ -63,15 +76,18 @@ def test_an_upload_that_agrees_with_the_record_or_leaves_details_blank_is_attach
 
 
 def test_a_changed_order_of_name_parts_or_another_sex_is_a_mismatch(api, on_record):
-    resp = post_api(api, imagegen.png_bytes(seed=2), patient_id="MRN-ID-1",
-                    patient_name="John Doe", patient_sex="F")
+    resp = post_api(
+        api,
+        imagegen.png_bytes(seed=2),
+        patient_id="MRN-ID-1",
+        patient_name="John Doe",
+        patient_sex="F",
+    )
     assert resp.status_code == 409
     assert resp.json()["mismatched"] == ["name", "sex"]
 
 
-def test_a_confirmed_mismatch_joins_the_patient_on_record_unchanged_and_is_audited(
-    api, on_record
-):
+def test_a_confirmed_mismatch_joins_the_patient_on_record_unchanged_and_is_audited(api, on_record):
     resp = post_api(api, imagegen.png_bytes(seed=2), **OTHER_PATIENT, confirm_identity="true")
     assert resp.status_code == 201, resp.content
     study = Study.objects.get(pk=resp.json()["id"])
@@ -88,8 +104,14 @@ def test_a_confirmed_mismatch_joins_the_patient_on_record_unchanged_and_is_audit
 
 def test_a_confirmed_mismatch_does_not_fill_in_details_the_record_lacks(api):
     post_api(api, imagegen.png_bytes(seed=1), patient_id="MRN-ID-2", patient_name="Doe^Jane")
-    resp = post_api(api, imagegen.png_bytes(seed=2), patient_id="MRN-ID-2",
-                    patient_name="Roe^Rita", patient_sex="F", confirm_identity="true")
+    resp = post_api(
+        api,
+        imagegen.png_bytes(seed=2),
+        patient_id="MRN-ID-2",
+        patient_name="Roe^Rita",
+        patient_sex="F",
+        confirm_identity="true",
+    )
     assert resp.status_code == 201
     assert Patient.objects.get(mrn="MRN-ID-2").sex == ""
 
@@ -102,8 +124,9 @@ def test_confirm_identity_false_is_not_a_confirmation(api, on_record):
 def test_a_dicom_upload_with_another_patients_details_under_a_known_id_is_a_mismatch(api):
     resp = post_api(api, imagegen.png_bytes(), patient_id="MRN-001", patient_name="Roe^Rita")
     assert resp.status_code == 201
-    resp = post_api(api, imagegen.dicom_bytes(patient_id="MRN-001", patient_name="Doe^Jane"),
-                    name="x.dcm")
+    resp = post_api(
+        api, imagegen.dicom_bytes(patient_id="MRN-001", patient_name="Doe^Jane"), name="x.dcm"
+    )
     assert resp.status_code == 409
     assert resp.json()["submitted"]["name"] == "Doe Jane"
 
@@ -139,8 +162,9 @@ def test_the_confirm_box_is_not_shown_without_a_mismatch(rad_client):
     assert 'name="confirm_identity"' not in page
 
 
-@pytest.mark.parametrize("field, tag", [("patient_id", "PatientID"),
-                                        ("accession_number", "AccessionNumber")])
+@pytest.mark.parametrize(
+    "field, tag", [("patient_id", "PatientID"), ("accession_number", "AccessionNumber")]
+)
 def test_a_dicom_id_longer_than_64_characters_is_refused_not_cut(api, field, tag):
     long_id = "X" * 64 + "-2"
     # Stored under the 64 characters a cut would leave: the long ID must not join it.
@@ -176,8 +200,9 @@ def test_a_birth_date_in_the_future_or_before_1900_is_refused_on_the_api_and_the
     assert resp.status_code == 400
     assert resp.json()["code"] == "bad_birth_date"
     assert "patient_birth_date" in resp.json()["fields"]
-    resp = post_form(rad_client, imagegen.png_bytes(), patient_id="MRN-B",
-                     patient_birth_date=birth_date)
+    resp = post_form(
+        rad_client, imagegen.png_bytes(), patient_id="MRN-B", patient_birth_date=birth_date
+    )
     assert resp.status_code == 400
     assert "The birth date" in resp.context["form"].errors["patient_birth_date"][0]
     assert stored() == before
@@ -186,8 +211,7 @@ def test_a_birth_date_in_the_future_or_before_1900_is_refused_on_the_api_and_the
 @pytest.mark.parametrize("birth_date", _bad_birth_dates())
 def test_a_dicom_birth_date_in_the_future_or_before_1900_is_refused(api, birth_date):
     before = stored()
-    resp = post_api(api, imagegen.dicom_bytes(birth_date=birth_date.replace("-", "")),
-                    name="x.dcm")
+    resp = post_api(api, imagegen.dicom_bytes(birth_date=birth_date.replace("-", "")), name="x.dcm")
     assert resp.status_code == 400
     body = resp.json()
     assert (body["code"], body["field"]) == ("bad_birth_date", "patient_birth_date")
@@ -204,22 +228,32 @@ def test_the_birth_date_bounds_themselves_are_accepted(api, birth_date):
 
 
 def _admin_change(client, patient: Patient, **changes):
-    data = {"mrn": patient.mrn, "name": patient.name, "sex": patient.sex,
-            "birth_date": patient.birth_date.isoformat() if patient.birth_date else "",
-            "studies-TOTAL_FORMS": "0", "studies-INITIAL_FORMS": "0", **changes}
+    data = {
+        "mrn": patient.mrn,
+        "name": patient.name,
+        "sex": patient.sex,
+        "birth_date": patient.birth_date.isoformat() if patient.birth_date else "",
+        "studies-TOTAL_FORMS": "0",
+        "studies-INITIAL_FORMS": "0",
+        **changes,
+    }
     return client.post(f"/admin/diagnosis/patient/{patient.pk}/change/", data)
 
 
 def test_an_identity_edit_in_the_admin_is_audited_with_old_and_new_values(client, admin_user):
-    patient = Patient.objects.create(mrn="MRN-A", name="Doe^Jane", sex="F",
-                                     birth_date=dt.date(1970, 1, 2))
+    patient = Patient.objects.create(
+        mrn="MRN-A", name="Doe^Jane", sex="F", birth_date=dt.date(1970, 1, 2)
+    )
     client.force_login(admin_user)
     resp = _admin_change(client, patient, name="Doe^Janet", birth_date="1971-01-02")
     assert resp.status_code == 302, resp.content
     event = AuditEvent.objects.get(action=AuditEvent.Action.PATIENT_EDITED)
     assert event.username == admin_user.username
     assert (event.patient_mrn, event.object_type, event.object_id) == (
-        "MRN-A", "Patient", str(patient.pk))
+        "MRN-A",
+        "Patient",
+        str(patient.pk),
+    )
     assert event.detail["changes"] == {
         "name": {"old": "Doe^Jane", "new": "Doe^Janet"},
         "birth_date": {"old": "1970-01-02", "new": "1971-01-02"},
@@ -239,8 +273,9 @@ def test_an_admin_save_without_changes_is_not_an_identity_edit(client, admin_use
     assert not AuditEvent.objects.filter(action=AuditEvent.Action.PATIENT_EDITED).exists()
 
 
-@pytest.mark.parametrize("changes", [{"mrn": "MRN\r\nX-Evil: 1"}, {"name": "Doe\nJane"},
-                                     {"birth_date": "1850-01-01"}])
+@pytest.mark.parametrize(
+    "changes", [{"mrn": "MRN\r\nX-Evil: 1"}, {"name": "Doe\nJane"}, {"birth_date": "1850-01-01"}]
+)
 def test_the_admin_refuses_what_the_upload_refuses(client, admin_user, changes):
     patient = Patient.objects.create(mrn="MRN-A", name="Doe^Jane")
     client.force_login(admin_user)

@@ -40,7 +40,7 @@ HOSTILE = [
     '<link href="http://example.com/">y</link>',
     '<onDraw name="showPage" label="x"/>',
     "&lt;b&gt; already &amp; escaped",
-    "it's \"quoted\" & <i>",
+    'it\'s "quoted" & <i>',
     "</para><para>",
     "+SUM(1;2)",
     "-2+3",
@@ -60,8 +60,9 @@ def _compact(text: str) -> str:
 
 
 def _radiologist(username: str, first_name: str = "") -> User:
-    user = User.objects.create_user(username=username, password="correct horse battery",
-                                    first_name=first_name)
+    user = User.objects.create_user(
+        username=username, password="correct horse battery", first_name=first_name
+    )
     user.groups.add(Group.objects.get_or_create(name="radiologist")[0])
     return user
 
@@ -70,26 +71,45 @@ def _hostile_study(value: str, *, uploader: User, reader: User) -> Study:
     """A study whose every free-text field (patient, study, model version, prediction, reading)
     holds ``value``, created row by row so that no input validation runs."""
     patient = Patient.objects.create(mrn=value[:64], name=value)
-    study = Study.objects.create(patient=patient, accession_number=value[:64],
-                                 uploaded_by=uploader)
+    study = Study.objects.create(patient=patient, accession_number=value[:64], uploaded_by=uploader)
     png = imagegen.png_bytes()
-    image = Image(study=study, sha256=hashlib.sha256(png).hexdigest(), format=Image.Format.PNG,
-                  original_filename=value, size_bytes=len(png), width=256, height=256)
+    image = Image(
+        study=study,
+        sha256=hashlib.sha256(png).hexdigest(),
+        format=Image.Format.PNG,
+        original_filename=value,
+        size_bytes=len(png),
+        width=256,
+        height=256,
+    )
     image.original.save("x.png", ContentFile(png), save=False)
     image.display.save("x.png", ContentFile(png), save=False)
     image.save()
     version = ModelVersion.objects.create(
-        name=value, architecture=value[:40], class_labels=[value[:64], "normal"],
-        weights="models/none.pt", sha256="0" * 64,
+        name=value,
+        architecture=value[:40],
+        class_labels=[value[:64], "normal"],
+        weights="models/none.pt",
+        sha256="0" * 64,
     )
     prediction = Prediction.objects.create(
-        image=image, model_version=version, status=Prediction.Status.DONE, label=value[:64],
-        probabilities={value[:64]: 0.75, "normal": 0.25}, cam_class=value[:64],
+        image=image,
+        model_version=version,
+        status=Prediction.Status.DONE,
+        label=value[:64],
+        probabilities={value[:64]: 0.75, "normal": 0.25},
+        cam_class=value[:64],
         cam_method=value[:32],
     )
-    Reading.objects.create(study=study, prediction=prediction, model_version=version,
-                           radiologist=reader, agrees_with_model=False, final_label=value[:64],
-                           notes=f"{value}\nsecond line {value}")
+    Reading.objects.create(
+        study=study,
+        prediction=prediction,
+        model_version=version,
+        radiologist=reader,
+        agrees_with_model=False,
+        final_label=value[:64],
+        notes=f"{value}\nsecond line {value}",
+    )
     return study
 
 
@@ -134,8 +154,7 @@ def test_a_clean_report_embeds_its_one_image_and_no_link(client, uploader):
 
 
 @pytest.mark.parametrize("value", HOSTILE)
-def test_the_pdf_report_prints_hostile_text_literally_and_embeds_nothing(client, uploader,
-                                                                          value):
+def test_the_pdf_report_prints_hostile_text_literally_and_embeds_nothing(client, uploader, value):
     reader = _radiologist(value, first_name=value)
     study = _hostile_study(value, uploader=uploader, reader=reader)
     client.force_login(reader)
@@ -174,16 +193,20 @@ def test_a_name_in_another_script_prints_as_its_letters_not_as_boxes(client, upl
     resp = client.get(f"/studies/{study.pk}/report.pdf")
     assert resp.status_code == 200
     pdf = PdfReader(io.BytesIO(resp.content))
-    fonts = {str(font) for page in pdf.pages
-             for font in (page["/Resources"].get("/Font") or {}).get_object().values()
-             if "DejaVu" in str(font.get_object().get("/BaseFont"))}
+    fonts = {
+        str(font)
+        for page in pdf.pages
+        for font in (page["/Resources"].get("/Font") or {}).get_object().values()
+        if "DejaVu" in str(font.get_object().get("/BaseFont"))
+    }
     assert fonts, "the report embeds DejaVu Sans"
     text = "".join(page.extract_text() for page in pdf.pages)
     assert all(part in text for part in name.split("^")), text
 
 
-@pytest.mark.parametrize("value", ['x"; filename="evil.html', "ACC\r\nX-Evil: 1",
-                                   "../../etc/passwd", "ＡＣＣ/２"])
+@pytest.mark.parametrize(
+    "value", ['x"; filename="evil.html', "ACC\r\nX-Evil: 1", "../../etc/passwd", "ＡＣＣ/２"]
+)
 def test_every_download_named_from_data_has_exactly_one_safe_file_name(
     client, uploader, admin_user, value
 ):
@@ -217,8 +240,9 @@ def test_the_audit_csv_neutralises_formulas_from_patients_users_and_browsers(
     export = client.get("/audit/?action=view_study&format=csv")
     assert export.status_code == 200
     _single_filename(export["Content-Disposition"])
-    rows = list(csv.DictReader(io.StringIO(b"".join(export.streaming_content).decode(),
-                                           newline="")))
+    rows = list(
+        csv.DictReader(io.StringIO(b"".join(export.streaming_content).decode(), newline=""))
+    )
     assert len(rows) == 1
     for column in ("username", "patient_mrn", "user_agent"):
         stored = getattr(event, column)
@@ -228,10 +252,22 @@ def test_the_audit_csv_neutralises_formulas_from_patients_users_and_browsers(
         assert rows[0][column] == expected, column
 
 
-@pytest.mark.parametrize(("value", "cell"), [
-    ("=1+1", "'=1+1"), ("+1", "'+1"), ("-1", "'-1"), ("@A1", "'@A1"), ("\t=1", "'\t=1"),
-    ("\r=1", "'\r=1"), ("＝1", "'＝1"), ("a=b", "a=b"), ("", ""), (None, ""), (12, "12"),
-    ("'=already", "'=already"),
-])
+@pytest.mark.parametrize(
+    ("value", "cell"),
+    [
+        ("=1+1", "'=1+1"),
+        ("+1", "'+1"),
+        ("-1", "'-1"),
+        ("@A1", "'@A1"),
+        ("\t=1", "'\t=1"),
+        ("\r=1", "'\r=1"),
+        ("＝1", "'＝1"),
+        ("a=b", "a=b"),
+        ("", ""),
+        (None, ""),
+        (12, "12"),
+        ("'=already", "'=already"),
+    ],
+)
 def test_a_csv_cell_that_starts_like_a_formula_is_prefixed_with_a_quote(value, cell):
     assert csv_cell(value) == cell

@@ -54,8 +54,14 @@ REFUSED = [
 
 def _params(**changes) -> dict:
     s = connection.settings_dict
-    return {"host": s["HOST"] or "127.0.0.1", "port": s["PORT"] or 5432, "dbname": s["NAME"],
-            "user": s["USER"], "password": s["PASSWORD"], **changes}
+    return {
+        "host": s["HOST"] or "127.0.0.1",
+        "port": s["PORT"] or 5432,
+        "dbname": s["NAME"],
+        "user": s["USER"],
+        "password": s["PASSWORD"],
+        **changes,
+    }
 
 
 @pytest.fixture
@@ -68,8 +74,11 @@ def app_role(transactional_db) -> Iterator[tuple[str, str]]:
     call_command("pg_app_role_sql", role, stdout=out)
     owner = psycopg.connect(**_params(), autocommit=True)
     try:
-        owner.execute(psycopg.sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-            psycopg.sql.Identifier(role), psycopg.sql.Literal(password)))
+        owner.execute(
+            psycopg.sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                psycopg.sql.Identifier(role), psycopg.sql.Literal(password)
+            )
+        )
     except psycopg.errors.InsufficientPrivilege:
         owner.close()
         pytest.skip("the test database's user may not create roles")
@@ -90,9 +99,18 @@ def test_the_app_runs_under_the_role_and_appends_to_the_trail(app_role):
     p = _params(user=role, password=password)
     url = f"postgres://{role}:{password}@{p['host']}:{p['port']}/{p['dbname']}"
     result = subprocess.run(
-        [sys.executable, "-c", APP_WRITES], cwd=REPO, capture_output=True, text=True, timeout=120,
-        env={**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(REPO),
-             "DJANGO_SETTINGS_MODULE": "cxrweb.settings"})
+        [sys.executable, "-c", APP_WRITES],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            **os.environ,
+            "DATABASE_URL": url,
+            "PYTHONPATH": str(REPO),
+            "DJANGO_SETTINGS_MODULE": "cxrweb.settings",
+        },
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[-2:] == ["2", "1"]
     assert "Audit chain intact: 2 event(s)" in result.stdout

@@ -51,14 +51,14 @@ EXEMPT = {
     "diagnosis:reading-sign": "POST only: the signed reading is a READING event",
     "diagnosis:prediction-rerun": "POST only: redirects to the (audited) study page",
     "diagnosis:study-reanalyse": "POST only: a REANALYSE event; redirects to the (audited) study "
-                                 "page",
+    "page",
     "diagnosis:class-heatmap-request": "POST only: answers the heatmap's id and status",
     "diagnosis:agreement": "counts per model version, no patient",
     "diagnosis:audit": "the audit trail itself, for admins; its CSV export is an EXPORT event",
     "diagnosis:study-neighbours": "the links to the studies before and after in the worklist: "
-                                  "ids only; the study page they lead to is audited",
+    "ids only; the study page they lead to is audited",
     "diagnosis:worklist-changes": "the live worklist's change token and a count of new studies: "
-                                  "no patient; the rows it leads to are audited",
+    "no patient; the rows it leads to are audited",
     "api:studies": "POST only: an upload, an UPLOAD event",
     "api:study-readings": "POST only: the signed reading is a READING event; a 409 that shows "
     "the current result is a VIEW_STUDY event",
@@ -80,15 +80,20 @@ def _url_names(resolver: URLResolver, namespace: str = "") -> set[str]:
 @pytest.fixture
 def viewed(radiologist, production_model) -> dict:
     """A study with a finished prediction and a finished class heatmap, all of patient MRN."""
-    result = services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(),
-                                   patient_id=MRN)
+    result = services.study_upload(
+        uploaded_by=radiologist, data=imagegen.png_bytes(), patient_id=MRN
+    )
     prediction = prediction_run(prediction_id=result.prediction.pk)
     label = next(c for c in production_model.class_labels if c != prediction.cam_class)
     heatmap = services.class_heatmap_request(prediction=prediction, class_label=label)
     heatmap = class_heatmap_run(heatmap_id=heatmap.pk)
     assert heatmap.file, heatmap.error
-    return {"study": result.study, "image": result.image, "prediction": prediction,
-            "class_heatmap": heatmap}
+    return {
+        "study": result.study,
+        "image": result.image,
+        "prediction": prediction,
+        "class_heatmap": heatmap,
+    }
 
 
 def _get(client, path: str):
@@ -102,7 +107,8 @@ def test_every_diagnosis_and_api_url_is_audited_or_exempt_with_a_reason():
     names = {n for n in _url_names(get_resolver()) if n.startswith(("diagnosis:", "api:"))}
     assert not AUDITED.keys() & EXEMPT.keys()
     assert names - AUDITED.keys() - EXEMPT.keys() == set(), (
-        "a new URL: audit it if it shows a patient's pixels or results, else say why not")
+        "a new URL: audit it if it shows a patient's pixels or results, else say why not"
+    )
     assert AUDITED.keys() | EXEMPT.keys() <= names
 
 
@@ -137,29 +143,36 @@ def _event_problem(event: AuditEvent, path: str, user, viewed: dict, names: str 
         return f"names {event.object_type} {event.object_id}"
     if event.patient_mrn != MRN or event.detail.get("study") != study.pk:
         return f"names patient {event.patient_mrn!r}, study {event.detail.get('study')}"
-    if event.action not in {AuditEvent.Action.VIEW_STUDY, AuditEvent.Action.VIEW_IMAGE,
-                            AuditEvent.Action.DOWNLOAD, AuditEvent.Action.REPORT}:
+    if event.action not in {
+        AuditEvent.Action.VIEW_STUDY,
+        AuditEvent.Action.VIEW_IMAGE,
+        AuditEvent.Action.DOWNLOAD,
+        AuditEvent.Action.REPORT,
+    }:
         return f"is a {event.action} event"
     return ""
 
 
 def test_a_display_copy_identical_to_the_original_is_an_audited_view(rad_client, radiologist):
     """An 8-bit JPEG is its own display copy: fetching it is no way around the download's event."""
-    result = services.study_upload(uploaded_by=radiologist, data=imagegen.jpeg_bytes(),
-                                   patient_id="JPEG-1")
+    result = services.study_upload(
+        uploaded_by=radiologist, data=imagegen.jpeg_bytes(), patient_id="JPEG-1"
+    )
     original = result.image.original.open("rb").read()
     response = rad_client.get(f"/images/{result.image.pk}/display.png")
     assert b"".join(response.streaming_content) == original
     event = AuditEvent.objects.get(action=AuditEvent.Action.VIEW_IMAGE)
     assert (event.patient_mrn, event.object_id, event.detail["view"]) == (
-        "JPEG-1", str(result.image.pk), "display")
+        "JPEG-1",
+        str(result.image.pk),
+        "display",
+    )
 
 
 @pytest.fixture
 def uploaded(radiologist):
     """A study waiting for its model (enough for the image and the results panel)."""
-    return services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(),
-                                 patient_id=MRN)
+    return services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(), patient_id=MRN)
 
 
 def test_repeated_views_within_the_window_are_one_event_per_user_and_thing(
@@ -212,8 +225,10 @@ def test_a_coalesced_results_poll_costs_one_small_query_and_writes_nothing(
 def test_the_coalescing_window_must_be_a_whole_number_of_seconds_not_below_zero():
     from tests.conftest import run_python
 
-    code = "import django; django.setup(); from django.conf import settings; " \
-           "print(settings.CXR_AUDIT_VIEW_COALESCE_S)"
+    code = (
+        "import django; django.setup(); from django.conf import settings; "
+        "print(settings.CXR_AUDIT_VIEW_COALESCE_S)"
+    )
     env = {"DJANGO_SETTINGS_MODULE": "cxrweb.settings", "SECRET_KEY": "x"}
     assert run_python(code, env=env).stdout.strip() == "300"
     bad = run_python(code, env={**env, "CXR_AUDIT_VIEW_COALESCE_S": "-1"})

@@ -27,13 +27,19 @@ def _picture(fmt: str, width: int, height: int) -> bytes:
 
 
 def _decode(data: bytes, policy: UploadPolicy | None = POLICY):
-    return decode_upload(data, max_bytes=64 << 20, max_pixels=50_000_000, check_only=True,
-                         policy=policy)
+    return decode_upload(
+        data, max_bytes=64 << 20, max_pixels=50_000_000, check_only=True, policy=policy
+    )
 
 
-SHAPES = [((1, 1), "too_small"), ((20000, 8), "too_small"), ((8, 20000), "too_small"),
-          ((127, 400), "too_small"), ((1200, 300), "bad_aspect_ratio"),
-          ((300, 1200), "bad_aspect_ratio")]
+SHAPES = [
+    ((1, 1), "too_small"),
+    ((20000, 8), "too_small"),
+    ((8, 20000), "too_small"),
+    ((127, 400), "too_small"),
+    ((1200, 300), "bad_aspect_ratio"),
+    ((300, 1200), "bad_aspect_ratio"),
+]
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpeg", "dicom"])
@@ -78,8 +84,11 @@ def test_the_form_shows_the_refusal_beside_the_file(rad_client, settings):
 
 # --- polyglots ---------------------------------------------------------------------------------
 
-PAYLOADS = [b"<html><script>alert(1)</script></html>", b"PK\x03\x04" + b"\x00" * 26,
-            b"\x00\x00\x00#!/bin/sh\n"]
+PAYLOADS = [
+    b"<html><script>alert(1)</script></html>",
+    b"PK\x03\x04" + b"\x00" * 26,
+    b"\x00\x00\x00#!/bin/sh\n",
+]
 
 
 @pytest.mark.parametrize("payload", PAYLOADS, ids=["html", "zip", "after-nul"])
@@ -99,8 +108,9 @@ def test_nul_padding_after_the_end_marker_is_accepted(fmt):
 @pytest.mark.django_db
 def test_a_polyglot_is_neither_stored_nor_served(api_token):
     before = stored()
-    resp = post_api(api_client(api_token), _picture("png", 256, 256) + PAYLOADS[0],
-                    patient_id="PL-3")
+    resp = post_api(
+        api_client(api_token), _picture("png", 256, 256) + PAYLOADS[0], patient_id="PL-3"
+    )
     assert resp.status_code == 400 and resp.json()["code"] == "trailing_data"
     assert stored() == before
 
@@ -108,7 +118,9 @@ def test_a_polyglot_is_neither_stored_nor_served(api_token):
 @pytest.mark.django_db
 def test_a_dicom_preamble_carrying_another_file_is_stored_and_served_zeroed(api_token):
     dicom = imagegen.dicom_bytes(width=256, height=256)
-    polyglot = b"MZ\x90\x00" + b"This program cannot be run in DOS mode".ljust(124, b"!") + dicom[128:]
+    polyglot = (
+        b"MZ\x90\x00" + b"This program cannot be run in DOS mode".ljust(124, b"!") + dicom[128:]
+    )
     api = api_client(api_token)
     resp = post_api(api, polyglot, name="chest.dcm", patient_id="PL-4")
     assert resp.status_code == 201, resp.content
@@ -126,8 +138,9 @@ def test_a_progressive_jpeg_with_an_exif_thumbnail_ends_where_it_ends():
     exif = Image.Exif()
     exif[0x0112] = 1
     buf = BytesIO()
-    imagegen.make_xray(300, 260).save(buf, "JPEG", progressive=True,
-                                      exif=exif.tobytes() + thumb.getvalue())
+    imagegen.make_xray(300, 260).save(
+        buf, "JPEG", progressive=True, exif=exif.tobytes() + thumb.getvalue()
+    )
     assert _decode(buf.getvalue()).width == 300
     with pytest.raises(UploadRejected, match="after its end-of-image marker"):
         _decode(buf.getvalue() + b"trailer")
@@ -150,7 +163,9 @@ def _flat_rgba_png(side: int) -> bytes:
     idat = b"".join(deflate.compress(row) for _ in range(side)) + deflate.flush()
 
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
 
     header = struct.pack(">IIBBBBB", side, side, 8, 6, 0, 0, 0)
     return PNG_SIGNATURE + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
@@ -212,8 +227,9 @@ def test_training_data_may_still_be_a_cmyk_jpeg():
 @pytest.mark.django_db
 def test_a_cmyk_jpeg_is_a_json_400_on_the_api_and_stores_nothing(api_token):
     before = stored()
-    resp = post_api(api_client(api_token), _cmyk_jpeg(300, 260), name="chest.jpg",
-                    patient_id="PL-5")
+    resp = post_api(
+        api_client(api_token), _cmyk_jpeg(300, 260), name="chest.jpg", patient_id="PL-5"
+    )
     assert resp.status_code == 400 and resp["Content-Type"] == "application/json"
     assert resp.json()["code"] == "unsupported_colour"
     assert stored() == before

@@ -23,13 +23,19 @@ def _limits(settings):
 
 
 def sign_in(client: Client, username: str, password: str, ip: str, agent: str = "curl/8"):
-    return client.post("/accounts/login/", {"username": username, "password": password},
-                       REMOTE_ADDR=ip, HTTP_USER_AGENT=agent)
+    return client.post(
+        "/accounts/login/",
+        {"username": username, "password": password},
+        REMOTE_ADDR=ip,
+        HTTP_USER_AGENT=agent,
+    )
 
 
 def spray(client: Client, count: int, ip: str = SPRAYER) -> list[int]:
-    return [sign_in(client, f"user{n}", "Winter2026!", ip, agent=f"agent/{n}").status_code
-            for n in range(count)]
+    return [
+        sign_in(client, f"user{n}", "Winter2026!", ip, agent=f"agent/{n}").status_code
+        for n in range(count)
+    ]
 
 
 def test_spraying_one_password_over_many_user_names_locks_the_address_out(client, radiologist):
@@ -61,8 +67,9 @@ def test_the_address_is_let_in_again_after_the_cool_off(client, radiologist, set
     spray(client, 8)
     assert sign_in(Client(), "rad1", PASSWORD, SPRAYER).status_code == 429
     AccessAttempt.objects.filter(ip_address=SPRAYER).update(
-        attempt_time=dt.datetime.now(dt.UTC) - dt.timedelta(hours=settings.AXES_COOLOFF_TIME,
-                                                              minutes=1))
+        attempt_time=dt.datetime.now(dt.UTC)
+        - dt.timedelta(hours=settings.AXES_COOLOFF_TIME, minutes=1)
+    )
     assert sign_in(Client(), "rad1", PASSWORD, SPRAYER).status_code == 302
 
 

@@ -24,15 +24,20 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def stored(radiologist, production_model) -> dict:
     """A study whose prediction and class heatmap are done: files under images/ and heatmaps/."""
-    result = services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(),
-                                   patient_id="STO-1")
+    result = services.study_upload(
+        uploaded_by=radiologist, data=imagegen.png_bytes(), patient_id="STO-1"
+    )
     prediction = prediction_run(prediction_id=result.prediction.pk)
     label = next(c for c in production_model.class_labels if c != prediction.cam_class)
     heatmap = services.class_heatmap_request(prediction=prediction, class_label=label)
     heatmap = class_heatmap_run(heatmap_id=heatmap.pk)
     assert prediction.overlay and heatmap.file, (prediction.error, heatmap.error)
-    return {"study": result.study, "image": result.image, "prediction": prediction,
-            "class_heatmap": heatmap}
+    return {
+        "study": result.study,
+        "image": result.image,
+        "prediction": prediction,
+        "class_heatmap": heatmap,
+    }
 
 
 def _replace_folders_by_files() -> None:
@@ -45,16 +50,21 @@ def _replace_folders_by_files() -> None:
 
 
 def _browser_file_urls(s: dict) -> list[str]:
-    return [f"/images/{s['image'].pk}/display.png", f"/images/{s['image'].pk}/original",
-            f"/predictions/{s['prediction'].pk}/overlay.png",
-            f"/predictions/{s['prediction'].pk}/heatmap-layer.png",
-            f"/heatmaps/{s['class_heatmap'].pk}.png"]
+    return [
+        f"/images/{s['image'].pk}/display.png",
+        f"/images/{s['image'].pk}/original",
+        f"/predictions/{s['prediction'].pk}/overlay.png",
+        f"/predictions/{s['prediction'].pk}/heatmap-layer.png",
+        f"/heatmaps/{s['class_heatmap'].pk}.png",
+    ]
 
 
 def _api_file_urls(s: dict) -> list[str]:
     pk = s["prediction"].pk
-    return [f"/api/v1/predictions/{pk}/{name}"
-            for name in ("overlay.png", "heatmap-layer.png", "heatmap.png", "cam.png")]
+    return [
+        f"/api/v1/predictions/{pk}/{name}"
+        for name in ("overlay.png", "heatmap-layer.png", "heatmap.png", "cam.png")
+    ]
 
 
 def _pdf_text(content: bytes) -> str:
@@ -84,9 +94,13 @@ def test_unreadable_storage_is_a_plain_503_in_the_browser(stored, rad_client):
 
 
 def test_a_file_missing_from_storage_stays_a_404(stored, rad_client, api_token):
-    for field in (stored["image"].original, stored["image"].display,
-                  stored["prediction"].overlay, stored["prediction"].heatmap,
-                  stored["class_heatmap"].file):
+    for field in (
+        stored["image"].original,
+        stored["image"].display,
+        stored["prediction"].overlay,
+        stored["prediction"].heatmap,
+        stored["class_heatmap"].file,
+    ):
         Path(field.path).unlink(missing_ok=True)
     for url in _browser_file_urls(stored):
         assert rad_client.get(url).status_code == 404, url
@@ -117,8 +131,9 @@ def test_the_pdf_report_prints_without_a_missing_image(stored, rad_client):
 # --- unknown API paths ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/api/v1/nonexist/", "/api/", "/api/v2/studies/",
-                                  "/api/v1/studies/abc/"])
+@pytest.mark.parametrize(
+    "path", ["/api/v1/nonexist/", "/api/", "/api/v2/studies/", "/api/v1/studies/abc/"]
+)
 def test_an_unknown_api_path_is_a_json_404(client, path):
     resp = client.get(path)
     assert resp.status_code == 404
@@ -137,8 +152,11 @@ def test_an_unknown_page_outside_the_api_is_still_a_page(rad_client):
 def test_the_read_only_views_answer_head_and_audit_it_as_a_get(stored, rad_client, radiologist):
     """A HEAD runs the view as its GET does (only the body is left out), so it is the same audit
     event: it tells the client that the patient's file exists, its type and its size."""
-    urls = [*_browser_file_urls(stored), f"/studies/{stored['study'].pk}/report.pdf",
-            f"/studies/{stored['study'].pk}/"]
+    urls = [
+        *_browser_file_urls(stored),
+        f"/studies/{stored['study'].pk}/report.pdf",
+        f"/studies/{stored['study'].pk}/",
+    ]
     for url in urls:
         before = AuditEvent.objects.count()
         resp = rad_client.head(url)

@@ -92,14 +92,19 @@ def test_create_token_takes_the_maximum_lifetime_and_the_setting_moves_it(radiol
     assert ApiToken.objects.get().expiry - timezone.now() <= timedelta(days=365)
 
 
-@pytest.mark.parametrize("env", [{"CXR_API_TOKEN_MAX_TTL_DAYS": "0"},
-                                 {"CXR_API_TOKEN_MAX_TTL_DAYS": "many"},
-                                 {"CXR_API_TOKEN_MAX_TTL_DAYS": "100000"},
-                                 {"CXR_API_TOKEN_MAX_TTL_DAYS": "30",
-                                  "CXR_API_TOKEN_TTL_DAYS": "90"}])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"CXR_API_TOKEN_MAX_TTL_DAYS": "0"},
+        {"CXR_API_TOKEN_MAX_TTL_DAYS": "many"},
+        {"CXR_API_TOKEN_MAX_TTL_DAYS": "100000"},
+        {"CXR_API_TOKEN_MAX_TTL_DAYS": "30", "CXR_API_TOKEN_TTL_DAYS": "90"},
+    ],
+)
 def test_a_bad_maximum_token_lifetime_stops_the_app(env):
-    done = run_python("import django; django.setup()",
-                      env={"DJANGO_SETTINGS_MODULE": "cxrweb.settings", **env})
+    done = run_python(
+        "import django; django.setup()", env={"DJANGO_SETTINGS_MODULE": "cxrweb.settings", **env}
+    )
     assert done.returncode != 0
     assert "CXR_API_TOKEN_MAX_TTL_DAYS" in done.stderr or "invalid literal" in done.stderr
 
@@ -131,9 +136,11 @@ def test_a_revoked_token_is_a_401(radiologist):
     assert resp.status_code == 401 and resp.json()["error"] == "Invalid token."
 
 
-@pytest.mark.parametrize("header", [b"Token \x00abc", b"Token \xe9\xe9", b"Token a b",
-                                    b"Token", b"Token " + b"f" * 5000],
-                         ids=["nul", "latin-1", "two-words", "no-key", "5000-chars"])
+@pytest.mark.parametrize(
+    "header",
+    [b"Token \x00abc", b"Token \xe9\xe9", b"Token a b", b"Token", b"Token " + b"f" * 5000],
+    ids=["nul", "latin-1", "two-words", "no-key", "5000-chars"],
+)
 def test_a_malformed_token_header_is_a_401_not_a_server_error(radiologist, header):
     resp = APIClient().get(PROBE, HTTP_AUTHORIZATION=header.decode("latin-1"))
     assert resp.status_code == 401 and "error" in resp.json()
@@ -156,7 +163,8 @@ def test_the_database_holds_no_clear_text_key(radiologist):
 
 
 def test_token_authentication_reads_the_token_user_and_roles_in_one_query(
-        radiologist, django_assert_num_queries):
+    radiologist, django_assert_num_queries
+):
     key, _ = _create_token("rad1")
     with django_assert_num_queries(1):
         user, token = TokenAuthentication().authenticate_credentials(key.encode())
@@ -164,8 +172,7 @@ def test_token_authentication_reads_the_token_user_and_roles_in_one_query(
     assert user._cxr_roles == frozenset({"radiologist"})
 
 
-def test_the_admin_lists_tokens_without_their_keys_and_makes_none(client, model_admin,
-                                                                   radiologist):
+def test_the_admin_lists_tokens_without_their_keys_and_makes_none(client, model_admin, radiologist):
     key, _ = _create_token("rad1", "--name", "PACS bridge")
     token = ApiToken.objects.get()
     client.force_login(model_admin)
@@ -179,14 +186,18 @@ def test_the_admin_lists_tokens_without_their_keys_and_makes_none(client, model_
     assert client.get("/admin/apitokens/apitoken/add/").status_code == 403
 
 
-def test_the_admin_action_revokes_the_selected_tokens_and_audits_it(client, model_admin,
-                                                                      radiologist):
+def test_the_admin_action_revokes_the_selected_tokens_and_audits_it(
+    client, model_admin, radiologist
+):
     kept, _ = _create_token("rad1", "--name", "keep")
     revoked, _ = _create_token("rad1", "--name", "drop")
     target = ApiToken.objects.get(name="drop")
     client.force_login(model_admin)
-    resp = client.post("/admin/apitokens/apitoken/",
-                       {"action": "revoke_selected", "_selected_action": [target.pk]}, follow=True)
+    resp = client.post(
+        "/admin/apitokens/apitoken/",
+        {"action": "revoke_selected", "_selected_action": [target.pk]},
+        follow=True,
+    )
     assert "Revoked 1 token" in resp.content.decode()
     assert list(ApiToken.objects.values_list("name", flat=True)) == ["keep"]
     assert _get(revoked).status_code == 401 and _get(kept).status_code == 404
@@ -213,8 +224,9 @@ def test_issuing_a_token_is_an_audit_event_naming_the_token(radiologist):
     assert event.detail["via"] == "manage.py create_token"
 
 
-def test_revoke_tokens_takes_all_of_a_users_tokens_and_no_one_elses(radiologist,
-                                                                    second_radiologist):
+def test_revoke_tokens_takes_all_of_a_users_tokens_and_no_one_elses(
+    radiologist, second_radiologist
+):
     mine = [_create_token("rad1")[0] for _ in range(2)]
     theirs, _ = _create_token("rad2")
     assert "Revoked 2 token" in _revoke("rad1", "--all")
@@ -232,8 +244,9 @@ def test_revoke_tokens_takes_one_token_by_id_or_by_the_keys_first_characters(rad
     assert [_get(k).status_code for k in (by_id, by_prefix, other)] == [401, 401, 404]
 
 
-def test_revoke_tokens_refuses_a_token_of_another_user_or_a_short_prefix(radiologist,
-                                                                        second_radiologist):
+def test_revoke_tokens_refuses_a_token_of_another_user_or_a_short_prefix(
+    radiologist, second_radiologist
+):
     key, _ = _create_token("rad2")
     with pytest.raises(CommandError, match="nothing was revoked"):
         _revoke("rad1", "--id", str(ApiToken.objects.get().pk))
@@ -255,9 +268,10 @@ def test_revoke_tokens_expired_removes_only_expired_tokens(radiologist, second_r
 
 @pytest.mark.parametrize("value", ["0", "-1", "ninety"])
 def test_a_token_lifetime_that_is_not_a_positive_number_stops_the_app(value):
-    done = run_python("import django; django.setup()",
-                      env={"DJANGO_SETTINGS_MODULE": "cxrweb.settings",
-                           "CXR_API_TOKEN_TTL_DAYS": value})
+    done = run_python(
+        "import django; django.setup()",
+        env={"DJANGO_SETTINGS_MODULE": "cxrweb.settings", "CXR_API_TOKEN_TTL_DAYS": value},
+    )
     assert done.returncode != 0
     assert "CXR_API_TOKEN_TTL_DAYS" in done.stderr or "invalid literal" in done.stderr
 

@@ -21,8 +21,9 @@ def api_client(api_token: str) -> APIClient:
 
 
 def post_api(api: APIClient, data: bytes, name: str = "chest.png", **fields):
-    return api.post(API_URL, {"image": SimpleUploadedFile(name, data), **fields},
-                    format="multipart")
+    return api.post(
+        API_URL, {"image": SimpleUploadedFile(name, data), **fields}, format="multipart"
+    )
 
 
 def post_form(client, data: bytes, name: str = "chest.png", **fields):
@@ -33,5 +34,9 @@ def stored() -> dict:
     """Rows and files an upload leaves: compared before and after a refused one."""
     media = Path(settings.MEDIA_ROOT)
     files = sorted(str(p) for p in media.rglob("*") if p.is_file()) if media.exists() else []
-    return {"patients": Patient.objects.count(), "studies": Study.objects.count(),
-            "images": Image.objects.count(), "files": files}
+    return {
+        "patients": Patient.objects.count(),
+        "studies": Study.objects.count(),
+        "images": Image.objects.count(),
+        "files": files,
+    }

@@ -29,21 +29,24 @@ def test_a_class_only_one_side_has_keeps_its_own_row():
 
 
 def test_the_page_says_promotion_will_retire_production_not_that_it_is_retired(
-        admin_client, production_model):
+    admin_client, production_model
+):
     dataset = make_dataset()
     candidate = second_version(production_model)
     make_evaluation(candidate, dataset)
-    html = admin_client.get(f"/training/compare/?candidate={candidate.pk}"
-                            f"&dataset={dataset.pk}").content.decode()
+    html = admin_client.get(
+        f"/training/compare/?candidate={candidate.pk}&dataset={dataset.pk}"
+    ).content.decode()
     assert f"{production_model.name} is retired" not in html
-    assert (f"Promoting {candidate.name} retires {production_model.name}, now in production"
-            in html)
+    assert f"Promoting {candidate.name} retires {production_model.name}, now in production" in html
 
 
 def test_without_production_the_page_says_the_candidate_becomes_the_first(
-        admin_client, model_version):
+    admin_client, model_version
+):
     dataset = make_dataset()
-    html = admin_client.get(f"/training/compare/?candidate={model_version.pk}"
-                            f"&dataset={dataset.pk}").content.decode()
+    html = admin_client.get(
+        f"/training/compare/?candidate={model_version.pk}&dataset={dataset.pk}"
+    ).content.decode()
     assert "is retired" not in html
     assert f"{model_version.name} becomes the first" in html

@@ -37,7 +37,8 @@ def test_the_version_page_offers_to_leave_out_unknown_classes(admin_client, mode
 
 @pytest.mark.parametrize("ticked, expected", [(True, True), (False, False)])
 def test_the_form_tells_the_worker_whether_to_leave_out_unknown_classes(
-        admin_client, model_version, queued, django_capture_on_commit_callbacks, ticked, expected):
+    admin_client, model_version, queued, django_capture_on_commit_callbacks, ticked, expected
+):
     dataset = make_dataset(classes=["normal", "pneumonia", "tuberculosis"])
     data = {"dataset": dataset.pk, "split": "all"}
     if ticked:

@@ -7,8 +7,15 @@ from tests.conftest import CLASSES
 from training.models import ModelVersion
 
 # Every architecture the issue names, loaded from a plain torchvision state_dict.
-ARCHS = ["resnet18", "resnet34", "resnet50", "densenet121", "vgg16", "efficientnet_b0",
-         "mobilenet_v2"]
+ARCHS = [
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "densenet121",
+    "vgg16",
+    "efficientnet_b0",
+    "mobilenet_v2",
+]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -18,8 +25,16 @@ def test_import_model_registers_each_architecture_and_it_predicts(db, state_dict
     from diagnosis.worker import compute
     from tests import imagegen
 
-    call_command("import_model", state_dict_file(arch, 3), "--arch", arch,
-                 "--classes", "normal,pneumonia,covid19", "--name", f"v-{arch}")
+    call_command(
+        "import_model",
+        state_dict_file(arch, 3),
+        "--arch",
+        arch,
+        "--classes",
+        "normal,pneumonia,covid19",
+        "--name",
+        f"v-{arch}",
+    )
     version = ModelVersion.objects.get(name=f"v-{arch}")
     assert version.architecture == arch
     assert version.class_labels == ["normal", "pneumonia", "covid19"]
@@ -35,8 +50,15 @@ def test_import_model_registers_each_architecture_and_it_predicts(db, state_dict
 
 
 def test_import_model_with_promote_puts_it_in_production(db, state_dict_file, capsys):
-    call_command("import_model", state_dict_file("mobilenet_v2"), "--arch", "mobilenet_v2",
-                 "--classes", ",".join(CLASSES), "--promote")
+    call_command(
+        "import_model",
+        state_dict_file("mobilenet_v2"),
+        "--arch",
+        "mobilenet_v2",
+        "--classes",
+        ",".join(CLASSES),
+        "--promote",
+    )
     [version] = ModelVersion.objects.all()
     assert version.status == ModelVersion.Status.PRODUCTION
     assert version.promotions.count() == 1
@@ -47,10 +69,28 @@ def test_a_second_promotion_retires_the_first_and_a_rollback_restores_it(db, sta
     from training.services import model_version_promote
 
     path = state_dict_file("mobilenet_v2")
-    call_command("import_model", path, "--arch", "mobilenet_v2", "--classes", ",".join(CLASSES),
-                 "--name", "one", "--promote")
-    call_command("import_model", path, "--arch", "mobilenet_v2", "--classes", ",".join(CLASSES),
-                 "--name", "two", "--promote")
+    call_command(
+        "import_model",
+        path,
+        "--arch",
+        "mobilenet_v2",
+        "--classes",
+        ",".join(CLASSES),
+        "--name",
+        "one",
+        "--promote",
+    )
+    call_command(
+        "import_model",
+        path,
+        "--arch",
+        "mobilenet_v2",
+        "--classes",
+        ",".join(CLASSES),
+        "--name",
+        "two",
+        "--promote",
+    )
     assert ModelVersion.objects.get(name="one").status == "retired"
     assert ModelVersion.objects.get(name="two").status == "production"
     model_version_promote(version=ModelVersion.objects.get(name="one"), reason="roll back")
@@ -63,8 +103,16 @@ def test_the_database_allows_only_one_production_version(db, state_dict_file):
 
     path = state_dict_file("mobilenet_v2")
     for name in ("a", "b"):
-        call_command("import_model", path, "--arch", "mobilenet_v2", "--classes",
-                     ",".join(CLASSES), "--name", name)
+        call_command(
+            "import_model",
+            path,
+            "--arch",
+            "mobilenet_v2",
+            "--classes",
+            ",".join(CLASSES),
+            "--name",
+            name,
+        )
     ModelVersion.objects.filter(name="a").update(status="production")
     with pytest.raises(IntegrityError):
         ModelVersion.objects.filter(name="b").update(status="production")

@@ -26,9 +26,16 @@ from training.services import (
     training_runs_reconcile,
 )
 
-TINY = {"arch": "mobilenet_v2", "weights": None, "strategy": "head", "epochs": 2,
-        "batch_size": 8, "input_size": 32, "max_steps_per_epoch": 3,
-        "early_stopping_patience": None}
+TINY = {
+    "arch": "mobilenet_v2",
+    "weights": None,
+    "strategy": "head",
+    "epochs": 2,
+    "batch_size": 8,
+    "input_size": 32,
+    "max_steps_per_epoch": 3,
+    "early_stopping_patience": None,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -108,10 +115,12 @@ def test_a_bad_configuration_is_refused_before_anything_runs(dataset, settings, 
     assert TrainingRun.objects.count() == 0
 
 
-@pytest.mark.parametrize("path", ["/etc/passwd", "/nope/weights.pth", "{roots}/../outside.pth",
-                                  "{roots}/link.pth"])
+@pytest.mark.parametrize(
+    "path", ["/etc/passwd", "/nope/weights.pth", "{roots}/../outside.pth", "{roots}/link.pth"]
+)
 def test_a_weights_file_outside_the_weights_roots_is_refused_alike_whether_it_exists_or_not(
-        dataset, settings, tmp_path, path):
+    dataset, settings, tmp_path, path
+):
     roots = tmp_path / "weights"
     roots.mkdir()
     (tmp_path / "outside.pth").write_bytes(b"x")
@@ -127,8 +136,9 @@ def test_a_weights_file_outside_the_weights_roots_is_refused_alike_whether_it_ex
 def test_a_weights_file_under_the_weights_roots_is_taken(dataset, settings, tmp_path):
     settings.CXR_WEIGHTS_ROOTS = [tmp_path]
     (tmp_path / "backbone.pth").write_bytes(b"x")
-    run = training_run_create(dataset=dataset, enqueue=False,
-                              config={**TINY, "weights": str(tmp_path / "backbone.pth")})
+    run = training_run_create(
+        dataset=dataset, enqueue=False, config={**TINY, "weights": str(tmp_path / "backbone.pth")}
+    )
     assert run.weights == str(tmp_path / "backbone.pth")
 
 
@@ -150,8 +160,9 @@ def test_a_queued_run_is_cancelled_at_once_and_a_running_one_stops(dataset):
 def test_a_run_whose_worker_died_is_not_left_running(dataset, settings):
     run = training_run_create(dataset=dataset, config=TINY, enqueue=False)
     old = timezone.now() - dt.timedelta(seconds=settings.CXR_TRAINING_STALE_AFTER_S + 5)
-    TrainingRun.objects.filter(pk=run.pk).update(status="running", heartbeat_at=old,
-                                                  worker="elsewhere:1")
+    TrainingRun.objects.filter(pk=run.pk).update(
+        status="running", heartbeat_at=old, worker="elsewhere:1"
+    )
     assert training_runs_reconcile() == 1
     run.refresh_from_db()
     assert run.status == "failed" and "worker" in run.error
@@ -160,13 +171,17 @@ def test_a_run_whose_worker_died_is_not_left_running(dataset, settings):
 @pytest.fixture
 def trained(dataset):
     run = training_run_execute(
-        run_id=training_run_create(dataset=dataset, config=TINY, enqueue=False).pk)
+        run_id=training_run_create(dataset=dataset, config=TINY, enqueue=False).pk
+    )
     return ModelVersion.objects.get(training_run=run)
 
 
 def test_an_evaluation_is_stored_with_metrics_and_plots(trained, dataset, capsys):
-    evaluation = evaluation_execute(evaluation_id=evaluation_create(
-        version=trained, dataset=dataset, split="test", enqueue=False).pk)
+    evaluation = evaluation_execute(
+        evaluation_id=evaluation_create(
+            version=trained, dataset=dataset, split="test", enqueue=False
+        ).pk
+    )
     assert evaluation.status == Evaluation.Status.DONE, evaluation.error
     assert evaluation.metrics["n"] == len(dataset.split["test"])
     assert evaluation.plot_confusion.name.endswith(".png")
@@ -176,8 +191,7 @@ def test_an_evaluation_is_stored_with_metrics_and_plots(trained, dataset, capsys
 
 
 def test_an_exported_checkpoint_imports_elsewhere_with_its_metadata_and_sha256(trained):
-    call_command("import_model", trained.weights.path, "--name", "copy", "--sha256",
-                 trained.sha256)
+    call_command("import_model", trained.weights.path, "--name", "copy", "--sha256", trained.sha256)
     copy = ModelVersion.objects.get(name="copy")
     assert copy.architecture == trained.architecture
     assert copy.class_labels == trained.class_labels
@@ -194,20 +208,28 @@ def test_promote_then_roll_back_and_each_new_upload_uses_the_production_version(
     from diagnosis import services
 
     model_version_promote(version=model_version, reason="first")
-    first = services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(),
-                                  patient_id="P1").prediction
+    first = services.study_upload(
+        uploaded_by=radiologist, data=imagegen.png_bytes(), patient_id="P1"
+    ).prediction
     model_version_promote(version=trained, reason="better on the test split")
-    second = services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(),
-                                   patient_id="P2").prediction
+    second = services.study_upload(
+        uploaded_by=radiologist, data=imagegen.png_bytes(), patient_id="P2"
+    ).prediction
     model_version_promote(version=model_version, reason="roll back")
-    third = services.study_upload(uploaded_by=radiologist, data=imagegen.png_bytes(),
-                                  patient_id="P3").prediction
+    third = services.study_upload(
+        uploaded_by=radiologist, data=imagegen.png_bytes(), patient_id="P3"
+    ).prediction
     assert [first.model_version, second.model_version, third.model_version] == [
-        model_version, trained, model_version]
+        model_version,
+        trained,
+        model_version,
+    ]
     first.refresh_from_db()
     assert first.model_version == model_version  # every prediction keeps its version
     assert list(ModelVersion.objects.filter(status="production")) == [model_version]
     assert [p.reason for p in model_version.promotions.order_by("created_at")] == [
-        "first", "roll back"]
+        "first",
+        "roll back",
+    ]
     done = prediction_run(prediction_id=second.pk)
     assert list(done.ordered_probabilities) == ["left", "right"]  # the new version's classes

@@ -17,8 +17,11 @@ class ReceiverFailed(Exception):
 @pytest.fixture
 def candidate(db) -> ModelVersion:
     return ModelVersion.objects.create(
-        name="cand-v1", architecture="mobilenet_v2", class_labels=["NORMAL", "PNEUMONIA"],
-        weights="models/cand-v1.pt", sha256="0" * 64,
+        name="cand-v1",
+        architecture="mobilenet_v2",
+        class_labels=["NORMAL", "PNEUMONIA"],
+        weights="models/cand-v1.pt",
+        sha256="0" * 64,
     )
 
 

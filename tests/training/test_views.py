@@ -29,6 +29,7 @@ def _dataset_roots(settings, tmp_path):
     """Folders registered here are made under tmp_path (CXR_DATASET_ROOTS)."""
     settings.CXR_DATASET_ROOTS = [tmp_path]
 
+
 pytestmark = pytest.mark.django_db
 
 
@@ -47,8 +48,14 @@ def _sent_ids(sent_tasks, name: str):
 # --------------------------------------------------------------------------------------------------
 
 
-def make_metrics(classes=CLASSES, *, n: int = 80, skill: float = 2.0, seed: int = 0,
-                 thresholds: dict | None = None) -> tuple[dict, dict]:
+def make_metrics(
+    classes=CLASSES,
+    *,
+    n: int = 80,
+    skill: float = 2.0,
+    seed: int = 0,
+    thresholds: dict | None = None,
+) -> tuple[dict, dict]:
     """Real classification_report figures (and ROC / reliability curves) of a fake model."""
     from training.ml.train.calibration import reliability_bins
     from training.ml.train.metrics import classification_report, roc_curves
@@ -60,56 +67,115 @@ def make_metrics(classes=CLASSES, *, n: int = 80, skill: float = 2.0, seed: int 
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     thresholds = thresholds or {c: 0.4 for c in classes}
     metrics = classification_report(labels, probs, classes, thresholds=thresholds)
-    metrics.update(temperature=1.3, ece_uncalibrated=metrics["ece"] + 0.05,
-                   ece_calibrated=metrics["ece"])
-    curves = {"roc": roc_curves(labels, probs, classes),
-              "reliability": reliability_bins(probs, labels)}
+    metrics.update(
+        temperature=1.3, ece_uncalibrated=metrics["ece"] + 0.05, ece_calibrated=metrics["ece"]
+    )
+    curves = {
+        "roc": roc_curves(labels, probs, classes),
+        "reliability": reliability_bins(probs, labels),
+    }
     return metrics, curves
 
 
-def make_dataset(name: str = "kermany", *, status: str = Dataset.Status.READY, root: str = "/data/x",
-                 classes=CLASSES, per_class: int = 10) -> Dataset:
+def make_dataset(
+    name: str = "kermany",
+    *,
+    status: str = Dataset.Status.READY,
+    root: str = "/data/x",
+    classes=CLASSES,
+    per_class: int = 10,
+) -> Dataset:
     if status != Dataset.Status.READY:
-        return Dataset.objects.create(name=name, root=root, status=status,
-                                      error="No class folders in /data/x."
-                                      if status == Dataset.Status.FAILED else "")
+        return Dataset.objects.create(
+            name=name,
+            root=root,
+            status=status,
+            error="No class folders in /data/x." if status == Dataset.Status.FAILED else "",
+        )
     samples = [[f"{c}/img{i:03d}.png", k] for k, c in enumerate(classes) for i in range(per_class)]
     split: dict[str, list[int]] = {"train": [], "val": [], "test": []}
     for index in range(len(samples)):
         split[("train", "train", "train", "val", "test")[index % 5]].append(index)
-    unreadable = [["normal/broken.png", "The file is truncated."],
-                  ["covid19/notes.png", "Not a PNG, JPEG or DICOM file."]]
+    unreadable = [
+        ["normal/broken.png", "The file is truncated."],
+        ["covid19/notes.png", "Not a PNG, JPEG or DICOM file."],
+    ]
     return Dataset.objects.create(
-        name=name, root=root, status=status, classes=list(classes),
+        name=name,
+        root=root,
+        status=status,
+        classes=list(classes),
         class_counts={c: per_class for c in classes},
-        scan={"root": root, "classes": list(classes), "samples": samples,
-              "class_counts": {c: per_class for c in classes}, "unreadable": unreadable,
-              "skipped": ["README.txt"], "formats": {"PNG": len(samples)}, "sha256": [],
-              "verified": True},
-        unreadable=unreadable, split=split, split_seed=7,
+        scan={
+            "root": root,
+            "classes": list(classes),
+            "samples": samples,
+            "class_counts": {c: per_class for c in classes},
+            "unreadable": unreadable,
+            "skipped": ["README.txt"],
+            "formats": {"PNG": len(samples)},
+            "sha256": [],
+            "verified": True,
+        },
+        unreadable=unreadable,
+        split=split,
+        split_seed=7,
     )
 
 
 HISTORY = [
-    {"epoch": e, "phase": "head", "train_loss": 1.2 / e, "train_acc": 0.5 + e / 20,
-     "val_loss": 1.1 / e + (0.2 if e == 4 else 0), "val_acc": 0.45 + e / 20, "lr": 1e-3,
-     "seconds": 12.5, "images_per_s": 180.0, "val_images_per_s": 400.0, "train_images": 640}
+    {
+        "epoch": e,
+        "phase": "head",
+        "train_loss": 1.2 / e,
+        "train_acc": 0.5 + e / 20,
+        "val_loss": 1.1 / e + (0.2 if e == 4 else 0),
+        "val_acc": 0.45 + e / 20,
+        "lr": 1e-3,
+        "seconds": 12.5,
+        "images_per_s": 180.0,
+        "val_images_per_s": 400.0,
+        "train_images": 640,
+    }
     for e in range(1, 5)
 ]
 
 
 def make_run(dataset: Dataset, status: str, *, user=None, plots: bool = False) -> TrainingRun:
     now = timezone.now()
-    config = {"arch": "resnet18", "weights": "imagenet", "strategy": "head", "epochs": 10,
-              "batch_size": 16, "lr": None, "hflip": False, "early_stopping_patience": 3}
-    run = TrainingRun(dataset=dataset, architecture="resnet18", strategy="head",
-                      weights="imagenet", config=config, status=status, created_by=user)
+    config = {
+        "arch": "resnet18",
+        "weights": "imagenet",
+        "strategy": "head",
+        "epochs": 10,
+        "batch_size": 16,
+        "lr": None,
+        "hflip": False,
+        "early_stopping_patience": 3,
+    }
+    run = TrainingRun(
+        dataset=dataset,
+        architecture="resnet18",
+        strategy="head",
+        weights="imagenet",
+        config=config,
+        status=status,
+        created_by=user,
+    )
     if status != TrainingRun.Status.QUEUED:
         run.started_at = now - timezone.timedelta(minutes=12)
         run.worker = "gpu-host-1:4242"
     if status == TrainingRun.Status.RUNNING:
-        run.progress = {"phase": "train", "epoch": 3, "epochs": 10, "step": 20, "steps": 40,
-                        "loss": 0.61234, "eta_s": 754.0, "images_per_s": 212.4}
+        run.progress = {
+            "phase": "train",
+            "epoch": 3,
+            "epochs": 10,
+            "step": 20,
+            "steps": 40,
+            "loss": 0.61234,
+            "eta_s": 754.0,
+            "images_per_s": 212.4,
+        }
     if status == TrainingRun.Status.FAILED:
         run.error = "The validation loss is nan after epoch 2: training diverged."
         run.finished_at = now
@@ -117,29 +183,50 @@ def make_run(dataset: Dataset, status: str, *, user=None, plots: bool = False) -
         metrics, curves = make_metrics(thresholds={c: 0.35 for c in CLASSES})
         run.history = HISTORY
         run.result = {
-            "history": HISTORY, "best_epoch": 3, "test_metrics": metrics, "val_metrics": metrics,
-            "temperature": 1.3, "thresholds": {c: 0.35 for c in CLASSES},
-            "checkpoint_path": "/tmp/best.pt", "sha256": "ab" * 32, "stopped_early": True,
+            "history": HISTORY,
+            "best_epoch": 3,
+            "test_metrics": metrics,
+            "val_metrics": metrics,
+            "temperature": 1.3,
+            "thresholds": {c: 0.35 for c in CLASSES},
+            "checkpoint_path": "/tmp/best.pt",
+            "sha256": "ab" * 32,
+            "stopped_early": True,
             "cancelled": status == TrainingRun.Status.CANCELLED,
             "backbone_report": "loaded 122 tensors from /weights/chexpert-resnet18.pt; "
-                               "missing 0 (left at random init); unexpected 2 (ignored)",
-            "trainable_params": 2052, "total_params": 11178564, "classes": CLASSES,
+            "missing 0 (left at random init); unexpected 2 (ignored)",
+            "trainable_params": 2052,
+            "total_params": 11178564,
+            "classes": CLASSES,
             "strategy_summary": "head: 2,052 of 11,178,564 parameters trainable (0.0%); "
-                                "backbone blocks trained: none",
+            "backbone blocks trained: none",
         }
         run.progress = {"phase": "test", "epoch": 3, "epochs": 10, "step": 5, "steps": 5}
         run.finished_at = now
         if plots:
             from training.services.plots import save_result_plots
 
-            save_result_plots(run, metrics=metrics, curves=curves, prefix="run-test",
-                              history=HISTORY, best_epoch=3)
+            save_result_plots(
+                run,
+                metrics=metrics,
+                curves=curves,
+                prefix="run-test",
+                history=HISTORY,
+                best_epoch=3,
+            )
     run.save()
     return run
 
 
-def make_evaluation(version: ModelVersion, dataset: Dataset, *, status=Evaluation.Status.DONE,
-                    skill: float = 2.0, seed: int = 0, plots: bool = False) -> Evaluation:
+def make_evaluation(
+    version: ModelVersion,
+    dataset: Dataset,
+    *,
+    status=Evaluation.Status.DONE,
+    skill: float = 2.0,
+    seed: int = 0,
+    plots: bool = False,
+) -> Evaluation:
     evaluation = Evaluation(model_version=version, dataset=dataset, split="test", status=status)
     if status == Evaluation.Status.DONE:
         metrics, curves = make_metrics(skill=skill, seed=seed)
@@ -148,8 +235,9 @@ def make_evaluation(version: ModelVersion, dataset: Dataset, *, status=Evaluatio
         if plots:
             from training.services.plots import save_result_plots
 
-            save_result_plots(evaluation, metrics=metrics, curves=curves,
-                              prefix=f"eval-{version.pk}")
+            save_result_plots(
+                evaluation, metrics=metrics, curves=curves, prefix=f"eval-{version.pk}"
+            )
     if status == Evaluation.Status.FAILED:
         evaluation.error = "The weights file of the version does not match its sha256."
     evaluation.save()
@@ -159,8 +247,12 @@ def make_evaluation(version: ModelVersion, dataset: Dataset, *, status=Evaluatio
 def second_version(version: ModelVersion, name: str = "second-mobilenet", **extra) -> ModelVersion:
     """Another version with the same weights file (the pages do not load weights)."""
     return ModelVersion.objects.create(
-        name=name, architecture=version.architecture, class_labels=version.class_labels,
-        weights=version.weights.name, sha256=version.sha256, metrics=extra.pop("metrics", {}),
+        name=name,
+        architecture=version.architecture,
+        class_labels=version.class_labels,
+        weights=version.weights.name,
+        sha256=version.sha256,
+        metrics=extra.pop("metrics", {}),
         **extra,
     )
 
@@ -173,15 +265,21 @@ def dataset(db) -> Dataset:
 @pytest.fixture
 def world(dataset, model_version, admin_user):
     """One of everything: datasets in each status, runs in each status, evaluations."""
-    runs = {status: make_run(dataset, status, user=admin_user)
-            for status in TrainingRun.Status.values}
+    runs = {
+        status: make_run(dataset, status, user=admin_user) for status in TrainingRun.Status.values
+    }
     model_version.training_run = runs["done"]
     model_version.metrics = runs["done"].test_metrics
     model_version.save()
-    evaluations = {status: make_evaluation(model_version, dataset, status=status)
-                   for status in Evaluation.Status.values}
+    evaluations = {
+        status: make_evaluation(model_version, dataset, status=status)
+        for status in Evaluation.Status.values
+    }
     return {
-        "dataset": dataset, "version": model_version, "runs": runs, "evaluations": evaluations,
+        "dataset": dataset,
+        "version": model_version,
+        "runs": runs,
+        "evaluations": evaluations,
         "scanning": make_dataset("still-scanning", status=Dataset.Status.SCANNING),
         "failed": make_dataset("broken", status=Dataset.Status.FAILED),
     }
@@ -189,23 +287,37 @@ def world(dataset, model_version, admin_user):
 
 def page_urls(world) -> list[str]:
     d, v = world["dataset"], world["version"]
-    urls = ["/training/", "/training/datasets/", f"/training/datasets/{d.pk}/",
-            f"/training/datasets/{d.pk}/status/", f"/training/datasets/{world['scanning'].pk}/",
-            f"/training/datasets/{world['failed'].pk}/",
-            "/training/runs/", "/training/runs/new/", f"/training/runs/new/?dataset={d.pk}",
-            "/training/models/", f"/training/models/{v.pk}/",
-            f"/training/models/{v.pk}/evaluations/", "/training/compare/",
-            f"/training/compare/?candidate={v.pk}",
-            f"/training/compare/?candidate={v.pk}&dataset={d.pk}",
-            f"/training/compare/results/?candidate={v.pk}&dataset={d.pk}"]
+    urls = [
+        "/training/",
+        "/training/datasets/",
+        f"/training/datasets/{d.pk}/",
+        f"/training/datasets/{d.pk}/status/",
+        f"/training/datasets/{world['scanning'].pk}/",
+        f"/training/datasets/{world['failed'].pk}/",
+        "/training/runs/",
+        "/training/runs/new/",
+        f"/training/runs/new/?dataset={d.pk}",
+        "/training/models/",
+        f"/training/models/{v.pk}/",
+        f"/training/models/{v.pk}/evaluations/",
+        "/training/compare/",
+        f"/training/compare/?candidate={v.pk}",
+        f"/training/compare/?candidate={v.pk}&dataset={d.pk}",
+        f"/training/compare/results/?candidate={v.pk}&dataset={d.pk}",
+    ]
     for run in world["runs"].values():
         urls += [f"/training/runs/{run.pk}/", f"/training/runs/{run.pk}/status/"]
     return urls
 
 
-POST_URLS = ["/training/datasets/", "/training/runs/new/", "/training/runs/{run}/cancel/",
-             "/training/models/{version}/evaluate/", "/training/models/{version}/promote/",
-             "/training/compare/"]
+POST_URLS = [
+    "/training/datasets/",
+    "/training/runs/new/",
+    "/training/runs/{run}/cancel/",
+    "/training/models/{version}/evaluate/",
+    "/training/models/{version}/promote/",
+    "/training/compare/",
+]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -229,9 +341,11 @@ def test_the_nav_links_to_the_training_pages_for_admins_only(admin_client, rad_c
 def test_radiologists_and_outsiders_are_refused_on_every_page(client, world, persona, request):
     client.force_login(request.getfixturevalue(persona))
     v, run = world["version"], world["runs"]["running"]
-    urls = page_urls(world) + [f"/training/runs/{world['runs']['done'].pk}/plots/history.png",
-                               f"/training/models/{v.pk}/checkpoint.pt",
-                               f"/training/evaluations/{world['evaluations']['done'].pk}/plots/roc.png"]
+    urls = page_urls(world) + [
+        f"/training/runs/{world['runs']['done'].pk}/plots/history.png",
+        f"/training/models/{v.pk}/checkpoint.pt",
+        f"/training/evaluations/{world['evaluations']['done'].pk}/plots/roc.png",
+    ]
     for url in urls:
         assert client.get(url).status_code == 403, url
     for url in POST_URLS:
@@ -254,34 +368,57 @@ def test_anonymous_users_are_sent_to_sign_in(client, db):
 
 
 def test_the_register_form_creates_a_dataset_and_queues_its_scan(
-        admin_client, admin_user, tmp_path, sent_tasks, django_capture_on_commit_callbacks):
+    admin_client, admin_user, tmp_path, sent_tasks, django_capture_on_commit_callbacks
+):
     queued = _sent_ids(sent_tasks, SCAN_DATASET)
     (tmp_path / "normal").mkdir()
     with django_capture_on_commit_callbacks(execute=True):
-        resp = admin_client.post("/training/datasets/", {
-            "name": "kermany", "root": str(tmp_path), "seed": "3", "val_fraction": "0.1",
-            "test_fraction": "0.2"})
+        resp = admin_client.post(
+            "/training/datasets/",
+            {
+                "name": "kermany",
+                "root": str(tmp_path),
+                "seed": "3",
+                "val_fraction": "0.1",
+                "test_fraction": "0.2",
+            },
+        )
     dataset = Dataset.objects.get()
     assert resp.status_code == 302 and resp["Location"] == f"/training/datasets/{dataset.pk}/"
     assert queued() == [dataset.pk]
-    assert (dataset.status, dataset.split_seed, dataset.val_fraction, dataset.test_fraction,
-            dataset.created_by) == ("scanning", 3, 0.1, 0.2, admin_user)
+    assert (
+        dataset.status,
+        dataset.split_seed,
+        dataset.val_fraction,
+        dataset.test_fraction,
+        dataset.created_by,
+    ) == ("scanning", 3, 0.1, 0.2, admin_user)
     html = admin_client.get(resp["Location"]).content.decode()
     assert "Scanning" in html
     assert f'data-poll-url="/training/datasets/{dataset.pk}/status/" data-poll-ms=' in html
     assert 'data-pending="1"' in html
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"root": "/no/such/folder"}, "only from folders under the dataset roots"),
-    ({"root": "{tmp}/nope"}, "No such folder"),
-    ({"val_fraction": "0.7"}, "less than or equal to 0.49"),
-    ({"name": ""}, "This field is required"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"root": "/no/such/folder"}, "only from folders under the dataset roots"),
+        ({"root": "{tmp}/nope"}, "No such folder"),
+        ({"val_fraction": "0.7"}, "less than or equal to 0.49"),
+        ({"name": ""}, "This field is required"),
+    ],
+)
 def test_the_register_form_shows_what_is_wrong_and_registers_nothing(
-        admin_client, tmp_path, data, message):
-    form = {"name": "x", "root": str(tmp_path), "seed": "0", "val_fraction": "0.15",
-            "test_fraction": "0.15", **data}
+    admin_client, tmp_path, data, message
+):
+    form = {
+        "name": "x",
+        "root": str(tmp_path),
+        "seed": "0",
+        "val_fraction": "0.15",
+        "test_fraction": "0.15",
+        **data,
+    }
     form["root"] = form["root"].replace("{tmp}", str(tmp_path))
     resp = admin_client.post("/training/datasets/", form)
     assert resp.status_code == 400
@@ -294,7 +431,10 @@ def test_a_dataset_page_shows_classes_splits_and_unreadable_files(admin_client, 
     # per class: 10 images, 6 train / 2 val / 2 test (every 5th index is test)
     for c in CLASSES:
         assert f'<th scope="row">{c}</th><td class="num">10</td><td class="num">6</td>' in html
-    assert '<td class="num">40</td><td class="num">24</td><td class="num">8</td><td class="num">8</td>' in html
+    assert (
+        '<td class="num">40</td><td class="num">24</td><td class="num">8</td><td class="num">8</td>'
+        in html
+    )
     assert "normal/broken.png" in html and "The file is truncated." in html
     assert "Unreadable files (2)" in html
     assert "data-poll-ms" not in html  # ready: no polling
@@ -313,10 +453,22 @@ def test_a_failed_scan_shows_its_error(admin_client, db):
 
 
 def run_form(dataset: Dataset, **changes) -> dict:
-    form = {"dataset": dataset.pk, "architecture": "resnet18", "weights": "imagenet",
-            "weights_path": "", "strategy": "head", "epochs": "5", "batch_size": "16", "lr": "",
-            "warmup_head_epochs": "0", "unfreeze_blocks": "2", "imbalance": "weighted_loss",
-            "early_stopping_patience": "3", "max_steps_per_epoch": "", "seed": "0"}
+    form = {
+        "dataset": dataset.pk,
+        "architecture": "resnet18",
+        "weights": "imagenet",
+        "weights_path": "",
+        "strategy": "head",
+        "epochs": "5",
+        "batch_size": "16",
+        "lr": "",
+        "warmup_head_epochs": "0",
+        "unfreeze_blocks": "2",
+        "imbalance": "weighted_loss",
+        "early_stopping_patience": "3",
+        "max_steps_per_epoch": "",
+        "seed": "0",
+    }
     form.update(changes)
     return form
 
@@ -329,20 +481,36 @@ def test_the_architecture_choices_are_the_ml_cores():
 
 
 def test_the_start_form_creates_a_queued_run_and_audits_it(
-        admin_client, admin_user, dataset, sent_tasks, django_capture_on_commit_callbacks):
+    admin_client, admin_user, dataset, sent_tasks, django_capture_on_commit_callbacks
+):
     queued = _sent_ids(sent_tasks, RUN_TRAINING)
     with django_capture_on_commit_callbacks(execute=True):
-        resp = admin_client.post("/training/runs/new/", run_form(
-            dataset, strategy="full", warmup_head_epochs="1", lr="0.0002", hflip="on",
-            max_steps_per_epoch="50", early_stopping_patience="0"))
+        resp = admin_client.post(
+            "/training/runs/new/",
+            run_form(
+                dataset,
+                strategy="full",
+                warmup_head_epochs="1",
+                lr="0.0002",
+                hflip="on",
+                max_steps_per_epoch="50",
+                early_stopping_patience="0",
+            ),
+        )
     run = TrainingRun.objects.get()
     assert resp.status_code == 302 and resp["Location"] == f"/training/runs/{run.pk}/"
     assert queued() == [run.pk]
     assert (run.status, run.strategy, run.created_by) == ("queued", "full", admin_user)
     c = run.config
-    assert (c["epochs"], c["warmup_head_epochs"], c["lr"], c["hflip"], c["max_steps_per_epoch"],
-            c["early_stopping_patience"], c["weights"]) == (5, 1, 0.0002, True, 50, None,
-                                                            "imagenet")
+    assert (
+        c["epochs"],
+        c["warmup_head_epochs"],
+        c["lr"],
+        c["hflip"],
+        c["max_steps_per_epoch"],
+        c["early_stopping_patience"],
+        c["weights"],
+    ) == (5, 1, 0.0002, True, 50, None, "imagenet")
     event = AuditEvent.objects.get(action=AuditEvent.Action.TRAIN)
     assert (event.username, event.object_id) == (admin_user.username, str(run.pk))
     assert event.detail["dataset"] == "kermany"
@@ -356,18 +524,22 @@ def test_horizontal_flips_are_off_unless_asked_for(admin_client, dataset, sent_t
     assert run.config["hflip"] is False and run.weights == "none"
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"epochs": "0"}, "greater than or equal to 1"),
-    ({"epochs": "many"}, "Enter a whole number"),
-    ({"weights": "file", "weights_path": "/no/such/backbone.pt"}, "CXR_WEIGHTS_ROOTS"),
-    ({"weights": "file", "weights_path": "/etc/passwd"}, "CXR_WEIGHTS_ROOTS"),
-    ({"weights": "file", "weights_path": ""}, "Give the path of the weights file"),
-    ({"warmup_head_epochs": "2"}, "only apply to full fine-tuning"),
-    ({"strategy": "full", "warmup_head_epochs": "5"}, "must be fewer than epochs"),
-    ({"architecture": "alexnet"}, "Select a valid choice"),
-])
-def test_the_start_form_shows_what_is_wrong_and_starts_nothing(admin_client, dataset, changes,
-                                                                message):
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"epochs": "0"}, "greater than or equal to 1"),
+        ({"epochs": "many"}, "Enter a whole number"),
+        ({"weights": "file", "weights_path": "/no/such/backbone.pt"}, "CXR_WEIGHTS_ROOTS"),
+        ({"weights": "file", "weights_path": "/etc/passwd"}, "CXR_WEIGHTS_ROOTS"),
+        ({"weights": "file", "weights_path": ""}, "Give the path of the weights file"),
+        ({"warmup_head_epochs": "2"}, "only apply to full fine-tuning"),
+        ({"strategy": "full", "warmup_head_epochs": "5"}, "must be fewer than epochs"),
+        ({"architecture": "alexnet"}, "Select a valid choice"),
+    ],
+)
+def test_the_start_form_shows_what_is_wrong_and_starts_nothing(
+    admin_client, dataset, changes, message
+):
     resp = admin_client.post("/training/runs/new/", run_form(dataset, **changes))
     assert resp.status_code == 400
     assert message in resp.content.decode()
@@ -404,13 +576,22 @@ def test_a_finished_run_shows_its_results_and_plots(admin_client, dataset, model
     assert "data-poll-ms" not in html and 'data-pending=""' in html
     assert "Cancel run" not in html
     m = run.test_metrics
-    for text in (floatformat(m["accuracy"], 3), floatformat(m["balanced_accuracy"], 3),
-                 floatformat(m["macro_auc"], 3),
-                 "ECE before temperature", "ECE after temperature", "Brier score",
-                 floatformat(m["per_class"]["covid19"]["npv"], 3), "Sens. at threshold",
-                 "chexpert-resnet18.pt", "2,052 of 11,178,564", "stopped early",
-                 f'href="/training/models/{model_version.pk}/"', "Compare with production",
-                 '<span class="best-tag">best</span>'):
+    for text in (
+        floatformat(m["accuracy"], 3),
+        floatformat(m["balanced_accuracy"], 3),
+        floatformat(m["macro_auc"], 3),
+        "ECE before temperature",
+        "ECE after temperature",
+        "Brier score",
+        floatformat(m["per_class"]["covid19"]["npv"], 3),
+        "Sens. at threshold",
+        "chexpert-resnet18.pt",
+        "2,052 of 11,178,564",
+        "stopped early",
+        f'href="/training/models/{model_version.pk}/"',
+        "Compare with production",
+        '<span class="best-tag">best</span>',
+    ):
         assert text in html, text
     for kind in ("history", "confusion", "roc", "reliability"):
         url = f"/training/runs/{run.pk}/plots/{kind}.png"
@@ -451,8 +632,9 @@ def test_cancel_is_post_only(admin_client, dataset):
     assert not run.cancel_requested
 
 
-def test_the_overview_shows_production_candidates_runs_and_datasets(admin_client, world,
-                                                                   production_model):
+def test_the_overview_shows_production_candidates_runs_and_datasets(
+    admin_client, world, production_model
+):
     candidate = second_version(production_model, metrics={"accuracy": 0.876})
     html = admin_client.get("/training/").content.decode()
     assert production_model.name in html and "normal, bacterial_pneumonia" in html
@@ -470,29 +652,45 @@ def test_the_overview_shows_production_candidates_runs_and_datasets(admin_client
 def test_a_version_page_shows_its_metadata_evaluations_and_history(admin_client, world):
     v = world["version"]
     html = admin_client.get(f"/training/models/{v.pk}/").content.decode()
-    for text in (v.sha256, "224 px", "0.485", f'href="/training/runs/{world["runs"]["done"].pk}/"',
-                 "Promote to production", "Evaluate on a dataset", "Export checkpoint",
-                 world["evaluations"]["failed"].error, "Promotion history"):
+    for text in (
+        v.sha256,
+        "224 px",
+        "0.485",
+        f'href="/training/runs/{world["runs"]["done"].pk}/"',
+        "Promote to production",
+        "Evaluate on a dataset",
+        "Export checkpoint",
+        world["evaluations"]["failed"].error,
+        "Promotion history",
+    ):
         assert text in html, text
     assert f'data-poll-url="/training/models/{v.pk}/evaluations/" data-poll-ms=' in html
 
 
-def test_the_evaluate_form_queues_an_evaluation(admin_client, admin_user, model_version, dataset,
-                                                sent_tasks, django_capture_on_commit_callbacks):
+def test_the_evaluate_form_queues_an_evaluation(
+    admin_client, admin_user, model_version, dataset, sent_tasks, django_capture_on_commit_callbacks
+):
     queued = _sent_ids(sent_tasks, RUN_EVALUATION)
     with django_capture_on_commit_callbacks(execute=True):
-        resp = admin_client.post(f"/training/models/{model_version.pk}/evaluate/",
-                                 {"dataset": dataset.pk, "split": "val"})
+        resp = admin_client.post(
+            f"/training/models/{model_version.pk}/evaluate/",
+            {"dataset": dataset.pk, "split": "val"},
+        )
     evaluation = Evaluation.objects.get()
     assert resp.status_code == 302
-    assert (evaluation.split, evaluation.status, evaluation.created_by) == ("val", "queued",
-                                                                           admin_user)
+    assert (evaluation.split, evaluation.status, evaluation.created_by) == (
+        "val",
+        "queued",
+        admin_user,
+    )
     assert queued() == [evaluation.pk]
 
 
 def test_the_evaluate_form_refuses_an_unknown_split(admin_client, model_version, dataset):
-    resp = admin_client.post(f"/training/models/{model_version.pk}/evaluate/",
-                             {"dataset": dataset.pk, "split": "everything"})
+    resp = admin_client.post(
+        f"/training/models/{model_version.pk}/evaluate/",
+        {"dataset": dataset.pk, "split": "everything"},
+    )
     assert resp.status_code == 400 and "Select a valid choice" in resp.content.decode()
     assert not Evaluation.objects.exists()
 
@@ -507,14 +705,18 @@ def test_promotion_requires_a_reason(admin_client, model_version):
 
 
 def test_promotion_records_who_and_why(admin_client, admin_user, model_version):
-    resp = admin_client.post(f"/training/models/{model_version.pk}/promote/",
-                             {"reason": "Better sensitivity on the local test split."})
+    resp = admin_client.post(
+        f"/training/models/{model_version.pk}/promote/",
+        {"reason": "Better sensitivity on the local test split."},
+    )
     assert resp.status_code == 302 and resp["Location"] == f"/training/models/{model_version.pk}/"
     model_version.refresh_from_db()
     assert model_version.status == ModelVersion.Status.PRODUCTION
     promotion = ModelPromotion.objects.get()
     assert (promotion.promoted_by, promotion.reason) == (
-        admin_user, "Better sensitivity on the local test split.")
+        admin_user,
+        "Better sensitivity on the local test split.",
+    )
     html = admin_client.get(resp["Location"]).content.decode()
     assert "In production since" in html and "Promote to production" not in html
     event = AuditEvent.objects.get(action=AuditEvent.Action.PROMOTE)
@@ -523,7 +725,8 @@ def test_promotion_records_who_and_why(admin_client, admin_user, model_version):
 
 
 def test_rolling_back_restores_an_earlier_version_as_the_only_production_one(
-        admin_client, admin_user, production_model):
+    admin_client, admin_user, production_model
+):
     newer = second_version(production_model)
     admin_client.post(f"/training/models/{newer.pk}/promote/", {"reason": "new model"})
     production_model.refresh_from_db()
@@ -531,20 +734,27 @@ def test_rolling_back_restores_an_earlier_version_as_the_only_production_one(
     html = admin_client.get(f"/training/models/{production_model.pk}/").content.decode()
     assert "Roll back to this version" in html
 
-    resp = admin_client.post(f"/training/models/{production_model.pk}/promote/",
-                             {"reason": "more false negatives with the new one"})
+    resp = admin_client.post(
+        f"/training/models/{production_model.pk}/promote/",
+        {"reason": "more false negatives with the new one"},
+    )
     assert resp.status_code == 302
     assert list(ModelVersion.objects.filter(status="production")) == [production_model]
     newer.refresh_from_db()
     assert newer.status == ModelVersion.Status.RETIRED
     last = ModelPromotion.objects.order_by("-created_at", "-pk").first()
     assert (last.model_version, last.previous_version, last.promoted_by) == (
-        production_model, newer, admin_user)
+        production_model,
+        newer,
+        admin_user,
+    )
 
 
 def test_promote_returns_to_a_safe_next_page_only(admin_client, model_version):
-    resp = admin_client.post(f"/training/models/{model_version.pk}/promote/",
-                             {"reason": "ok", "next": "https://evil.example/"})
+    resp = admin_client.post(
+        f"/training/models/{model_version.pk}/promote/",
+        {"reason": "ok", "next": "https://evil.example/"},
+    )
     assert resp["Location"] == f"/training/models/{model_version.pk}/"
 
 
@@ -554,10 +764,15 @@ def test_export_returns_the_checkpoint_with_its_sha256(admin_client, admin_user,
     body = b"".join(resp.streaming_content)
     assert hashlib.sha256(body).hexdigest() == model_version.sha256
     assert resp["X-Checkpoint-SHA256"] == model_version.sha256
-    assert f'filename="test-mobilenet-{model_version.sha256[:12]}.pt"' in resp["Content-Disposition"]
+    assert (
+        f'filename="test-mobilenet-{model_version.sha256[:12]}.pt"' in resp["Content-Disposition"]
+    )
     event = AuditEvent.objects.get(action=AuditEvent.Action.DOWNLOAD)
     assert (event.username, event.object_type, event.object_id) == (
-        admin_user.username, "ModelVersion", str(model_version.pk))
+        admin_user.username,
+        "ModelVersion",
+        str(model_version.pk),
+    )
 
 
 def test_the_versions_list_shows_status_metrics_and_promotion(admin_client, production_model):
@@ -574,19 +789,23 @@ def test_the_versions_list_shows_status_metrics_and_promotion(admin_client, prod
 
 
 def test_compare_offers_to_evaluate_what_is_missing_then_polls(
-        admin_client, production_model, dataset, sent_tasks, django_capture_on_commit_callbacks):
+    admin_client, production_model, dataset, sent_tasks, django_capture_on_commit_callbacks
+):
     queued = _sent_ids(sent_tasks, RUN_EVALUATION)
     candidate = second_version(production_model)
     url = f"/training/compare/?candidate={candidate.pk}&dataset={dataset.pk}"
     html = admin_client.get(url).content.decode()
     assert "Evaluate candidate and production on this test split" in html
     with django_capture_on_commit_callbacks(execute=True):
-        resp = admin_client.post("/training/compare/",
-                                 {"candidate": candidate.pk, "dataset": dataset.pk})
+        resp = admin_client.post(
+            "/training/compare/", {"candidate": candidate.pk, "dataset": dataset.pk}
+        )
     assert resp.status_code == 302 and resp["Location"] == url
     evaluations = Evaluation.objects.all()
     assert {(e.model_version_id, e.split) for e in evaluations} == {
-        (candidate.pk, "test"), (production_model.pk, "test")}
+        (candidate.pk, "test"),
+        (production_model.pk, "test"),
+    }
     assert sorted(queued()) == sorted(e.pk for e in evaluations)
     html = admin_client.get(url).content.decode()
     assert "data-poll-ms" in html and "Evaluate candidate" not in html
@@ -595,21 +814,30 @@ def test_compare_offers_to_evaluate_what_is_missing_then_polls(
     assert Evaluation.objects.count() == 2
 
 
-def test_compare_shows_both_metric_sets_with_the_difference(admin_client, production_model,
-                                                             dataset):
+def test_compare_shows_both_metric_sets_with_the_difference(
+    admin_client, production_model, dataset
+):
     candidate = second_version(production_model)
     c = make_evaluation(candidate, dataset, skill=3.0, seed=1)
     p = make_evaluation(production_model, dataset, skill=1.0, seed=2)
-    resp = admin_client.get(f"/training/compare/results/?candidate={candidate.pk}"
-                            f"&dataset={dataset.pk}")
+    resp = admin_client.get(
+        f"/training/compare/results/?candidate={candidate.pk}&dataset={dataset.pk}"
+    )
     html = resp.content.decode()
     diff = c.metrics["accuracy"] - p.metrics["accuracy"]
     assert diff > 0
     assert floatformat(c.metrics["accuracy"], 3) in html
     assert floatformat(p.metrics["accuracy"], 3) in html
     assert f"+{floatformat(diff, 3)}" in html and 'class="diff-better"' in html
-    for text in ("Balanced accuracy", "Macro AUC", "ECE", "covid19", "sensitivity",
-                 "specificity", "AUC"):
+    for text in (
+        "Balanced accuracy",
+        "Macro AUC",
+        "ECE",
+        "covid19",
+        "sensitivity",
+        "specificity",
+        "AUC",
+    ):
         assert text in html, text
     page = admin_client.get(f"/training/compare/?candidate={candidate.pk}&dataset={dataset.pk}")
     assert "Promote second-mobilenet to production" in page.content.decode()
@@ -618,8 +846,9 @@ def test_compare_shows_both_metric_sets_with_the_difference(admin_client, produc
 def test_promoting_from_the_compare_page_returns_to_it(admin_client, production_model, dataset):
     candidate = second_version(production_model)
     back = f"/training/compare/?candidate={candidate.pk}&dataset={dataset.pk}"
-    resp = admin_client.post(f"/training/models/{candidate.pk}/promote/",
-                             {"reason": "better on kermany", "next": back})
+    resp = admin_client.post(
+        f"/training/models/{candidate.pk}/promote/", {"reason": "better on kermany", "next": back}
+    )
     assert resp["Location"] == back
     candidate.refresh_from_db()
     assert candidate.is_production
@@ -722,15 +951,18 @@ TORCH_FREE_SCRIPT = textwrap.dedent(
 )
 
 
-
 def test_the_training_pages_never_import_torch():
     """Every page and every form (register, start a run, evaluate, compare, promote, cancel),
     through the Django test client in a fresh process: torch stays out of the web process."""
     env = {**os.environ, "SECRET_KEY": "x", "CELERY_BROKER_URL": "redis://127.0.0.1:1/0"}
     env.pop("DATABASE_URL", None)
     proc = subprocess.run(
-        [sys.executable, "-c", TORCH_FREE_SCRIPT], capture_output=True, text=True, env=env,
-        timeout=180, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+        [sys.executable, "-c", TORCH_FREE_SCRIPT],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "HEAVY: []" in proc.stdout

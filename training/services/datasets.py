@@ -17,9 +17,11 @@ class DatasetRejected(ValueError):
     """The folder cannot become a dataset; the message says why."""
 
 
-OUTSIDE_ROOTS = ("Datasets are registered only from folders under the dataset roots this server "
-                 "is configured with (CXR_DATASET_ROOTS): ask its administrator to put or mount "
-                 "the folder there.")
+OUTSIDE_ROOTS = (
+    "Datasets are registered only from folders under the dataset roots this server "
+    "is configured with (CXR_DATASET_ROOTS): ask its administrator to put or mount "
+    "the folder there."
+)
 
 
 def path_under_roots(path: str, roots: list) -> Path | None:
@@ -54,8 +56,14 @@ def dataset_folder(dataset: Dataset) -> str:
 
 
 def dataset_register(
-    *, name: str, root: str, created_by=None, seed: int = 0, val_fraction: float = 0.15,
-    test_fraction: float = 0.15, scan_now: bool = True,
+    *,
+    name: str,
+    root: str,
+    created_by=None,
+    seed: int = 0,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    scan_now: bool = True,
 ) -> Dataset:
     """Register a folder as a dataset. With scan_now (commands), scan it here; else the caller
     queues the scan on the training queue (web)."""
@@ -66,13 +74,19 @@ def dataset_register(
         raise DatasetRejected(f"A dataset named {name!r} already exists.")
     path = dataset_root_resolve(root)
     if not path.is_dir():
-        raise DatasetRejected(f"No such folder: {path}. Give the path of a folder with one "
-                              "sub-folder per class, as the training workers see it.")
+        raise DatasetRejected(
+            f"No such folder: {path}. Give the path of a folder with one "
+            "sub-folder per class, as the training workers see it."
+        )
     if not (0 < val_fraction < 0.5 and 0 < test_fraction < 0.5):
         raise DatasetRejected("The validation and test fractions must each be between 0 and 0.5.")
     dataset = Dataset.objects.create(
-        name=name, root=str(path), created_by=created_by, split_seed=seed,
-        val_fraction=val_fraction, test_fraction=test_fraction,
+        name=name,
+        root=str(path),
+        created_by=created_by,
+        split_seed=seed,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
     )
     if scan_now:
         dataset = dataset_scan(dataset_id=dataset.pk)
@@ -103,19 +117,31 @@ def dataset_scan(*, dataset_id: int, progress=None) -> Dataset:
             len(scan.samples), duplicates_by_hash(scan.root, scan.samples, hashes=scan.sha256)
         )
         split = stratified_split(
-            scan.labels, val_fraction=dataset.val_fraction, test_fraction=dataset.test_fraction,
-            seed=dataset.split_seed, group_ids=groups,
+            scan.labels,
+            val_fraction=dataset.val_fraction,
+            test_fraction=dataset.test_fraction,
+            seed=dataset.split_seed,
+            group_ids=groups,
         )
     except MLError as exc:
         Dataset.objects.filter(pk=dataset.pk).update(status=Dataset.Status.FAILED, error=str(exc))
         dataset.refresh_from_db()
         return dataset
     Dataset.objects.filter(pk=dataset.pk).update(
-        status=Dataset.Status.READY, error="", classes=scan.classes,
-        class_counts=scan.class_counts, scan=scan.to_dict(),
-        unreadable=[list(u) for u in scan.unreadable], split=split,
+        status=Dataset.Status.READY,
+        error="",
+        classes=scan.classes,
+        class_counts=scan.class_counts,
+        scan=scan.to_dict(),
+        unreadable=[list(u) for u in scan.unreadable],
+        split=split,
     )
     dataset.refresh_from_db()
-    logger.info("dataset %s: %d images in %d classes, %d unreadable", dataset.name, dataset.size,
-                len(dataset.classes), len(dataset.unreadable))
+    logger.info(
+        "dataset %s: %d images in %d classes, %d unreadable",
+        dataset.name,
+        dataset.size,
+        len(dataset.classes),
+        len(dataset.unreadable),
+    )
     return dataset

@@ -16,39 +16,52 @@ logger = logging.getLogger(__name__)
 SPLITS = ("test", "val", "train", "all")
 
 
-def evaluation_create(*, version: ModelVersion, dataset: Dataset, split: str = "test",
-                      created_by=None, enqueue: bool = True,
-                      skip_unknown: bool = False) -> Evaluation:
+def evaluation_create(
+    *,
+    version: ModelVersion,
+    dataset: Dataset,
+    split: str = "test",
+    created_by=None,
+    enqueue: bool = True,
+    skip_unknown: bool = False,
+) -> Evaluation:
     """A queued evaluation; ``skip_unknown`` leaves out images of classes the model lacks (the
     worker is told so with the task, as the command passes it to ``evaluation_execute``)."""
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}: use one of {', '.join(SPLITS)}.")
     if dataset.status != Dataset.Status.READY:
         raise ValueError(f"Dataset {dataset.name} is not ready ({dataset.status}).")
-    evaluation = Evaluation.objects.create(model_version=version, dataset=dataset, split=split,
-                                           created_by=created_by)
+    evaluation = Evaluation.objects.create(
+        model_version=version, dataset=dataset, split=split, created_by=created_by
+    )
     if enqueue:
         evaluation_enqueue_on_commit(evaluation.pk, skip_unknown=skip_unknown)
     return evaluation
 
 
-def evaluation_execute(*, evaluation_id: int, progress=None,
-                       skip_unknown: bool = False) -> Evaluation | None:
+def evaluation_execute(
+    *, evaluation_id: int, progress=None, skip_unknown: bool = False
+) -> Evaluation | None:
     """Evaluate on the stored split: the same images for every version (compare fairly)."""
     from training.ml.errors import MLError
     from training.ml.models.checkpoint import file_sha256
     from training.ml.train.evaluate import evaluate_checkpoint
 
-    if Evaluation.objects.filter(pk=evaluation_id, status=Evaluation.Status.QUEUED).update(
-        status=Evaluation.Status.RUNNING
-    ) != 1:
+    if (
+        Evaluation.objects.filter(pk=evaluation_id, status=Evaluation.Status.QUEUED).update(
+            status=Evaluation.Status.RUNNING
+        )
+        != 1
+    ):
         return None
-    evaluation = Evaluation.objects.select_related("model_version", "dataset").get(
-        pk=evaluation_id)
+    evaluation = Evaluation.objects.select_related("model_version", "dataset").get(pk=evaluation_id)
     version, dataset = evaluation.model_version, evaluation.dataset
     samples = [tuple(s) for s in dataset.scan["samples"]]
-    indices = (list(range(len(samples))) if evaluation.split == "all"
-               else list(dataset.split.get(evaluation.split, [])))
+    indices = (
+        list(range(len(samples)))
+        if evaluation.split == "all"
+        else list(dataset.split.get(evaluation.split, []))
+    )
     # Dataset class names are matched to the model's case-insensitively ("Covid" is "COVID");
     # with skip_unknown, images of classes the model does not know are left out (and listed).
     by_fold = {c.casefold(): c for c in version.class_labels}
@@ -64,10 +77,12 @@ def evaluation_execute(*, evaluation_id: int, progress=None,
         if unknown and skip_unknown:
             # evaluate_checkpoint refuses unknown classes: give those (now unused) labels a name
             # the model knows; no sample of theirs is in `indices`.
-            dataset_classes = [c if c in version.class_labels else version.class_labels[0]
-                               for c in dataset_classes]
-        out = evaluate_checkpoint(path, dataset_folder(dataset), samples, indices, dataset_classes,
-                                  progress=progress)
+            dataset_classes = [
+                c if c in version.class_labels else version.class_labels[0] for c in dataset_classes
+            ]
+        out = evaluate_checkpoint(
+            path, dataset_folder(dataset), samples, indices, dataset_classes, progress=progress
+        )
     except (MLError, FileNotFoundError, DatasetRejected) as exc:
         return _fail(evaluation, str(exc))
     except Exception as exc:  # noqa: BLE001
@@ -77,8 +92,9 @@ def evaluation_execute(*, evaluation_id: int, progress=None,
         return _fail(evaluation, "No image of that split could be evaluated.")
     evaluation.metrics = {**out["metrics"], "skipped_classes": unknown if skip_unknown else []}
     evaluation.curves = {"roc": out["roc"], "reliability": out["reliability"]}
-    save_result_plots(evaluation, metrics=out["metrics"], curves=evaluation.curves,
-                      prefix=f"eval-{evaluation.pk}")
+    save_result_plots(
+        evaluation, metrics=out["metrics"], curves=evaluation.curves, prefix=f"eval-{evaluation.pk}"
+    )
     evaluation.status = Evaluation.Status.DONE
     evaluation.finished_at = timezone.now()
     evaluation.save()

@@ -70,7 +70,9 @@ def model_version_import(
     architecture, classes = _architecture_and_classes(architecture, classes, meta)
     name = name.strip() or f"{architecture}-{timezone.now():%Y%m%d-%H%M%S}"
     if ModelVersion.objects.filter(name=name).exists():
-        raise ModelImportError(f"A model version named {name!r} already exists; pick another --name.")
+        raise ModelImportError(
+            f"A model version named {name!r} already exists; pick another --name."
+        )
 
     try:
         model = build_for_inference(architecture, classes, state_dict)
@@ -85,7 +87,10 @@ def model_version_import(
     temperature = meta.temperature if meta is not None else 1.0
     thresholds = (meta.thresholds or {}) if meta is not None else {}
     checkpoint_meta = CheckpointMeta(
-        arch=architecture, classes=classes, preprocessing=prep, temperature=temperature,
+        arch=architecture,
+        classes=classes,
+        preprocessing=prep,
+        temperature=temperature,
         thresholds=thresholds,
         extra={"name": name, "source": path.name, "normal_classes": normal_classes},
     )
@@ -108,7 +113,9 @@ def model_version_import(
             created_by=created_by,
         )
         with transaction.atomic(), tmp_path.open("rb") as fh:
-            version.weights.save(f"{slugify(name) or 'model'}-{sha256[:12]}.pt", File(fh), save=False)
+            version.weights.save(
+                f"{slugify(name) or 'model'}-{sha256[:12]}.pt", File(fh), save=False
+            )
             try:
                 version.save()
             except BaseException:
@@ -129,14 +136,16 @@ def _check_sha256(path: Path, expected_sha256: str) -> None:
         )
 
 
-def _architecture_and_classes(architecture: str, classes: list[str] | None,
-                              meta: CheckpointMeta | None) -> tuple[str, list[str]]:
+def _architecture_and_classes(
+    architecture: str, classes: list[str] | None, meta: CheckpointMeta | None
+) -> tuple[str, list[str]]:
     """The architecture and class labels given, else the checkpoint's, checked."""
     from training.ml.models.architectures import ARCHITECTURES
 
     architecture = architecture or (meta.arch if meta is not None else "")
-    classes = [c.strip() for c in (classes or (meta.classes if meta is not None else []))
-               if c.strip()]
+    classes = [
+        c.strip() for c in (classes or (meta.classes if meta is not None else [])) if c.strip()
+    ]
     if not architecture:
         raise ModelImportError("A plain state dict needs --arch (and --classes).")
     if architecture not in ARCHITECTURES:
@@ -150,12 +159,15 @@ def _architecture_and_classes(architecture: str, classes: list[str] | None,
     return architecture, classes
 
 
-def _normal_classes(normal_classes: list[str] | None, classes: list[str],
-                    meta: CheckpointMeta | None) -> list[str]:
+def _normal_classes(
+    normal_classes: list[str] | None, classes: list[str], meta: CheckpointMeta | None
+) -> list[str]:
     """The normal classes given, else the checkpoint's, else the default for these classes;
     named as the model names them (matched case-insensitively)."""
-    if normal_classes is None and meta is not None and isinstance(
-        (meta.extra or {}).get("normal_classes"), list
+    if (
+        normal_classes is None
+        and meta is not None
+        and isinstance((meta.extra or {}).get("normal_classes"), list)
     ):
         normal_classes = list(meta.extra["normal_classes"])
     if normal_classes is None:
@@ -172,7 +184,11 @@ def _normal_classes(normal_classes: list[str] | None, classes: list[str],
 
 @transaction.atomic
 def model_version_promote(
-    *, version: ModelVersion, promoted_by=None, reason: str = "", request=None,
+    *,
+    version: ModelVersion,
+    promoted_by=None,
+    reason: str = "",
+    request=None,
     rerun_open: bool = False,
 ) -> ModelVersion:
     """Put `version` into production; the current production version is retired.
@@ -202,20 +218,34 @@ def model_version_promote(
     version.promotion_reason = reason
     version.save(update_fields=["status", "promoted_at", "promoted_by", "promotion_reason"])
     ModelPromotion.objects.create(
-        model_version=version, previous_version=current, promoted_by=version.promoted_by,
+        model_version=version,
+        previous_version=current,
+        promoted_by=version.promoted_by,
         reason=reason,
     )
     queued = send_and_count(model_version_promoted, version=version)
-    audit(request, AuditEvent.Action.PROMOTE, version, user=version.promoted_by,
-          detail={"previous": current.name if current else None, "reason": reason})
+    audit(
+        request,
+        AuditEvent.Action.PROMOTE,
+        version,
+        user=version.promoted_by,
+        detail={"previous": current.name if current else None, "reason": reason},
+    )
     if rerun_open:
         outcomes = open_studies_rerun_requested.send(sender=ModelVersion, version=version)
         version.reanalysis = outcomes[0][1] if outcomes else None
     if version.reanalysis is not None:
-        audit(request, AuditEvent.Action.REANALYSE, version, user=version.promoted_by,
-              detail={"scope": "open studies", **version.reanalysis.as_detail(version)})
+        audit(
+            request,
+            AuditEvent.Action.REANALYSE,
+            version,
+            user=version.promoted_by,
+            detail={"scope": "open studies", **version.reanalysis.as_detail(version)},
+        )
     logger.info(
         "promoted %s to production (was %s); %d waiting predictions queued",
-        version.name, current.name if current else "none", queued,
+        version.name,
+        current.name if current else "none",
+        queued,
     )
     return version

@@ -28,8 +28,9 @@ class TrainingRejected(ValueError):
     """The run cannot start as asked; the message says why."""
 
 
-def training_run_create(*, dataset: Dataset, config: dict, created_by=None,
-                        enqueue: bool = True) -> TrainingRun:
+def training_run_create(
+    *, dataset: Dataset, config: dict, created_by=None, enqueue: bool = True
+) -> TrainingRun:
     """Validate the configuration and create a queued run (sent to the training queue)."""
     # Torch-free on purpose: the web process starts runs.
     from training.ml.errors import MLError
@@ -44,8 +45,12 @@ def training_run_create(*, dataset: Dataset, config: dict, created_by=None,
     if cfg.weights is not None and cfg.weights != "imagenet":
         _check_weights_file(cfg.weights)
     run = TrainingRun.objects.create(
-        dataset=dataset, architecture=cfg.arch, strategy=cfg.strategy,
-        weights=cfg.weights or "none", config=cfg.to_dict(), created_by=created_by,
+        dataset=dataset,
+        architecture=cfg.arch,
+        strategy=cfg.strategy,
+        weights=cfg.weights or "none",
+        config=cfg.to_dict(),
+        created_by=created_by,
     )
     if enqueue:
         training_run_enqueue_on_commit(run.pk)
@@ -83,10 +88,16 @@ def training_run_cancel(*, run: TrainingRun) -> TrainingRun:
 
 def _claim(run_id: int) -> TrainingRun | None:
     now = timezone.now()
-    if TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.QUEUED).update(
-        status=TrainingRun.Status.RUNNING, started_at=now, heartbeat_at=now, worker=process_identity(),
-        error="",
-    ) != 1:
+    if (
+        TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.QUEUED).update(
+            status=TrainingRun.Status.RUNNING,
+            started_at=now,
+            heartbeat_at=now,
+            worker=process_identity(),
+            error="",
+        )
+        != 1
+    ):
         return None
     return TrainingRun.objects.select_related("dataset").get(pk=run_id)
 
@@ -137,9 +148,16 @@ def training_run_execute(
     with tempfile.TemporaryDirectory(prefix=f"cxr-run-{run.pk}-") as tmp:
         checkpoint = Path(tmp) / "best.pt"
         try:
-            result = fit(cfg, root, FolderScan.from_dict(dataset.scan), dataset.split,
-                         checkpoint_path=checkpoint, classes=dataset.classes,
-                         progress_callback=progress, should_stop=should_stop)
+            result = fit(
+                cfg,
+                root,
+                FolderScan.from_dict(dataset.scan),
+                dataset.split,
+                checkpoint_path=checkpoint,
+                classes=dataset.classes,
+                progress_callback=progress,
+                should_stop=should_stop,
+            )
         except MLError as exc:
             return _fail(run, str(exc))
         except Exception as exc:  # noqa: BLE001 - the run's row must say what happened
@@ -155,9 +173,14 @@ def _finish(run: TrainingRun, result) -> TrainingRun:
     data = result.to_dict()
     run.history = result.history
     run.result = data
-    plot_fields = save_result_plots(run, metrics=result.test_metrics, curves=result.test_curves,
-                                    prefix=f"run-{run.pk}", history=result.history,
-                                    best_epoch=result.best_epoch)
+    plot_fields = save_result_plots(
+        run,
+        metrics=result.test_metrics,
+        curves=result.test_curves,
+        prefix=f"run-{run.pk}",
+        history=result.history,
+        best_epoch=result.best_epoch,
+    )
     run.status = TrainingRun.Status.CANCELLED if result.cancelled else TrainingRun.Status.DONE
     run.finished_at = timezone.now()
     with transaction.atomic():
@@ -181,8 +204,9 @@ def _finish(run: TrainingRun, result) -> TrainingRun:
                 training_run=run,
             )
             with open(result.checkpoint_path, "rb") as fh:
-                version.weights.save(f"{version.name}-{version.sha256[:12]}.pt", File(fh),
-                                     save=False)
+                version.weights.save(
+                    f"{version.name}-{version.sha256[:12]}.pt", File(fh), save=False
+                )
             version.save()
         run.save(update_fields=["history", "result", "status", "finished_at", *plot_fields])
     logger.info("training run %s %s", run.pk, run.status)
@@ -206,10 +230,12 @@ def training_runs_reconcile() -> int:
     for run in TrainingRun.objects.filter(status=TrainingRun.Status.RUNNING):
         dead = process_is_dead(run.worker)
         if dead or (run.heartbeat_at and run.heartbeat_at < stale_before):
-            failed += TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.RUNNING,
-                                                 worker=run.worker).update(
-                status=TrainingRun.Status.FAILED, finished_at=now,
+            failed += TrainingRun.objects.filter(
+                pk=run.pk, status=TrainingRun.Status.RUNNING, worker=run.worker
+            ).update(
+                status=TrainingRun.Status.FAILED,
+                finished_at=now,
                 error="The worker running this training stopped (restarted or killed). "
-                      "Start the run again.",
+                "Start the run again.",
             )
     return failed

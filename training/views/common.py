@@ -59,13 +59,15 @@ def per_class_rows(metrics: dict | None, thresholds: dict | None = None) -> list
     for name, figures in in_class_order(metrics):
         at = figures.get("at_threshold") or {}
         threshold = at.get("threshold", (thresholds or {}).get(name))
-        rows.append({
-            "name": name,
-            "cells": [figures.get(key) for key, _ in PER_CLASS_COLUMNS],
-            "threshold": threshold,
-            "sens_at": at.get("sensitivity"),
-            "spec_at": at.get("specificity"),
-        })
+        rows.append(
+            {
+                "name": name,
+                "cells": [figures.get(key) for key, _ in PER_CLASS_COLUMNS],
+                "threshold": threshold,
+                "sens_at": at.get("sensitivity"),
+                "spec_at": at.get("specificity"),
+            }
+        )
     return rows
 
 
@@ -81,8 +83,11 @@ def in_class_order(metrics: dict) -> list[tuple[str, dict]]:
 
 
 def plot_links(obj, kinds: dict[str, tuple[str, str]], url_name: str) -> list[dict[str, str]]:
-    return [{"kind": kind, "title": title, "url": reverse(url_name, args=[obj.pk, kind])}
-            for kind, (field, title) in kinds.items() if getattr(obj, field)]
+    return [
+        {"kind": kind, "title": title, "url": reverse(url_name, args=[obj.pk, kind])}
+        for kind, (field, title) in kinds.items()
+        if getattr(obj, field)
+    ]
 
 
 def fragment(request, template: str, context: dict) -> HttpResponse:

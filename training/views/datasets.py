@@ -26,21 +26,32 @@ def dataset_list(request):
             d = form.cleaned_data
             try:
                 dataset = dataset_register(
-                    name=d["name"], root=d["root"], created_by=request.user, seed=d["seed"],
-                    val_fraction=d["val_fraction"], test_fraction=d["test_fraction"],
+                    name=d["name"],
+                    root=d["root"],
+                    created_by=request.user,
+                    seed=d["seed"],
+                    val_fraction=d["val_fraction"],
+                    test_fraction=d["test_fraction"],
                     scan_now=False,
                 )
             except DatasetRejected as exc:
                 form.add_error(None, str(exc))
             else:
-                messages.success(request, f"Registered {dataset.name}: a training worker is "
-                                          "scanning its images.")
+                messages.success(
+                    request, f"Registered {dataset.name}: a training worker is scanning its images."
+                )
                 return redirect("training:dataset", pk=dataset.pk)
     datasets = list(selectors.dataset_list())
-    return render(request, "training/datasets.html", {
-        "form": form, "datasets": datasets,
-        "pending": any(d.status == Dataset.Status.SCANNING for d in datasets),
-    }, status=400 if form.is_bound else 200)
+    return render(
+        request,
+        "training/datasets.html",
+        {
+            "form": form,
+            "datasets": datasets,
+            "pending": any(d.status == Dataset.Status.SCANNING for d in datasets),
+        },
+        status=400 if form.is_bound else 200,
+    )
 
 
 def _dataset_context(dataset: Dataset) -> dict[str, Any]:
@@ -66,12 +77,21 @@ def _dataset_or_404(pk: int) -> Dataset:
 def dataset_detail(request, pk: int):
     dataset = _dataset_or_404(pk)
     runs = selectors.run_list().filter(dataset=dataset)[:20]
-    evaluations = (Evaluation.objects.filter(dataset=dataset)
-                   .select_related("model_version").defer("curves")[:20])
-    return render(request, "training/dataset.html", {
-        **_dataset_context(dataset), "runs": runs, "evaluations": evaluations,
-        "poll_ms": POLL_MS,
-    })
+    evaluations = (
+        Evaluation.objects.filter(dataset=dataset)
+        .select_related("model_version")
+        .defer("curves")[:20]
+    )
+    return render(
+        request,
+        "training/dataset.html",
+        {
+            **_dataset_context(dataset),
+            "runs": runs,
+            "evaluations": evaluations,
+            "poll_ms": POLL_MS,
+        },
+    )
 
 
 @require_GET

@@ -63,9 +63,14 @@ def run_progress(run: TrainingRun) -> dict[str, Any]:
 @model_admin_required
 def run_list(request):
     runs = list(selectors.run_list()[:100])
-    return render(request, "training/runs.html", {
-        "runs": runs, "pending": any(not r.is_finished for r in runs),
-    })
+    return render(
+        request,
+        "training/runs.html",
+        {
+            "runs": runs,
+            "pending": any(not r.is_finished for r in runs),
+        },
+    )
 
 
 @require_http_methods(["GET", "POST"])
@@ -76,13 +81,18 @@ def run_start(request):
         if form.is_valid():
             config = form.config()
             try:
-                run = training_run_create(dataset=form.cleaned_data["dataset"], config=config,
-                                          created_by=request.user)
+                run = training_run_create(
+                    dataset=form.cleaned_data["dataset"], config=config, created_by=request.user
+                )
             except TrainingRejected as exc:
                 form.add_error(None, str(exc))
             else:
-                audit(request, Action.TRAIN, run,
-                      detail={"dataset": run.dataset.name, "config": run.config})
+                audit(
+                    request,
+                    Action.TRAIN,
+                    run,
+                    detail={"dataset": run.dataset.name, "config": run.config},
+                )
                 messages.success(request, f"Training run {run.pk} queued for a training worker.")
                 return redirect("training:run", pk=run.pk)
         return render(request, "training/run_start.html", {"form": form}, status=400)
@@ -90,9 +100,14 @@ def run_start(request):
     if request.GET.get("dataset", "").isdigit():
         initial["dataset"] = int(request.GET["dataset"])
     form = TrainingRunForm(initial=initial)
-    return render(request, "training/run_start.html", {
-        "form": form, "no_dataset": not form.fields["dataset"].queryset.exists(),
-    })
+    return render(
+        request,
+        "training/run_start.html",
+        {
+            "form": form,
+            "no_dataset": not form.fields["dataset"].queryset.exists(),
+        },
+    )
 
 
 def _run_or_404(pk: int) -> TrainingRun:
@@ -118,19 +133,22 @@ def _run_context(run: TrainingRun) -> dict[str, Any]:
         "per_class": per_class_rows(metrics, result.get("thresholds")),
         "thresholds": in_order(result.get("thresholds") or {}, result.get("classes") or []),
         "parameters": f"{result['trainable_params']:,} of {result['total_params']:,}"
-        if result.get("total_params") else "",
+        if result.get("total_params")
+        else "",
         "plots": plot_links(run, RUN_PLOTS, "training:run-plot"),
         "config": sorted((run.config or {}).items()),
         "duration": duration((run.finished_at - run.started_at).total_seconds())
-        if run.finished_at and run.started_at else "",
+        if run.finished_at and run.started_at
+        else "",
     }
 
 
 @require_GET
 @model_admin_required
 def run_detail(request, pk: int):
-    return render(request, "training/run.html", {**_run_context(_run_or_404(pk)),
-                                                 "poll_ms": POLL_MS})
+    return render(
+        request, "training/run.html", {**_run_context(_run_or_404(pk)), "poll_ms": POLL_MS}
+    )
 
 
 @require_GET
@@ -148,8 +166,12 @@ def run_cancel(request, pk: int):
         messages.info(request, f"Training run {run.pk} has already finished.")
     else:
         run = training_run_cancel(run=run)
-        messages.success(request, f"Training run {run.pk} cancelled." if run.is_finished else
-                         f"Training run {run.pk} stops after the current batch.")
+        messages.success(
+            request,
+            f"Training run {run.pk} cancelled."
+            if run.is_finished
+            else f"Training run {run.pk} stops after the current batch.",
+        )
     return redirect("training:run", pk=run.pk)
 
 

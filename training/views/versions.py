@@ -35,8 +35,9 @@ Action = AuditEvent.Action
 
 def _safe_next(request, default: str) -> str:
     target = request.POST.get("next") or ""
-    if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()},
-                                                  require_https=request.is_secure()):
+    if target and url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
         return target
     return default
 
@@ -44,10 +45,14 @@ def _safe_next(request, default: str) -> str:
 @require_GET
 @model_admin_required
 def version_list(request):
-    return render(request, "training/versions.html", {
-        "versions": selectors.version_list(),
-        "promotions": selectors.promotion_history(10),
-    })
+    return render(
+        request,
+        "training/versions.html",
+        {
+            "versions": selectors.version_list(),
+            "promotions": selectors.promotion_history(10),
+        },
+    )
 
 
 def _version_or_404(pk: int) -> ModelVersion:
@@ -60,20 +65,29 @@ def _version_or_404(pk: int) -> ModelVersion:
 def _evaluations_context(version: ModelVersion) -> dict[str, Any]:
     evaluations = []
     for evaluation in selectors.version_evaluations(version):
-        evaluations.append({
-            "evaluation": evaluation,
-            "summary": {row["key"]: row["value"] for row in metric_summary(evaluation.metrics)},
-            "plots": plot_links(evaluation, EVALUATION_PLOTS, "training:evaluation-plot"),
-        })
+        evaluations.append(
+            {
+                "evaluation": evaluation,
+                "summary": {row["key"]: row["value"] for row in metric_summary(evaluation.metrics)},
+                "plots": plot_links(evaluation, EVALUATION_PLOTS, "training:evaluation-plot"),
+            }
+        )
     return {
-        "version": version, "evaluations": evaluations,
-        "evaluations_pending": any(e["evaluation"].status in selectors.ACTIVE_EVALUATION
-                                   for e in evaluations),
+        "version": version,
+        "evaluations": evaluations,
+        "evaluations_pending": any(
+            e["evaluation"].status in selectors.ACTIVE_EVALUATION for e in evaluations
+        ),
     }
 
 
-def _version_context(version: ModelVersion, *, evaluation_form: EvaluationForm | None = None,
-                     promote_form: PromoteForm | None = None, next_url: str = "") -> dict[str, Any]:
+def _version_context(
+    version: ModelVersion,
+    *,
+    evaluation_form: EvaluationForm | None = None,
+    promote_form: PromoteForm | None = None,
+    next_url: str = "",
+) -> dict[str, Any]:
     return {
         **_evaluations_context(version),
         "summary": metric_summary(version.metrics),
@@ -104,8 +118,9 @@ def version_detail(request, pk: int):
 @model_admin_required
 def version_evaluations(request, pk: int):
     """The evaluations panel alone: the version page polls it while evaluations run."""
-    return fragment(request, "training/_evaluations.html",
-                     _evaluations_context(_version_or_404(pk)))
+    return fragment(
+        request, "training/_evaluations.html", _evaluations_context(_version_or_404(pk))
+    )
 
 
 @require_POST
@@ -115,18 +130,28 @@ def version_evaluate(request, pk: int):
     form = EvaluationForm(request.POST)
     if form.is_valid():
         try:
-            evaluation = evaluation_create(version=version, dataset=form.cleaned_data["dataset"],
-                                           split=form.cleaned_data["split"],
-                                           created_by=request.user,
-                                           skip_unknown=form.cleaned_data["skip_unknown_classes"])
+            evaluation = evaluation_create(
+                version=version,
+                dataset=form.cleaned_data["dataset"],
+                split=form.cleaned_data["split"],
+                created_by=request.user,
+                skip_unknown=form.cleaned_data["skip_unknown_classes"],
+            )
         except ValueError as exc:
             form.add_error(None, str(exc))
         else:
-            messages.success(request, f"Evaluation of {version.name} on {evaluation.dataset.name} "
-                                      f"({evaluation.split}) queued for a training worker.")
+            messages.success(
+                request,
+                f"Evaluation of {version.name} on {evaluation.dataset.name} "
+                f"({evaluation.split}) queued for a training worker.",
+            )
             return redirect(reverse("training:version", args=[version.pk]) + "#evaluations")
-    return render(request, "training/version.html",
-                  _version_context(version, evaluation_form=form), status=400)
+    return render(
+        request,
+        "training/version.html",
+        _version_context(version, evaluation_form=form),
+        status=400,
+    )
 
 
 @require_POST
@@ -141,17 +166,31 @@ def version_promote(request, pk: int):
     if not form.is_valid():
         # Keep where the form came from (the compare page), for the second try.
         next_url = _safe_next(request, "")
-        return render(request, "training/version.html",
-                      _version_context(version, promote_form=form, next_url=next_url), status=400)
+        return render(
+            request,
+            "training/version.html",
+            _version_context(version, promote_form=form, next_url=next_url),
+            status=400,
+        )
     rollback = version.status == ModelVersion.Status.RETIRED
-    version = model_version_promote(version=version, promoted_by=request.user, request=request,
-                                    reason=form.cleaned_data["reason"],
-                                    rerun_open=form.cleaned_data["rerun_open"])
+    version = model_version_promote(
+        version=version,
+        promoted_by=request.user,
+        request=request,
+        reason=form.cleaned_data["reason"],
+        rerun_open=form.cleaned_data["rerun_open"],
+    )
     rerun = version.reanalysis
-    messages.success(request, f"{'Rolled back to' if rollback else 'Promoted'} {version.name}: "
-                              "new studies are read by this version."
-                     + (f" {rerun.queued} images of {rerun.studies} open studies queued for "
-                        "re-analysis." if rerun is not None else ""))
+    messages.success(
+        request,
+        f"{'Rolled back to' if rollback else 'Promoted'} {version.name}: "
+        "new studies are read by this version."
+        + (
+            f" {rerun.queued} images of {rerun.studies} open studies queued for re-analysis."
+            if rerun is not None
+            else ""
+        ),
+    )
     return redirect(_safe_next(request, default))
 
 
@@ -160,10 +199,12 @@ def version_promote(request, pk: int):
 def version_checkpoint(request, pk: int):
     """The weights file (a checkpoint with its metadata), its sha256 in a header."""
     version = get_object_or_404(ModelVersion, pk=pk)
-    audit(request, Action.DOWNLOAD, version, detail={"file": "checkpoint",
-                                                     "sha256": version.sha256})
-    response = private_file_response(version.weights, "application/octet-stream",
-                              download_name=checkpoint_name(version))
+    audit(
+        request, Action.DOWNLOAD, version, detail={"file": "checkpoint", "sha256": version.sha256}
+    )
+    response = private_file_response(
+        version.weights, "application/octet-stream", download_name=checkpoint_name(version)
+    )
     response["X-Checkpoint-SHA256"] = version.sha256
     return response
 

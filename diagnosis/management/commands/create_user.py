@@ -31,8 +31,13 @@ class Command(BaseCommand):
         password = os.environ.get("CXR_NEW_USER_PASSWORD") or getpass.getpass(
             f"Password for {username}: "
         )
-        user = User(username=username, first_name=first_name, last_name=last_name, email=email,
-                    is_staff=(role == "admin"))
+        user = User(
+            username=username,
+            first_name=first_name,
+            last_name=last_name,
+            email=email,
+            is_staff=(role == "admin"),
+        )
         try:
             validate_password(password, user)
         except ValidationError as exc:

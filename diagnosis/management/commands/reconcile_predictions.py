@@ -6,8 +6,10 @@ from diagnosis.dispatch import predictions_reconcile
 
 
 class Command(BaseCommand):
-    help = ("Re-send predictions whose task was lost and fail those that cannot finish "
-            "(what the periodic reconciler does; for cron or an operator after an outage).")
+    help = (
+        "Re-send predictions whose task was lost and fail those that cannot finish "
+        "(what the periodic reconciler does; for cron or an operator after an outage)."
+    )
 
     def handle(self, *args, **options):
         counts = predictions_reconcile()

@@ -97,7 +97,7 @@ def test_no_module_of_the_ml_core_imports_django_or_the_apps_even_lazily() -> No
             for name in names:
                 parts = name.split(".")
                 outside_ml = parts[0] == "training" and parts[1:2] != ["ml"]
-                if (parts[0] in ("django", "diagnosis", "cxrweb") or outside_ml):
+                if parts[0] in ("django", "diagnosis", "cxrweb") or outside_ml:
                     offenders.append(f"{path.relative_to(ML_PACKAGE)}: {name}")
     assert len(list(ML_PACKAGE.rglob("*.py"))) > 20, "the scan found too few files"
     assert offenders == []

@@ -14,23 +14,33 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("path", help="state_dict file saved with torch.save(model.state_dict())")
-        parser.add_argument("--arch", default="",
-                            help="torchvision architecture, e.g. resnet18 (taken from an "
-                                 "exported checkpoint when omitted)")
         parser.add_argument(
-            "--classes", default="",
+            "path", help="state_dict file saved with torch.save(model.state_dict())"
+        )
+        parser.add_argument(
+            "--arch",
+            default="",
+            help="torchvision architecture, e.g. resnet18 (taken from an "
+            "exported checkpoint when omitted)",
+        )
+        parser.add_argument(
+            "--classes",
+            default="",
             help="comma-separated class labels, in the order of the model's outputs (taken from "
-                 "an exported checkpoint when omitted)",
+            "an exported checkpoint when omitted)",
         )
         parser.add_argument(
-            "--normal-classes", default=None,
+            "--normal-classes",
+            default=None,
             help='comma-separated classes that mean "no finding" (any other class at or above '
-                 "its threshold flags a study; default: those named normal, no finding, healthy "
-                 "or negative; an empty value: none)",
+            "its threshold flags a study; default: those named normal, no finding, healthy "
+            "or negative; an empty value: none)",
         )
-        parser.add_argument("--sha256", default="",
-                            help="refuse the file unless its sha256 is this (from the export)")
+        parser.add_argument(
+            "--sha256",
+            default="",
+            help="refuse the file unless its sha256 is this (from the export)",
+        )
         parser.add_argument("--name", default="", help="version name (default: arch + timestamp)")
         parser.add_argument("--notes", default="")
         parser.add_argument("--promote", action="store_true", help="put it into production now")
@@ -45,16 +55,19 @@ class Command(BaseCommand):
                 name=options["name"],
                 notes=options["notes"],
                 expected_sha256=options["sha256"],
-                normal_classes=None if options["normal_classes"] is None else [
-                    c.strip() for c in options["normal_classes"].split(",") if c.strip()],
+                normal_classes=None
+                if options["normal_classes"] is None
+                else [c.strip() for c in options["normal_classes"].split(",") if c.strip()],
             )
         except ModelImportError as exc:
             raise CommandError(str(exc)) from exc
-        self.stdout.write(self.style.SUCCESS(
-            f"Imported model version {version.name!r} (id {version.pk}, {version.architecture}, "
-            f"classes: {', '.join(version.class_labels)}, normal: "
-            f"{', '.join(version.normal_classes) or 'none'}, sha256 {version.sha256[:12]}…)."
-        ))
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Imported model version {version.name!r} (id {version.pk}, {version.architecture}, "
+                f"classes: {', '.join(version.class_labels)}, normal: "
+                f"{', '.join(version.normal_classes) or 'none'}, sha256 {version.sha256[:12]}…)."
+            )
+        )
         if options["promote"]:
             model_version_promote(
                 version=version, reason=options["reason"] or "imported with --promote"

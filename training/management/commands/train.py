@@ -7,50 +7,73 @@ from training.services import TrainingRejected, training_run_create, training_ru
 
 
 class Command(BaseCommand):
-    help = ("Fine-tune a model version on a registered dataset, in the foreground with a "
-            "progress bar (or --queue it for a training worker). The result is a candidate "
-            "model version with its test metrics.")
+    help = (
+        "Fine-tune a model version on a registered dataset, in the foreground with a "
+        "progress bar (or --queue it for a training worker). The result is a candidate "
+        "model version with its test metrics."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--dataset", required=True, help="dataset name or id")
         parser.add_argument("--arch", required=True)
-        parser.add_argument("--weights", default="imagenet",
-                            help="imagenet (torchvision's cache/download), none, or a file path")
+        parser.add_argument(
+            "--weights",
+            default="imagenet",
+            help="imagenet (torchvision's cache/download), none, or a file path",
+        )
         parser.add_argument("--strategy", choices=["head", "partial", "full"], default="head")
         parser.add_argument("--epochs", type=int, default=10)
         parser.add_argument("--batch-size", type=int, default=16)
-        parser.add_argument("--lr", type=float, default=None,
-                            help="default: head 1e-3, partial 3e-4, full 1e-4")
+        parser.add_argument(
+            "--lr", type=float, default=None, help="default: head 1e-3, partial 3e-4, full 1e-4"
+        )
         parser.add_argument("--warmup-head-epochs", type=int, default=0)
         parser.add_argument("--unfreeze-blocks", type=int, default=2)
-        parser.add_argument("--imbalance", choices=["weighted_loss", "sampler", "none"],
-                            default="weighted_loss")
-        parser.add_argument("--hflip", action="store_true",
-                            help="allow horizontal flips (off: the heart is on the left)")
+        parser.add_argument(
+            "--imbalance", choices=["weighted_loss", "sampler", "none"], default="weighted_loss"
+        )
+        parser.add_argument(
+            "--hflip",
+            action="store_true",
+            help="allow horizontal flips (off: the heart is on the left)",
+        )
         parser.add_argument("--patience", type=int, default=3, help="early stopping; 0 = off")
         parser.add_argument("--max-steps", type=int, default=None, help="per epoch (quick runs)")
         parser.add_argument("--input-size", type=int, default=None)
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--device", default=None, help="cpu, cuda (default: cuda if any)")
         parser.add_argument("--threads", type=int, default=None)
-        parser.add_argument("--queue", action="store_true",
-                            help="send it to a training worker instead of running it here")
+        parser.add_argument(
+            "--queue",
+            action="store_true",
+            help="send it to a training worker instead of running it here",
+        )
 
     def handle(self, *args, **o):
         key = o["dataset"]
         dataset = Dataset.objects.filter(name=key).first() or (
-            Dataset.objects.filter(pk=int(key)).first() if key.isdigit() else None)
+            Dataset.objects.filter(pk=int(key)).first() if key.isdigit() else None
+        )
         if dataset is None:
             raise CommandError(f"No dataset {key!r}: register it with register_dataset.")
         weights = None if o["weights"] in ("none", "") else o["weights"]
         config = {
-            "arch": o["arch"], "weights": weights, "strategy": o["strategy"],
-            "epochs": o["epochs"], "batch_size": o["batch_size"], "lr": o["lr"],
+            "arch": o["arch"],
+            "weights": weights,
+            "strategy": o["strategy"],
+            "epochs": o["epochs"],
+            "batch_size": o["batch_size"],
+            "lr": o["lr"],
             "warmup_head_epochs": o["warmup_head_epochs"],
-            "unfreeze_blocks": o["unfreeze_blocks"], "imbalance": o["imbalance"],
-            "hflip": o["hflip"], "early_stopping_patience": o["patience"] or None,
-            "max_steps_per_epoch": o["max_steps"], "input_size": o["input_size"],
-            "seed": o["seed"], "device": o["device"], "num_threads": o["threads"],
+            "unfreeze_blocks": o["unfreeze_blocks"],
+            "imbalance": o["imbalance"],
+            "hflip": o["hflip"],
+            "early_stopping_patience": o["patience"] or None,
+            "max_steps_per_epoch": o["max_steps"],
+            "input_size": o["input_size"],
+            "seed": o["seed"],
+            "device": o["device"],
+            "num_threads": o["threads"],
         }
         try:
             run = training_run_create(dataset=dataset, config=config, enqueue=o["queue"])
@@ -71,20 +94,31 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"epoch {epoch.get('epoch')}: train loss {epoch.get('train_loss', 0):.4f} "
                 f"acc {epoch.get('train_acc', 0):.3f} | val loss {epoch.get('val_loss', 0):.4f} "
-                f"acc {epoch.get('val_acc', 0):.3f}")
+                f"acc {epoch.get('val_acc', 0):.3f}"
+            )
         if m:
-            self.stdout.write(f"test: accuracy {m['accuracy']:.3f}, macro AUC "
-                              f"{(m.get('macro_auc') or 0):.3f}, ECE {m.get('ece', 0):.3f} "
-                              f"(n={m.get('n')})")
+            self.stdout.write(
+                f"test: accuracy {m['accuracy']:.3f}, macro AUC "
+                f"{(m.get('macro_auc') or 0):.3f}, ECE {m.get('ece', 0):.3f} "
+                f"(n={m.get('n')})"
+            )
             for c, f in m.get("per_class", {}).items():
                 sens, spec, auc = f.get("sensitivity"), f.get("specificity"), f.get("auc")
                 self.stdout.write(
-                    f"  {c}: sensitivity {_f(sens)}, specificity {_f(spec)}, AUC {_f(auc)}")
+                    f"  {c}: sensitivity {_f(sens)}, specificity {_f(spec)}, AUC {_f(auc)}"
+                )
         version = getattr(run, "model_version", None)
         state = "cancelled" if run.status == TrainingRun.Status.CANCELLED else "done"
-        self.stdout.write(self.style.SUCCESS(
-            f"Training run {run.pk} {state}."
-            + (f" Candidate model version {version.name!r} (id {version.pk})." if version else "")))
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Training run {run.pk} {state}."
+                + (
+                    f" Candidate model version {version.name!r} (id {version.pk})."
+                    if version
+                    else ""
+                )
+            )
+        )
 
 
 def _f(x) -> str:

@@ -197,7 +197,6 @@ def build_model(
     return model
 
 
-
 def replace_head(model: nn.Module, arch: str, num_classes: int) -> nn.Module:
     """Swap the classifier layer for a fresh ``nn.Linear(in_features, num_classes)``, in place."""
     old = head_layer(model, arch)

@@ -103,8 +103,9 @@ def _below_plan(
             if not isinstance(container, nn.Sequential):
                 continue
             names = list(container._modules)
-            index = next((i for i, n in enumerate(names) if container._modules[n] is target_layer),
-                         None)
+            index = next(
+                (i for i, n in enumerate(names) if container._modules[n] is target_layer), None
+            )
             if index is None:
                 continue
             before = [(n, container._modules[n]) for n in names[:index]]
@@ -172,8 +173,10 @@ def freeze_below(
             frozen = _FrozenGraph(graph, f"{len(before)} layers below the Grad-CAM layer")
             layouts = {
                 "eager": saved,
-                "frozen": {attr: nn.Sequential(OrderedDict([("frozen", frozen), *kept])),
-                           **{name: nn.Identity() for name in chain}},
+                "frozen": {
+                    attr: nn.Sequential(OrderedDict([("frozen", frozen), *kept])),
+                    **{name: nn.Identity() for name in chain},
+                },
             }
 
             def use(layout: str) -> None:
@@ -199,7 +202,10 @@ def freeze_below(
 
 
 def _fastest_interleaved(
-    model: nn.Module, x: torch.Tensor, use: Callable[[str], None], layouts: list[str],
+    model: nn.Module,
+    x: torch.Tensor,
+    use: Callable[[str], None],
+    layouts: list[str],
     rounds: int = 5,
 ) -> dict[str, float]:
     """The fastest call of each layout of ``model``, in seconds, timed in turns: a round runs

@@ -72,7 +72,9 @@ class DecodedImages:
         wanted = sorted({int(i) for i in indices})
         bad = [i for i in wanted if not 0 <= i < len(self.paths)]
         if bad:
-            raise DatasetError(f"Sample indices {bad[:5]} are out of range for {len(samples)} samples.")
+            raise DatasetError(
+                f"Sample indices {bad[:5]} are out of range for {len(samples)} samples."
+            )
         self.index_at = wanted  # row -> sample index
         self.row_of = {index: row for row, index in enumerate(wanted)}
         self.size = prep.input_size
@@ -91,11 +93,16 @@ class DecodedImages:
             self.pixels = torch.empty(shape, dtype=torch.uint8)
         logger.info(
             "decoded-image cache: %d images at %d px, %.1f MB %s",
-            len(wanted), self.size, nbytes / 1e6, "memory-mapped" if self.on_disk else "in memory",
+            len(wanted),
+            self.size,
+            nbytes / 1e6,
+            "memory-mapped" if self.on_disk else "in memory",
         )
 
     @staticmethod
-    def _mapped(shape: tuple[int, int, int], cache_dir: str | os.PathLike[str] | None) -> torch.Tensor:
+    def _mapped(
+        shape: tuple[int, int, int], cache_dir: str | os.PathLike[str] | None
+    ) -> torch.Tensor:
         folder = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir())
         folder.mkdir(parents=True, exist_ok=True)
         handle, name = tempfile.mkstemp(prefix="cxr-decoded-", suffix=".u8", dir=folder)
@@ -125,7 +132,9 @@ class DecodedImages:
         """uint8 ``N x S x S`` pixels of sample ``indices`` (decoded now if not yet)."""
         rows = self.rows(indices)
         self.ensure(rows)
-        out = torch.empty((len(rows), self.size, self.size), dtype=torch.uint8, pin_memory=pin_memory)
+        out = torch.empty(
+            (len(rows), self.size, self.size), dtype=torch.uint8, pin_memory=pin_memory
+        )
         return torch.index_select(self.pixels, 0, rows, out=out)
 
     def ensure(self, rows: torch.Tensor) -> None:

@@ -12,10 +12,25 @@ from ..preprocessing import Preprocessing
 
 #: Kept equal to training.ml.models.architectures.ARCHITECTURES (a test checks), without torch.
 ARCHITECTURE_NAMES: tuple[str, ...] = (
-    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16", "vgg16_bn", "vgg19",
-    "vgg19_bn", "densenet121", "densenet169", "densenet201", "efficientnet_b0",
-    "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "mobilenet_v2",
-    "mobilenet_v3_small", "mobilenet_v3_large",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "vgg16",
+    "vgg16_bn",
+    "vgg19",
+    "vgg19_bn",
+    "densenet121",
+    "densenet169",
+    "densenet201",
+    "efficientnet_b0",
+    "efficientnet_b1",
+    "efficientnet_b2",
+    "efficientnet_b3",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
 )
 #: Kept equal to training.ml.train.transforms.AUGMENTATIONS and calibration.THRESHOLD_STRATEGIES.
 AUGMENTATIONS = ("cxr", "none")
@@ -105,7 +120,9 @@ class TrainConfig:
             raise ConfigError(
                 "weights must be None, 'imagenet' or the path of a backbone weights file."
             )
-        if self.cache_dir is not None and (not isinstance(self.cache_dir, str) or not self.cache_dir):
+        if self.cache_dir is not None and (
+            not isinstance(self.cache_dir, str) or not self.cache_dir
+        ):
             raise ConfigError(
                 "cache_dir must be None (the system's temporary folder) or a folder path."
             )

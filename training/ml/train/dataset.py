@@ -104,8 +104,10 @@ class CXRDataset(Dataset):
             self._cache.move_to_end(index)
             return cached
         image = load_image(
-            dataset_file(self.root, self.samples[index][0]), max_bytes=self.max_bytes,
-            max_pixels=self.max_pixels, read_long_side=self.read_long_side,
+            dataset_file(self.root, self.samples[index][0]),
+            max_bytes=self.max_bytes,
+            max_pixels=self.max_pixels,
+            read_long_side=self.read_long_side,
         )
         if self.cache_size > 0:
             self._cache[index] = image

@@ -49,7 +49,9 @@ class DeviceBatches:
         generator: torch.Generator | None = None,
     ) -> None:
         if sampler is not None and shuffle:
-            raise ValueError("Pass either shuffle=True or a sampler, not both (the sampler decides).")
+            raise ValueError(
+                "Pass either shuffle=True or a sampler, not both (the sampler decides)."
+            )
         self.images = images
         self.indices = [int(i) for i in indices]
         self.labels = [int(samples[i][1]) for i in self.indices]

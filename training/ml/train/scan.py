@@ -112,8 +112,15 @@ class FolderScan:
         )
 
 
-def _entries_kept(root: Path, folder: Path, names: Iterable[str], base: Path, *,
-                  skipped: list[str], outside: list[str]) -> list[tuple[str, str]]:
+def _entries_kept(
+    root: Path,
+    folder: Path,
+    names: Iterable[str],
+    base: Path,
+    *,
+    skipped: list[str],
+    outside: list[str],
+) -> list[tuple[str, str]]:
     """(name, path relative to root) of the entries of `folder` to walk or read, sorted; hidden
     ones go to `skipped` and those resolving outside `base` to `outside`, by relative path."""
     kept = []
@@ -246,8 +253,14 @@ def _class_folders(root_path: Path, *, skipped: list[str], outside: list[str]) -
             skipped.append(entry.name)  # files at the top level belong to no class
     if len(class_dirs) < 2:
         found = f"only {class_dirs[0]!r}" if class_dirs else "none"
-        left_out = (f" ({', '.join(map(repr, outside))} left out: links that lead outside the "
-                    "dataset folder)") if outside else ""
+        left_out = (
+            (
+                f" ({', '.join(map(repr, outside))} left out: links that lead outside the "
+                "dataset folder)"
+            )
+            if outside
+            else ""
+        )
         raise DatasetError(
             f"Dataset folder {root_path} needs at least 2 class sub-folders (one per class, "
             f"holding that class's images); found {found}{left_out}."
@@ -272,10 +285,18 @@ def _class_files(
                 continue
             walked.add(here)
             # Hidden folders (.ipynb_checkpoints, .git) are not data; sorted for a stable order.
-            dirnames[:] = [name for name, _ in _entries_kept(
-                root_path, Path(dirpath), dirnames, base, skipped=skipped, outside=outside)]
-            found += [rel for _, rel in _entries_kept(
-                root_path, Path(dirpath), filenames, base, skipped=skipped, outside=outside)]
+            dirnames[:] = [
+                name
+                for name, _ in _entries_kept(
+                    root_path, Path(dirpath), dirnames, base, skipped=skipped, outside=outside
+                )
+            ]
+            found += [
+                rel
+                for _, rel in _entries_kept(
+                    root_path, Path(dirpath), filenames, base, skipped=skipped, outside=outside
+                )
+            ]
         files += [(rel, label) for rel in sorted(found)]
     return files
 

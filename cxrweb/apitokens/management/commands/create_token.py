@@ -24,12 +24,17 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("username")
         parser.add_argument(
-            "--expiry-days", type=positive_int, default=None, metavar="N",
+            "--expiry-days",
+            type=positive_int,
+            default=None,
+            metavar="N",
             help=f"days until the token expires (default {settings.CXR_API_TOKEN_TTL_DAYS}, "
-                 f"CXR_API_TOKEN_TTL_DAYS; at most {settings.CXR_API_TOKEN_MAX_TTL_DAYS}, "
-                 "CXR_API_TOKEN_MAX_TTL_DAYS)")
-        parser.add_argument("--name", default="", metavar="NOTE",
-                            help="what the token is for (shown in the admin)")
+            f"CXR_API_TOKEN_TTL_DAYS; at most {settings.CXR_API_TOKEN_MAX_TTL_DAYS}, "
+            "CXR_API_TOKEN_MAX_TTL_DAYS)",
+        )
+        parser.add_argument(
+            "--name", default="", metavar="NOTE", help="what the token is for (shown in the admin)"
+        )
 
     def handle(self, *args, username, expiry_days, name, **options):
         user = get_user_model().objects.filter(username=username).first()
@@ -40,11 +45,13 @@ class Command(BaseCommand):
         if len(name) > 100:
             raise CommandError("--name is at most 100 characters.")
         try:
-            token, key = services.token_create(user=user, expiry_days=expiry_days, name=name,
-                                               via="manage.py create_token")
+            token, key = services.token_create(
+                user=user, expiry_days=expiry_days, name=name, via="manage.py create_token"
+            )
         except services.TokenExpiryTooLong as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(key)
         self.stderr.write(
             f"Token {token.pk} for {username!r}, expires {token.expiry:%Y-%m-%d %H:%M %Z}. "
-            "The key above is not shown again.")
+            "The key above is not shown again."
+        )

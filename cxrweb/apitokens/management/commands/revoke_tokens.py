@@ -18,12 +18,14 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("username", nargs="?")
         which = parser.add_mutually_exclusive_group(required=True)
-        which.add_argument("--all", action="store_true", dest="all_tokens",
-                           help="all of USER's tokens")
+        which.add_argument(
+            "--all", action="store_true", dest="all_tokens", help="all of USER's tokens"
+        )
         which.add_argument("--id", type=int, dest="token_id", help="the token with this id")
         which.add_argument("--prefix", help="the token whose key starts with this (8+ chars)")
-        which.add_argument("--expired", action="store_true",
-                           help="every expired token, of any user")
+        which.add_argument(
+            "--expired", action="store_true", help="every expired token, of any user"
+        )
 
     def handle(self, *args, username, all_tokens, token_id, prefix, expired, **options):
         tokens = ApiToken.objects.all()

@@ -17,8 +17,11 @@ def test_the_display_png_writer_round_trips_exactly(shape):
     pixels = rng.integers(0, 256, shape, dtype=np.uint8)
     pixels[:, : shape[1] // 2] = np.arange(shape[1] // 2, dtype=np.uint8)  # some runs, too
     for channels, mode in ((1, "L"), (3, "RGB"), (4, "RGBA")):
-        picture = pixels if channels == 1 else np.stack(
-            [np.roll(pixels, k, axis=1) for k in range(channels)], axis=2)
+        picture = (
+            pixels
+            if channels == 1
+            else np.stack([np.roll(pixels, k, axis=1) for k in range(channels)], axis=2)
+        )
         data = imaging.png_uint8(picture)
         with Image.open(BytesIO(data)) as probe:
             probe.verify()  # chunk CRCs and structure
@@ -28,7 +31,11 @@ def test_the_display_png_writer_round_trips_exactly(shape):
 
 
 def test_the_png_writer_refuses_what_it_cannot_write_faithfully():
-    for bad in (np.zeros((4, 4, 2), np.uint8), np.zeros((4, 4), np.uint16),
-                np.zeros((0, 4), np.uint8), np.zeros((4, 4, 3, 1), np.uint8)):
+    for bad in (
+        np.zeros((4, 4, 2), np.uint8),
+        np.zeros((4, 4), np.uint16),
+        np.zeros((0, 4), np.uint8),
+        np.zeros((4, 4, 3, 1), np.uint8),
+    ):
         with pytest.raises(ValueError, match="uint8 array"):
             imaging.png_uint8(bad)

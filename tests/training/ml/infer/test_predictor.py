@@ -182,9 +182,7 @@ def test_densenet_gradcam_matches_a_hand_computed_gradcam(
 def _hand_gradcam(activations: torch.Tensor, logit: torch.Tensor) -> np.ndarray:
     """Grad-CAM by its definition, normalised and resized as pytorch-grad-cam does."""
     (grads,) = torch.autograd.grad(logit, activations, retain_graph=True)
-    cam = (
-        (grads.mean(dim=(2, 3), keepdim=True) * activations).sum(dim=1)[0].relu().detach().numpy()
-    )
+    cam = (grads.mean(dim=(2, 3), keepdim=True) * activations).sum(dim=1)[0].relu().detach().numpy()
     cam = cam - cam.min()
     cam = cv2.resize(cam / (cam.max() + 1e-7), (PREP.input_size, PREP.input_size))
     cam = cam - cam.min()
@@ -277,5 +275,3 @@ def test_a_predictor_refuses_a_model_whose_head_does_not_match_the_classes() -> 
 
 
 # --- rendering ---------------------------------------------------------------------------------
-
-

@@ -113,11 +113,15 @@ def test_layers_below_the_cam_layer_run_as_a_frozen_graph_with_the_same_results(
     assert gradcam_target_layer(frozen.model, arch) is frozen._target_layer
     images = [xray_8bit(), xray_16bit(), xray_8bit(60, 90)]
     for batch in (images[:1], images):
-        for a, b in zip(eager.predict(batch, cam_classes=[CLASSES[1]] * len(batch)),
-                        frozen.predict(batch, cam_classes=[CLASSES[1]] * len(batch)), strict=True):
+        for a, b in zip(
+            eager.predict(batch, cam_classes=[CLASSES[1]] * len(batch)),
+            frozen.predict(batch, cam_classes=[CLASSES[1]] * len(batch)),
+            strict=True,
+        ):
             assert a.label == b.label
             assert [a.probabilities[c] for c in CLASSES] == pytest.approx(
-                [b.probabilities[c] for c in CLASSES], abs=1e-5)
+                [b.probabilities[c] for c in CLASSES], abs=1e-5
+            )
             assert np.allclose(a.cam, b.cam, atol=1e-3)
     layer = frozen._target_layer
     for _ in range(3):
@@ -133,8 +137,9 @@ def test_a_frozen_graph_that_is_slower_or_fails_leaves_the_model_eager(
 
     # Timed in turns, eager first: the graph a tenth slower in every round.
     calls = iter(range(1000))
-    monkeypatch.setattr(speedups, "_timed_call",
-                        lambda model, x: 1.0 if next(calls) % 2 == 0 else 1.1)
+    monkeypatch.setattr(
+        speedups, "_timed_call", lambda model, x: 1.0 if next(calls) % 2 == 0 else 1.1
+    )
     model = fresh_model("resnet18")
     blocks = len(model.layer4)
     predictor = cpu_predictor(model)

@@ -321,5 +321,3 @@ def test_fit_takes_a_plain_sample_list_with_class_names(folder, tmp_path) -> Non
 
 
 # --- configuration ---------------------------------------------------------------------------------
-
-

@@ -34,8 +34,9 @@ BASE = dict(arch="mobilenet_v2", strategy="full", epochs=2, batch_size=4, input_
 
 
 def _config(**changes: Any) -> TrainConfig:
-    return TrainConfig(**{**BASE, "lr": 1e-3, "device": "cpu", "early_stopping_patience": None,
-                          **changes})
+    return TrainConfig(
+        **{**BASE, "lr": 1e-3, "device": "cpu", "early_stopping_patience": None, **changes}
+    )
 
 
 def _epoch(batches) -> tuple[list[torch.Tensor], list[int]]:
@@ -106,8 +107,10 @@ def test_fit_on_the_cpu_gives_the_same_weights_twice_for_a_seed(folder, tmp_path
             checkpoint_path=tmp_path / name,
         )
         state, _ = load_weights_file(result.checkpoint_path)
-        history = [{k: v for k, v in row.items() if "seconds" not in k and "per_s" not in k}
-                   for row in result.history]
+        history = [
+            {k: v for k, v in row.items() if "seconds" not in k and "per_s" not in k}
+            for row in result.history
+        ]
         return history, state
 
     history, state = run(3, "a.pt")

@@ -98,5 +98,3 @@ def test_a_class_folder_without_readable_images_is_named(tmp_path: Path) -> None
 
 
 # --- loading -----------------------------------------------------------------------------------
-
-

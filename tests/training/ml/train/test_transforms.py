@@ -121,8 +121,14 @@ def test_images_are_read_at_four_times_the_input_and_never_below_the_overlay() -
 
 @pytest.mark.parametrize(
     ("size", "long_side", "scale"),
-    [((2500, 2048), 1024, 2), ((4100, 3000), 1024, 4), ((2047, 900), 1024, 1),
-     ((900, 2100), 256, 8), ((2500, 2048), 1, 8), ((300, 200), 1024, 1)],
+    [
+        ((2500, 2048), 1024, 2),
+        ((4100, 3000), 1024, 4),
+        ((2047, 900), 1024, 1),
+        ((900, 2100), 256, 8),
+        ((2500, 2048), 1, 8),
+        ((300, 200), 1024, 1),
+    ],
 )
 def test_a_jpeg_is_reduced_by_the_decoder_as_far_as_the_long_side_allows(
     size: tuple[int, int], long_side: int, scale: int
