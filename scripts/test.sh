@@ -76,4 +76,11 @@ export SECRET_KEY="${SECRET_KEY:-test-only-secret-key}"
 export CXR_TEST_ARTIFACTS="${CXR_TEST_ARTIFACTS:-$PWD/test-artifacts}"
 echo "test.sh: database $DATABASE_URL, broker $CXR_TEST_BROKER_URL, screenshots in $CXR_TEST_ARTIFACTS"
 
+# The habits that keep the code as it is laid out (docs/architecture.md): lint with the complexity
+# limits, one formatting, and types on the core, the services, dispatch and the worker.
+echo "test.sh: ruff check, ruff format --check, mypy"
+.venv/bin/ruff check --quiet .
+.venv/bin/ruff format --check --quiet .
+"$PY" -m mypy
+
 "$PY" -m pytest "$@"
