@@ -55,7 +55,7 @@ WEB_BUCKETS: list[tuple[str, str, str]] = [
     ("    _image_create", "_image_create", "diagnosis/services/uploads.py"),
     ("    storage save", "save", "django/core/files/storage"),
     ("  on_commit -> send_task (dispatch)", "send_task", "celery/app/base.py"),
-    ("  study_json", "study_json", "diagnosis/api.py"),
+    ("  study_json", "study_json", "diagnosis/api_json.py"),
     ("PredictionDetail.get", "PredictionDetail.get", "diagnosis/api.py"),
     ("PredictionFile.get (heatmap)", "PredictionFile.get", "diagnosis/api.py"),
     ("SQL execute (all)", "execute", "django/db/backends/utils.py"),

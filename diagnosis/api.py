@@ -17,7 +17,8 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from cxrweb.audit.models import AuditEvent
 from cxrweb.audit.services import audit
 from cxrweb.responses import StoredFileUnreadable, bad_request_body, private_file_response
-from diagnosis import results, selectors, services
+from diagnosis import selectors, services
+from diagnosis.api_json import prediction_json, reading_json, study_json
 from diagnosis.audit import audit_upload, audit_upload_rejected, audit_view
 from diagnosis.forms import StudyUploadForm
 from diagnosis.models import Prediction, Reading, Study
@@ -49,79 +50,6 @@ def exception_handler(exc, context):
     if isinstance(exc, SuspiciousOperation):  # too many fields or files, a malformed request
         return Response(bad_request_body(exc), status=status.HTTP_400_BAD_REQUEST)
     return None
-
-
-# The prediction's two pictures, by the URL name each JSON field links to. "overlay": the X-ray
-# with the colour map blended in; "heatmap layer": the transparent colour map alone. The last
-# two are v1's names (heatmap.png was the overlay, cam.png the layer), kept for the clients that
-# read them and deprecated.
-PREDICTION_FILE_URLS = {
-    "overlay_url": "api:prediction-overlay",
-    "heatmap_layer_url": "api:prediction-heatmap-layer",
-    "heatmap_url": "api:deprecated-heatmap-png",
-    "cam_url": "api:deprecated-cam-png",
-}
-
-
-def prediction_json(prediction: Prediction, request) -> dict:
-    version = prediction.model_version
-    files = dict.fromkeys(PREDICTION_FILE_URLS)  # None until the files exist
-    if prediction.status == Prediction.Status.DONE:
-        for key, name in PREDICTION_FILE_URLS.items():
-            files[key] = request.build_absolute_uri(reverse(name, args=[prediction.pk]))
-    return {
-        "id": prediction.pk,
-        "url": request.build_absolute_uri(reverse("api:prediction", args=[prediction.pk])),
-        "status": prediction.status,
-        "message": prediction.status_message,
-        "model_version": version.name if version else None,
-        "model_version_id": version.pk if version else None,
-        "architecture": version.architecture if version else None,
-        "label": prediction.label or None,
-        "probabilities": prediction.ordered_probabilities,
-        "cam_class": prediction.cam_class or None,
-        "cam_method": prediction.cam_method or None,
-        **files,
-        "error": prediction.error or None,
-        "image_id": prediction.image_id,
-        "study_id": prediction.image.study_id,
-        "queued_at": prediction.queued_at,
-        "started_at": prediction.started_at,
-        "finished_at": prediction.finished_at,
-        "compute_ms": prediction.compute_ms,
-        "device": prediction.device or None,
-    }
-
-
-def study_json(
-    study: Study, request, *, images: list | None = None, predictions: list | None = None
-) -> dict:
-    """A study with its images and predictions (queried unless the caller has them)."""
-    images = list(study.images.all()) if images is None else images
-    predictions = selectors.study_predictions(study) if predictions is None else predictions
-    return {
-        "id": study.pk,
-        "url": request.build_absolute_uri(study.get_absolute_url()),
-        "patient_id": study.patient.mrn,
-        "accession_number": study.accession_number,
-        "study_date": study.study_date,
-        "view": study.view,
-        "priority": study.get_priority_display(),
-        "images": [
-            {
-                "id": image.pk,
-                "format": image.format,
-                "width": image.width,
-                "height": image.height,
-                "sha256": image.sha256,
-                "duplicate_of_image": image.duplicate_of_id,
-            }
-            for image in images
-        ],
-        "predictions": [prediction_json(p, request) for p in predictions],
-        # The study's one result (diagnosis.results.study_result): what every surface shows.
-        "result": results.study_result(predictions).as_dict(),
-    }
 
 
 def _prediction_or_404(pk: int, selector=selectors.prediction_for_api) -> Prediction:
@@ -246,22 +174,6 @@ class StudyDetail(APIView):
             detail={"via": "api"},
         )
         return Response(study_json(study, request))
-
-
-def reading_json(reading: Reading, request) -> dict:
-    return {
-        "id": reading.pk,
-        "study_id": reading.study_id,
-        "label": reading.final_label,
-        "agree": reading.agrees_with_model,
-        "notes": reading.notes,
-        "prediction_ids": list(reading.prediction_ids),
-        "model_version": reading.model_version.name if reading.model_version_id else None,
-        "radiologist": reading.radiologist.get_username(),
-        "amends": reading.amends_id,
-        "signed_at": reading.signed_at,
-        "study_url": request.build_absolute_uri(reverse("api:study", args=[reading.study_id])),
-    }
 
 
 class StudyReadings(APIView):
