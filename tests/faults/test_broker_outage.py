@@ -13,7 +13,8 @@ from collections import Counter
 
 import pytest
 
-from tests.faults.conftest import TIMINGS, png
+from tests.faults.client import png
+from tests.faults.config import TIMINGS
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from tests.conftest import wait_for
-from tests.faults.conftest import png
+from tests.faults.client import png
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

@@ -11,7 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.conftest import wait_for
-from tests.faults.conftest import TIMINGS, png
+from tests.faults.client import png
+from tests.faults.config import TIMINGS
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

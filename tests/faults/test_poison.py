@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from tests.faults.conftest import TIMINGS, png
+from tests.faults.client import png
+from tests.faults.config import TIMINGS
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

@@ -8,7 +8,9 @@ import re
 
 import pytest
 
-from tests.faults.conftest import CLASSES, png, wait_for
+from tests.conftest import wait_for
+from tests.faults.client import png
+from tests.faults.config import CLASSES
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

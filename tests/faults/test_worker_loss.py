@@ -20,15 +20,11 @@ import time
 
 import pytest
 
-from tests.faults.conftest import (
-    TIMINGS,
-    assert_heatmap_fetchable,
-    catch_mid_flight,
-    freeze_when_running,
-    pid_alive,
-    png,
-    wait_for,
-)
+from tests.conftest import wait_for
+from tests.faults.client import png
+from tests.faults.config import TIMINGS
+from tests.faults.midflight import assert_heatmap_fetchable, catch_mid_flight, freeze_when_running
+from tests.faults.processes import pid_alive
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
