@@ -962,7 +962,7 @@ def test_the_training_pages_never_import_torch():
         text=True,
         env=env,
         timeout=180,
-        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))),
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "HEAVY: []" in proc.stdout

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.training.test_views import make_dataset, make_evaluation, make_metrics, second_version
+from tests.training.views.test_views import (
+    make_dataset,
+    make_evaluation,
+    make_metrics,
+    second_version,
+)
 from training.views.compare import compare_rows
 
 pytestmark = pytest.mark.django_db
