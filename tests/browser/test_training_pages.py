@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.browser.conftest import sign_in
-from tests.training.test_views import make_dataset, make_evaluation, make_run, second_version
+from tests.training.views.conftest import make_dataset, make_evaluation, make_run, second_version
 from training.models import Dataset, ModelPromotion, ModelVersion, TrainingRun
 from training.services import model_version_promote
 

@@ -11,7 +11,7 @@ import pytest
 from diagnosis.models import Patient, Study
 from tests import imagegen
 from tests.browser.conftest import sign_in
-from tests.training.test_views import make_dataset, make_run
+from tests.training.views.conftest import make_dataset, make_run
 from training.models import TrainingRun
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.django_db(transaction=True)]

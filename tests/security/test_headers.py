@@ -9,7 +9,7 @@ import pytest
 from django.urls import reverse
 
 from tests.diagnosis import test_workspace_views
-from tests.training.test_views import make_dataset, make_run
+from tests.training.views.conftest import make_dataset, make_run
 from training.models import TrainingRun
 
 study = test_workspace_views.study  # the fixture: a study the model has read

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.training.test_views import make_dataset, make_evaluation
+from tests.training.views.conftest import make_dataset, make_evaluation
 from training.models import Evaluation
 
 pytestmark = pytest.mark.django_db
