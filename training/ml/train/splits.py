@@ -4,10 +4,8 @@ so the web app can store a split and evaluate every run on the same test images)
 from __future__ import annotations
 
 import os
-import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -18,7 +16,6 @@ __all__ = [
     "check_split",
     "duplicate_group_ids",
     "duplicates_by_hash",
-    "group_ids_by_pattern",
     "stratified_split",
 ]
 
@@ -50,23 +47,6 @@ def duplicate_group_ids(num_samples: int, groups: Iterable[Sequence[int]]) -> li
         leader = min(members)
         for index in members:
             ids[index] = f"s{leader}"
-    return ids
-
-
-def group_ids_by_pattern(samples: Sequence[tuple[str, int]], pattern: str) -> list[str]:
-    """Group ids from file names, e.g. ``r"^(person\\d+)_"`` for one id per patient.
-
-    The regex is searched in the file name (not the folder); its first group (or the whole match)
-    is the id. Files that do not match get an id of their own.
-    """
-    regex = re.compile(pattern)
-    ids = []
-    for index, (rel, _) in enumerate(samples):
-        match = regex.search(Path(rel).name)
-        if match is None:
-            ids.append(f"\0{index}")
-        else:
-            ids.append(match.group(1) if regex.groups else match.group(0))
     return ids
 
 
