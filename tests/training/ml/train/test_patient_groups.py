@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests import imagegen
-from tests.training.ml.imagefolders import encode, square_image
+from tests.training.ml.imagefolders import encode, make_patient_folder, square_image
 from training.ml.train.patient_groups import (
     GroupingError,
     compile_patient_patterns,
@@ -99,28 +99,8 @@ def test_groups_join_samples_that_share_any_key_transitively() -> None:
     assert len({ids[0], ids[1], ids[3]}) == 3
 
 
-def _patient_folder(root: Path) -> Path:
-    """Two classes, 30 patients each with 1 to 4 images, some unmatched, one duplicate."""
-    for label, name in enumerate(["NORMAL", "PNEUMONIA"]):
-        folder = root / name
-        folder.mkdir(parents=True)
-        for patient in range(30):
-            for view in range(1 + patient % 4):
-                seed = label * 10_000 + patient * 10 + view
-                data = encode(square_image(label, seed=seed), "PNG")
-                (folder / f"person{label}{patient:02d}_{view}.png").write_bytes(data)
-        for extra in range(5):
-            data = encode(square_image(label, seed=90_000 + label * 10 + extra), "PNG")
-            (folder / f"other_{extra}.png").write_bytes(data)
-    # The same file under an unmatched name joins person000's group.
-    (root / "NORMAL" / "other_copy.png").write_bytes(
-        (root / "NORMAL" / "person000_0.png").read_bytes()
-    )
-    return root
-
-
 def test_a_grouped_split_of_a_folder_keeps_every_patient_in_one_split(tmp_path: Path) -> None:
-    scan = scan_image_folder(_patient_folder(tmp_path))
+    scan = scan_image_folder(make_patient_folder(tmp_path))
     paths = [rel for rel, _ in scan.samples]
     duplicates = duplicate_group_ids(
         len(paths), duplicates_by_hash(scan.root, scan.samples, hashes=scan.sha256)
