@@ -8,9 +8,17 @@ from typing import Any
 from django import forms
 
 from training.ml.train.config import ARCHITECTURE_NAMES, DEFAULT_LR
+from training.ml.train.patient_groups import (
+    GroupingError,
+    compile_patient_patterns,
+    parse_groups_csv,
+)
 from training.models import Dataset, ModelVersion
 
 ARCHITECTURES: tuple[str, ...] = ARCHITECTURE_NAMES
+
+#: A groups CSV uploaded through the form (one short line per image: ~1 million images).
+GROUPS_CSV_MAX_BYTES = 64 * 2**20
 
 STRATEGY_CHOICES = [
     (
@@ -85,6 +93,55 @@ class DatasetRegisterForm(forms.Form):
         initial=0.15,
         widget=forms.NumberInput(attrs={"step": "0.01"}),
     )
+    group_patterns = forms.CharField(
+        label="Patient group patterns",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2, "spellcheck": "false", "class": "mono"}),
+        help_text=(
+            "One regex per line with a group named patient, searched in each image's path "
+            r"inside the folder, e.g. person(?P<patient>\d+)_ and (?P<patient>IM-\d+)-. A "
+            "patient's images then stay in one split; images that match no line are their own "
+            "patient. DICOM files are grouped by their PatientID without it."
+        ),
+    )
+    groups_csv = forms.FileField(
+        label="Or a patient groups CSV",
+        required=False,
+        help_text="Rows of path,patient (a header is optional), paths relative to the folder.",
+    )
+
+    def clean_group_patterns(self) -> list[str]:
+        lines = [line.strip() for line in self.cleaned_data["group_patterns"].splitlines()]
+        patterns = [line for line in lines if line]
+        try:
+            compile_patient_patterns(patterns)
+        except GroupingError as exc:
+            raise forms.ValidationError(str(exc)) from exc
+        return patterns
+
+    def clean_groups_csv(self) -> str | None:
+        upload = self.cleaned_data["groups_csv"]
+        if upload is None:
+            return None
+        if upload.size > GROUPS_CSV_MAX_BYTES:
+            raise forms.ValidationError(
+                f"The groups CSV is over {GROUPS_CSV_MAX_BYTES // 2**20} MB: register the folder "
+                "with manage.py register_dataset --groups instead."
+            )
+        try:
+            text = upload.read().decode("utf-8-sig")
+            parse_groups_csv(text)
+        except UnicodeDecodeError as exc:
+            raise forms.ValidationError("The groups CSV must be UTF-8 text.") from exc
+        except GroupingError as exc:
+            raise forms.ValidationError(str(exc)) from exc
+        return text
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if cleaned.get("group_patterns") and cleaned.get("groups_csv"):
+            raise forms.ValidationError("Give patient group patterns or a groups CSV, not both.")
+        return cleaned
 
 
 class TrainingRunForm(forms.Form):

@@ -185,6 +185,24 @@ class Dataset(models.Model):
     split_seed = models.IntegerField(default=0)
     val_fraction = models.FloatField(default=0.15)
     test_fraction = models.FloatField(default=0.15)
+    # What keeps a patient's images in one split (training.ml.train.patient_groups): the given
+    # patterns or CSV rows, and what the stored split used.
+    group_patterns = models.JSONField(
+        default=list, blank=True, help_text="regexes with a named group 'patient'"
+    )
+    group_csv = models.JSONField(
+        default=list, blank=True, help_text="[line, path, patient] rows of the groups CSV"
+    )
+    grouping = models.CharField(
+        max_length=80,
+        blank=True,
+        help_text='what the split grouped by: "pattern", "csv", "dicom PatientID", or "" (none)',
+    )
+    group_stats = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="per split: images, patients, images per patient; the file-name hint",
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -195,6 +213,19 @@ class Dataset(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def split_patient_rows(self) -> list[dict[str, object]]:
+        """Per split, in order: images, patients and images per patient, as the scan stored them."""
+        splits = (self.group_stats or {}).get("splits") or {}
+        return [
+            {"split": name, **splits[name]} for name in ("train", "val", "test") if name in splits
+        ]
+
+    @property
+    def name_hint(self) -> str:
+        """Why the file names look like several images per patient, when no grouping was given."""
+        return str((self.group_stats or {}).get("name_hint") or "")
 
     @property
     def size(self) -> int:

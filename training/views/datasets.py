@@ -20,7 +20,7 @@ from training.views.common import POLL_MS, fragment
 @require_http_methods(["GET", "POST"])
 @model_admin_required
 def dataset_list(request):
-    form = DatasetRegisterForm(request.POST or None)
+    form = DatasetRegisterForm(request.POST or None, request.FILES or None)
     if request.method == "POST":
         if form.is_valid():
             d = form.cleaned_data
@@ -33,6 +33,8 @@ def dataset_list(request):
                     val_fraction=d["val_fraction"],
                     test_fraction=d["test_fraction"],
                     scan_now=False,
+                    group_patterns=d["group_patterns"],
+                    groups_csv=d["groups_csv"],
                 )
             except DatasetRejected as exc:
                 form.add_error(None, str(exc))
@@ -59,6 +61,7 @@ def _dataset_context(dataset: Dataset) -> dict[str, Any]:
         "dataset": dataset,
         "class_rows": selectors.dataset_class_table(dataset),
         "split_counts": dataset.split_counts(),
+        "patient_rows": dataset.split_patient_rows,
         "formats": (dataset.scan or {}).get("formats") or {},
         "skipped": (dataset.scan or {}).get("skipped") or [],
         "pending": dataset.status == Dataset.Status.SCANNING,

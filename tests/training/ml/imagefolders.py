@@ -46,3 +46,24 @@ def make_folder(root: Path, per_class: int = 12, *, size: int = 24, seed: int = 
             suffix = "png" if fmt == "PNG" else "jpg"
             (folder / f"img_{i:03d}.{suffix}").write_bytes(encode(image, fmt))
     return root
+
+
+def make_patient_folder(root: Path) -> Path:
+    """NORMAL and PNEUMONIA, 30 patients each with 1 to 4 images (``person<label><nn>_<view>.png``),
+    5 unmatched names per class (``other_<n>.png``) and a copy of ``NORMAL/person000_0.png``."""
+    for label, name in enumerate(["NORMAL", "PNEUMONIA"]):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for patient in range(30):
+            for view in range(1 + patient % 4):
+                seed = label * 10_000 + patient * 10 + view
+                data = encode(square_image(label, seed=seed), "PNG")
+                (folder / f"person{label}{patient:02d}_{view}.png").write_bytes(data)
+        for extra in range(5):
+            data = encode(square_image(label, seed=90_000 + label * 10 + extra), "PNG")
+            (folder / f"other_{extra}.png").write_bytes(data)
+    # The same file under an unmatched name joins person000's group.
+    (root / "NORMAL" / "other_copy.png").write_bytes(
+        (root / "NORMAL" / "person000_0.png").read_bytes()
+    )
+    return root

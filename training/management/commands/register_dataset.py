@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 from django.core.management.base import BaseCommand, CommandError
 
 from training.models import Dataset
@@ -19,11 +21,40 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--val", type=float, default=0.15, help="validation fraction")
         parser.add_argument("--test", type=float, default=0.15, help="test fraction")
+        grouping = parser.add_mutually_exclusive_group()
+        grouping.add_argument(
+            "--group-pattern",
+            action="append",
+            default=[],
+            dest="group_patterns",
+            metavar="REGEX",
+            help=(
+                "a regex with a named group 'patient', searched in each image's path relative "
+                r"to the folder, e.g. 'person(?P<patient>\d+)_'; a patient's images stay in one "
+                "split. Repeat it for several naming schemes; images that match none are their "
+                "own patient."
+            ),
+        )
+        grouping.add_argument(
+            "--groups",
+            metavar="FILE.csv",
+            help="a CSV of path,patient (header optional; paths relative to the folder)",
+        )
 
-    def handle(self, *args, name, path, seed, val, test, **options):
+    def handle(self, *args, name, path, seed, val, test, group_patterns, groups, **options):
+        try:
+            groups_csv = Path(groups).read_text(encoding="utf-8-sig") if groups else None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CommandError(f"Cannot read the groups CSV {groups}: {exc}") from exc
         try:
             dataset = dataset_register(
-                name=name, root=path, seed=seed, val_fraction=val, test_fraction=test
+                name=name,
+                root=path,
+                seed=seed,
+                val_fraction=val,
+                test_fraction=test,
+                group_patterns=group_patterns,
+                groups_csv=groups_csv,
             )
         except DatasetRejected as exc:
             raise CommandError(str(exc)) from exc
@@ -37,6 +68,7 @@ class Command(BaseCommand):
                 f"split {split}."
             )
         )
+        self._write_groups(dataset)
         if dataset.unreadable:
             self.stdout.write(
                 self.style.WARNING(f"{len(dataset.unreadable)} unreadable file(s), left out:")
@@ -52,3 +84,18 @@ class Command(BaseCommand):
             )
             for rel in outside[:50]:
                 self.stdout.write(f"  {rel}")
+
+    def _write_groups(self, dataset: Dataset) -> None:
+        for row in dataset.split_patient_rows:
+            self.stdout.write(
+                f"  {row['split']}: {row['images']} images, {row['patients']} patients "
+                f"({row['images_per_patient_mean']} images per patient, at most "
+                f"{row['images_per_patient_max']})"
+            )
+        if dataset.grouping:
+            unmatched = (dataset.group_stats or {}).get("unmatched") or 0
+            self.stdout.write(
+                f"Grouped by {dataset.grouping}; {unmatched} image(s) matched no patient."
+            )
+        elif dataset.name_hint:
+            self.stdout.write(self.style.WARNING(dataset.name_hint))

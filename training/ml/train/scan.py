@@ -77,6 +77,9 @@ class FolderScan:
     sha256: list[str] = field(default_factory=list)
     verified: bool = True
     outside: list[str] = field(default_factory=list)
+    #: The DICOM PatientID of each sample ("" for PNG, JPEG, or no PatientID), aligned with
+    #: ``samples`` when the scan decoded the files (``verify=True``), else empty.
+    patient_ids: list[str] = field(default_factory=list)
 
     @property
     def labels(self) -> list[int]:
@@ -94,6 +97,7 @@ class FolderScan:
             "sha256": list(self.sha256),
             "verified": self.verified,
             "outside": list(self.outside),
+            "patient_ids": list(self.patient_ids),
         }
 
     @classmethod
@@ -109,6 +113,7 @@ class FolderScan:
             sha256=[str(h) for h in d.get("sha256", [])],
             verified=bool(d.get("verified", True)),
             outside=[str(p) for p in d.get("outside", [])],
+            patient_ids=[str(p) for p in d.get("patient_ids", [])],
         )
 
 
@@ -202,20 +207,22 @@ def scan_image_folder(
     samples: list[tuple[str, int]] = []
     unreadable: list[tuple[str, str]] = []
     hashes: list[str] = []
+    patient_ids: list[str] = []
     formats: Counter[str] = Counter()
     for done, (rel, label) in enumerate(files, start=1):
-        kind, detail, digest = _check_file(
+        checked = _check_file(
             root_path / rel, verify=verify, max_bytes=max_bytes, max_pixels=max_pixels
         )
-        if kind == "skipped":
+        if checked.kind == "skipped":
             skipped.append(rel)
-        elif kind == "unreadable":
-            unreadable.append((rel, detail))
+        elif checked.kind == "unreadable":
+            unreadable.append((rel, checked.detail))
         else:
-            formats[detail] += 1
+            formats[checked.detail] += 1
             samples.append((rel, label))
-            if digest is not None:
-                hashes.append(digest)
+            if checked.sha256 is not None:
+                hashes.append(checked.sha256)
+                patient_ids.append(checked.patient_id)
         if progress is not None:
             progress(done, len(files))
 
@@ -237,6 +244,7 @@ def scan_image_folder(
         sha256=hashes,
         verified=verify,
         outside=outside,
+        patient_ids=patient_ids,
     )
 
 
@@ -317,10 +325,18 @@ def _check_every_class_has_images(
     )
 
 
-def _check_file(
-    path: Path, *, verify: bool, max_bytes: int, max_pixels: int
-) -> tuple[str, str, str | None]:
-    """("image", format, sha256 or None) | ("skipped", "", None) | ("unreadable", reason, None)."""
+@dataclass(frozen=True)
+class _Checked:
+    """What :func:`_check_file` found: kind "image" (detail: the format; sha256 and the DICOM
+    PatientID when the file was read whole), "skipped" or "unreadable" (detail: why)."""
+
+    kind: str
+    detail: str = ""
+    sha256: str | None = None
+    patient_id: str = ""
+
+
+def _check_file(path: Path, *, verify: bool, max_bytes: int, max_pixels: int) -> _Checked:
     try:
         if verify:
             data = path.read_bytes()
@@ -329,17 +345,18 @@ def _check_file(
             with open(path, "rb") as f:
                 fmt = sniff_format(f.read(_SNIFF_BYTES))
     except OSError as exc:
-        return "unreadable", f"cannot be read: {exc.strerror or exc}", None
+        return _Checked("unreadable", f"cannot be read: {exc.strerror or exc}")
     if fmt is None:
-        return "skipped", "", None
+        return _Checked("skipped")
     if not verify:
-        return "image", fmt, None
+        return _Checked("image", fmt)
     try:
         # Checked as uploads are: an 8-bit grayscale JPEG at an eighth of its size.
-        decode_upload(data, max_bytes=max_bytes, max_pixels=max_pixels, check_only=True)
+        decoded = decode_upload(data, max_bytes=max_bytes, max_pixels=max_pixels, check_only=True)
     except UploadRejected as exc:
-        return "unreadable", str(exc), None
-    return "image", fmt, _sha256_bytes(data)
+        return _Checked("unreadable", str(exc))
+    patient_id = decoded.dicom.patient_id if decoded.dicom is not None else ""
+    return _Checked("image", fmt, _sha256_bytes(data), patient_id)
 
 
 def _relative(root: Path, path: Path) -> str:

@@ -4,21 +4,22 @@ so the web app can store a split and evaluate every run on the same test images)
 from __future__ import annotations
 
 import os
-import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..models.checkpoint import file_sha256
-from .scan import SPLITS, DatasetError, dataset_file
+from .patient_groups import patient_ids_by_patterns, patient_ids_from_csv, union_group_ids
+from .scan import SPLITS, DatasetError, FolderScan, dataset_file
 
 __all__ = [
+    "ScanGroups",
     "check_split",
     "duplicate_group_ids",
     "duplicates_by_hash",
-    "group_ids_by_pattern",
+    "scan_groups",
     "stratified_split",
 ]
 
@@ -53,21 +54,47 @@ def duplicate_group_ids(num_samples: int, groups: Iterable[Sequence[int]]) -> li
     return ids
 
 
-def group_ids_by_pattern(samples: Sequence[tuple[str, int]], pattern: str) -> list[str]:
-    """Group ids from file names, e.g. ``r"^(person\\d+)_"`` for one id per patient.
+@dataclass(frozen=True)
+class ScanGroups:
+    """What :func:`scan_groups` found: one group id per sample, the sources of patient ids that
+    were used (``"pattern"``, ``"csv"``, ``"dicom PatientID"``; empty: none), and how many samples
+    no source named a patient for (each its own group, unless a duplicate)."""
 
-    The regex is searched in the file name (not the folder); its first group (or the whole match)
-    is the id. Files that do not match get an id of their own.
-    """
-    regex = re.compile(pattern)
-    ids = []
-    for index, (rel, _) in enumerate(samples):
-        match = regex.search(Path(rel).name)
-        if match is None:
-            ids.append(f"\0{index}")
-        else:
-            ids.append(match.group(1) if regex.groups else match.group(0))
-    return ids
+    group_ids: list[str]
+    used: list[str]
+    unmatched: int
+
+
+def scan_groups(
+    scan: FolderScan,
+    *,
+    patterns: Sequence[str] = (),
+    csv_rows: Iterable[Sequence[object]] = (),
+) -> ScanGroups:
+    """Group ids for :func:`stratified_split`: a patient's images (named by the patterns, the CSV
+    rows or the DICOM PatientID the scan read) and identical files share a group."""
+    paths = [rel for rel, _ in scan.samples]
+    keys: list[Sequence[str | None]] = [
+        duplicate_group_ids(
+            len(paths), duplicates_by_hash(scan.root, scan.samples, hashes=scan.sha256)
+        )
+    ]
+    patients: list[list[str | None]] = []
+    used: list[str] = []
+    if patterns:
+        patients.append(patient_ids_by_patterns(paths, patterns))
+        used.append("pattern")
+    csv_rows = list(csv_rows)
+    if csv_rows:
+        known = {rel for rel, _ in scan.unreadable} | set(scan.skipped)
+        patients.append(patient_ids_from_csv(paths, csv_rows, known=known))
+        used.append("csv")
+    dicom = [patient_id or None for patient_id in scan.patient_ids]
+    if any(dicom):
+        patients.append(dicom)
+        used.append("dicom PatientID")
+    unmatched = sum(all(ids[i] is None for ids in patients) for i in range(len(paths)))
+    return ScanGroups(union_group_ids(len(paths), *keys, *patients), used, unmatched)
 
 
 # --------------------------------------------------------------------------------------------------

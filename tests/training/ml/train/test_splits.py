@@ -13,7 +13,6 @@ from training.ml.train.splits import (
     check_split,
     duplicate_group_ids,
     duplicates_by_hash,
-    group_ids_by_pattern,
     stratified_split,
 )
 
@@ -133,21 +132,6 @@ def test_duplicate_files_are_found_and_kept_in_one_split(tmp_path: Path) -> None
         split = stratified_split(scan.labels, seed=seed, group_ids=ids)
         parts = {part for part, idx in split.items() for i in idx if i in groups[0]}
         assert len(parts) == 1
-
-
-def test_group_ids_by_pattern_groups_a_patients_images() -> None:
-    samples = [
-        ("PNEUMONIA/person1_bacteria_1.jpeg", 1),
-        ("PNEUMONIA/person1_virus_7.jpeg", 1),
-        ("PNEUMONIA/person22_bacteria_3.jpeg", 1),
-        ("NORMAL/IM-0001.jpeg", 0),
-    ]
-
-    ids = group_ids_by_pattern(samples, r"^(person\d+)_")
-
-    assert ids[0] == ids[1] == "person1"
-    assert ids[2] == "person22"
-    assert ids[3] not in ids[:3]
 
 
 def test_check_split_refuses_overlap_out_of_range_and_an_empty_val() -> None:
