@@ -122,3 +122,21 @@ def latest_evaluation(
         if found is not None:
             return found
     return None
+
+
+def evaluation_data(evaluation: Evaluation) -> dict[str, Any]:
+    """A done evaluation as one JSON-ready object: what was evaluated, then its stored metrics
+    (``n``, ``accuracy``, ``balanced_accuracy``, ``macro_auc``, ``ece``, ``per_class`` with each
+    class's ``sensitivity``, ``specificity`` and ``auc``, ...).
+
+    ``ood`` is None: predictions have no out-of-distribution score yet (issue #23, item 5); it
+    will hold ``{"flagged_share", ...}`` once they do.
+    """
+    return {
+        "evaluation": evaluation.pk,
+        "version": evaluation.model_version.name,
+        "dataset": evaluation.dataset.name,
+        "split": evaluation.split,
+        **evaluation.metrics,
+        "ood": None,
+    }

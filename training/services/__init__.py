@@ -5,7 +5,13 @@ or a management command, never from a web request."""
 from __future__ import annotations
 
 from training.services.datasets import DatasetRejected, dataset_register, dataset_scan
-from training.services.evaluations import evaluation_create, evaluation_execute
+from training.services.evaluations import (
+    EvaluationResult,
+    evaluation_create,
+    evaluation_execute,
+    evaluation_predictions_write,
+    evaluation_run,
+)
 from training.services.registry import (
     ModelImportError,
     model_version_import,
@@ -21,12 +27,15 @@ from training.services.runs import (
 
 __all__ = [
     "DatasetRejected",
+    "EvaluationResult",
     "ModelImportError",
     "TrainingRejected",
     "dataset_register",
     "dataset_scan",
     "evaluation_create",
     "evaluation_execute",
+    "evaluation_predictions_write",
+    "evaluation_run",
     "model_version_import",
     "model_version_promote",
     "training_run_cancel",

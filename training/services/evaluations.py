@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import csv
 import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TextIO
 
 from django.utils import timezone
 
+from cxrweb.responses import csv_cell
 from training.dispatch import evaluation_enqueue_on_commit
 from training.models import Dataset, Evaluation, ModelVersion
 from training.services.datasets import DatasetRejected, dataset_folder
 from training.services.plots import save_result_plots
+
+if TYPE_CHECKING:
+    from training.ml.train.evaluate import SamplePredictions
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +46,39 @@ def evaluation_create(
     return evaluation
 
 
+@dataclass(frozen=True)
+class EvaluationResult:
+    """A finished (done or failed) evaluation and, when it is done, what the model said about each
+    image in that same pass."""
+
+    evaluation: Evaluation
+    predictions: SamplePredictions | None
+
+
 def evaluation_execute(
     *, evaluation_id: int, progress=None, skip_unknown: bool = False
 ) -> Evaluation | None:
     """Evaluate on the stored split: the same images for every version (compare fairly)."""
+    result = _evaluate(evaluation_id, progress=progress, skip_unknown=skip_unknown)
+    return result.evaluation if result is not None else None
+
+
+def evaluation_run(
+    *, version: ModelVersion, dataset: Dataset, split: str = "test", skip_unknown: bool = False
+) -> EvaluationResult:
+    """Evaluate here and now (a command): the stored Evaluation and the per-image predictions
+    its metrics were computed from."""
+    evaluation = evaluation_create(
+        version=version, dataset=dataset, split=split, enqueue=False, skip_unknown=skip_unknown
+    )
+    result = _evaluate(evaluation.pk, skip_unknown=skip_unknown)
+    assert result is not None  # created queued just above: nothing else can have claimed it
+    return result
+
+
+def _evaluate(
+    evaluation_id: int, *, progress=None, skip_unknown: bool = False
+) -> EvaluationResult | None:
     from training.ml.errors import MLError
     from training.ml.models.checkpoint import file_sha256
     from training.ml.train.evaluate import evaluate_checkpoint
@@ -84,12 +120,14 @@ def evaluation_execute(
             path, dataset_folder(dataset), samples, indices, dataset_classes, progress=progress
         )
     except (MLError, FileNotFoundError, DatasetRejected) as exc:
-        return _fail(evaluation, str(exc))
+        return EvaluationResult(_fail(evaluation, str(exc)), None)
     except Exception as exc:  # noqa: BLE001
         logger.exception("evaluation %s failed", evaluation.pk)
-        return _fail(evaluation, f"{type(exc).__name__}: {exc}")
+        return EvaluationResult(_fail(evaluation, f"{type(exc).__name__}: {exc}"), None)
     if out["metrics"] is None:
-        return _fail(evaluation, "No image of that split could be evaluated.")
+        return EvaluationResult(
+            _fail(evaluation, "No image of that split could be evaluated."), None
+        )
     evaluation.metrics = {**out["metrics"], "skipped_classes": unknown if skip_unknown else []}
     evaluation.curves = {"roc": out["roc"], "reliability": out["reliability"]}
     save_result_plots(
@@ -98,7 +136,35 @@ def evaluation_execute(
     evaluation.status = Evaluation.Status.DONE
     evaluation.finished_at = timezone.now()
     evaluation.save()
-    return evaluation
+    return EvaluationResult(evaluation, out["predictions"])
+
+
+#: The per-image CSV's columns before one probability column per class (the version's order).
+#: ``ood_score`` and ``ood_flagged`` stay empty until predictions get an out-of-distribution score.
+PREDICTION_COLUMNS = ("path", "true_label", "predicted_label", "ood_score", "ood_flagged")
+
+
+def evaluation_predictions_write(predictions: SamplePredictions, out: TextIO) -> int:
+    """Write one CSV row per evaluated image to ``out``; returns the number of rows.
+
+    Paths come from file names and class names from the version, so every text cell goes
+    through :func:`cxrweb.responses.csv_cell`: a name starting like a formula stays text.
+    """
+    writer = csv.writer(out)
+    writer.writerow([csv_cell(c) for c in (*PREDICTION_COLUMNS, *predictions.classes)])
+    names = predictions.classes
+    for path, label, predicted, probs in zip(
+        predictions.paths,
+        predictions.labels,
+        predictions.predicted,
+        predictions.probabilities,
+        strict=True,
+    ):
+        writer.writerow(
+            [csv_cell(path), csv_cell(names[label]), csv_cell(names[predicted]), "", ""]
+            + [repr(float(p)) for p in probs]
+        )
+    return len(predictions.paths)
 
 
 def _fail(evaluation: Evaluation, message: str) -> Evaluation:

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import json
+
 from django.core.management.base import BaseCommand, CommandError
 
 from training.models import Dataset, Evaluation, ModelVersion
-from training.services import evaluation_create, evaluation_execute
+from training.selectors import evaluation_data
+from training.services import evaluation_predictions_write, evaluation_run
 
 
 class Command(BaseCommand):
@@ -23,16 +26,51 @@ class Command(BaseCommand):
             action="store_true",
             help="leave out images of classes the model does not know",
         )
+        parser.add_argument(
+            "--json",
+            action="store_true",
+            dest="as_json",
+            help="print the metrics as one JSON object on stdout, and nothing else",
+        )
+        parser.add_argument(
+            "--predictions-out",
+            metavar="FILE.csv",
+            help=(
+                "write one row per image: path, true_label, predicted_label, ood_score, "
+                "ood_flagged, then one probability column per class"
+            ),
+        )
 
-    def handle(self, *args, version, dataset, split, skip_unknown_classes, **options):
+    def handle(
+        self,
+        *args,
+        version,
+        dataset,
+        split,
+        skip_unknown_classes,
+        as_json: bool = False,
+        predictions_out: str | None = None,
+        **options,
+    ):
         v = _get(ModelVersion, version)
         d = _get(Dataset, dataset)
-        evaluation = evaluation_create(version=v, dataset=d, split=split, enqueue=False)
-        evaluation = evaluation_execute(
-            evaluation_id=evaluation.pk, skip_unknown=skip_unknown_classes
+        result = evaluation_run(
+            version=v, dataset=d, split=split, skip_unknown=skip_unknown_classes
         )
-        if evaluation.status != Evaluation.Status.DONE:
+        evaluation = result.evaluation
+        if evaluation.status != Evaluation.Status.DONE or result.predictions is None:
             raise CommandError(f"Evaluation failed: {evaluation.error}")
+        if predictions_out:
+            try:
+                with open(predictions_out, "w", newline="", encoding="utf-8") as f:
+                    rows = evaluation_predictions_write(result.predictions, f)
+            except OSError as exc:
+                raise CommandError(f"Cannot write {predictions_out}: {exc}") from exc
+        if as_json:  # the JSON object alone on stdout
+            self.stdout.write(json.dumps(evaluation_data(evaluation), allow_nan=False))
+            return
+        if predictions_out:
+            self.stdout.write(f"Wrote {rows} predictions to {predictions_out}.")
         m = evaluation.metrics
         self.stdout.write(
             self.style.SUCCESS(

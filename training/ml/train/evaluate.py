@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..models.checkpoint import build_for_inference, load_weights_file
@@ -20,7 +22,24 @@ from .metrics import classification_report, roc_curves
 from .pipeline import DeviceBatches, place_model
 from .scan import DatasetError
 
-__all__ = ["evaluate_checkpoint"]
+__all__ = ["SamplePredictions", "evaluate_checkpoint"]
+
+
+@dataclass(frozen=True)
+class SamplePredictions:
+    """What the model said about each evaluated image, row by row in evaluation order: its path
+    (relative to the dataset folder), its true class and the probabilities (at the evaluation's
+    temperature), both in the model's class order."""
+
+    classes: list[str]
+    paths: list[str]
+    labels: np.ndarray
+    probabilities: np.ndarray
+
+    @property
+    def predicted(self) -> np.ndarray:
+        """The predicted class index of each image: the argmax, as the metrics count it."""
+        return self.probabilities.argmax(axis=1)
 
 
 def evaluate_checkpoint(
@@ -47,7 +66,8 @@ def evaluate_checkpoint(
     meta unless given (a plain state dict needs ``arch``, ``model_classes`` and
     ``preprocessing``). Dataset labels are matched to the model's classes by name, so a model and
     a dataset may list them in different orders; a dataset class the model lacks is an error.
-    Returns ``{"metrics", "roc", "reliability", "output"}`` (``output`` is an :class:`EvalOutput`).
+    Returns ``{"metrics", "roc", "reliability", "output", "predictions"}`` (``output`` is an
+    :class:`EvalOutput`, ``predictions`` the :class:`SamplePredictions` of the same pass).
     """
     state_dict, meta = load_weights_file(checkpoint_path)
     arch = arch or (meta.arch if meta else None)
@@ -83,8 +103,21 @@ def evaluate_checkpoint(
         should_stop=should_stop,
     )
     if not output.complete or not output.n:
-        return {"metrics": None, "roc": None, "reliability": None, "output": output}
+        return {
+            "metrics": None,
+            "roc": None,
+            "reliability": None,
+            "output": output,
+            "predictions": None,
+        }
     probs = output.probabilities()
+    # The batches follow `indices` in order (no shuffle), so row k is sample indices[k].
+    predictions = SamplePredictions(
+        classes=list(names),
+        paths=[str(samples[i][0]) for i in list(indices)[: output.n]],
+        labels=output.labels,
+        probabilities=probs,
+    )
     metrics = with_calibration(
         classification_report(output.labels, probs, names, thresholds=thresholds),
         output,
@@ -96,4 +129,5 @@ def evaluate_checkpoint(
         "roc": roc_curves(output.labels, probs, names),
         "reliability": reliability_bins(probs, output.labels),
         "output": output,
+        "predictions": predictions,
     }
