@@ -148,3 +148,52 @@ def test_names_that_look_grouped_without_a_grouping_get_a_warning(db, patients, 
     # Without patients, each image (or set of identical files) is a group.
     assert sum(r["patients"] for r in dataset.split_patient_rows) == dataset.size - 1
     assert plain.name_hint == ""
+
+
+def _anonymised_dicom_folder(root, per_class: int = 6):
+    """Two classes of DICOM files that all carry the PatientID "ANON", named ``<class>_<n>.dcm``."""
+    for label, name in enumerate(["left", "right"]):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            data = imagegen.dicom_bytes(width=24, height=24, patient_id="ANON", seed=label * 10 + i)
+            (root / name / f"{name}_{i}.dcm").write_bytes(data)
+    return root
+
+
+def test_dicom_files_that_all_carry_one_patient_id_are_refused_saying_what_to_do(db, tmp_path):
+    root = _anonymised_dicom_folder(tmp_path / "anon")
+
+    with pytest.raises(CommandError) as refused:
+        _register("anon", str(root))
+
+    message = str(refused.value)
+    assert "too few patients to split" in message
+    assert "'left' has 6 images of 1 patient(s), none in val or test" in message
+    assert "All 12 DICOM files carry the same PatientID 'ANON'" in message
+    assert "--group-pattern" in message and "--groups" in message
+    assert "re-export the DICOM files with their real PatientIDs" in message
+    assert Dataset.objects.get(name="anon").status == Dataset.Status.FAILED
+
+
+def test_a_group_pattern_names_the_patients_of_an_anonymised_dicom_export(db, tmp_path):
+    root = _anonymised_dicom_folder(tmp_path / "anon")
+
+    dataset, _ = _register("anon", str(root), "--group-pattern", r"(?P<patient>[a-z]+_\d)")
+
+    assert dataset.status == Dataset.Status.READY
+    assert dataset.grouping == "pattern"  # the placeholder PatientID no longer groups them
+    assert sum(r["patients"] for r in dataset.split_patient_rows) == 12
+    assert all(dataset.split[name] for name in ("train", "val", "test"))
+
+
+def test_a_pattern_that_leaves_too_few_patients_is_refused_at_the_scan(db, patients):
+    # Every name matches, and the class folder is the "patient": one per class.
+    failed = dataset_register(
+        name="coarse", root=str(patients), group_patterns=[r"^(?P<patient>[A-Z]+)/"]
+    )
+
+    assert failed.status == Dataset.Status.FAILED
+    assert "Grouping by pattern leaves too few patients" in failed.error
+    assert "'NORMAL' has 79 images of 1 patient(s), none in val or test" in failed.error
+    assert "Check the group pattern" in failed.error and "re-export" not in failed.error
+    assert not failed.split

@@ -148,7 +148,7 @@ def dataset_scan(*, dataset_id: int, progress=None) -> Dataset:
     """Scan the folder, list unreadable files (never crash on them), store the split."""
     from training.ml.errors import MLError
     from training.ml.train.scan import scan_image_folder
-    from training.ml.train.splits import scan_groups, stratified_split
+    from training.ml.train.splits import check_enough_groups, scan_groups, stratified_split
 
     dataset = Dataset.objects.get(pk=dataset_id)
     try:
@@ -169,6 +169,14 @@ def dataset_scan(*, dataset_id: int, progress=None) -> Dataset:
             test_fraction=dataset.test_fraction,
             seed=dataset.split_seed,
             group_ids=groups.group_ids,
+        )
+        # Refused now, not when a run finds its validation split empty.
+        check_enough_groups(
+            scan,
+            groups,
+            split,
+            val_fraction=dataset.val_fraction,
+            test_fraction=dataset.test_fraction,
         )
     except MLError as exc:
         Dataset.objects.filter(pk=dataset.pk).update(status=Dataset.Status.FAILED, error=str(exc))

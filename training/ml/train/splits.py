@@ -11,11 +11,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..models.checkpoint import file_sha256
-from .patient_groups import patient_ids_by_patterns, patient_ids_from_csv, union_group_ids
+from .patient_groups import (
+    GroupingError,
+    patient_ids_by_patterns,
+    patient_ids_from_csv,
+    union_group_ids,
+)
 from .scan import SPLITS, DatasetError, FolderScan, dataset_file
 
 __all__ = [
     "ScanGroups",
+    "check_enough_groups",
     "check_split",
     "duplicate_group_ids",
     "duplicates_by_hash",
@@ -72,7 +78,12 @@ def scan_groups(
     csv_rows: Iterable[Sequence[object]] = (),
 ) -> ScanGroups:
     """Group ids for :func:`stratified_split`: a patient's images (named by the patterns, the CSV
-    rows or the DICOM PatientID the scan read) and identical files share a group."""
+    rows or the DICOM PatientID the scan read) and identical files share a group.
+
+    A patient named by a pattern or the CSV wins over the file's DICOM PatientID: an anonymised
+    export gives every file the same PatientID ("ANON"), and the pattern or CSV is how the user
+    says who the patients really are. The PatientID still groups the images they do not name.
+    """
     paths = [rel for rel, _ in scan.samples]
     keys: list[Sequence[str | None]] = [
         duplicate_group_ids(
@@ -89,12 +100,93 @@ def scan_groups(
         known = {rel for rel, _ in scan.unreadable} | set(scan.skipped)
         patients.append(patient_ids_from_csv(paths, csv_rows, known=known))
         used.append("csv")
-    dicom = [patient_id or None for patient_id in scan.patient_ids]
+    named = [any(ids[i] is not None for ids in patients) for i in range(len(paths))]
+    dicom = [
+        None if named_by_user else (patient_id or None)
+        for named_by_user, patient_id in zip(
+            named, scan.patient_ids or [""] * len(paths), strict=True
+        )
+    ]
     if any(dicom):
         patients.append(dicom)
         used.append("dicom PatientID")
     unmatched = sum(all(ids[i] is None for ids in patients) for i in range(len(paths)))
     return ScanGroups(union_group_ids(len(paths), *keys, *patients), used, unmatched)
+
+
+def check_enough_groups(
+    scan: FolderScan,
+    groups: ScanGroups,
+    split: Mapping[str, Sequence[int]],
+    *,
+    val_fraction: float,
+    test_fraction: float,
+) -> None:
+    """Refuse a patient-grouped split that leaves a class out of a split it needs.
+
+    Each split with a fraction above 0 (train always) needs images of each class, so that the
+    class can be trained on and measured. A class with enough images for that but too few
+    patients (all DICOM files carrying one PatientID, a pattern that captures too little) raises
+    a :class:`~.patient_groups.GroupingError` saying what to do; a class with fewer images than
+    splits is not the grouping's fault and is left as it is. Without a patient grouping nothing
+    is checked.
+    """
+    if not groups.used:
+        return
+    labels = [label for _, label in scan.samples]
+    needed = ["train"] + [
+        name for name, fraction in (("val", val_fraction), ("test", test_fraction)) if fraction > 0
+    ]
+    present = {name: {labels[i] for i in split.get(name, [])} for name in needed}
+    images = Counter(labels)
+    patients: dict[int, set[str]] = defaultdict(set)
+    for label, group in zip(labels, groups.group_ids, strict=True):
+        patients[label].add(group)
+    short = []
+    for label in sorted(images):
+        missing = [name for name in needed if label not in present[name]]
+        if missing and images[label] >= len(needed):
+            short.append(
+                f"{scan.classes[label]!r} has {images[label]} images of "
+                f"{len(patients[label])} patient(s), none in {' or '.join(missing)}"
+            )
+    if not short:
+        return
+    message = (
+        f"Grouping by {' + '.join(groups.used)} leaves too few patients to split: "
+        f"{'; '.join(short)}."
+    )
+    shared = _shared_dicom_patient_id(scan)
+    if "dicom PatientID" in groups.used and shared is not None:
+        message += (
+            f" All {shared[1]} DICOM files carry the same PatientID {shared[0]!r} (an anonymised "
+            f"export?), so it does not tell the patients apart."
+        )
+    if "pattern" in groups.used or "csv" in groups.used:
+        message += (
+            " Check the group pattern or the groups CSV: it puts too many images under one patient."
+        )
+    reexport = (
+        ", or re-export the DICOM files with their real PatientIDs"
+        if "dicom PatientID" in groups.used
+        else ""
+    )
+    raise GroupingError(
+        f"{message} Register the folder again with patient group patterns or a groups CSV "
+        f'(register_dataset --group-pattern or --groups; the form\'s "Patient group patterns" '
+        f"or \"Or a patient groups CSV\") that name each image's patient ('(?P<patient>.+)' "
+        f"makes each image its own patient, when no two are of the same patient){reexport}."
+    )
+
+
+def _shared_dicom_patient_id(scan: FolderScan) -> tuple[str, int] | None:
+    """(PatientID, files) when at least two DICOM files all carry the same PatientID."""
+    ids = Counter(p for p in scan.patient_ids if p)
+    if len(ids) == 1:
+        [(patient_id, files)] = ids.items()
+        if files >= 2:
+            return patient_id, files
+    return None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 
 from tests.training.ml.imagefolders import make_folder
-from training.ml.train.scan import DatasetError, scan_image_folder
+from training.ml.train.patient_groups import GroupingError
+from training.ml.train.scan import DatasetError, FolderScan, scan_image_folder
 from training.ml.train.splits import (
+    ScanGroups,
+    check_enough_groups,
     check_split,
     duplicate_group_ids,
     duplicates_by_hash,
@@ -146,3 +149,39 @@ def test_check_split_refuses_overlap_out_of_range_and_an_empty_val() -> None:
         "val": [2],
         "test": [],
     }
+
+
+def _scan(labels: list[int], patient_ids: list[str]) -> FolderScan:
+    names = ["a", "b"]
+    return FolderScan(
+        root="/nowhere",
+        classes=names,
+        samples=[(f"{names[label]}/{i}.dcm", label) for i, label in enumerate(labels)],
+        class_counts=dict(Counter(names[label] for label in labels)),
+        patient_ids=patient_ids,
+    )
+
+
+def test_a_grouping_that_leaves_a_class_out_of_a_split_is_refused() -> None:
+    labels = _labels([6, 6])
+    scan = _scan(labels, ["ANON"] * 12)
+    groups = ScanGroups(["g0"] * 6 + [f"g{i}" for i in range(6, 12)], ["dicom PatientID"], 0)
+    split = stratified_split(labels, group_ids=groups.group_ids)
+
+    with pytest.raises(
+        GroupingError, match=r"'a' has 6 images of 1 patient\(s\), none in val or test"
+    ):
+        check_enough_groups(scan, groups, split, val_fraction=0.15, test_fraction=0.15)
+    # Without a patient grouping (duplicates alone) nothing is checked.
+    check_enough_groups(
+        scan, ScanGroups(groups.group_ids, [], 0), split, val_fraction=0.15, test_fraction=0.15
+    )
+
+
+def test_a_class_with_fewer_images_than_splits_is_not_blamed_on_the_grouping() -> None:
+    labels = _labels([2, 6])
+    scan = _scan(labels, [""] * 8)
+    groups = ScanGroups([f"g{i}" for i in range(8)], ["pattern"], 0)
+    split = stratified_split(labels, group_ids=groups.group_ids)
+
+    check_enough_groups(scan, groups, split, val_fraction=0.15, test_fraction=0.15)
