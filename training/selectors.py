@@ -78,8 +78,9 @@ def run_version(run: TrainingRun) -> ModelVersion | None:
 
 
 def dataset_list() -> QuerySet[Dataset]:
-    # The scan (every sample path and hash) is the heavy column; the list does not need it.
-    return Dataset.objects.select_related("created_by").defer("scan")
+    # The scan (every sample path and hash) and the groups CSV (a row per image) are the heavy
+    # columns; the list does not need them.
+    return Dataset.objects.select_related("created_by").defer("scan", "group_csv")
 
 
 def dataset_detail(pk: int) -> Dataset:

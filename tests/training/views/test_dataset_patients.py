@@ -132,3 +132,43 @@ def test_the_form_shows_what_is_wrong_with_the_grouping_and_registers_nothing(
     assert resp.status_code == 400
     assert message in resp.content.decode()
     assert not Dataset.objects.exists()
+
+
+def _grouping_cells(html: str) -> dict[str, str]:
+    """The datasets list's "Patients grouped by" cell of each dataset, by name, tags stripped."""
+    cells = {}
+    for row in html.split("<tbody>", 1)[1].split("</tbody>", 1)[0].split("<tr>")[1:]:
+        name = re.search(r'<a href="/training/datasets/\d+/">([^<]+)</a>', row).group(1)
+        cell = row.split('data-testid="dataset-grouping">', 1)[1].split("</td>", 1)[0]
+        cells[name] = cell
+    return cells
+
+
+def test_the_datasets_list_shows_each_datasets_grouping_and_the_warning(admin_client, tmp_path):
+    from tests import imagegen
+
+    dicom = tmp_path / "dicom"
+    for label, name in enumerate(["left", "right"]):
+        (dicom / name).mkdir(parents=True)
+        for i in range(6):
+            data = imagegen.dicom_bytes(width=24, height=24, patient_id=f"MRN-{label}{i % 3}")
+            (dicom / name / f"{i}.dcm").write_bytes(data)
+    dataset_register(
+        name="by-pattern", root=str(make_patient_folder(tmp_path / "a")), group_patterns=[PATTERN]
+    )
+    csv = "path,patient\nNORMAL/other_0.png,P1\nNORMAL/other_1.png,P1\n"
+    dataset_register(name="by-csv", root=str(make_patient_folder(tmp_path / "b")), groups_csv=csv)
+    dataset_register(name="by-dicom", root=str(dicom))
+    dataset_register(name="names-warn", root=str(make_patient_folder(tmp_path / "c")))
+    dataset_register(name="plain", root=str(make_folder(tmp_path / "d")))
+
+    html = admin_client.get("/training/datasets/").content.decode()
+
+    cells = _grouping_cells(html)
+    assert cells["by-pattern"] == '<span title="person(?P&lt;patient&gt;\\d+)_">pattern</span>'
+    assert cells["by-csv"] == "<span>csv</span>"
+    assert cells["by-dicom"] == "<span>dicom PatientID</span>"
+    assert cells["names-warn"].startswith('none<span class="attention"')
+    assert 'data-testid="dataset-patient-warning"' in cells["names-warn"]
+    assert "look like several images per patient" in cells["names-warn"]
+    assert cells["plain"] == "none"
