@@ -51,6 +51,8 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's files, served from static: no CDN
     "knox",
     "axes",
     "cxrweb.audit",
@@ -308,6 +310,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["cxrweb.permissions.IsClinicalUser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "diagnosis.api.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 # API tokens (django-rest-knox): only a digest is stored, the key is shown once at creation
@@ -329,6 +332,22 @@ if CXR_API_TOKEN_TTL_DAYS > CXR_API_TOKEN_MAX_TTL_DAYS:
         f"CXR_API_TOKEN_TTL_DAYS ({CXR_API_TOKEN_TTL_DAYS}) must not exceed "
         f"CXR_API_TOKEN_MAX_TTL_DAYS ({CXR_API_TOKEN_MAX_TTL_DAYS})."
     )
+# The API's OpenAPI 3 schema (/api/v1/schema/) and its Swagger UI (/api/v1/docs/), for the same
+# clinical users as the API itself; the views are in diagnosis/api_schema.py.
+SPECTACULAR_SETTINGS = {
+    "TITLE": "CXR triage API",
+    "DESCRIPTION": "Chest X-ray triage: upload studies, poll predictions, fetch overlays, sign "
+    "readings. Decision support only: a radiologist reads every study.",
+    "VERSION": "1",
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["cxrweb.permissions.IsClinicalUser"],
+    # No badge from validator.swagger.io: the page loads nothing from outside (CSP, no internet).
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
 REST_KNOX = {
     "TOKEN_TTL": timedelta(days=CXR_API_TOKEN_TTL_DAYS),
     "AUTH_HEADER_PREFIX": "Token",  # `Authorization: Token KEY`, as API clients already send

@@ -8,6 +8,7 @@ from django.core.exceptions import SuspiciousOperation
 from django.db import DatabaseError
 from django.http import Http404
 from django.urls import reverse
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
@@ -17,7 +18,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from cxrweb.audit.models import AuditEvent
 from cxrweb.audit.services import audit
 from cxrweb.responses import StoredFileUnreadable, bad_request_body, private_file_response
-from diagnosis import selectors, services
+from diagnosis import api_schema, selectors, services
 from diagnosis.api_json import prediction_json, reading_json, study_json
 from diagnosis.audit import audit_upload, audit_upload_rejected, audit_view
 from diagnosis.forms import StudyUploadForm
@@ -66,6 +67,21 @@ class StudyListCreate(APIView):
     parser_classes = [MultiPartParser, FormParser]
     CONFLICTS = ("accession_conflict", "study_uid_conflict")
 
+    @extend_schema(
+        request={"multipart/form-data": api_schema.StudyUpload},
+        responses={
+            201: api_schema.StudyCreated,
+            400: OpenApiResponse(
+                api_schema.Error, description="A bad field or file; nothing stored."
+            ),
+            409: OpenApiResponse(
+                api_schema.Error,
+                description="Another patient's accession or study UID, or details that differ "
+                "from the patient on record (identity_mismatch: send confirm_identity=true).",
+            ),
+            **api_schema.COMMON,
+        },
+    )
     def post(self, request):
         form = StudyUploadForm(request.POST, request.FILES, api=True)
         if not form.is_valid():
@@ -141,6 +157,10 @@ class DicomPeek(APIView):
 
     parser_classes = [MultiPartParser]
 
+    @extend_schema(
+        request={"multipart/form-data": api_schema.DicomPeekIn},
+        responses={200: api_schema.DicomHeader, 400: api_schema.Error, **api_schema.COMMON},
+    )
     def post(self, request):
         f = request.FILES.get("file")
         if f is None:
@@ -160,6 +180,9 @@ class DicomPeek(APIView):
 
 
 class StudyDetail(APIView):
+    @extend_schema(
+        responses={200: api_schema.StudyOut, 404: api_schema.NOT_FOUND, **api_schema.COMMON}
+    )
     def get(self, request, pk: int):
         try:
             study = selectors.study_detail(pk)
@@ -184,6 +207,19 @@ class StudyReadings(APIView):
     is stored. Agreeing signs the result's label. Same rules as the study page's form.
     """
 
+    @extend_schema(
+        request=api_schema.ReadingIn,
+        responses={
+            201: api_schema.ReadingOut,
+            400: api_schema.Error,
+            404: api_schema.NOT_FOUND,
+            409: OpenApiResponse(
+                api_schema.ReadingStale,
+                description="prediction_ids are not the study's current ones; nothing stored.",
+            ),
+            **api_schema.COMMON,
+        },
+    )
     def post(self, request, pk: int):
         try:
             study = selectors.study_detail(pk)
@@ -290,6 +326,9 @@ class StudyReadings(APIView):
 
 
 class PredictionDetail(APIView):
+    @extend_schema(
+        responses={200: api_schema.Prediction, 404: api_schema.NOT_FOUND, **api_schema.COMMON}
+    )
     def get(self, request, pk: int):
         prediction = _prediction_or_404(pk)
         # Clients poll this until the result is in: a repeat is one query, not one event.
@@ -315,7 +354,18 @@ class PredictionFile(APIView):
     field = "overlay"  # the Prediction file it serves: "overlay" or "heatmap"
     file_name = "overlay.png"  # its URL's last part, which the audit event names
     successor = ""  # a deprecated URL: the name of the canonical URL that replaces it
+    schema = api_schema.PredictionFileSchema()
 
+    @extend_schema(
+        responses={
+            (200, "image/png"): api_schema.PNG,
+            404: OpenApiResponse(
+                api_schema.Error, description="No such prediction, or no file yet."
+            ),
+            503: OpenApiResponse(api_schema.Error, description="Storage cannot be read; retry."),
+            **api_schema.COMMON,
+        }
+    )
     def get(self, request, pk: int):
         prediction = _prediction_or_404(pk, selectors.prediction_file_for_api)
         f = getattr(prediction, self.field)

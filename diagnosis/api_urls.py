@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from diagnosis import api
+from diagnosis import api, api_schema
 
 app_name = "api"
 
@@ -34,4 +34,7 @@ urlpatterns = [
         ),
         name="deprecated-cam-png",
     ),
+    # The OpenAPI 3 schema of the URLs above, and its Swagger UI.
+    path("schema/", api_schema.SchemaView.as_view(), name="schema"),
+    path("docs/", api_schema.DocsView.as_view(), name="docs"),
 ]

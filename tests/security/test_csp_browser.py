@@ -135,3 +135,20 @@ def test_the_training_pages_and_the_admin_run_under_the_policy_without_a_violati
     page.locator(".datetimeshortcuts a").last.click()
     assert page.locator(".calendarbox").first.is_visible()
     assert problems == []
+
+
+def test_the_api_docs_page_runs_under_the_policy_without_a_violation(
+    watched, live_server, radiologist, artifacts_dir
+):
+    page, problems = watched
+    shots = artifacts_dir / "csp"
+    shots.mkdir(exist_ok=True)
+    sign_in(page, live_server, radiologist.username)
+    page.goto(f"{live_server.url}/api/v1/docs/")
+    # Swagger UI's scripts, from this server, fetched the schema and drew every operation.
+    page.wait_for_selector(".opblock", timeout=30_000)
+    page.wait_for_load_state("networkidle")
+    assert page.locator(".opblock").count() >= 9
+    assert page.locator(".opblock-deprecated").count() == 2
+    page.screenshot(path=shots / "api-docs.png", full_page=True)
+    assert problems == []

@@ -63,6 +63,8 @@ EXEMPT = {
     "api:study-readings": "POST only: the signed reading is a READING event; a 409 that shows "
     "the current result is a VIEW_STUDY event",
     "api:dicom-peek": "reads back the header of the file the client sends; nothing stored",
+    "api:schema": "the OpenAPI document: the API's shape, no patient",
+    "api:docs": "the API's documentation page (Swagger UI): no patient",
 }
 
 
