@@ -11,13 +11,26 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 WIRING = {"settings.py", "urls.py", "celery.py", "asgi.py", "wsgi.py"}
 
 
+def _package_of(path: Path) -> str:
+    """The package a file's relative imports start from."""
+    parts = path.relative_to(REPO_ROOT).with_suffix("").parts
+    return ".".join(parts if path.name == "__init__.py" else parts[:-1])
+
+
 def _imports(path: Path) -> list[str]:
-    names = []
+    """Every module name a file imports, at any depth in it (a function-level import too), with
+    relative imports resolved; ``from a import b`` gives both ``a`` and ``a.b``."""
+    package = _package_of(path)
+    names: list[str] = []
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             names += [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.append(node.module)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            names += [base] + [f"{base}.{alias.name}" for alias in node.names]
     return names
 
 
@@ -62,23 +75,12 @@ def _module_graph() -> dict[str, set[str]]:
             modules[name.removesuffix(".__init__")] = path
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         targets: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            found: list[str] = []
-            if isinstance(node, ast.Import):
-                found = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    parts = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    base = ".".join(parts + ([node.module] if node.module else []))
-                found = [base] + [f"{base}.{alias.name}" for alias in node.names]
-            for target in found:
-                while target and target not in modules:
-                    target = target.rpartition(".")[0]
-                if target and target != name:
-                    targets.add(target)
+        for target in _imports(path):
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                targets.add(target)
         graph[name] = targets
     return graph
 
