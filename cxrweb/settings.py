@@ -223,6 +223,8 @@ CELERY_TASK_DEFAULT_QUEUE = "inference"
 CELERY_TASK_ROUTES = {
     # The reconcilers: cheap, periodic, never stuck behind a backlog of images or a training run.
     "diagnosis.tasks.reconcile_predictions": {"queue": "maintenance"},
+    # File work, minutes for a large export: beside training, never in front of images.
+    "diagnosis.tasks.run_dataset_export": {"queue": "training"},
     "training.tasks.reconcile_training_runs": {"queue": "maintenance"},
     "diagnosis.tasks.*": {"queue": "inference"},
     "training.tasks.*": {"queue": "training"},
@@ -284,6 +286,14 @@ CXR_TRAINING_STALE_AFTER_S = env_positive_int("CXR_TRAINING_STALE_AFTER_S", 300)
 CXR_DATASET_ROOTS = env_paths("CXR_DATASET_ROOTS", [VAR_DIR / "datasets"])
 # Likewise for the backbone weights files a training run may start from (the form takes a path).
 CXR_WEIGHTS_ROOTS = env_paths("CXR_WEIGHTS_ROOTS", [VAR_DIR / "weights"])
+# De-identified exports of read studies (diagnosis.services.exports) are written under this
+# folder, one sub-folder per export, and registered as training datasets: it must lie under one
+# of CXR_DATASET_ROOTS.
+CXR_EXPORT_ROOT = Path(env.str("CXR_EXPORT_ROOT", default=str(CXR_DATASET_ROOTS[0] / "exports")))
+# The secret behind exported pseudonymous patient keys and UIDs: the same patient gets the same
+# key in every export while it stays the same. Unset, it is derived from SECRET_KEY (rotating
+# SECRET_KEY then changes every key: set this one explicitly in production and keep it).
+CXR_PSEUDONYM_KEY = env.str("CXR_PSEUDONYM_KEY", default="")
 CELERY_BEAT_SCHEDULE = {
     "reconcile-training-runs": {
         "task": "training.tasks.reconcile_training_runs",

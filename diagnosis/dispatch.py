@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 RUN_PREDICTION = "diagnosis.tasks.run_prediction"
 RUN_CLASS_HEATMAP = "diagnosis.tasks.run_class_heatmap"
 RECONCILE_PREDICTIONS = "diagnosis.tasks.reconcile_predictions"
-TASK_NAMES = (RUN_PREDICTION, RUN_CLASS_HEATMAP, RECONCILE_PREDICTIONS)
+RUN_DATASET_EXPORT = "diagnosis.tasks.run_dataset_export"
+TASK_NAMES = (RUN_PREDICTION, RUN_CLASS_HEATMAP, RECONCILE_PREDICTIONS, RUN_DATASET_EXPORT)
 
 
 def send(name: str, *args: Any, **options: Any) -> None:
@@ -108,6 +109,12 @@ def class_heatmap_enqueue_on_commit(heatmap_id: int) -> None:
     transaction.on_commit(lambda: send(RUN_CLASS_HEATMAP, heatmap_id), robust=True)
 
 
+def dataset_export_enqueue_on_commit(export_id: int) -> None:
+    """Send a de-identified export to the training workers once the transaction commits (robust:
+    a broker that is down leaves it queued; the reconciler sends it again)."""
+    transaction.on_commit(lambda: send(RUN_DATASET_EXPORT, export_id), robust=True)
+
+
 def predictions_reconcile() -> dict[str, int]:
     """Send again what the broker lost; fail what cannot finish. The database is the truth.
 
@@ -122,6 +129,7 @@ def predictions_reconcile() -> dict[str, int]:
     counts = {"redispatched": 0, "failed": 0}
     _reconcile_queued(now, counts)
     _reconcile_running(now, counts)
+    _reconcile_exports(now, counts)
     if any(counts.values()):
         logger.warning("reconciler: %s", counts)
     return counts
@@ -147,6 +155,19 @@ def _reconcile_queued(now: dt.datetime, counts: dict[str, int]) -> None:
                 "the inference workers running? Re-run it once they are."
             ),
         )
+
+
+def _reconcile_exports(now: dt.datetime, counts: dict[str, int]) -> None:
+    """De-identified exports still queued after CXR_RECONCILE_QUEUED_AFTER_S: their message was
+    lost; send it again (only a queued export is claimed, so a duplicate does nothing)."""
+    from diagnosis.export_models import DatasetExport
+
+    before = now - dt.timedelta(seconds=settings.CXR_RECONCILE_QUEUED_AFTER_S)
+    for pk in DatasetExport.objects.filter(
+        status=DatasetExport.Status.QUEUED, created_at__lt=before
+    ).values_list("pk", flat=True):
+        send(RUN_DATASET_EXPORT, pk)
+        counts["redispatched"] += 1
 
 
 def _reconcile_running(now: dt.datetime, counts: dict[str, int]) -> None:

@@ -252,3 +252,30 @@ class AuditFilterForm(forms.Form):
         from cxrweb.audit.models import AuditEvent
 
         self.fields["action"].choices = [("", "Any action"), *AuditEvent.Action.choices]
+
+
+class _StudyIds(forms.Field):
+    """The studies ticked on the export page: ``study`` repeated, each a positive id."""
+
+    widget = forms.MultipleHiddenInput
+
+    def to_python(self, value):
+        try:
+            return sorted({int(v) for v in (value or [])})
+        except (TypeError, ValueError) as exc:
+            raise forms.ValidationError("Select studies from the list.") from exc
+
+
+class ExportForm(forms.Form):
+    name = forms.CharField(
+        max_length=120,
+        required=False,
+        help_text="Names the folder and the training dataset, e.g. site-2026-12.",
+    )
+    signed_from = forms.DateField(
+        label="Read from", required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
+    signed_to = forms.DateField(
+        label="Read until", required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
+    study = _StudyIds(required=False)

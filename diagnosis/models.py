@@ -345,3 +345,6 @@ class ClassHeatmap(models.Model):
     def audit_patient_mrn(self) -> str:
         """For the audit trail (cxrweb.audit)."""
         return self.prediction.image.study.patient.mrn
+
+
+from diagnosis.export_models import DatasetExport  # noqa: E402, F401 - a model of this app

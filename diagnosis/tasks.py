@@ -45,3 +45,11 @@ def run_class_heatmap(self, heatmap_id: int) -> str:
 
     heatmap = class_heatmap_run(heatmap_id=heatmap_id)
     return heatmap.status if heatmap is not None else "skipped"
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def run_dataset_export(export_id: int) -> None:
+    """Write a de-identified export and register it as a dataset (routed to the training queue)."""
+    from diagnosis.services.exports import dataset_export_run
+
+    dataset_export_run(export_id=export_id)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from diagnosis.views import files, oversight, studies, uploads, worklist
+from diagnosis.views import exports, files, oversight, studies, uploads, worklist
 
 app_name = "diagnosis"
 
@@ -36,4 +36,5 @@ urlpatterns = [
     path("images/<int:pk>/original", files.image_original, name="image-original"),
     path("agreement/", oversight.agreement, name="agreement"),
     path("audit/", oversight.audit_log, name="audit"),
+    path("exports/", exports.exports, name="exports"),
 ]

@@ -224,6 +224,16 @@ def celery_worker(_broker, transactional_db) -> Iterator[object]:
     test process, so it closes it after each task: the test database is dropped at the end of
     the session, which fails while a connection to it is open.
     """
+    yield from _solo_worker(["inference"])
+
+
+@pytest.fixture
+def training_worker(_broker, transactional_db) -> Iterator[object]:
+    """A real Celery worker like `celery_worker`, consuming the `training` queue."""
+    yield from _solo_worker(["training"])
+
+
+def _solo_worker(queues: list[str]) -> Iterator[object]:
     from celery.contrib.testing.worker import start_worker
     from celery.signals import task_postrun
     from django.db import connections
@@ -240,7 +250,7 @@ def celery_worker(_broker, transactional_db) -> Iterator[object]:
             pool="solo",
             concurrency=1,
             perform_ping_check=False,
-            queues=["inference"],
+            queues=queues,
             shutdown_timeout=30,
         ) as worker:
             yield worker

@@ -75,6 +75,7 @@ class AuditEvent(AppendOnlyModel):
         TOKEN_REVOKED = "token_revoked", "Revoked an API token"
         VIEW_ADMIN = "view_admin", "Viewed patient data in the admin"
         REANALYSE = "reanalyse", "Queued a re-analysis"
+        DATASET_EXPORT = "dataset_export", "Exported a de-identified dataset"
 
     # Set before the insert (not auto_now_add, which is set during it), as the chain hash needs it.
     at = models.DateTimeField(default=timezone.now, editable=False, db_index=True)
