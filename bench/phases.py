@@ -179,6 +179,25 @@ class Bench:
         )
         return items
 
+    def async_load(self) -> None:
+        """Uploads offered at --async-rate for --async-seconds by asyncio clients, completion
+        from the server's bulk status (bench/async_load.py)."""
+        import asyncio
+
+        from bench import async_load
+
+        a = self.args
+        self.report["async_load"] = asyncio.run(
+            async_load.run(
+                f"http://127.0.0.1:{self.stack.port}",
+                self.stack.token,
+                self.source,
+                rate=a.async_rate,
+                seconds=a.async_seconds,
+                timeout_s=a.phase_timeout,
+            )
+        )
+
     def sustained(self) -> None:
         """--count uploads as fast as --load-clients can send them; throughput and loaded e2e."""
         a = self.args

@@ -79,6 +79,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--count", type=int, default=200, help="uploads in the sustained-load phase")
     p.add_argument("--load-clients", type=int, default=8, help="clients of the sustained phase")
+    p.add_argument(
+        "--async-rate",
+        type=float,
+        default=0.0,
+        help="uploads/s offered by the open-loop asynchronous phase (bench/async_load.py); 0: skip",
+    )
+    p.add_argument("--async-seconds", type=float, default=10.0, help="its length, seconds")
     p.add_argument("--idle-count", type=int, default=10, help="one-at-a-time end-to-end runs")
     p.add_argument("--floor-count", type=int, default=50, help="images for the compute floor")
     p.add_argument("--poll-interval", type=float, default=0.05, help="seconds between polls")
@@ -210,6 +217,8 @@ def run_phases(
             ("uploads, workers paused", bench.uploads_paused),
             ("sustained load", bench.sustained),
         ]
+        if args.async_rate > 0:
+            phases.append(("open-loop asynchronous load", bench.async_load))
         for name, phase in phases:
             if name.endswith("paused") and args.skip_paused:
                 continue

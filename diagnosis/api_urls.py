@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from diagnosis import api, api_schema
+from diagnosis import api, api_schema, api_status
 
 app_name = "api"
 
@@ -11,6 +11,7 @@ urlpatterns = [
     path("studies/<int:pk>/", api.StudyDetail.as_view(), name="study"),
     path("studies/<int:pk>/readings/", api.StudyReadings.as_view(), name="study-readings"),
     path("dicom/peek/", api.DicomPeek.as_view(), name="dicom-peek"),
+    path("predictions/status/", api_status.PredictionStates.as_view(), name="prediction-states"),
     path("predictions/<int:pk>/", api.PredictionDetail.as_view(), name="prediction"),
     path(
         "predictions/<int:pk>/overlay.png", api.PredictionFile.as_view(), name="prediction-overlay"
