@@ -233,6 +233,33 @@ def test_evaluate_checkpoint_reproduces_the_test_metrics_even_with_reordered_cla
         evaluate_checkpoint(result.checkpoint_path, root, scan.samples, [0], ["left", "other"])
 
 
+def test_evaluate_checkpoint_scores_each_image_against_the_ood_reference(trained, folder) -> None:
+    result, _ = trained
+    root, scan, split = folder
+    reference = OODReference.load(result.ood_path)
+
+    plain = evaluate_checkpoint(result.checkpoint_path, root, scan.samples, split["test"], CLASSES)
+    scored = evaluate_checkpoint(
+        result.checkpoint_path,
+        root,
+        scan.samples,
+        split["test"],
+        CLASSES,
+        ood_reference=reference,
+    )
+
+    assert plain["metrics"]["ood"] is None and plain["predictions"].ood_flagged is None
+    ood = scored["metrics"]["ood"]
+    predictions = scored["predictions"]
+    assert ood["n"] == 6 and ood["threshold"] == reference.threshold
+    # The same images and weights as fit's test pass: the same share over the threshold.
+    assert ood["flagged_share"] == pytest.approx(result.ood_summary["test_flagged_share"])
+    np.testing.assert_array_equal(
+        predictions.ood_flagged, predictions.ood_scores > reference.threshold
+    )
+    assert ood["flagged"] == int(predictions.ood_flagged.sum())
+
+
 # --- strategies ----------------------------------------------------------------------------------
 
 
