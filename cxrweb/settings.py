@@ -280,6 +280,13 @@ CXR_RECONCILE_EVERY_S = env_positive_int("CXR_RECONCILE_EVERY_S", 60)
 CXR_TRAINING_TIME_LIMIT = env_positive_int("CXR_TRAINING_TIME_LIMIT", 24 * 3600)
 # A training run with no heartbeat for this long is marked failed (its worker died).
 CXR_TRAINING_STALE_AFTER_S = env_positive_int("CXR_TRAINING_STALE_AFTER_S", 300)
+# A new model's out-of-distribution threshold: this percentile of its validation split's scores
+# (99: about 1 in 100 in-distribution images is flagged "unlike the training data").
+CXR_OOD_PERCENTILE = env_float("CXR_OOD_PERCENTILE", 99.0, minimum=50)
+if CXR_OOD_PERCENTILE > 100:
+    raise ImproperlyConfigured(
+        f"CXR_OOD_PERCENTILE must be a percentile of 50 to 100, got {CXR_OOD_PERCENTILE!r}."
+    )
 # Datasets are registered only from folders under these roots (comma-separated absolute paths;
 # symlinks and ".." are resolved first). Any other path is refused with one message, whether it
 # exists or not, so the form cannot be used to explore the server's folders.

@@ -130,8 +130,8 @@ def evaluation_data(evaluation: Evaluation) -> dict[str, Any]:
     (``n``, ``accuracy``, ``balanced_accuracy``, ``macro_auc``, ``ece``, ``per_class`` with each
     class's ``sensitivity``, ``specificity`` and ``auc``, ...).
 
-    ``ood`` is None: predictions have no out-of-distribution score yet (issue #23, item 5); it
-    will hold ``{"flagged_share", ...}`` once they do.
+    ``ood`` is ``{"flagged_share", "flagged", "n", "threshold", "percentile", "median_score",
+    "method"}`` when the version has an out-of-distribution reference, else None.
     """
     return {
         "evaluation": evaluation.pk,
@@ -139,5 +139,5 @@ def evaluation_data(evaluation: Evaluation) -> dict[str, Any]:
         "dataset": evaluation.dataset.name,
         "split": evaluation.split,
         **evaluation.metrics,
-        "ood": None,
+        "ood": evaluation.metrics.get("ood"),
     }

@@ -50,6 +50,8 @@ def _settings(attribute: str, **env: str):
         ("CXR_RETRY_DELAY_S", "soon", "CXR_RETRY_DELAY_S must be a number, got 'soon'"),
         ("CXR_RETRY_DELAY_S", "-1", "CXR_RETRY_DELAY_S must be a number of 0 or more"),
         ("CXR_MAX_ASPECT_RATIO", "nan", "CXR_MAX_ASPECT_RATIO must be a number of 1 or more"),
+        ("CXR_OOD_PERCENTILE", "101", "CXR_OOD_PERCENTILE must be a percentile of 50 to 100"),
+        ("CXR_OOD_PERCENTILE", "10", "CXR_OOD_PERCENTILE must be a number of 50 or more"),
         ("DEBUG", "maybe", "DEBUG must be true or false, got 'maybe'"),
         ("CXR_DB_PREPARED_STATEMENTS", "enabled", "CXR_DB_PREPARED_STATEMENTS must be true or"),
         ("CXR_INFERENCE_FREEZE", "2", "CXR_INFERENCE_FREEZE must be true or false"),

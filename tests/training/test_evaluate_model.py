@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
+import tempfile
 from io import StringIO
+from pathlib import Path
 
+import numpy as np
 import pytest
 from django.core.management import call_command
 
@@ -58,8 +61,45 @@ def test_json_prints_the_metrics_as_one_object_and_nothing_else(version, dataset
     assert set(data["per_class"]) == set(CLASSES)
     for figures in data["per_class"].values():
         assert {"sensitivity", "specificity", "auc"} <= set(figures)
-    assert data["ood"] is None  # no out-of-distribution score yet
+    assert data["ood"] is None  # the version has no out-of-distribution reference
     assert Evaluation.objects.get(pk=data["evaluation"]).status == Evaluation.Status.DONE
+
+
+@pytest.fixture
+def version_with_reference(version):
+    from django.core.files.base import ContentFile
+
+    from training.ml.ood import fit_reference
+
+    rng = np.random.default_rng(0)
+    # Fitted on features unlike this model's: some or all of the images score over it.
+    reference = fit_reference(rng.normal(size=(50, 1280)), rng.normal(size=(20, 1280)))
+    with tempfile.TemporaryDirectory() as tmp:
+        reference.save(Path(tmp) / "r.npz")
+        data = (Path(tmp) / "r.npz").read_bytes()
+    version.ood_reference.save("tiny.ood.npz", ContentFile(data), save=False)
+    version.ood_summary = reference.to_summary()
+    version.save()
+    return version
+
+
+def test_with_an_ood_reference_the_json_and_the_rows_carry_the_scores(
+    version_with_reference, dataset, tmp_path
+):
+    path = tmp_path / "predictions.csv"
+
+    data = json.loads(_evaluate("--split", "all", "--json", "--predictions-out", str(path)))
+
+    with path.open(newline="") as f:
+        _, *rows = list(csv.reader(f))
+    threshold = version_with_reference.ood_summary["threshold"]
+    assert data["ood"]["threshold"] == pytest.approx(threshold)
+    assert data["ood"]["n"] == len(rows) == 9
+    for row in rows:
+        assert row[4] == ("true" if float(row[3]) > threshold else "false")
+    flagged = sum(row[4] == "true" for row in rows)
+    assert data["ood"]["flagged"] == flagged
+    assert data["ood"]["flagged_share"] == pytest.approx(flagged / 9)
 
 
 def test_predictions_out_writes_one_row_per_image_from_the_same_pass(version, dataset, tmp_path):

@@ -117,7 +117,13 @@ def _evaluate(
                 c if c in version.class_labels else version.class_labels[0] for c in dataset_classes
             ]
         out = evaluate_checkpoint(
-            path, dataset_folder(dataset), samples, indices, dataset_classes, progress=progress
+            path,
+            dataset_folder(dataset),
+            samples,
+            indices,
+            dataset_classes,
+            progress=progress,
+            ood_reference=_ood_reference(version),
         )
     except (MLError, FileNotFoundError, DatasetRejected) as exc:
         return EvaluationResult(_fail(evaluation, str(exc)), None)
@@ -139,8 +145,18 @@ def _evaluate(
     return EvaluationResult(evaluation, out["predictions"])
 
 
+def _ood_reference(version: ModelVersion):
+    """The version's OOD reference, or None when it has none; an unreadable one is an MLError
+    (the evaluation fails saying so)."""
+    from training.ml.ood import OODReference
+
+    if not version.ood_reference:
+        return None
+    return OODReference.load(version.ood_reference.path)
+
+
 #: The per-image CSV's columns before one probability column per class (the version's order).
-#: ``ood_score`` and ``ood_flagged`` stay empty until predictions get an out-of-distribution score.
+#: ``ood_score`` and ``ood_flagged`` stay empty when the version has no OOD reference.
 PREDICTION_COLUMNS = ("path", "true_label", "predicted_label", "ood_score", "ood_flagged")
 
 
@@ -153,15 +169,23 @@ def evaluation_predictions_write(predictions: SamplePredictions, out: TextIO) ->
     writer = csv.writer(out)
     writer.writerow([csv_cell(c) for c in (*PREDICTION_COLUMNS, *predictions.classes)])
     names = predictions.classes
-    for path, label, predicted, probs in zip(
-        predictions.paths,
-        predictions.labels,
-        predictions.predicted,
-        predictions.probabilities,
-        strict=True,
+    n = len(predictions.paths)
+    scores = predictions.ood_scores
+    flagged = predictions.ood_flagged
+    for i, (path, label, predicted, probs) in enumerate(
+        zip(
+            predictions.paths,
+            predictions.labels,
+            predictions.predicted,
+            predictions.probabilities,
+            strict=True,
+        )
     ):
+        ood = ["", ""]
+        if scores is not None and flagged is not None and len(scores) == n:
+            ood = [repr(float(scores[i])), "true" if flagged[i] else "false"]
         writer.writerow(
-            [csv_cell(path), csv_cell(names[label]), csv_cell(names[predicted]), "", ""]
+            [csv_cell(path), csv_cell(names[label]), csv_cell(names[predicted]), *ood]
             + [repr(float(p)) for p in probs]
         )
     return len(predictions.paths)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..models.checkpoint import build_for_inference, load_weights_file
+from ..ood import OODReference
 from ..preprocessing import Preprocessing
 from .cache import DecodedImages
 from .calibration import reliability_bins
@@ -22,7 +23,7 @@ from .metrics import classification_report, roc_curves
 from .pipeline import DeviceBatches, place_model
 from .scan import DatasetError
 
-__all__ = ["SamplePredictions", "evaluate_checkpoint"]
+__all__ = ["SamplePredictions", "evaluate_checkpoint", "ood_summary"]
 
 
 @dataclass(frozen=True)
@@ -35,11 +36,34 @@ class SamplePredictions:
     paths: list[str]
     labels: np.ndarray
     probabilities: np.ndarray
+    #: Each image's OOD score and the reference's threshold, when the model has a reference.
+    ood_scores: np.ndarray | None = None
+    ood_threshold: float | None = None
 
     @property
     def predicted(self) -> np.ndarray:
         """The predicted class index of each image: the argmax, as the metrics count it."""
         return self.probabilities.argmax(axis=1)
+
+    @property
+    def ood_flagged(self) -> np.ndarray | None:
+        """Whether each image's score is over the threshold (None without a reference)."""
+        if self.ood_scores is None or self.ood_threshold is None:
+            return None
+        return self.ood_scores > self.ood_threshold
+
+
+def ood_summary(scores: np.ndarray, reference: OODReference) -> dict[str, Any]:
+    """What an evaluation reports about its images' OOD scores (JSON-able)."""
+    return {
+        "flagged_share": float((scores > reference.threshold).mean()) if len(scores) else None,
+        "flagged": int((scores > reference.threshold).sum()),
+        "n": int(len(scores)),
+        "threshold": reference.threshold,
+        "percentile": reference.percentile,
+        "median_score": float(np.median(scores)) if len(scores) else None,
+        "method": reference.method,
+    }
 
 
 def evaluate_checkpoint(
@@ -58,6 +82,7 @@ def evaluate_checkpoint(
     device: str | torch.device | None = None,
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
+    ood_reference: OODReference | None = None,
 ) -> dict[str, Any]:
     """Evaluate a saved model on ``indices`` of a dataset, e.g. a candidate and the production
     model on the same stored test split.
@@ -67,7 +92,10 @@ def evaluate_checkpoint(
     ``preprocessing``). Dataset labels are matched to the model's classes by name, so a model and
     a dataset may list them in different orders; a dataset class the model lacks is an error.
     Returns ``{"metrics", "roc", "reliability", "output", "predictions"}`` (``output`` is an
-    :class:`EvalOutput`, ``predictions`` the :class:`SamplePredictions` of the same pass).
+    :class:`EvalOutput`, ``predictions`` the :class:`SamplePredictions` of the same pass). With
+    an ``ood_reference`` every image is scored from the same forward pass, and ``metrics["ood"]``
+    says how many are over its threshold (:func:`ood_summary`); without one it is None. (The
+    image checks need the original pictures and do not run here.)
     """
     state_dict, meta = load_weights_file(checkpoint_path)
     arch = arch or (meta.arch if meta else None)
@@ -101,6 +129,7 @@ def evaluate_checkpoint(
         temperature=temperature,
         progress=progress,
         should_stop=should_stop,
+        features_of=arch if ood_reference is not None else None,
     )
     if not output.complete or not output.n:
         return {
@@ -111,12 +140,17 @@ def evaluate_checkpoint(
             "predictions": None,
         }
     probs = output.probabilities()
+    scores = None
+    if ood_reference is not None and output.features is not None:
+        scores = ood_reference.scores(output.features)
     # The batches follow `indices` in order (no shuffle), so row k is sample indices[k].
     predictions = SamplePredictions(
         classes=list(names),
         paths=[str(samples[i][0]) for i in list(indices)[: output.n]],
         labels=output.labels,
         probabilities=probs,
+        ood_scores=scores,
+        ood_threshold=ood_reference.threshold if ood_reference is not None else None,
     )
     metrics = with_calibration(
         classification_report(output.labels, probs, names, thresholds=thresholds),
@@ -124,6 +158,11 @@ def evaluate_checkpoint(
         temperature,
     )
     metrics["images_per_s"] = output.images_per_s
+    metrics["ood"] = (
+        ood_summary(scores, ood_reference)
+        if scores is not None and ood_reference is not None
+        else None
+    )
     return {
         "metrics": metrics,
         "roc": roc_curves(output.labels, probs, names),
