@@ -6,6 +6,7 @@ from django.utils import timezone
 
 from diagnosis import identity
 from diagnosis.models import Patient, Study
+from diagnosis.results import UNRELIABLE_LABEL
 
 
 def _mb(n: int) -> str:
@@ -192,9 +193,11 @@ class WorklistFilterForm(forms.Form):
 
     def __init__(self, *args, findings: list[str] = (), **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["finding"].choices = [("", "Any finding"), ("flagged", "Flagged abnormal")] + [
-            (f, f) for f in findings
-        ]
+        self.fields["finding"].choices = [
+            ("", "Any finding"),
+            ("flagged", "Flagged abnormal"),
+            ("unreliable", "Unreliable (unlike the training data)"),
+        ] + [(f, f) for f in findings if f != UNRELIABLE_LABEL]
 
 
 class ReadingForm(forms.Form):

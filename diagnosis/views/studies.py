@@ -44,6 +44,7 @@ def _study_context(study: Study) -> dict:
                 "history": predictions[1:],
                 "heatmaps": heatmaps,
                 "bars": results.prediction_bars(prediction),
+                "shown_label": results.prediction_shown_label(prediction),
             }
         )
     pending = any(
