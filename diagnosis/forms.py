@@ -214,8 +214,17 @@ class ReadingForm(forms.Form):
     # The predictions of the study result the page showed: signing is refused when they changed.
     prediction_ids = forms.CharField(required=False, widget=forms.HiddenInput)
 
-    def __init__(self, *args, classes: list[str] = (), has_result: bool = True, **kwargs):
+    def __init__(
+        self,
+        *args,
+        classes: list[str] = (),
+        has_result: bool = True,
+        unreliable: bool = False,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
+        if unreliable:  # unlike the training data: nothing to agree with by default
+            self.fields["decision"].initial = "override"
         self.fields["final_label"].choices = (
             [("", "—")] + [(c, c) for c in classes] + [("other", "other (describe in the notes)")]
         )

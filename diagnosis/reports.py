@@ -83,13 +83,13 @@ def result_text(result: StudyResult, *, views: int) -> str:
 
 def _ood_line(prediction: Prediction) -> str:
     """One image's out-of-distribution warning (plain text)."""
-    text = UNRELIABLE_WARNING
-    if prediction.ood_score is not None and prediction.ood_threshold is not None:
-        text += (
-            f": score {prediction.ood_score:.1f} over the threshold {prediction.ood_threshold:.1f}"
-        )
+    text = UNRELIABLE_WARNING + "."
     reasons = "; ".join(str(r) for r in prediction.ood_reasons or [])
-    return text + (f" ({reasons})." if reasons else ".")
+    if reasons:
+        text += f" Reasons: {reasons}."
+    if prediction.ood_score is not None and prediction.ood_threshold is not None:
+        text += f" Score {prediction.ood_score:.1f}, threshold {prediction.ood_threshold:.1f}."
+    return text
 
 
 def render_pdf(study: Study, *, generated_by=None) -> bytes:

@@ -22,7 +22,7 @@ from tests.diagnosis.conftest import finish_prediction as _finish
 from tests.diagnosis.conftest import upload_view as _image
 
 OOD_SCORE = {
-    "score": 41.25,
+    "score": 41.2,
     "threshold": 18.0,
     "flagged": True,
     "reasons": ["unlike the training data (score 41.2 > 18.0)"],
@@ -202,7 +202,7 @@ def test_the_report_and_pdf_say_unreliable_not_normal(ood_normal, rad_client):
     text = " ".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages)
     text = re.sub(r"\s+", " ", text)
     assert "Unlike the training data — result unreliable" in text
-    assert "score 41.2 over the threshold 18.0" in text
+    assert "Score 41.2, threshold 18.0." in text
     assert f"Model result: {UNRELIABLE_LABEL}" in text
     assert f"This image: {UNRELIABLE_LABEL}" in text
     assert "Model result: NORMAL" not in text and "This image: NORMAL" not in text
