@@ -276,13 +276,7 @@ def _rendered(
         "heatmap": heatmap_png,
         "overlay": overlay_png,
         "device": str(predictor.device),
-        "ood": _ood_dict(result),
+        "ood": result.ood.to_dict(),  # training.ml.ood.OODResult, never None
         # This image's share of the batch's pass, plus its own rendering.
         "compute_ms": predict_ms + (time.perf_counter() - started) * 1000.0,
     }
-
-
-def _ood_dict(result: Any) -> dict:
-    """The prediction's out-of-distribution result (training.ml.ood.OODResult.to_dict())."""
-    ood = getattr(result, "ood", None)
-    return ood.to_dict() if ood is not None else {}
