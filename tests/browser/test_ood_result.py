@@ -90,3 +90,11 @@ def test_an_ood_study_is_flagged_unreliable_and_never_normal(
     shot = artifacts_dir / "ood-study.png"
     page.screenshot(path=shot, full_page=True)
     _keep(shot)
+    page.goto(f"{live_server.url}/studies/{ood.study.pk}/report/")
+    result = page.locator(".study-result").inner_text()
+    assert result.startswith("Unlike the training data — result unreliable")
+    assert f"Model result: {UNRELIABLE_LABEL}" in result
+    assert page.locator("[data-image-ood]").is_visible()
+    shot = artifacts_dir / "ood-report.png"
+    page.screenshot(path=shot, full_page=True)
+    _keep(shot)
