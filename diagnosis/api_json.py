@@ -46,6 +46,8 @@ def prediction_json(prediction: Prediction, request) -> dict:
         "finished_at": prediction.finished_at,
         "compute_ms": prediction.compute_ms,
         "device": prediction.device or None,
+        # How unlike the version's training data the image is (None score: no reference).
+        "ood": prediction.ood,
     }
 
 

@@ -24,6 +24,25 @@ class Error(serializers.Serializer):
     field = serializers.CharField(required=False, help_text="The request field at fault.")
 
 
+class OOD(serializers.Serializer):
+    """How unlike the model version's training data the image is."""
+
+    score = serializers.FloatField(
+        allow_null=True,
+        help_text="In-distribution distance against the version's training features (higher: "
+        "more unlike them); null when the version has no OOD reference.",
+    )
+    threshold = serializers.FloatField(
+        allow_null=True, help_text="The version's threshold (from its validation split)."
+    )
+    flagged = serializers.BooleanField(
+        help_text="Score over the threshold, or an image check failed: the result is unreliable."
+    )
+    reasons = serializers.ListField(
+        child=serializers.CharField(), help_text="Plain-English reasons when flagged."
+    )
+
+
 class Prediction(serializers.Serializer):
     id = serializers.IntegerField()
     url = serializers.URLField()
@@ -52,6 +71,7 @@ class Prediction(serializers.Serializer):
     finished_at = serializers.DateTimeField(allow_null=True)
     compute_ms = serializers.IntegerField(allow_null=True)
     device = serializers.CharField(allow_null=True)
+    ood = OOD()
 
 
 class StudyImage(serializers.Serializer):
@@ -76,6 +96,18 @@ class StudyResult(serializers.Serializer):
     model_version = serializers.CharField(allow_null=True)
     model_versions = serializers.ListField(child=serializers.CharField())
     thresholds = serializers.DictField(child=serializers.FloatField())
+    unreliable = serializers.BooleanField(
+        help_text="A view's current prediction is unlike the training data (ood.flagged)."
+    )
+    unreliable_reasons = serializers.ListField(child=serializers.CharField())
+    shown_label = serializers.CharField(
+        allow_null=True,
+        help_text='The label to show: "unreliable — unlike the training data" instead of a '
+        "normal class when the result is unreliable, else label.",
+    )
+    needs_attention = serializers.BooleanField(
+        help_text="A view's analysis failed or the result is unreliable: read it first."
+    )
 
 
 class StudyOut(serializers.Serializer):

@@ -6,6 +6,7 @@ from django.utils import timezone
 
 from diagnosis import identity
 from diagnosis.models import Patient, Study
+from diagnosis.results import UNRELIABLE_LABEL
 
 
 def _mb(n: int) -> str:
@@ -192,9 +193,11 @@ class WorklistFilterForm(forms.Form):
 
     def __init__(self, *args, findings: list[str] = (), **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["finding"].choices = [("", "Any finding"), ("flagged", "Flagged abnormal")] + [
-            (f, f) for f in findings
-        ]
+        self.fields["finding"].choices = [
+            ("", "Any finding"),
+            ("flagged", "Flagged abnormal"),
+            ("unreliable", "Unreliable (unlike the training data)"),
+        ] + [(f, f) for f in findings if f != UNRELIABLE_LABEL]
 
 
 class ReadingForm(forms.Form):
@@ -211,8 +214,17 @@ class ReadingForm(forms.Form):
     # The predictions of the study result the page showed: signing is refused when they changed.
     prediction_ids = forms.CharField(required=False, widget=forms.HiddenInput)
 
-    def __init__(self, *args, classes: list[str] = (), has_result: bool = True, **kwargs):
+    def __init__(
+        self,
+        *args,
+        classes: list[str] = (),
+        has_result: bool = True,
+        unreliable: bool = False,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
+        if unreliable:  # unlike the training data: nothing to agree with by default
+            self.fields["decision"].initial = "override"
         self.fields["final_label"].choices = (
             [("", "—")] + [(c, c) for c in classes] + [("other", "other (describe in the notes)")]
         )

@@ -186,6 +186,14 @@ class Prediction(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     compute_ms = models.FloatField(null=True, blank=True)
+    # How unlike the version's training data the image is (training.ml.ood.OODResult): the
+    # in-distribution score against the version's OOD reference and its threshold (None when the
+    # version has none), and whether it is flagged, with the plain-English reasons (the score
+    # over the threshold, or an image check such as "a colour photograph, not a radiograph").
+    ood_score = models.FloatField(null=True, blank=True)
+    ood_threshold = models.FloatField(null=True, blank=True)
+    ood_flagged = models.BooleanField(default=False)
+    ood_reasons = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["-queued_at"]
@@ -248,6 +256,16 @@ class Prediction(models.Model):
         if not self.probabilities:
             return []
         return sorted(self.probabilities.items(), key=lambda kv: kv[1], reverse=True)
+
+    @property
+    def ood(self) -> dict:
+        """The out-of-distribution result, as the API shows it."""
+        return {
+            "score": self.ood_score,
+            "threshold": self.ood_threshold,
+            "flagged": self.ood_flagged,
+            "reasons": list(self.ood_reasons or []),
+        }
 
     @property
     def top_probability(self) -> float | None:

@@ -14,7 +14,12 @@ from django.utils import timezone
 
 from diagnosis import selectors
 from diagnosis.models import Prediction, Study
-from diagnosis.results import StudyResult, prediction_bars
+from diagnosis.results import (
+    UNRELIABLE_WARNING,
+    StudyResult,
+    prediction_bars,
+    prediction_shown_label,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +33,15 @@ def report_context(study: Study) -> dict:
     items = []
     for image in study.images.all():
         predictions = list(image.predictions.all())
-        items.append({"image": image, "prediction": predictions[0] if predictions else None})
+        prediction = predictions[0] if predictions else None
+        items.append(
+            {
+                "image": image,
+                "prediction": prediction,
+                "shown_label": prediction_shown_label(prediction),
+                "ood_line": _ood_line(prediction) if prediction and prediction.ood_flagged else "",
+            }
+        )
     readings = selectors.study_readings(study)
     result = selectors.study_result(study)
     return {
@@ -50,7 +63,13 @@ def result_text(result: StudyResult, *, views: int) -> str:
             "failed": "Needs attention: the analysis of a view failed.",
             "pending": "The analysis is not finished.",
         }.get(result.status, "No analysis.")
-    text = f"Model result: {result.label} ({result.label_probability:.3f})"
+    text = ""
+    if result.unreliable:
+        text = f"{UNRELIABLE_WARNING}: {'; '.join(result.unreliable_reasons)}. "
+    if result.shown_label != result.label:  # an unreliable normal: never printed as normal
+        text += f"Model result: {result.shown_label}"
+    else:
+        text += f"Model result: {result.label} ({result.label_probability:.3f})"
     text += ", flagged: " + ", ".join(result.flagged_classes) if result.flagged else ", not flagged"
     if views > 1:
         text += f"; {views} views combined (per class the highest probability)"
@@ -59,6 +78,17 @@ def result_text(result: StudyResult, *, views: int) -> str:
         text += " Needs attention: the analysis of a view failed."
     elif result.status == "pending":
         text += " Another view is still being analysed."
+    return text
+
+
+def _ood_line(prediction: Prediction) -> str:
+    """One image's out-of-distribution warning (plain text)."""
+    text = UNRELIABLE_WARNING + "."
+    reasons = "; ".join(str(r) for r in prediction.ood_reasons or [])
+    if reasons:
+        text += f" Reasons: {reasons}."
+    if prediction.ood_score is not None and prediction.ood_threshold is not None:
+        text += f" Score {prediction.ood_score:.1f}, threshold {prediction.ood_threshold:.1f}."
     return text
 
 
@@ -173,9 +203,11 @@ def render_pdf(study: Study, *, generated_by=None) -> bytes:
             [cell(label), f"{p:.3f}", f"{thr:.2f}" + (" (flagged)" if flagged else "")]
             for label, p, thr, flagged in prediction_bars(prediction)
         ]
+        if prediction.ood_flagged:
+            story.append(Paragraph(_markup(_ood_line(prediction)), styles["Normal"]))
         story += [
             Paragraph(
-                f"This image: <b>{_markup(prediction.label)}</b> — model version "
+                f"This image: <b>{_markup(prediction_shown_label(prediction))}</b> — model version "
                 f"{_markup(version.name)} ({_markup(version.architecture)}), "
                 f"{_markup(prediction.cam_method)} heatmap of "
                 f"“{_markup(prediction.cam_class)}”",

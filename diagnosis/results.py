@@ -19,6 +19,15 @@ The rule:
 - ``driving_image``: the image whose prediction gives the label its probability.
 - ``prediction_ids``: the finished predictions the result is made of. A reading records them and
   is refused when they changed (a view finished later, a re-analysis) before it was signed.
+- ``unreliable``: some view's current, finished prediction is flagged out-of-distribution
+  (``ood_flagged``: its in-distribution score is over its version's threshold, or an image check
+  says it is no radiograph); ``unreliable_reasons`` are those predictions' reasons, each once.
+  An unreliable result is never a confident normal: when its label is a normal class, every
+  surface shows :data:`UNRELIABLE_LABEL` instead (``shown_label``). An abnormal label stays
+  shown (and flagged when over its threshold), marked unreliable.
+- ``needs_attention``: a view's analysis failed, or the result is unreliable. The worklist reads
+  unread studies that need attention first, failed and unreliable alike (by priority, then
+  waiting time), before the flagged ones: both say the model's answer cannot be taken as it is.
 """
 
 from __future__ import annotations
@@ -28,6 +37,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DONE, FAILED, QUEUED, RUNNING = "done", "failed", "queued", "running"
+# What a surface shows instead of a normal label when the result is unreliable.
+UNRELIABLE_LABEL = "unreliable — unlike the training data"
+UNRELIABLE_WARNING = "Unlike the training data — result unreliable"
 
 
 @dataclass(frozen=True)
@@ -44,11 +56,22 @@ class StudyResult:
     # Per class, the threshold of the version whose prediction gives the class its probability.
     thresholds: dict[str, float] = field(default_factory=dict)
     normal_classes: list[str] = field(default_factory=list)
+    unreliable: bool = False
+    unreliable_reasons: list[str] = field(default_factory=list)
+    # The current finished predictions flagged out-of-distribution.
+    unreliable_predictions: list[Any] = field(default_factory=list, repr=False, compare=False)
     driving_prediction: Any = field(default=None, repr=False, compare=False)
 
     @property
     def needs_attention(self) -> bool:
-        return self.status == FAILED
+        return self.status == FAILED or self.unreliable
+
+    @property
+    def shown_label(self) -> str | None:
+        """The label as surfaces show it: never a normal class when the result is unreliable."""
+        if self.unreliable and (self.label is None or self.label in self.normal_classes):
+            return UNRELIABLE_LABEL
+        return self.label
 
     @property
     def label_probability(self) -> float | None:
@@ -74,6 +97,10 @@ class StudyResult:
             "model_version": self.model_version,
             "model_versions": list(self.model_versions),
             "thresholds": dict(self.thresholds),
+            "unreliable": self.unreliable,
+            "unreliable_reasons": list(self.unreliable_reasons),
+            "shown_label": self.shown_label,
+            "needs_attention": self.needs_attention,
         }
 
 
@@ -102,6 +129,12 @@ def study_result(predictions: Iterable[Any]) -> StudyResult:
             if p.status == DONE and p.probabilities and p.model_version is not None
         ),
         key=lambda p: p.pk,
+    )
+    unreliable = [p for p in done if getattr(p, "ood_flagged", False)]
+    reasons = list(
+        dict.fromkeys(
+            r for p in unreliable for r in (p.ood_reasons or ["unlike the training data"])
+        )
     )
     if not done:
         return StudyResult(status=status)
@@ -133,6 +166,9 @@ def study_result(predictions: Iterable[Any]) -> StudyResult:
         model_versions=versions,
         thresholds=thresholds,
         normal_classes=normal,
+        unreliable=bool(unreliable),
+        unreliable_reasons=reasons,
+        unreliable_predictions=unreliable,
         driving_prediction=driver,
     )
 
@@ -195,6 +231,19 @@ def prediction_bars(prediction: Any) -> list[tuple[str, float, float, bool]]:
     ]
 
 
+def prediction_shown_label(prediction: Any) -> str | None:
+    """One image's label as surfaces show it: :data:`UNRELIABLE_LABEL` instead of a normal
+    class when that image is flagged out-of-distribution."""
+    if prediction is None or prediction.status != DONE or not prediction.label:
+        return None
+    version = prediction.model_version
+    if getattr(prediction, "ood_flagged", False) and (
+        version is None or version.is_normal_label(prediction.label)
+    ):
+        return UNRELIABLE_LABEL
+    return prediction.label
+
+
 @dataclass(frozen=True)
 class ReanalysisNotice:
     """That a study's result changed by a re-analysis: the version and date of the newest
@@ -224,7 +273,7 @@ def reanalysis_notice(predictions: Iterable[Any]) -> ReanalysisNotice | None:
         version=newest.model_version.name if newest.model_version is not None else None,
         at=newest.queued_at,
         previous_status=previous.status,
-        previous_label=previous.label,
+        previous_label=previous.shown_label,
         previous_version=previous.model_version,
         pending=any(c.status in (QUEUED, RUNNING) for c in current if c.pk in replaced),
     )

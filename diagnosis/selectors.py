@@ -48,8 +48,9 @@ def worklist(
     date_to: dt.date | None = None,
 ) -> QuerySet[Study]:
     """Studies in reading order. Unread studies first: those that need attention (a view's
-    current analysis failed), then those the study result flags, then the rest; within each,
-    by priority (STAT, urgent, routine), longest waiting first. Read studies last, newest first."""
+    current analysis failed, or its finished one is unlike the training data: the result is
+    unreliable), then those the study result flags, then the rest; within each, by priority
+    (STAT, urgent, routine), longest waiting first. Read studies last, newest first."""
     # A view's current prediction is its latest (diagnosis.results): older ones are history.
     newer = Prediction.objects.filter(image=OuterRef("image"), queued_at__gt=OuterRef("queued_at"))
     current = Prediction.objects.filter(image__study=OuterRef("pk")).filter(~Exists(newer))
@@ -57,11 +58,14 @@ def worklist(
         study_list()
         .annotate(
             is_reviewed=Exists(Reading.objects.filter(study=OuterRef("pk"))),
-            needs_attention=Exists(current.filter(status=Prediction.Status.FAILED)),
+            analysis_failed=Exists(current.filter(status=Prediction.Status.FAILED)),
+            unreliable=Exists(current.filter(status=Prediction.Status.DONE, ood_flagged=True)),
         )
         .annotate(
             sort_group=Case(
-                When(is_reviewed=False, needs_attention=True, then=Value(0)),
+                When(
+                    Q(analysis_failed=True) | Q(unreliable=True), is_reviewed=False, then=Value(0)
+                ),
                 When(is_reviewed=False, flagged_by_model=True, then=Value(1)),
                 When(is_reviewed=False, then=Value(2)),
                 default=Value(3),
@@ -78,6 +82,8 @@ def worklist(
     studies = _with_status(studies, current, status)
     if finding == "flagged":
         studies = studies.filter(flagged_by_model=True)
+    elif finding == "unreliable":
+        studies = studies.filter(unreliable=True)
     elif finding:
         studies = studies.filter(result_label=finding)
     if reviewed == "yes":
@@ -110,7 +116,7 @@ def _with_status(
     if status == "running":
         return studies.filter(Exists(current.filter(status=Prediction.Status.RUNNING)))
     if status == "failed":
-        return studies.filter(needs_attention=True)
+        return studies.filter(analysis_failed=True)
     if status == "done":
         return studies.filter(Exists(current)).exclude(
             Exists(current.exclude(status=Prediction.Status.DONE))

@@ -78,7 +78,9 @@ def storage_delete_quietly(names: list[str]) -> None:
 
 def study_result_store(*, study_id: int) -> StudyResult:
     """Store what the worklist sorts and filters by from the study's result
-    (:func:`diagnosis.results.study_result`): the flag, its finding and the result's label.
+    (:func:`diagnosis.results.study_result`): the flag, its finding and the result's label as
+    the surfaces show it (``shown_label``: an unreliable normal is stored as unreliable, so the
+    worklist's filter by a normal class never lists it).
 
     Called whenever a view's prediction finishes, and when a version's normal classes or
     thresholds change: the flag follows the study's current result, up and down.
@@ -87,15 +89,10 @@ def study_result_store(*, study_id: int) -> StudyResult:
         Prediction.objects.filter(image__study_id=study_id).select_related("model_version")
     )
     finding = result.flagged_classes[0][:64] if result.flagged else ""
+    label = (result.shown_label or "")[:64]
     Study.objects.filter(pk=study_id).exclude(
-        flagged_by_model=result.flagged,
-        flagged_finding=finding,
-        result_label=(result.label or "")[:64],
-    ).update(
-        flagged_by_model=result.flagged,
-        flagged_finding=finding,
-        result_label=(result.label or "")[:64],
-    )
+        flagged_by_model=result.flagged, flagged_finding=finding, result_label=label
+    ).update(flagged_by_model=result.flagged, flagged_finding=finding, result_label=label)
     return result
 
 

@@ -44,6 +44,7 @@ def _study_context(study: Study) -> dict:
                 "history": predictions[1:],
                 "heatmaps": heatmaps,
                 "bars": results.prediction_bars(prediction),
+                "shown_label": results.prediction_shown_label(prediction),
             }
         )
     pending = any(
@@ -96,6 +97,7 @@ def _reading_context(study: Study, form: ReadingForm | None = None) -> dict:
     form = form or ReadingForm(
         classes=_reading_classes(result, predictions),
         has_result=result.label is not None,
+        unreliable=result.unreliable,
         initial={
             "amends": current.pk if current else None,
             "prediction_ids": ",".join(str(i) for i in result.prediction_ids),
@@ -169,6 +171,7 @@ def reading_sign(request, pk: int):
         request.POST,
         classes=_reading_classes(result, predictions),
         has_result=result.label is not None,
+        unreliable=result.unreliable,
     )
     status = 400
     if form.is_valid():
@@ -193,6 +196,7 @@ def reading_sign(request, pk: int):
                 data,
                 classes=_reading_classes(result, predictions),
                 has_result=result.label is not None,
+                unreliable=result.unreliable,
             )
             form.is_valid()
             form.add_error(None, str(exc))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from django.conf import settings
 from django.core.files.base import ContentFile
@@ -48,6 +49,7 @@ def prediction_finish(
         "device": outcome["device"],
         "compute_ms": outcome["compute_ms"],
         "finished_at": timezone.now(),
+        **ood_fields(outcome.get("ood")),
     }
     try:
         updated = Prediction.objects.filter(
@@ -69,6 +71,27 @@ def prediction_finish(
         setattr(prediction, field, value)
     study_flag_from_prediction(prediction=prediction)
     return prediction
+
+
+def ood_fields(ood: dict | None) -> dict:
+    """The Prediction's ood_* fields from an OODResult.to_dict() (training.ml.ood); a model
+    without an OOD result leaves them unset: no score, not flagged."""
+    ood = ood or {}
+    reasons = [str(r)[:500] for r in ood.get("reasons") or []]
+    return {
+        "ood_score": _finite(ood.get("score")),
+        "ood_threshold": _finite(ood.get("threshold")),
+        "ood_flagged": bool(ood.get("flagged")),
+        "ood_reasons": reasons,
+    }
+
+
+def _finite(value: object) -> float | None:
+    """A float the database and JSON can hold (no NaN or infinity), else None."""
+    if value is None:
+        return None
+    number = float(value)  # type: ignore[arg-type]
+    return number if math.isfinite(number) else None
 
 
 def prediction_retry_or_fail(prediction: Prediction, message: str) -> Prediction:

@@ -42,9 +42,13 @@ def upload_view(user, mrn: str, accession: str, seed: int, **kw):
 
 
 def finish_prediction(
-    prediction: Prediction, version: ModelVersion, probabilities: dict
+    prediction: Prediction, version: ModelVersion, probabilities: dict, *, ood: dict | None = None
 ) -> Prediction:
-    """The worker's outcome, written as the worker writes it, then the study's result stored."""
+    """The worker's outcome, written as the worker writes it, then the study's result stored.
+    ``ood``: an OODResult.to_dict() (score, threshold, flagged, reasons), stored as the worker
+    stores it (diagnosis.worker.finish.ood_fields)."""
+    from diagnosis.worker.finish import ood_fields
+
     label = max(probabilities, key=probabilities.get)
     Prediction.objects.filter(pk=prediction.pk).update(
         model_version=version,
@@ -53,6 +57,7 @@ def finish_prediction(
         cam_class=label,
         probabilities=probabilities,
         finished_at=timezone.now(),
+        **ood_fields(ood),
     )
     prediction.refresh_from_db()
     services.study_flag_from_prediction(prediction=prediction)
