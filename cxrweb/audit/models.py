@@ -75,6 +75,8 @@ class AuditEvent(AppendOnlyModel):
         TOKEN_REVOKED = "token_revoked", "Revoked an API token"
         VIEW_ADMIN = "view_admin", "Viewed patient data in the admin"
         REANALYSE = "reanalyse", "Queued a re-analysis"
+        CALIBRATE = "calibrate", "Fitted a model calibration"
+        ACTIVATE_CALIBRATION = "activate_calibration", "Activated a model calibration"
 
     # Set before the insert (not auto_now_add, which is set during it), as the chain hash needs it.
     at = models.DateTimeField(default=timezone.now, editable=False, db_index=True)
