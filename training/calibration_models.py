@@ -81,6 +81,13 @@ class ModelCalibration(models.Model):
         value = (self.ood_summary or {}).get("threshold")
         return float(value) if isinstance(value, (int, float)) else None
 
+    @property
+    def ordered_thresholds(self) -> list[tuple[str, float]]:
+        """The thresholds in the version's class order (jsonb does not keep key order)."""
+        order = list(self.version.class_labels or [])
+        known = [(c, float(self.thresholds[c])) for c in order if c in (self.thresholds or {})]
+        return known + [(c, float(t)) for c, t in (self.thresholds or {}).items() if c not in order]
+
     def ece(self, when: str) -> float | None:
         return ((self.metrics or {}).get(when) or {}).get("ece")
 
