@@ -180,3 +180,38 @@ def test_logits_recovered_from_stored_probabilities_give_the_same_softmax():
     probs = softmax(logits, 1.7)
     assert np.allclose(softmax(logits_from_probabilities(probs, 1.7), 1.7), probs)
     assert np.allclose(softmax(logits_from_probabilities(probs, 1.7), 1.0), softmax(logits, 1.0))
+
+
+def test_the_training_task_fits_a_queued_calibration(version, dataset):
+    from training.tasks import run_calibration
+
+    calibration = calibration_request(
+        version=version, dataset=dataset, split="all", target_sensitivity=0.9, enqueue=False
+    )
+    run_calibration(calibration.pk)
+    run_calibration(calibration.pk)  # a redelivered message finds it done and does nothing
+
+    calibration.refresh_from_db()
+    assert calibration.status == "done" and calibration.n_images == 12
+    assert AuditEvent.objects.filter(action=AuditEvent.Action.CALIBRATE).count() == 1
+
+
+def test_readings_logits_use_the_temperature_active_when_each_prediction_was_made(version):
+    import datetime as dt
+
+    from training.services.calibration_data import _temperature_at
+
+    first = version.calibrations.get(number=1)
+    hot = ModelCalibration.objects.create(
+        version=version, number=2, kind="dataset", status="done", temperature=3.0
+    )
+    calibration_activate(calibration=hot)
+    calibration_activate(calibration=first)  # and back
+    hot_since = dt.datetime.fromisoformat(ModelCalibration.objects.get(pk=hot.pk).activations[0])
+    back_since = dt.datetime.fromisoformat(ModelCalibration.objects.get(pk=first.pk).activations[1])
+    at_time = _temperature_at(ModelVersion.objects.get(pk=version.pk))
+
+    assert at_time(hot_since - dt.timedelta(seconds=1)) == 1.0  # calibration 1, before
+    assert at_time(hot_since + (back_since - hot_since) / 2) == 3.0  # while 2 was active
+    assert at_time(back_since + dt.timedelta(seconds=1)) == 1.0  # 1 again
+    assert at_time(None) == 1.0  # unknown: the active one's

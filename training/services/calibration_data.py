@@ -111,19 +111,18 @@ def readings_data(calibration: ModelCalibration) -> CalibrationData:
 def _temperature_at(version: ModelVersion):
     """A function: the temperature the version read images with at a given time (from its
     calibrations' activation times; the active one's for an unknown time)."""
-    changes: list[tuple[str, float]] = []
+    changes: list[tuple[dt.datetime, float]] = []
     for cal in version.calibrations.filter(status=ModelCalibration.Status.DONE):
         for at in cal.activations or []:
-            changes.append((str(at), float(cal.temperature or 1.0)))
+            changes.append((dt.datetime.fromisoformat(str(at)), float(cal.temperature or 1.0)))
     changes.sort()
     times = [at for at, _ in changes]
     current = float(version.temperature or 1.0)
 
-    def at_time(when: dt.datetime | str | None) -> float:
+    def at_time(when: dt.datetime | None) -> float:
         if when is None or not changes:
             return current
-        stamp = when.isoformat() if isinstance(when, dt.datetime) else str(when)
-        i = bisect.bisect_right(times, stamp)
+        i = bisect.bisect_right(times, when)
         return changes[i - 1][1] if i else changes[0][1]
 
     return at_time
