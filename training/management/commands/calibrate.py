@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from training.management.lookup import by_name_or_id, figure
 from training.models import Dataset, ModelCalibration, ModelVersion
 from training.services import (
     CalibrationRejected,
@@ -49,8 +50,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, version, dataset, readings, split, target_sensitivity, activate, **kw):
-        v = _get(ModelVersion, version)
-        d = _get(Dataset, dataset) if dataset else None
+        v = by_name_or_id(ModelVersion, version)
+        d = by_name_or_id(Dataset, dataset) if dataset else None
         target = (
             settings.CXR_TARGET_SENSITIVITY if target_sensitivity is None else target_sensitivity
         )
@@ -86,31 +87,18 @@ class Command(BaseCommand):
             self.style.SUCCESS(
                 f"Calibration {c.number} of {version.name} on {c.source} (n={c.n_images}): "
                 f"temperature {before.get('temperature', 1.0):.3f} -> {c.temperature:.3f}, "
-                f"ECE {_f(before.get('ece'))} -> {_f(after.get('ece'))}, NLL "
-                f"{_f(before.get('nll'))} -> {_f(after.get('nll'))}, OOD threshold "
-                f"{_f(c.ood_threshold)}"
+                f"ECE {figure(before.get('ece'))} -> {figure(after.get('ece'))}, NLL "
+                f"{figure(before.get('nll'))} -> {figure(after.get('nll'))}, OOD threshold "
+                f"{figure(c.ood_threshold)}"
             )
         )
         for name, t in c.thresholds.items():
             was = (before.get("per_class") or {}).get(name, {})
             now = (after.get("per_class") or {}).get(name, {})
             self.stdout.write(
-                f"  {name}: threshold {t:.3f}, sensitivity {_f(was.get('sensitivity'))} -> "
-                f"{_f(now.get('sensitivity'))}, specificity {_f(was.get('specificity'))} -> "
-                f"{_f(now.get('specificity'))}"
+                f"  {name}: threshold {t:.3f}, sensitivity {figure(was.get('sensitivity'))} -> "
+                f"{figure(now.get('sensitivity'))}, specificity {figure(was.get('specificity'))} -> "
+                f"{figure(now.get('specificity'))}"
             )
         for note in c.metrics.get("notes", []):
             self.stdout.write(f"  note: {note}")
-
-
-def _f(x) -> str:
-    return "—" if x is None else f"{x:.3f}"
-
-
-def _get(model, key: str):
-    obj = model.objects.filter(name=key).first()
-    if obj is None and key.isdigit():
-        obj = model.objects.filter(pk=int(key)).first()
-    if obj is None:
-        raise CommandError(f"No {model._meta.verbose_name} {key!r}.")
-    return obj
