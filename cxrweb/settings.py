@@ -282,6 +282,13 @@ CXR_TRAINING_STALE_AFTER_S = env_positive_int("CXR_TRAINING_STALE_AFTER_S", 300)
 # this share of its images flagged; fewer than CXR_CALIBRATION_MIN_IMAGES usable images is refused.
 CXR_TARGET_SENSITIVITY = env_float("CXR_TARGET_SENSITIVITY", 0.9, minimum=0.01, maximum=1.0)
 CXR_CALIBRATION_MIN_IMAGES = env_positive_int("CXR_CALIBRATION_MIN_IMAGES", 50)
+# A new model's out-of-distribution threshold: this percentile of its validation split's scores
+# (99: about 1 in 100 in-distribution images is flagged "unlike the training data").
+CXR_OOD_PERCENTILE = env_float("CXR_OOD_PERCENTILE", 99.0, minimum=50)
+if CXR_OOD_PERCENTILE > 100:
+    raise ImproperlyConfigured(
+        f"CXR_OOD_PERCENTILE must be a percentile of 50 to 100, got {CXR_OOD_PERCENTILE!r}."
+    )
 # Datasets are registered only from folders under these roots (comma-separated absolute paths;
 # symlinks and ".." are resolved first). Any other path is refused with one message, whether it
 # exists or not, so the form cannot be used to explore the server's folders.

@@ -43,6 +43,10 @@ class ModelVersion(models.Model):
     )
     weights = models.FileField(upload_to="models/", max_length=255)
     sha256 = models.CharField(max_length=64)
+    # The out-of-distribution reference (training/ml/ood.py): the training split's pooled
+    # features and the validation split's threshold; its summary (method, threshold, ...) here.
+    ood_reference = models.FileField(upload_to="models/ood/", blank=True, max_length=255)
+    ood_summary = models.JSONField(default=dict, blank=True)
     metrics = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.CANDIDATE)
     notes = models.TextField(blank=True)

@@ -29,6 +29,7 @@ from training.ml.infer.predictor import Predictor
 from training.ml.infer.render import render_pngs
 from training.ml.memory import retain_freed_memory
 from training.ml.models.checkpoint import file_sha256
+from training.ml.ood import OODError, OODReference
 from training.ml.preprocessing import Preprocessing
 from training.models import ModelVersion
 
@@ -145,6 +146,7 @@ def _load(version: ModelVersion) -> Predictor:
         )
     from training.ml.errors import MLError
 
+    reference = _ood_reference(version)
     try:
         predictor = Predictor.from_file(
             path,
@@ -153,6 +155,7 @@ def _load(version: ModelVersion) -> Predictor:
             preprocessing=Preprocessing.from_dict(version.preprocessing_dict()),
             temperature=version.temperature or 1.0,
             freeze=settings.CXR_INFERENCE_FREEZE,
+            ood_reference=reference,
         )
     except MLError as exc:
         raise PredictionFailure(f"Model version {version.name} cannot be loaded: {exc}") from exc
@@ -164,6 +167,23 @@ def _load(version: ModelVersion) -> Predictor:
         predictor.execution,
     )
     return predictor
+
+
+def _ood_reference(version: ModelVersion) -> OODReference | None:
+    """The version's OOD reference, read once per loaded model; None when it has none (its
+    predictions then carry only the image checks). A reference that is named but cannot be read
+    fails the prediction: scoring silently without it would drop the "unlike the training data"
+    warning."""
+    if not version.ood_reference:
+        return None
+    try:
+        path = version.ood_reference.path
+        return OODReference.load(path)
+    except (ValueError, NotImplementedError, FileNotFoundError, OODError) as exc:
+        raise PredictionFailure(
+            f"The out-of-distribution reference of model version {version.name} cannot be read "
+            f"({exc}). Restore the file, or fit it again with calibrate."
+        ) from exc
 
 
 def open_display(image: Image, preprocessing):
@@ -280,6 +300,8 @@ def _rendered(
         "heatmap": heatmap_png,
         "overlay": overlay_png,
         "device": str(predictor.device),
+        # {"score", "threshold", "flagged", "reasons"} (training.ml.ood.OODResult).
+        "ood": result.ood.to_dict(),
         # This image's share of the batch's pass, plus its own rendering.
         "compute_ms": predict_ms + (time.perf_counter() - started) * 1000.0,
     }

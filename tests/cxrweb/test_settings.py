@@ -55,6 +55,8 @@ def _settings(attribute: str, **env: str):
         ("CXR_TARGET_SENSITIVITY", "1.2", "CXR_TARGET_SENSITIVITY must be a number of at most 1"),
         ("CXR_TARGET_SENSITIVITY", "0", "CXR_TARGET_SENSITIVITY must be a number of 0.01 or more"),
         ("CXR_CALIBRATION_MIN_IMAGES", "0", "CXR_CALIBRATION_MIN_IMAGES must be a positive"),
+        ("CXR_OOD_PERCENTILE", "101", "CXR_OOD_PERCENTILE must be a percentile of 50 to 100"),
+        ("CXR_OOD_PERCENTILE", "10", "CXR_OOD_PERCENTILE must be a number of 50 or more"),
         ("DEBUG", "maybe", "DEBUG must be true or false, got 'maybe'"),
         ("CXR_DB_PREPARED_STATEMENTS", "enabled", "CXR_DB_PREPARED_STATEMENTS must be true or"),
         ("CXR_INFERENCE_FREEZE", "2", "CXR_INFERENCE_FREEZE must be true or false"),

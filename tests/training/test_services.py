@@ -12,6 +12,7 @@ from django.utils import timezone
 from diagnosis.worker.run import prediction_run
 from tests import imagegen
 from tests.training.ml.imagefolders import make_folder
+from training.ml.ood import OODReference
 from training.models import Dataset, Evaluation, ModelVersion, TrainingRun
 from training.services import (
     DatasetRejected,
@@ -85,7 +86,8 @@ def test_the_register_dataset_command_prints_counts_and_unreadable_files(db, fol
     assert Dataset.objects.get(name="cmd").split_seed == 3
 
 
-def test_a_run_trains_and_registers_a_candidate_with_its_metrics_and_plots(dataset):
+def test_a_run_trains_and_registers_a_candidate_with_its_metrics_and_plots(dataset, settings):
+    settings.CXR_OOD_PERCENTILE = 95.0
     run = training_run_create(dataset=dataset, config=TINY, enqueue=False)
     seen = []
     run = training_run_execute(run_id=run.pk, on_progress=seen.append)
@@ -103,6 +105,13 @@ def test_a_run_trains_and_registers_a_candidate_with_its_metrics_and_plots(datas
     assert set(version.thresholds) == {"left", "right"}
     for field in ("plot_history", "plot_confusion", "plot_roc", "plot_reliability"):
         assert getattr(run, field).name.endswith(".png"), field
+    # The OOD reference, fitted on the train split and thresholded on val, stored with it.
+    assert version.ood_reference.name.endswith(".ood.npz")
+    reference = OODReference.load(version.ood_reference.path)
+    assert version.ood_summary["threshold"] == pytest.approx(reference.threshold)
+    assert version.ood_summary["percentile"] == 95.0 == reference.percentile
+    assert version.ood_summary["feature_dim"] == 1280  # mobilenet_v2's pooled features
+    assert 0.0 <= version.ood_summary["test_flagged_share"] <= 1.0
     assert training_run_execute(run_id=run.pk) is None  # idempotent
 
 

@@ -23,8 +23,8 @@ def initial_calibrations(apps, schema_editor):
             target_sensitivity=(run.config or {}).get("target_sensitivity") if run else None,
             temperature=version.temperature or 1.0,
             thresholds=version.thresholds or {},
-            ood_reference=getattr(version, "ood_reference", "") or "",
-            ood_summary=getattr(version, "ood_summary", None) or {},
+            ood_reference=version.ood_reference.name or "",
+            ood_summary=version.ood_summary or {},
             activations=[version.created_at.isoformat()],
             created_by_id=version.created_by_id,
             finished_at=version.created_at,
@@ -33,7 +33,7 @@ def initial_calibrations(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("training", "0004_patient_groups"),
+        ("training", "0005_ood_reference"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -194,7 +194,9 @@ def _fit_ood(
     if features is None:
         return None, {}
     fit_rows, held = ood_split(labels, fraction=OOD_HELD_OUT)
-    reference = fit_reference(features[fit_rows], features[held])
+    reference = fit_reference(
+        features[fit_rows], features[held], percentile=settings.CXR_OOD_PERCENTILE
+    )
     path = work_dir / "ood.npz"
     reference.save(path)
     return path, reference.to_summary()

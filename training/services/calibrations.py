@@ -64,8 +64,8 @@ def calibration_initial_create(*, version: ModelVersion) -> ModelCalibration:
         target_sensitivity=(run.config or {}).get("target_sensitivity") if run else None,
         temperature=float(version.temperature or 1.0),
         thresholds=dict(version.thresholds or {}),
-        ood_reference=getattr(version, "ood_reference", "") or "",
-        ood_summary=dict(getattr(version, "ood_summary", None) or {}),
+        ood_reference=version.ood_reference.name or "",
+        ood_summary=dict(version.ood_summary or {}),
         activations=[version.created_at.isoformat()] if version.created_at else [],
         created_by=version.created_by,
         finished_at=version.created_at,
@@ -225,12 +225,17 @@ def calibration_activate(
     version.temperature = float(calibration.temperature or 1.0)
     version.thresholds = dict(calibration.thresholds or {})
     version.calibration_number = calibration.number
-    fields = ["temperature", "thresholds", "calibration_number"]
-    if hasattr(version, "ood_reference"):  # the OOD contract's fields on the version
-        setattr(version, "ood_reference", calibration.ood_reference.name or "")  # noqa: B010
-        setattr(version, "ood_summary", dict(calibration.ood_summary or {}))  # noqa: B010
-        fields += ["ood_reference", "ood_summary"]
-    version.save(update_fields=fields)
+    version.ood_reference.name = calibration.ood_reference.name or ""
+    version.ood_summary = dict(calibration.ood_summary or {})
+    version.save(
+        update_fields=[
+            "temperature",
+            "thresholds",
+            "calibration_number",
+            "ood_reference",
+            "ood_summary",
+        ]
+    )
     calibration.activations = [*(calibration.activations or []), timezone.now().isoformat()]
     calibration.save(update_fields=["activations"])
     audit(

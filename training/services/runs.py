@@ -158,6 +158,7 @@ def training_run_execute(
                 classes=dataset.classes,
                 progress_callback=progress,
                 should_stop=should_stop,
+                ood_percentile=settings.CXR_OOD_PERCENTILE,
             )
         except MLError as exc:
             return _fail(run, str(exc))
@@ -208,11 +209,24 @@ def _finish(run: TrainingRun, result) -> TrainingRun:
                 version.weights.save(
                     f"{version.name}-{version.sha256[:12]}.pt", File(fh), save=False
                 )
+            _attach_ood_reference(version, result)
             version.save()
             calibration_initial_create(version=version)
         run.save(update_fields=["history", "result", "status", "finished_at", *plot_fields])
     logger.info("training run %s %s", run.pk, run.status)
     return run
+
+
+def _attach_ood_reference(version: ModelVersion, result) -> None:
+    """Store the run's OOD reference (written beside the checkpoint) on the new version."""
+    path = getattr(result, "ood_path", None)
+    if not path or not Path(path).is_file():
+        return
+    with open(path, "rb") as fh:
+        version.ood_reference.save(
+            f"{version.name}-{version.sha256[:12]}.ood.npz", File(fh), save=False
+        )
+    version.ood_summary = dict(result.ood_summary or {})
 
 
 def _fail(run: TrainingRun, message: str) -> TrainingRun:

@@ -1,11 +1,13 @@
-"""Classify X-rays and explain them with Grad-CAM, in one forward and one backward pass per batch."""
+"""Classify X-rays and explain them with Grad-CAM, in one forward and one backward pass per batch;
+the same forward gives each image's out-of-distribution score (:mod:`training.ml.ood`)."""
 
 from __future__ import annotations
 
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -20,6 +22,7 @@ from ..models.cam import gradcam_target_layer, prepare_for_cam
 from ..models.checkpoint import build_for_inference, check_classes, load_weights_file
 from ..models.speedups import fold_batchnorm, freeze_below
 from ..models.weights import IncompatibleWeights
+from ..ood import FeatureCapture, OODReference, OODResult, image_checks, ood_result
 from ..preprocessing import Preprocessing, batch_model_input
 
 __all__ = ["PredictionResult", "Predictor"]
@@ -31,6 +34,8 @@ class PredictionResult:
     label: str  # the most probable class
     cam: np.ndarray  # float32 HxW in [0, 1] at the model input size, for cam_class
     cam_class: str
+    # Unlike the training data? Never None: without a reference only the image checks flag.
+    ood: OODResult = field(default_factory=lambda: OODResult(None, None, False, []))
 
 
 class _ArgmaxTarget:
@@ -56,6 +61,11 @@ class Predictor:
     CPU the layers below that layer run as one frozen TorchScript graph (``freeze``, see
     :func:`freeze_below`; ``execution`` says which). Nothing tensor-valued is kept between calls,
     so memory stays flat in a long-lived worker.
+
+    With an ``ood_reference`` each result's ``ood`` carries the Mahalanobis score of the image's
+    pooled features (the classifier's input, taken from the same forward pass by a hook) against
+    the training data; without one only the image checks (:func:`~training.ml.ood.image_checks`,
+    on the picture given) can flag it.
     """
 
     def __init__(
@@ -68,6 +78,7 @@ class Predictor:
         device: str | torch.device | None = None,
         temperature: float = 1.0,
         freeze: bool = True,
+        ood_reference: OODReference | None = None,
     ) -> None:
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)):
             raise ValueError(f"temperature must be a positive number, got {temperature!r}.")
@@ -77,6 +88,7 @@ class Predictor:
         self.classes = check_classes(classes)
         self.preprocessing = preprocessing
         self.temperature = float(temperature)
+        self.ood_reference = ood_reference
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -86,6 +98,12 @@ class Predictor:
             raise IncompatibleWeights(
                 f"The model's classifier has {head.out_features} outputs but {len(self.classes)} "
                 f"classes were given ({', '.join(self.classes)})."
+            )
+        if ood_reference is not None and ood_reference.feature_dim != head.in_features:
+            raise IncompatibleWeights(
+                f"The OOD reference has {ood_reference.feature_dim} features but the "
+                f"{arch} model's classifier takes {head.in_features}: it belongs to another "
+                "model. Fit the reference again for this model (calibrate)."
             )
         model.eval()
         model.requires_grad_(False)
@@ -116,6 +134,7 @@ class Predictor:
         device: str | torch.device | None = None,
         temperature: float = 1.0,
         freeze: bool = True,
+        ood_reference: OODReference | None = None,
     ) -> Predictor:
         """Load a checkpoint (or a plain state dict) and check its meta against the arguments.
 
@@ -145,6 +164,7 @@ class Predictor:
             device=device,
             temperature=temperature,
             freeze=freeze,
+            ood_reference=ood_reference,
         )
 
     def predict(
@@ -181,6 +201,7 @@ class Predictor:
                     f"Unknown CAM class {name!r}; this model's classes are {self.classes}."
                 )
 
+        checks = [image_checks(image) for image in images]
         batch = batch_model_input(images, self.preprocessing).to(self.device)
         cams: np.ndarray | None = None
         logits: torch.Tensor | None = None
@@ -190,12 +211,15 @@ class Predictor:
         # records and back-propagates only the layers after it, not the whole network down to
         # the input (about 2.5x less work per image; the CAM is the same).
         leaf = self._target_layer.register_forward_hook(_cut_graph_here)
+        # The classifier's input in the same forward pass: the features the OOD score needs.
+        capture = FeatureCapture(self.model, self.arch) if self.ood_reference is not None else None
         try:
             # `with` releases the hooks even on error (they leak otherwise; pytorch-grad-cam
             # #195). enable_grad: the caller may be inside torch.no_grad().
             with (
                 torch.enable_grad(),
                 GradCAM(model=self.model, target_layers=[self._target_layer]) as cam,
+                capture or nullcontext(),
             ):
                 cams = cam(input_tensor=batch, targets=targets)
                 # The logits of the same forward pass; no second forward.
@@ -211,6 +235,10 @@ class Predictor:
                 "worker's stdout). Check that the model's outputs match its classes."
             )
 
+        scores: list[float | None] = [None] * len(images)
+        if capture is not None and self.ood_reference is not None:
+            scores = [float(x) for x in self.ood_reference.scores(capture.features().numpy())]
+        threshold = self.ood_reference.threshold if self.ood_reference is not None else None
         probabilities = torch.softmax(logits / self.temperature, dim=1).numpy()
         top = logits.argmax(dim=1).tolist()
         results = []
@@ -224,6 +252,7 @@ class Predictor:
                     label=self.classes[top[i]],
                     cam=cam_map,
                     cam_class=self.classes[top[i]] if name is None else name,
+                    ood=ood_result(scores[i], threshold, checks[i]),
                 )
             )
         return results

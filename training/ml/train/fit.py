@@ -8,13 +8,16 @@
    loss (plain cross-entropy, unweighted) and stop after ``early_stopping_patience`` epochs without
    improvement;
 4. fit a temperature and per-class thresholds on the validation logits of the best epoch, write
-   the checkpoint with them in its meta, then measure the test split once.
+   the checkpoint with them in its meta;
+5. fit the out-of-distribution reference on the training split's pooled features of the best
+   model, thresholded on the validation split (``<checkpoint>.ood.npz``, :mod:`.ood_phase`),
+   then measure the test split once (with the share of its images the reference flags).
 
 Progress goes to ``progress_callback(dict)``; ``should_stop()`` is polled before every step so a
 cancelled run stops within one batch. The images come from :mod:`training.ml.train.pipeline`:
 decoded once per run into a cache, augmented in batches on the training device. Each step is a
 named phase below: :func:`_prepare` (batches, model, loss), :func:`~.epochs.train_epochs`,
-:func:`_calibrate_and_save`, :func:`_test`.
+:func:`_calibrate_and_save`, :func:`~.ood_phase.fit_ood_phase`, :func:`_test`.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from .dataset import class_weights
 from .epochs import BestEpoch, Epochs, FitRun, train_epochs
 from .loop import EvalOutput, evaluate, resolve_device, seed_everything, steps_of, with_calibration
 from .metrics import classification_report, roc_curves
+from .ood_phase import fit_ood_phase, flagged_share
 from .pipeline import DeviceBatches, place_model, run_batches
 from .progress import FitProgress
 from .scan import DatasetError, FolderScan
@@ -74,6 +78,10 @@ class FitResult:
     #: Raw logits and labels (not JSON): per-image results, e.g. to compare two models.
     val_output: EvalOutput | None = field(default=None, repr=False)
     test_output: EvalOutput | None = field(default=None, repr=False)
+    #: The OOD reference written beside the checkpoint (None when cancelled or not fitted) and
+    #: its summary (OODReference.to_summary(), plus the test split's flagged share once tested).
+    ood_path: str | None = None
+    ood_summary: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -116,6 +124,7 @@ def fit(
     progress_callback: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
     progress_interval_s: float = 1.0,
+    ood_percentile: float = 99.0,
 ) -> FitResult:
     """Train, calibrate, checkpoint and test one model; see the module docstring for the recipe.
 
@@ -126,6 +135,7 @@ def fit(
     ``should_stop()`` returns True the run stops within one batch and the result has
     ``cancelled=True``: the best checkpoint so far is still calibrated and written if an epoch
     finished, else ``checkpoint_path`` is None. The test split is not evaluated after a cancel.
+    The OOD reference's threshold is the ``ood_percentile`` of the validation split's scores.
     """
     samples, class_names = _samples_and_classes(scan_or_samples, classes)
     checked = check_split(split, len(samples))
@@ -146,9 +156,26 @@ def fit(
     if epochs.best is None:
         return result
     _calibrate_and_save(run, epochs.best, result, checked, checkpoint_path)
-    if run.batches.test is None or epochs.cancelled:
+    if epochs.cancelled:
+        return result
+    fitted = fit_ood_phase(
+        run,
+        samples,
+        checked["train"],
+        epochs.best.epoch,
+        checkpoint_path,
+        percentile=ood_percentile,
+    )
+    if fitted is not None:
+        result.ood_path, result.ood_summary = str(fitted[1]), fitted[0].to_summary()
+    if run.batches.test is None:
         return result
     _test(run, run.batches.test, result, epochs.best.epoch)
+    if fitted is not None and result.test_output is not None:
+        result.ood_summary = {
+            **fitted[0].to_summary(),
+            "test_flagged_share": flagged_share(fitted[0], result.test_output),
+        }
     return result
 
 
@@ -288,6 +315,7 @@ def _test(run: FitRun, loader: DeviceBatches, result: FitResult, epoch: int) -> 
         progress=run.tracker.phase_reporter("test", epoch),
         should_stop=run.should_stop,
         amp=run.amp,
+        features_of=run.config.arch,
     )
     if not test.complete:
         result.cancelled = True

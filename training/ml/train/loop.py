@@ -10,6 +10,7 @@ import math
 import random
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..ood import FeatureCapture
 from .calibration import expected_calibration_error, nll, softmax
 from .config import ConfigError, ProgressCallback, StopCheck, TrainingError
 from .pipeline import DeviceBatches
@@ -189,6 +191,8 @@ class EvalOutput:
     temperature: float = 1.0
     seconds: float = 0.0
     complete: bool = True  # False when should_stop() interrupted it
+    #: The pooled penultimate features (N x D, float32) when evaluate() was asked for them.
+    features: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -217,12 +221,16 @@ def evaluate(
     should_stop: StopCheck | None = None,
     max_steps: int | None = None,
     amp: bool = False,
+    features_of: str | None = None,
 ) -> EvalOutput:
     """Logits and labels of every batch in eval mode, and the mean cross-entropy at ``temperature``.
 
     The loss is the plain (unweighted) negative log-likelihood, what early stopping and
-    temperature scaling use. The model is left in eval mode.
+    temperature scaling use. The model is left in eval mode. With ``features_of`` (the model's
+    architecture) the output also holds each image's pooled penultimate features, taken from the
+    same forward passes (the out-of-distribution reference and scores need them).
     """
+
     device = torch.device(device)
     model.eval()
     steps = steps_of(loader, max_steps)
@@ -231,7 +239,8 @@ def evaluate(
     complete = True
     start = time.perf_counter()
     seen = 0
-    with torch.inference_mode():
+    capture = FeatureCapture(model, features_of) if features_of else None
+    with torch.inference_mode(), capture or nullcontext():
         for done, (inputs, targets) in enumerate(loader, start=1):
             if should_stop is not None and should_stop():
                 complete = False
@@ -269,6 +278,7 @@ def evaluate(
         temperature=float(temperature),
         seconds=seconds,
         complete=complete,
+        features=capture.features().numpy() if capture is not None else None,
     )
 
 

@@ -7,10 +7,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tests.training.ml.imagefolders import CLASSES, make_folder, square_image
 from training.ml.infer.predictor import Predictor
 from training.ml.models.checkpoint import file_sha256, load_weights_file
+from training.ml.ood import OODReference
 from training.ml.preprocessing import Preprocessing
 from training.ml.train.config import DEFAULT_LR, TrainConfig
 from training.ml.train.evaluate import evaluate_checkpoint
@@ -146,12 +148,53 @@ def test_fit_reports_test_metrics_before_and_after_temperature_scaling(trained) 
     json.dumps(result.to_dict(), allow_nan=False)
 
 
+def test_fit_writes_an_ood_reference_beside_the_checkpoint_thresholded_on_val(
+    trained, folder
+) -> None:
+    result, _ = trained
+    root, scan, split = folder
+
+    assert result.ood_path == f"{result.checkpoint_path}.ood.npz"
+    reference = OODReference.load(result.ood_path)
+    assert reference.n_train == len(split["train"]) and reference.feature_dim == 512
+    summary = result.ood_summary
+    assert summary is not None and summary["threshold"] == pytest.approx(reference.threshold)
+    assert summary["method"] == "mahalanobis-ledoit-wolf" and summary["percentile"] == 99.0
+    # The test split is in distribution: the reference flags few of its images.
+    assert 0.0 <= summary["test_flagged_share"] <= 0.5
+    assert result.test_output is not None and result.test_output.features is not None
+    assert result.test_output.features.shape == (6, 512)
+    # The validation scores put 1 % over the threshold: at most one of its 6 images.
+    val = result.val_output
+    assert val is not None and val.n == 6
+
+    predictor = Predictor.from_file(
+        result.checkpoint_path,
+        arch="resnet18",
+        classes=CLASSES,
+        preprocessing=Preprocessing.from_dict(result.preprocessing),
+        device="cpu",
+        freeze=False,
+        ood_reference=reference,
+    )
+    [inside, noise] = predictor.predict(
+        [
+            square_image(0, seed=97),
+            Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)),
+        ]
+    )
+    assert inside.ood.score is not None and noise.ood.score is not None
+    assert noise.ood.flagged and noise.ood.score > inside.ood.score
+    json.dumps(result.to_dict(), allow_nan=False)
+
+
 def test_fit_reports_progress_for_every_phase(trained) -> None:
     _, events = trained
 
     phases = [event["phase"] for event in events]
-    assert {"train", "val", "calibrate", "test"} == set(phases)
+    assert {"train", "val", "calibrate", "ood", "test"} == set(phases)
     assert phases.index("calibrate") > max(i for i, p in enumerate(phases) if p == "val")
+    assert phases.index("ood") > phases.index("calibrate")
     for event in events:
         assert set(event) == {
             "phase",
