@@ -162,8 +162,8 @@ def forward_pass(
 ) -> ForwardOutput:
     """Run the model over every sample (``(path relative to root, class index)``), read the way
     training and evaluation read them (:class:`~training.ml.train.cache.DecodedImages`): raw
-    logits, and the pooled penultimate features (:func:`training.ml.ood.pooled_features`) for
-    an OOD reference."""
+    logits, and from the same forward pass the pooled penultimate features
+    (:class:`training.ml.ood.FeatureCapture`) for an OOD reference."""
     import torch
 
     from ..models.checkpoint import build_for_inference, load_weights_file
@@ -186,17 +186,18 @@ def forward_pass(
         torch_device,
         batch_size=batch_size,
     )
-    logits, labels, features = [], [], []
-    with torch.inference_mode():
-        for inputs, targets in batches:
-            logits.append(model(inputs).float().cpu())
-            labels.append(targets.cpu())
-            if with_features:
-                from ..ood import pooled_features
+    from ..ood import FeatureCapture
 
-                features.append(pooled_features(model, arch, inputs).float().cpu())
+    logits, labels = [], []
+    with torch.inference_mode(), FeatureCapture(model, arch) as capture:
+        for inputs, targets in batches:
+            logits.append(model(inputs).float().cpu())  # the capture keeps the pooled features
+            labels.append(targets.cpu())
+            if not with_features:
+                capture.clear()
+        features = capture.features().double().numpy() if with_features else None
     return ForwardOutput(
         logits=torch.cat(logits).double().numpy(),
         labels=torch.cat(labels).numpy().astype(np.int64),
-        features=torch.cat(features).double().numpy() if with_features else None,
+        features=features,
     )
