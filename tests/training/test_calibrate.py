@@ -214,3 +214,10 @@ def test_readings_logits_use_the_temperature_active_when_each_prediction_was_mad
     assert at_time(hot_since + (back_since - hot_since) / 2) == 3.0  # while 2 was active
     assert at_time(back_since + dt.timedelta(seconds=1)) == 1.0  # 1 again
     assert at_time(None) == 1.0  # unknown: the active one's
+
+
+def test_it_refuses_weights_that_do_not_match_their_sha256(version, dataset):
+    with open(version.weights.path, "ab") as f:
+        f.write(b"tampered")
+    with pytest.raises(CommandError, match="does not match its recorded sha256"):
+        _calibrate("--dataset", "site", "--split", "all")

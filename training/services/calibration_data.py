@@ -148,10 +148,16 @@ def check_data(data: CalibrationData, version: ModelVersion) -> None:
 def fit(calibration: ModelCalibration, data: CalibrationData, work_dir: str) -> FittedCalibration:
     """Run the model over the images (features for the OOD reference; logits too unless the
     readings gave them), then fit temperature, thresholds and the OOD reference."""
+    from training.ml.models.checkpoint import file_sha256
     from training.ml.preprocessing import Preprocessing
     from training.ml.train.recalibrate import calibration_fit, forward_pass
 
     version = calibration.version
+    if file_sha256(version.weights.path) != version.sha256:
+        raise CalibrationRejected(
+            f"The weights file of {version.name} does not match its recorded sha256: it was "
+            "changed or corrupted. Re-import the model, then calibrate."
+        )
     out = forward_pass(
         version.weights.path,
         data.root,
