@@ -61,8 +61,8 @@ def env_bool(name: str, default: bool) -> bool:
     raise ImproperlyConfigured(f"{name} must be true or false, got {raw!r}.")
 
 
-def env_float(name: str, default: float, *, minimum: float) -> float:
-    """A number setting of at least `minimum` (NaN is refused too)."""
+def env_float(name: str, default: float, *, minimum: float, maximum: float | None = None) -> float:
+    """A number setting of at least `minimum` and at most `maximum` (NaN is refused too)."""
     raw = os.environ.get(name)
     try:
         value = default if raw is None else float(raw.strip())
@@ -70,6 +70,8 @@ def env_float(name: str, default: float, *, minimum: float) -> float:
         raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}.") from None
     if not value >= minimum:  # also NaN
         raise ImproperlyConfigured(f"{name} must be a number of {minimum} or more, got {value!r}.")
+    if maximum is not None and value > maximum:
+        raise ImproperlyConfigured(f"{name} must be a number of at most {maximum}, got {value!r}.")
     return value
 
 

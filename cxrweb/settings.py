@@ -280,6 +280,10 @@ CXR_RECONCILE_EVERY_S = env_positive_int("CXR_RECONCILE_EVERY_S", 60)
 CXR_TRAINING_TIME_LIMIT = env_positive_int("CXR_TRAINING_TIME_LIMIT", 24 * 3600)
 # A training run with no heartbeat for this long is marked failed (its worker died).
 CXR_TRAINING_STALE_AFTER_S = env_positive_int("CXR_TRAINING_STALE_AFTER_S", 300)
+# Site recalibration (manage.py calibrate, the model page): each class's operating threshold keeps
+# this share of its images flagged; fewer than CXR_CALIBRATION_MIN_IMAGES usable images is refused.
+CXR_TARGET_SENSITIVITY = env_float("CXR_TARGET_SENSITIVITY", 0.9, minimum=0.01, maximum=1.0)
+CXR_CALIBRATION_MIN_IMAGES = env_positive_int("CXR_CALIBRATION_MIN_IMAGES", 50)
 # A new model's out-of-distribution threshold: this percentile of its validation split's scores
 # (99: about 1 in 100 in-distribution images is flagged "unlike the training data").
 CXR_OOD_PERCENTILE = env_float("CXR_OOD_PERCENTILE", 99.0, minimum=50)

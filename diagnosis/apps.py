@@ -25,3 +25,6 @@ class DiagnosisConfig(AppConfig):
         signals.model_version_rule_changed.connect(
             receivers.restore_study_results, dispatch_uid="cxr_restore_study_results"
         )
+        signals.calibration_readings_requested.connect(
+            receivers.readings_for_calibration, dispatch_uid="cxr_readings_for_calibration"
+        )

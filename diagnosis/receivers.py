@@ -3,6 +3,7 @@ DiagnosisConfig.ready(). They run inside the sender's transaction."""
 
 from __future__ import annotations
 
+from diagnosis.selectors import readings_for_calibration as calibration_rows
 from diagnosis.services import (
     predictions_assign_waiting,
     studies_reanalyse_open,
@@ -20,3 +21,7 @@ def reanalyse_open_studies(sender, *, version, **kwargs):
 
 def restore_study_results(sender, *, version, **kwargs) -> int:
     return studies_restore_for_version(version=version)
+
+
+def readings_for_calibration(sender, *, version, studies: int, **kwargs) -> list[dict]:
+    return calibration_rows(version=version, studies=studies)

@@ -267,3 +267,37 @@ def audit_events(
     if date_to:
         events = events.filter(at__date__lte=date_to)
     return events
+
+
+def readings_for_calibration(*, version, studies: int) -> list[dict]:
+    """For a site calibration: the current (not amended) signed readings of the last ``studies``
+    studies read against ``version``, one row per finished prediction of that version the
+    reading was signed against: ``{"path", "label", "probabilities", "finished_at"}`` (the
+    display file's storage name, the final label, the stored probabilities)."""
+    readings = (
+        Reading.objects.filter(model_version=version, amended_by__isnull=True)
+        .order_by("-signed_at", "-pk")
+        .values("study_id", "final_label", "prediction_ids")
+    )
+    chosen: dict[int, dict] = {}
+    for reading in readings.iterator():
+        if reading["study_id"] not in chosen:
+            chosen[reading["study_id"]] = reading
+            if len(chosen) >= studies:
+                break
+    wanted = {
+        int(pk): r["final_label"] for r in chosen.values() for pk in r["prediction_ids"] or []
+    }
+    predictions = Prediction.objects.filter(
+        pk__in=wanted, model_version=version, status=Prediction.Status.DONE
+    ).values("pk", "probabilities", "finished_at", "image__display")
+    return [
+        {
+            "path": p["image__display"],
+            "label": wanted[p["pk"]],
+            "probabilities": p["probabilities"],
+            "finished_at": p["finished_at"],
+        }
+        for p in predictions.order_by("pk")
+        if p["probabilities"] and p["image__display"]
+    ]

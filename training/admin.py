@@ -23,6 +23,13 @@ class ModelVersionAdmin(admin.ModelAdmin):
     readonly_fields = (
         "sha256",
         "weights",
+        # A new temperature or OOD reference is a calibration (the model page, `manage.py
+        # calibrate`): its number keys the workers' model cache, so an edit here would not reach
+        # them.
+        "temperature",
+        "calibration_number",
+        "ood_reference",
+        "ood_summary",
         "status",
         "promoted_at",
         "promoted_by",

@@ -14,7 +14,8 @@ SCAN_DATASET = "training.tasks.scan_dataset"
 RUN_TRAINING = "training.tasks.run_training"
 RUN_EVALUATION = "training.tasks.run_evaluation"
 RECONCILE_TRAINING_RUNS = "training.tasks.reconcile_training_runs"
-TASK_NAMES = (SCAN_DATASET, RUN_TRAINING, RUN_EVALUATION, RECONCILE_TRAINING_RUNS)
+RUN_CALIBRATION = "training.tasks.run_calibration"
+TASK_NAMES = (SCAN_DATASET, RUN_TRAINING, RUN_EVALUATION, RECONCILE_TRAINING_RUNS, RUN_CALIBRATION)
 
 
 def _send_on_commit(name: str, *args: object, **kwargs: object) -> None:
@@ -35,3 +36,7 @@ def training_run_enqueue_on_commit(run_id: int) -> None:
 
 def evaluation_enqueue_on_commit(evaluation_id: int, *, skip_unknown: bool = False) -> None:
     _send_on_commit(RUN_EVALUATION, evaluation_id, skip_unknown=skip_unknown)
+
+
+def calibration_enqueue_on_commit(calibration_id: int) -> None:
+    _send_on_commit(RUN_CALIBRATION, calibration_id)

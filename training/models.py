@@ -28,6 +28,9 @@ class ModelVersion(models.Model):
     mean = models.JSONField(default=list)
     std = models.JSONField(default=list)
     temperature = models.FloatField(default=1.0, help_text="Softmax temperature (calibration).")
+    calibration_number = models.PositiveIntegerField(
+        default=1, help_text="The active ModelCalibration: its values are the live fields here."
+    )
     thresholds = models.JSONField(
         default=dict, blank=True, help_text="Operating threshold per class."
     )
@@ -337,3 +340,15 @@ class Evaluation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model_version.name} on {self.dataset.name}/{self.split}"
+
+
+from training.calibration_models import ModelCalibration  # noqa: E402  (models Django finds here)
+
+__all__ = [
+    "Dataset",
+    "Evaluation",
+    "ModelCalibration",
+    "ModelPromotion",
+    "ModelVersion",
+    "TrainingRun",
+]

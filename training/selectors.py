@@ -7,7 +7,14 @@ from typing import Any
 
 from django.db.models import Q, QuerySet
 
-from training.models import Dataset, Evaluation, ModelPromotion, ModelVersion, TrainingRun
+from training.models import (
+    Dataset,
+    Evaluation,
+    ModelCalibration,
+    ModelPromotion,
+    ModelVersion,
+    TrainingRun,
+)
 
 ACTIVE_RUN = (TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING)
 ACTIVE_EVALUATION = (Evaluation.Status.QUEUED, Evaluation.Status.RUNNING)
@@ -141,3 +148,10 @@ def evaluation_data(evaluation: Evaluation) -> dict[str, Any]:
         **evaluation.metrics,
         "ood": evaluation.metrics.get("ood"),
     }
+
+
+def version_calibrations(version: ModelVersion) -> QuerySet[ModelCalibration]:
+    """A version's calibrations, newest first, with what the page shows of each."""
+    return version.calibrations.select_related("dataset", "created_by", "version").defer(
+        "dataset__scan", "dataset__split"
+    )

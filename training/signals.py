@@ -32,3 +32,10 @@ def send_and_count(signal: Signal, *, version) -> int:
     for _, count in signal.send(sender=type(version), version=version):
         total += cast(int, count)  # the receivers return counts (django-stubs types them str)
     return total
+
+
+calibration_readings_requested = Signal()
+"""Sent by a readings calibration with `version` and `studies` (N): the receiver returns, for the
+signed readings of the last N studies read against `version`, one dict per image:
+``{"path": the display file's storage name, "label": the final label, "probabilities": the stored
+prediction's, "finished_at": when it was made}``. Reads only."""

@@ -42,6 +42,13 @@ def run_evaluation(evaluation_id: int, skip_unknown: bool = False) -> None:
     evaluation_execute(evaluation_id=evaluation_id, skip_unknown=skip_unknown)
 
 
+@shared_task(acks_late=True, ignore_result=True)
+def run_calibration(calibration_id: int) -> None:
+    from training.services import calibration_execute
+
+    calibration_execute(calibration_id=calibration_id)
+
+
 @shared_task(ignore_result=True)
 def reconcile_training_runs() -> int:
     from training.services import training_runs_reconcile

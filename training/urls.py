@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from training.views import compare, datasets, overview, runs, versions
+from training.views import calibrations, compare, datasets, overview, runs, versions
 
 app_name = "training"
 
@@ -22,6 +22,17 @@ urlpatterns = [
     path("models/<int:pk>/evaluations/", versions.version_evaluations, name="version-evaluations"),
     path("models/<int:pk>/evaluate/", versions.version_evaluate, name="version-evaluate"),
     path("models/<int:pk>/promote/", versions.version_promote, name="version-promote"),
+    path("models/<int:pk>/calibrate/", calibrations.version_calibrate, name="version-calibrate"),
+    path(
+        "models/<int:pk>/calibrations/",
+        calibrations.version_calibrations,
+        name="version-calibrations",
+    ),
+    path(
+        "models/<int:pk>/calibrations/<int:number>/activate/",
+        calibrations.calibration_make_active,
+        name="calibration-activate",
+    ),
     path("models/<int:pk>/checkpoint.pt", versions.version_checkpoint, name="version-checkpoint"),
     path(
         "evaluations/<int:pk>/plots/<str:kind>.png",

@@ -76,6 +76,8 @@ class AuditEvent(AppendOnlyModel):
         VIEW_ADMIN = "view_admin", "Viewed patient data in the admin"
         REANALYSE = "reanalyse", "Queued a re-analysis"
         DATASET_EXPORT = "dataset_export", "Exported a de-identified dataset"
+        CALIBRATE = "calibrate", "Fitted a model calibration"
+        ACTIVATE_CALIBRATION = "activate_calibration", "Activated a model calibration"
 
     # Set before the insert (not auto_now_add, which is set during it), as the chain hash needs it.
     at = models.DateTimeField(default=timezone.now, editable=False, db_index=True)

@@ -3,7 +3,8 @@ process, and a micro-batch's outcomes.
 
 Imports torch: worker side only. Models are loaded lazily in the worker's child process, never
 before the prefork pool forks (CUDA cannot be re-initialised in a forked child), and cached by
-version id and weights sha256.
+version id, weights sha256 and calibration number (a new active calibration is a new key, so
+the next prediction uses its temperature and OOD reference).
 """
 
 from __future__ import annotations
@@ -37,11 +38,11 @@ logger = logging.getLogger(__name__)
 # The models this process holds, least recently used first: the production version and the one
 # before it, so that predictions still queued for the old version after a promotion do not make
 # the two evict each other (each load takes 1-2 s on a CPU).
-_cache: OrderedDict[tuple[int, str], Predictor] = OrderedDict()
+_cache: OrderedDict[tuple[int, str, int], Predictor] = OrderedDict()
 CACHED_MODELS = 2
 _lock = threading.Lock()
 # Loads in progress: another thread that wants the same version waits for it (one load).
-_loading: dict[tuple[int, str], threading.Event] = {}
+_loading: dict[tuple[int, str, int], threading.Event] = {}
 
 
 def configure_torch_threads(concurrency: int | None = None) -> int:
@@ -82,7 +83,7 @@ def predictor_for(version: ModelVersion) -> Predictor:
     newly promoted one loads (diagnosis.worker.process loads it ahead). A second thread that
     wants the version being loaded waits for that load."""
     global _process_configured
-    key = (version.pk, version.sha256)
+    key = (version.pk, version.sha256, version.calibration_number)
     while True:
         with _lock:
             if threading.get_ident() not in _threads_configured:
@@ -117,10 +118,13 @@ def predictor_for(version: ModelVersion) -> Predictor:
         loading.set()
 
 
-def is_loaded(pk: int, sha256: str) -> bool:
-    """Whether this process holds that version's model (by its id and weights' sha256)."""
+def is_loaded(pk: int, sha256: str, calibration_number: int | None = None) -> bool:
+    """Whether this process holds that version's model (by its id and weights' sha256), with
+    that calibration (any, when None)."""
     with _lock:
-        return (pk, sha256) in _cache
+        return any(
+            key[:2] == (pk, sha256) and calibration_number in (None, key[2]) for key in _cache
+        )
 
 
 def _load(version: ModelVersion) -> Predictor:

@@ -79,7 +79,7 @@ def _keep_production_model_loaded() -> None:
         _load_production_model(first=False)
 
 
-_not_loadable: tuple[int, str] | None = None  # the version this thread failed to load, if any
+_not_loadable: tuple[int, str, int] | None = None  # the version this thread failed to load, if any
 
 
 def _load_production_model(*, first: bool) -> None:
@@ -97,7 +97,7 @@ def _load_production_model(*, first: bool) -> None:
 
         production = (
             ModelVersion.objects.filter(status=ModelVersion.Status.PRODUCTION)
-            .values_list("pk", "sha256")
+            .values_list("pk", "sha256", "calibration_number")
             .first()
         )
         if (

@@ -23,6 +23,8 @@ def _no_inherited_settings(monkeypatch):
         "CXR_RETRY_DELAY_S",
         "CXR_TASK_TIME_LIMIT",
         "CXR_PREDICTION_STALE_AFTER_S",
+        "CXR_TARGET_SENSITIVITY",
+        "CXR_CALIBRATION_MIN_IMAGES",
         "DEBUG",
     ):
         monkeypatch.delenv(name, raising=False)
@@ -50,6 +52,9 @@ def _settings(attribute: str, **env: str):
         ("CXR_RETRY_DELAY_S", "soon", "CXR_RETRY_DELAY_S must be a number, got 'soon'"),
         ("CXR_RETRY_DELAY_S", "-1", "CXR_RETRY_DELAY_S must be a number of 0 or more"),
         ("CXR_MAX_ASPECT_RATIO", "nan", "CXR_MAX_ASPECT_RATIO must be a number of 1 or more"),
+        ("CXR_TARGET_SENSITIVITY", "1.2", "CXR_TARGET_SENSITIVITY must be a number of at most 1"),
+        ("CXR_TARGET_SENSITIVITY", "0", "CXR_TARGET_SENSITIVITY must be a number of 0.01 or more"),
+        ("CXR_CALIBRATION_MIN_IMAGES", "0", "CXR_CALIBRATION_MIN_IMAGES must be a positive"),
         ("CXR_OOD_PERCENTILE", "101", "CXR_OOD_PERCENTILE must be a percentile of 50 to 100"),
         ("CXR_OOD_PERCENTILE", "10", "CXR_OOD_PERCENTILE must be a number of 50 or more"),
         ("DEBUG", "maybe", "DEBUG must be true or false, got 'maybe'"),
@@ -78,6 +83,9 @@ def test_it_refuses_a_bad_value_and_names_the_variable(name, bad, message):
         ("CXR_INFERENCE_FREEZE", {"CXR_INFERENCE_FREEZE": "off"}, "False"),
         ("CXR_HTTPS", {"CXR_HTTPS": "YES"}, "True"),
         ("CXR_RETRY_DELAY_S", {"CXR_RETRY_DELAY_S": "0.5"}, "0.5"),
+        ("CXR_TARGET_SENSITIVITY", {}, "0.9"),
+        ("CXR_TARGET_SENSITIVITY", {"CXR_TARGET_SENSITIVITY": "0.95"}, "0.95"),
+        ("CXR_CALIBRATION_MIN_IMAGES", {}, "50"),
         ("DATABASES['default']['CONN_MAX_AGE']", {"CXR_DB_CONN_MAX_AGE": "0"}, "0"),
     ],
 )

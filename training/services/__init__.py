@@ -4,6 +4,13 @@ or a management command, never from a web request."""
 
 from __future__ import annotations
 
+from training.services.calibrations import (
+    CalibrationRejected,
+    calibration_activate,
+    calibration_execute,
+    calibration_initial_create,
+    calibration_request,
+)
 from training.services.datasets import DatasetRejected, dataset_register, dataset_scan
 from training.services.evaluations import (
     EvaluationResult,
@@ -26,6 +33,11 @@ from training.services.runs import (
 )
 
 __all__ = [
+    "CalibrationRejected",
+    "calibration_activate",
+    "calibration_execute",
+    "calibration_initial_create",
+    "calibration_request",
     "DatasetRejected",
     "EvaluationResult",
     "ModelImportError",

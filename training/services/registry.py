@@ -16,6 +16,7 @@ from django.utils.text import slugify
 from cxrweb.audit.models import AuditEvent
 from cxrweb.audit.services import audit
 from training.models import ModelPromotion, ModelVersion
+from training.services.calibrations import calibration_initial_create
 from training.signals import model_version_promoted, open_studies_rerun_requested, send_and_count
 
 if TYPE_CHECKING:
@@ -121,6 +122,7 @@ def model_version_import(
             except BaseException:
                 version.weights.storage.delete(version.weights.name)
                 raise
+            calibration_initial_create(version=version)
     logger.info("imported model version %s (%s, %s)", name, architecture, ", ".join(classes))
     return version
 

@@ -18,6 +18,7 @@ from django.utils import timezone
 from cxrweb.processes import process_identity, process_is_dead
 from training.dispatch import training_run_enqueue_on_commit
 from training.models import Dataset, ModelVersion, TrainingRun
+from training.services.calibrations import calibration_initial_create
 from training.services.datasets import DatasetRejected, dataset_folder
 from training.services.plots import save_result_plots
 
@@ -210,6 +211,7 @@ def _finish(run: TrainingRun, result) -> TrainingRun:
                 )
             _attach_ood_reference(version, result)
             version.save()
+            calibration_initial_create(version=version)
         run.save(update_fields=["history", "result", "status", "finished_at", *plot_fields])
     logger.info("training run %s %s", run.pk, run.status)
     return run

@@ -17,6 +17,7 @@ from cxrweb.audit.services import audit
 from cxrweb.permissions import model_admin_required
 from cxrweb.responses import download_name, private_file_response
 from training import selectors
+from training.calibration_forms import CalibrationForm
 from training.forms import EvaluationForm, PromoteForm
 from training.models import Evaluation, ModelVersion
 from training.services import evaluation_create, model_version_promote
@@ -86,10 +87,12 @@ def _version_context(
     *,
     evaluation_form: EvaluationForm | None = None,
     promote_form: PromoteForm | None = None,
+    calibration_form: CalibrationForm | None = None,
     next_url: str = "",
 ) -> dict[str, Any]:
     return {
         **_evaluations_context(version),
+        **calibrations_context(version, form=calibration_form),
         "summary": metric_summary(version.metrics),
         "per_class_columns": [label for _, label in PER_CLASS_COLUMNS],
         "per_class": per_class_rows(version.metrics, version.thresholds),
@@ -101,6 +104,18 @@ def _version_context(
         "promote_form": promote_form or PromoteForm(),
         "download_name": checkpoint_name(version),
         "poll_ms": POLL_MS,
+    }
+
+
+def calibrations_context(
+    version: ModelVersion, *, form: CalibrationForm | None = None
+) -> dict[str, Any]:
+    calibrations = list(selectors.version_calibrations(version))
+    return {
+        "version": version,
+        "calibrations": calibrations,
+        "calibrations_pending": any(c.status in ("queued", "running") for c in calibrations),
+        "calibration_form": form or CalibrationForm(),
     }
 
 

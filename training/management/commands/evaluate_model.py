@@ -4,6 +4,7 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
+from training.management.lookup import by_name_or_id, figure
 from training.models import Dataset, Evaluation, ModelVersion
 from training.selectors import evaluation_data
 from training.services import evaluation_predictions_write, evaluation_run
@@ -52,8 +53,8 @@ class Command(BaseCommand):
         predictions_out: str | None = None,
         **options,
     ):
-        v = _get(ModelVersion, version)
-        d = _get(Dataset, dataset)
+        v = by_name_or_id(ModelVersion, version)
+        d = by_name_or_id(Dataset, dataset)
         result = evaluation_run(
             version=v, dataset=d, split=split, skip_unknown=skip_unknown_classes
         )
@@ -85,23 +86,10 @@ class Command(BaseCommand):
             )
         for c, f in m.get("per_class", {}).items():
             self.stdout.write(
-                f"  {c}: sensitivity {_f(f.get('sensitivity'))}, specificity "
-                f"{_f(f.get('specificity'))}, precision {_f(f.get('precision'))}, F1 "
-                f"{_f(f.get('f1'))}, AUC {_f(f.get('auc'))}"
+                f"  {c}: sensitivity {figure(f.get('sensitivity'))}, specificity "
+                f"{figure(f.get('specificity'))}, precision {figure(f.get('precision'))}, F1 "
+                f"{figure(f.get('f1'))}, AUC {figure(f.get('auc'))}"
             )
         self.stdout.write(f"confusion matrix (rows true, columns predicted; {m['classes']}):")
         for row in m["confusion_matrix"]:
             self.stdout.write("  " + " ".join(f"{n:6d}" for n in row))
-
-
-def _f(x) -> str:
-    return "—" if x is None else f"{x:.3f}"
-
-
-def _get(model, key: str):
-    obj = model.objects.filter(name=key).first()
-    if obj is None and key.isdigit():
-        obj = model.objects.filter(pk=int(key)).first()
-    if obj is None:
-        raise CommandError(f"No {model._meta.verbose_name} {key!r}.")
-    return obj
