@@ -29,7 +29,7 @@ def test_the_study_page_re_analyses_and_says_that_the_result_changed(
     pneumonia_model,  # noqa: F811 - the fixture imported above
     artifacts_dir,
 ):
-    model_version_promote(version=pneumonia_model, reason="first")
+    model_version_promote(override_reason="test weights", version=pneumonia_model, reason="first")
     study = upload_view(radiologist, "BR-1", "ACC-BR-1", seed=71)
     finish_prediction(study.prediction, pneumonia_model, {"NORMAL": 0.3, "PNEUMONIA": 0.7})
     v2 = ModelVersion.objects.create(
@@ -55,7 +55,9 @@ def test_the_study_page_re_analyses_and_says_that_the_result_changed(
     rerun = Prediction.objects.get(image=study.image, model_version=v2)
     finish_prediction(rerun, v2, {"NORMAL": 0.9, "PNEUMONIA": 0.1})
 
-    model_version_promote(version=pneumonia_model, reason="roll back")
+    model_version_promote(
+        override_reason="test weights", version=pneumonia_model, reason="roll back"
+    )
     page.goto(f"{live_server.url}/studies/{study.study.pk}/")
     notice = page.locator("[data-reanalysis]")
     assert "Re-analysed with version pneu-v2" in notice.inner_text()

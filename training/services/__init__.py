@@ -14,6 +14,7 @@ from training.services.evaluations import (
 )
 from training.services.registry import (
     ModelImportError,
+    PromotionNeedsExternalValidation,
     model_version_import,
     model_version_promote,
 )
@@ -24,11 +25,13 @@ from training.services.runs import (
     training_run_execute,
     training_runs_reconcile,
 )
+from training.services.validation import version_validation, versions_validation
 
 __all__ = [
     "DatasetRejected",
     "EvaluationResult",
     "ModelImportError",
+    "PromotionNeedsExternalValidation",
     "TrainingRejected",
     "dataset_register",
     "dataset_scan",
@@ -42,4 +45,6 @@ __all__ = [
     "training_run_create",
     "training_run_execute",
     "training_runs_reconcile",
+    "version_validation",
+    "versions_validation",
 ]
