@@ -54,7 +54,8 @@ def validation_rows(validation: VersionValidation) -> list[dict[str, Any]]:
                 split="test",
             )
         )
-    for checked in validation.evaluations:
+    # The external evaluations first, then the training data evaluated again.
+    for checked in sorted(validation.evaluations, key=lambda c: not c.external):
         e = checked.evaluation
         rows.append(
             _row(

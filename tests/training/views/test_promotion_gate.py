@@ -68,6 +68,10 @@ def test_the_web_form_refuses_without_external_evaluation_and_keeps_what_was_typ
     promotion = ModelPromotion.objects.get()
     assert promotion.override_reason == "Pilot: <script>x</script> no data yet."
     assert promotion.external_evaluations == []
+    html = admin_client.get(f"/training/models/{trained.pk}/").content.decode()
+    assert "Promoted without external evaluation:" in html
+    assert "Pilot: &lt;script&gt;x&lt;/script&gt; no data yet." in html
+    assert "<script>x</script>" not in html
 
 
 def test_a_validated_version_leads_with_the_largest_external_evaluation(admin_client, trained):
@@ -94,6 +98,8 @@ def test_a_validated_version_leads_with_the_largest_external_evaluation(admin_cl
     promotion = ModelPromotion.objects.get()
     assert promotion.override_reason == ""
     assert {e["n"] for e in promotion.external_evaluations} == {30, 900}
+    history = admin_client.get("/training/models/").content.decode()
+    assert "Externally validated on adult-&lt;b&gt;hospital&lt;/b&gt;, small-site" in history
 
 
 def test_the_versions_list_shows_which_versions_are_externally_validated(admin_client, trained):
