@@ -15,6 +15,7 @@ from tests.diagnosis.conftest import (
     pneumonia_model,  # noqa: F401 - the fixture
     upload_view,
 )
+from tests.training.views.conftest import make_dataset, make_evaluation
 from training.models import ModelVersion
 from training.services import model_version_promote
 
@@ -42,6 +43,9 @@ def test_the_study_page_re_analyses_and_says_that_the_result_changed(
         mean=[0.485, 0.456, 0.406],
         std=[0.229, 0.224, 0.225],
     )
+
+    # Evaluated on other data: the promotion gate lets it through without an override.
+    make_evaluation(v2, make_dataset("external-set", root="/data/external-set"))
 
     sign_in(page, live_server, admin_user.username)
     page.goto(f"{live_server.url}/training/models/{v2.pk}/")

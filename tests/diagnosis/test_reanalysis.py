@@ -16,6 +16,7 @@ from tests.conftest import TEST_BROKER_URL
 from tests.diagnosis.conftest import PNEUMONIA_CLASSES, THRESHOLDS
 from tests.diagnosis.conftest import finish_prediction as _finish
 from tests.diagnosis.conftest import upload_view as _image
+from tests.training.views.conftest import make_dataset, make_evaluation
 from training.models import ModelVersion
 from training.services import model_version_promote
 
@@ -231,6 +232,8 @@ def test_the_worker_runs_the_re_runs_of_a_promotion(
 
 
 def test_the_admin_action_promotes_and_re_runs_open_studies(client, admin_user, versions, studies):
+    # The admin action has no override field: the version is evaluated on other data.
+    make_evaluation(versions[1], make_dataset("external-set", root="/data/external-set"))
     client.force_login(admin_user)
     response = client.post(
         "/admin/training/modelversion/",

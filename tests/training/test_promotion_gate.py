@@ -159,6 +159,10 @@ def test_any_done_evaluation_of_an_imported_version_is_external(model_version):
     assert validation.internal is None and not validation.validated
     make_evaluation(model_version, make_dataset("kermany"))
     assert version_validation(version=model_version).validated
+    # Figures that came with it are an internal test whose grouping is not known.
+    model_version.metrics = {"accuracy": 0.9}
+    internal = version_validation(version=model_version).internal
+    assert internal is not None and internal.dataset is None and internal.grouped is None
 
 
 def test_import_model_promote_is_refused_without_an_override_reason(state_dict_file):

@@ -29,7 +29,7 @@ class InternalTest:
 
     dataset: Dataset | None
     metrics: dict[str, Any]
-    grouped: bool  # were the dataset's splits grouped by patient (False when not known)
+    grouped: bool | None  # were the dataset's splits grouped by patient (None: not known)
 
 
 @dataclass(frozen=True)
@@ -168,5 +168,5 @@ def _internal(version: ModelVersion, dataset: Dataset | None) -> InternalTest | 
     return InternalTest(
         dataset=dataset,
         metrics=dict(version.metrics or {}),
-        grouped=bool(dataset is not None and dataset.grouping),
+        grouped=bool(dataset.grouping) if dataset is not None else None,
     )

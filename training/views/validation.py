@@ -14,7 +14,7 @@ def internal_label(validation: VersionValidation) -> str:
     internal = validation.internal
     if internal is None:
         return "No internal test (imported version)"
-    grouped = "yes" if internal.grouped else "no"
+    grouped = {True: "yes", False: "no", None: "not known"}[internal.grouped]
     return f"Internal test (same dataset as training; patients grouped: {grouped})"
 
 

@@ -138,3 +138,18 @@ def test_the_compare_page_shows_both_sides_internal_and_external(admin_client, t
     production_headline = html.split('data-testid="headline-production"')[1].split("</div>")[0]
     assert "External: nih / test" in production_headline
     assert 'data-testid="override"' in html  # the candidate's promote form asks for it
+
+
+def test_the_overview_labels_the_production_figure_and_the_candidates(admin_client, trained):
+    from training.services import model_version_promote
+
+    production = second_version(trained)
+    nih = _external(production, "nih", root="/data/nih")
+    model_version_promote(version=production, reason="validated on nih")
+    html = admin_client.get("/training/").content.decode()
+    production_headline = html.split('data-testid="headline"')[1].split("</div>")[0]
+    assert "External: nih / test" in production_headline
+    assert floatformat(nih.metrics["accuracy"], 3) in production_headline
+    candidate_row = html.split(f">{trained.name}</a>")[1].split("</tr>")[0]
+    assert "not externally validated" in candidate_row
+    assert floatformat(trained.metrics["accuracy"], 3) in candidate_row
