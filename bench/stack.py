@@ -184,6 +184,8 @@ class Stack:
             "--promote",
             "--reason",
             "benchmark",
+            "--override-reason",
+            "benchmark weights: no clinical use",
             timeout_s=300,
         )
         print(out.strip())

@@ -86,7 +86,8 @@ cat <<MSG
   Sign in there with a user that has a role. In another terminal:
     .venv/bin/python manage.py createsuperuser              # the first (admin) user
     .venv/bin/python manage.py import_model WEIGHTS.pt --arch resnet18 \\
-        --classes normal,bacterial_pneumonia,viral_pneumonia,covid19 --promote
+        --classes normal,bacterial_pneumonia,viral_pneumonia,covid19 \\
+        --promote --override-reason "validated outside the app: <where>"
     .venv/bin/python manage.py create_token USERNAME        # an API token (shown once)
   Radiologists: add users to the "radiologist" group in the admin (http://$HOST:$PORT/admin/).
   Ctrl-C stops the web server, the workers and the broker.

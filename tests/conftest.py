@@ -166,7 +166,9 @@ def model_version(db, state_dict_file):
 def production_model(model_version):
     from training.services import model_version_promote
 
-    return model_version_promote(version=model_version, reason="test")
+    return model_version_promote(
+        version=model_version, reason="test", override_reason="test weights"
+    )
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib import admin, messages
 
 from training.models import ModelPromotion, ModelVersion
-from training.services import model_version_promote
+from training.services import PromotionNeedsExternalValidation, model_version_promote
 from training.signals import model_version_rule_changed, send_and_count
 
 
@@ -62,13 +62,26 @@ class ModelVersionAdmin(admin.ModelAdmin):
             self.message_user(request, "Select exactly one version to promote.", messages.ERROR)
             return
         version = queryset.get()
-        model_version_promote(
-            version=version,
-            promoted_by=request.user,
-            request=request,
-            reason=f"promoted in the admin by {request.user}",
-        )
+        try:
+            model_version_promote(
+                version=version,
+                promoted_by=request.user,
+                request=request,
+                reason=f"promoted in the admin by {request.user}",
+            )
+        except PromotionNeedsExternalValidation as exc:
+            self._refused(request, exc)
+            return
         self.message_user(request, f"{version.name} is now in production.", messages.SUCCESS)
+
+    def _refused(self, request, exc: PromotionNeedsExternalValidation) -> None:
+        # The admin action has no field for an override reason: the version page has one.
+        self.message_user(
+            request,
+            f"{exc} An override reason can be given on the version's page "
+            "(Model versions in the training pages).",
+            messages.ERROR,
+        )
 
     @admin.action(
         description="Promote the selected version (or roll back to it) and re-run open "
@@ -78,13 +91,17 @@ class ModelVersionAdmin(admin.ModelAdmin):
         if queryset.count() != 1:
             self.message_user(request, "Select exactly one version to promote.", messages.ERROR)
             return
-        version = model_version_promote(
-            version=queryset.get(),
-            promoted_by=request.user,
-            request=request,
-            reason=f"promoted in the admin by {request.user}",
-            rerun_open=True,
-        )
+        try:
+            version = model_version_promote(
+                version=queryset.get(),
+                promoted_by=request.user,
+                request=request,
+                reason=f"promoted in the admin by {request.user}",
+                rerun_open=True,
+            )
+        except PromotionNeedsExternalValidation as exc:
+            self._refused(request, exc)
+            return
         rerun = version.reanalysis
         if rerun is None:
             self.message_user(
@@ -103,8 +120,23 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
 @admin.register(ModelPromotion)
 class ModelPromotionAdmin(admin.ModelAdmin):
-    list_display = ("model_version", "previous_version", "promoted_by", "reason", "created_at")
-    readonly_fields = ("model_version", "previous_version", "promoted_by", "reason", "created_at")
+    list_display = (
+        "model_version",
+        "previous_version",
+        "promoted_by",
+        "reason",
+        "override_reason",
+        "created_at",
+    )
+    readonly_fields = (
+        "model_version",
+        "previous_version",
+        "promoted_by",
+        "reason",
+        "external_evaluations",
+        "override_reason",
+        "created_at",
+    )
 
     def has_add_permission(self, request) -> bool:
         return False

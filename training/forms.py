@@ -286,6 +286,15 @@ class PromoteForm(forms.Form):
         "and the audit trail).",
         error_messages={"required": "Give a reason: it is kept in the promotion history."},
     )
+    # Asked for only when the version has no external evaluation (the promotion gate).
+    override_reason = forms.CharField(
+        required=False,
+        max_length=2000,
+        strip=True,
+        label="Override: why promote it without an external evaluation",
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="Kept in the promotion history and the audit trail.",
+    )
     rerun_open = forms.BooleanField(
         required=False,
         label="Re-run open (unsigned) studies with this version",

@@ -159,6 +159,16 @@ class ModelPromotion(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     reason = models.TextField(blank=True)
+    # The promotion gate (training.services.validation): the external evaluations there were
+    # when it was promoted, and why it was promoted without one.
+    external_evaluations = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="the done evaluations on other data at promotion: dataset, split, n, figures",
+    )
+    override_reason = models.TextField(
+        blank=True, help_text="why it was promoted without an external evaluation"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -15,6 +15,7 @@ from tests.diagnosis.conftest import (
     pneumonia_model,  # noqa: F401 - the fixture
     upload_view,
 )
+from tests.training.views.conftest import make_dataset, make_evaluation
 from training.models import ModelVersion
 from training.services import model_version_promote
 
@@ -29,7 +30,7 @@ def test_the_study_page_re_analyses_and_says_that_the_result_changed(
     pneumonia_model,  # noqa: F811 - the fixture imported above
     artifacts_dir,
 ):
-    model_version_promote(version=pneumonia_model, reason="first")
+    model_version_promote(override_reason="test weights", version=pneumonia_model, reason="first")
     study = upload_view(radiologist, "BR-1", "ACC-BR-1", seed=71)
     finish_prediction(study.prediction, pneumonia_model, {"NORMAL": 0.3, "PNEUMONIA": 0.7})
     v2 = ModelVersion.objects.create(
@@ -43,6 +44,9 @@ def test_the_study_page_re_analyses_and_says_that_the_result_changed(
         std=[0.229, 0.224, 0.225],
     )
 
+    # Evaluated on other data: the promotion gate lets it through without an override.
+    make_evaluation(v2, make_dataset("external-set", root="/data/external-set"))
+
     sign_in(page, live_server, admin_user.username)
     page.goto(f"{live_server.url}/training/models/{v2.pk}/")
     box = page.get_by_label("Re-run open (unsigned) studies with this version")
@@ -55,7 +59,9 @@ def test_the_study_page_re_analyses_and_says_that_the_result_changed(
     rerun = Prediction.objects.get(image=study.image, model_version=v2)
     finish_prediction(rerun, v2, {"NORMAL": 0.9, "PNEUMONIA": 0.1})
 
-    model_version_promote(version=pneumonia_model, reason="roll back")
+    model_version_promote(
+        override_reason="test weights", version=pneumonia_model, reason="roll back"
+    )
     page.goto(f"{live_server.url}/studies/{study.study.pk}/")
     notice = page.locator("[data-reanalysis]")
     assert "Re-analysed with version pneu-v2" in notice.inner_text()

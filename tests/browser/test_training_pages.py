@@ -43,7 +43,10 @@ def test_an_admin_reviews_a_run_compares_and_promotes(
         candidate, name="resnet18-imported-2025", metrics={"accuracy": 0.81, "macro_auc": 0.9}
     )
     model_version_promote(
-        version=production, promoted_by=admin_user, reason="First model imported for the pilot."
+        override_reason="test weights",
+        version=production,
+        promoted_by=admin_user,
+        reason="First model imported for the pilot.",
     )
     make_evaluation(candidate, dataset, skill=3.0, seed=1, plots=True)
     make_evaluation(production, dataset, skill=1.5, seed=2, plots=True)
@@ -115,6 +118,8 @@ def test_an_admin_reviews_a_run_compares_and_promotes(
     page.screenshot(path=shots / "11-promote-needs-reason.png", full_page=True)
     assert ModelVersion.objects.get(pk=candidate.pk).status == ModelVersion.Status.CANDIDATE
     page.get_by_label("Reason").fill("Higher sensitivity for pneumonia on kermany-2018 test.")
+    # Its only evaluation is on its training dataset: the gate asks for an override reason.
+    page.get_by_label("Override: why promote it").fill("No other dataset registered yet.")
     page.get_by_role("button", name="Promote to production").click()
     page.wait_for_selector(".msg-success")
     page.goto(f"{live_server.url}/training/models/{candidate.pk}/")

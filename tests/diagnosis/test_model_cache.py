@@ -76,7 +76,7 @@ def test_a_newly_promoted_version_is_loaded_ahead_beside_the_previous_one(
         model_version_import(path=path, architecture="mobilenet_v2", classes=CLASSES, name=name)
         for name in ("ahead-old", "ahead-new")
     )
-    model_version_promote(version=old, reason="test")
+    model_version_promote(override_reason="test weights", version=old, reason="test")
 
     def poll(first: bool) -> None:  # in its own thread, with its own database connection
         thread = threading.Thread(target=process._load_production_model, kwargs={"first": first})
@@ -85,7 +85,7 @@ def test_a_newly_promoted_version_is_loaded_ahead_beside_the_previous_one(
 
     poll(first=True)
     assert compute.is_loaded(old.pk, old.sha256)
-    model_version_promote(version=new, reason="test")
+    model_version_promote(override_reason="test weights", version=new, reason="test")
     caplog.clear()
     with caplog.at_level("INFO", logger="diagnosis.worker.process"):
         poll(first=False)
@@ -111,7 +111,7 @@ def test_a_version_that_cannot_be_loaded_is_reported_once_not_every_poll(
         classes=CLASSES,
         name="gone",
     )
-    model_version_promote(version=version, reason="test")
+    model_version_promote(override_reason="test weights", version=version, reason="test")
     os.remove(version.weights.path)
     caplog.clear()
     with caplog.at_level("WARNING", logger="diagnosis.worker.process"):

@@ -16,6 +16,7 @@ from tests.conftest import TEST_BROKER_URL
 from tests.diagnosis.conftest import PNEUMONIA_CLASSES, THRESHOLDS
 from tests.diagnosis.conftest import finish_prediction as _finish
 from tests.diagnosis.conftest import upload_view as _image
+from tests.training.views.conftest import make_dataset, make_evaluation
 from training.models import ModelVersion
 from training.services import model_version_promote
 
@@ -31,7 +32,7 @@ def broker(_broker):
 
 @pytest.fixture
 def versions(pneumonia_model) -> tuple[ModelVersion, ModelVersion]:
-    model_version_promote(version=pneumonia_model, reason="first")
+    model_version_promote(override_reason="test weights", version=pneumonia_model, reason="first")
     v2 = ModelVersion.objects.create(
         name="pneu-v2",
         architecture="mobilenet_v2",
@@ -83,7 +84,7 @@ def test_promoting_with_rerun_queues_exactly_the_unsigned_studies_behind_uploads
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post(
             reverse("training:version-promote", args=[v2.pk]),
-            {"reason": "better", "rerun_open": "on"},
+            {"reason": "better", "rerun_open": "on", "override_reason": "test weights"},
         )
     assert response.status_code == 302
     rerun = Prediction.objects.filter(model_version=v2)
@@ -112,7 +113,10 @@ def test_promoting_with_rerun_queues_exactly_the_unsigned_studies_behind_uploads
 
 def test_promoting_without_rerun_reads_only_new_studies(client, admin_user, versions, studies):
     client.force_login(admin_user)
-    client.post(reverse("training:version-promote", args=[versions[1].pk]), {"reason": "better"})
+    client.post(
+        reverse("training:version-promote", args=[versions[1].pk]),
+        {"reason": "better", "override_reason": "test weights"},
+    )
     assert not Prediction.objects.filter(model_version=versions[1]).exists()
     assert not AuditEvent.objects.filter(action="reanalyse").exists()
 
@@ -121,13 +125,17 @@ def test_rolling_back_with_rerun_makes_the_earlier_version_current_again(
     versions, studies, admin_user
 ):
     v1, v2 = versions
-    model_version_promote(version=v2, promoted_by=admin_user, rerun_open=True)
+    model_version_promote(
+        override_reason="test weights", version=v2, promoted_by=admin_user, rerun_open=True
+    )
     for p in Prediction.objects.filter(model_version=v2):
         _finish(p, v2, {"NORMAL": 0.9, "PNEUMONIA": 0.1})
     study = selectors.study_detail(studies["open"][0])
     assert selectors.study_result(study).model_version == "pneu-v2"
 
-    back = model_version_promote(version=v1, promoted_by=admin_user, rerun_open=True)
+    back = model_version_promote(
+        override_reason="test weights", version=v1, promoted_by=admin_user, rerun_open=True
+    )
     assert back.reanalysis.queued == 3 and back.reanalysis.studies == 2
     for p in Prediction.objects.filter(model_version=v1, image__study_id__in=studies["open"]):
         assert p.status == "queued"  # v1's own earlier prediction, queued again
@@ -148,7 +156,7 @@ def test_the_study_button_re_reads_with_production_and_the_page_says_it_changed(
     rad_client, radiologist, versions, studies
 ):
     v1, v2 = versions
-    model_version_promote(version=v2, reason="better")
+    model_version_promote(override_reason="test weights", version=v2, reason="better")
     study_id = studies["open"][0]
     page = rad_client.get(f"/studies/{study_id}/").content.decode()
     assert "Re-analyse with the production version (pneu-v2)" in page
@@ -212,7 +220,9 @@ def test_the_worker_runs_the_re_runs_of_a_promotion(
         classes=CLASSES,
         name="test-mobilenet-2",
     )
-    model_version_promote(version=v2, promoted_by=admin_user, rerun_open=True)
+    model_version_promote(
+        override_reason="test weights", version=v2, promoted_by=admin_user, rerun_open=True
+    )
     rerun = Prediction.objects.get(image=first.image, model_version=v2)
     wait_for(lambda: Prediction.objects.get(pk=rerun.pk).status == "done")
     assert Prediction.objects.get(pk=first.prediction.pk).status == "done"  # kept as history
@@ -222,6 +232,8 @@ def test_the_worker_runs_the_re_runs_of_a_promotion(
 
 
 def test_the_admin_action_promotes_and_re_runs_open_studies(client, admin_user, versions, studies):
+    # The admin action has no override field: the version is evaluated on other data.
+    make_evaluation(versions[1], make_dataset("external-set", root="/data/external-set"))
     client.force_login(admin_user)
     response = client.post(
         "/admin/training/modelversion/",

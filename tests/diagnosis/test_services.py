@@ -243,7 +243,9 @@ def test_promotion_assigns_waiting_predictions_and_queues_them(
     )
     assert result.prediction.model_version is None
     with django_capture_on_commit_callbacks(execute=True):
-        model_version_promote(version=model_version, reason="first model")
+        model_version_promote(
+            override_reason="test weights", version=model_version, reason="first model"
+        )
     result.prediction.refresh_from_db()
     assert result.prediction.model_version == model_version
     assert sent() == [result.prediction.pk]

@@ -61,6 +61,8 @@ class FaultStack:
             "--name",
             "faults-mobilenet",
             "--promote",
+            "--override-reason",
+            "fault tests: random weights",
             timeout=300,
         )
         password = secrets.token_urlsafe(24)

@@ -64,6 +64,8 @@ def test_a_promoted_version_is_loaded_before_its_first_prediction(stack):
         "--name",
         "faults-promoted",
         "--promote",
+        "--override-reason",
+        "fault tests: random weights",
         timeout=300,
     )
     ahead = "faults-promoted loaded ahead of the first prediction since its promotion"

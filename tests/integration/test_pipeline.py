@@ -103,7 +103,9 @@ def test_a_waiting_upload_runs_once_a_model_is_promoted(api, model_version, cele
     )
     [prediction] = resp.json()["predictions"]
     assert prediction["status"] == "queued" and prediction["model_version"] is None
-    model_version_promote(version=model_version, reason="first model")
+    model_version_promote(
+        override_reason="test weights", version=model_version, reason="first model"
+    )
     body = wait_for(_finished(api, prediction["url"]))
     assert body["status"] == "done"
     assert body["model_version"] == model_version.name

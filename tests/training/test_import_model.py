@@ -58,6 +58,8 @@ def test_import_model_with_promote_puts_it_in_production(db, state_dict_file, ca
         "--classes",
         ",".join(CLASSES),
         "--promote",
+        "--override-reason",
+        "test weights",
     )
     [version] = ModelVersion.objects.all()
     assert version.status == ModelVersion.Status.PRODUCTION
@@ -79,6 +81,8 @@ def test_a_second_promotion_retires_the_first_and_a_rollback_restores_it(db, sta
         "--name",
         "one",
         "--promote",
+        "--override-reason",
+        "test weights",
     )
     call_command(
         "import_model",
@@ -90,10 +94,16 @@ def test_a_second_promotion_retires_the_first_and_a_rollback_restores_it(db, sta
         "--name",
         "two",
         "--promote",
+        "--override-reason",
+        "test weights",
     )
     assert ModelVersion.objects.get(name="one").status == "retired"
     assert ModelVersion.objects.get(name="two").status == "production"
-    model_version_promote(version=ModelVersion.objects.get(name="one"), reason="roll back")
+    model_version_promote(
+        override_reason="test weights",
+        version=ModelVersion.objects.get(name="one"),
+        reason="roll back",
+    )
     assert ModelVersion.objects.get(name="one").status == "production"
     assert ModelVersion.objects.filter(status="production").count() == 1
 

@@ -216,15 +216,17 @@ def test_promote_then_roll_back_and_each_new_upload_uses_the_production_version(
 ):
     from diagnosis import services
 
-    model_version_promote(version=model_version, reason="first")
+    model_version_promote(override_reason="test weights", version=model_version, reason="first")
     first = services.study_upload(
         uploaded_by=radiologist, data=imagegen.png_bytes(), patient_id="P1"
     ).prediction
-    model_version_promote(version=trained, reason="better on the test split")
+    model_version_promote(
+        override_reason="test weights", version=trained, reason="better on the test split"
+    )
     second = services.study_upload(
         uploaded_by=radiologist, data=imagegen.png_bytes(), patient_id="P2"
     ).prediction
-    model_version_promote(version=model_version, reason="roll back")
+    model_version_promote(override_reason="test weights", version=model_version, reason="roll back")
     third = services.study_upload(
         uploaded_by=radiologist, data=imagegen.png_bytes(), patient_id="P3"
     ).prediction

@@ -32,7 +32,7 @@ def test_a_receiver_that_fails_rolls_the_promotion_back(candidate):
     signals.model_version_promoted.connect(fail, dispatch_uid="test-fail")
     try:
         with pytest.raises(ReceiverFailed):
-            model_version_promote(version=candidate, reason="test")
+            model_version_promote(override_reason="test weights", version=candidate, reason="test")
     finally:
         signals.model_version_promoted.disconnect(dispatch_uid="test-fail")
     candidate.refresh_from_db()

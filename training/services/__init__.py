@@ -21,6 +21,7 @@ from training.services.evaluations import (
 )
 from training.services.registry import (
     ModelImportError,
+    PromotionNeedsExternalValidation,
     model_version_import,
     model_version_promote,
 )
@@ -31,6 +32,7 @@ from training.services.runs import (
     training_run_execute,
     training_runs_reconcile,
 )
+from training.services.validation import version_validation, versions_validation
 
 __all__ = [
     "CalibrationRejected",
@@ -41,6 +43,7 @@ __all__ = [
     "DatasetRejected",
     "EvaluationResult",
     "ModelImportError",
+    "PromotionNeedsExternalValidation",
     "TrainingRejected",
     "dataset_register",
     "dataset_scan",
@@ -54,4 +57,6 @@ __all__ = [
     "training_run_create",
     "training_run_execute",
     "training_runs_reconcile",
+    "version_validation",
+    "versions_validation",
 ]

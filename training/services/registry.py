@@ -17,6 +17,7 @@ from cxrweb.audit.models import AuditEvent
 from cxrweb.audit.services import audit
 from training.models import ModelPromotion, ModelVersion
 from training.services.calibrations import calibration_initial_create
+from training.services.validation import VersionValidation, version_validation
 from training.signals import model_version_promoted, open_studies_rerun_requested, send_and_count
 
 if TYPE_CHECKING:
@@ -27,6 +28,28 @@ logger = logging.getLogger(__name__)
 
 class ModelImportError(Exception):
     """The file cannot become a model version; the message says why and what to do."""
+
+
+class PromotionNeedsExternalValidation(Exception):
+    """Promotion refused: no done evaluation on data other than the training data, and no
+    override reason. The message says what to do."""
+
+    def __init__(self, validation: VersionValidation) -> None:
+        self.validation = validation
+        version = validation.version
+        internal = validation.internal
+        trained_on = (
+            f"its training dataset {internal.dataset.name}"
+            if internal is not None and internal.dataset is not None
+            else "the data it was trained on"
+        )
+        super().__init__(
+            f"{version.name} has no done evaluation on a dataset other than {trained_on}: its "
+            "own test split shows how it does on that data, not on the next hospital's. Evaluate "
+            "it on another dataset first (its page, 'Evaluate on a dataset', or manage.py "
+            f"evaluate_model {version.name} --dataset NAME --split all), or give an override "
+            "reason, which is kept in the promotion history and the audit trail."
+        )
 
 
 def model_version_import(
@@ -192,8 +215,15 @@ def model_version_promote(
     reason: str = "",
     request=None,
     rerun_open: bool = False,
+    override_reason: str = "",
 ) -> ModelVersion:
     """Put `version` into production; the current production version is retired.
+
+    The gate: the version needs a done external evaluation (training.services.validation), else
+    an `override_reason`, or PromotionNeedsExternalValidation is raised and nothing changes. The
+    external evaluations there were and the override reason are kept on the ModelPromotion row
+    and in the audit event. A roll back passes the same gate, on the earlier version's own
+    evaluations.
 
     Promoting an earlier version is the roll back. Predictions keep the version that made them;
     predictions that were waiting for a production model are given this one and queued.
@@ -211,6 +241,13 @@ def model_version_promote(
     version.reanalysis = None
     if version.status == ModelVersion.Status.PRODUCTION:
         return version
+    validation = version_validation(version=version)
+    override_reason = override_reason.strip()
+    if validation.validated:
+        override_reason = ""  # nothing was overridden
+    elif not override_reason:
+        raise PromotionNeedsExternalValidation(validation)
+    external = validation.snapshot()
     if current is not None:
         current.status = ModelVersion.Status.RETIRED
         current.save(update_fields=["status"])
@@ -224,6 +261,8 @@ def model_version_promote(
         previous_version=current,
         promoted_by=version.promoted_by,
         reason=reason,
+        external_evaluations=external,
+        override_reason=override_reason,
     )
     queued = send_and_count(model_version_promoted, version=version)
     audit(
@@ -231,7 +270,12 @@ def model_version_promote(
         AuditEvent.Action.PROMOTE,
         version,
         user=version.promoted_by,
-        detail={"previous": current.name if current else None, "reason": reason},
+        detail={
+            "previous": current.name if current else None,
+            "reason": reason,
+            "external_evaluations": external,
+            "override_reason": override_reason,
+        },
     )
     if rerun_open:
         outcomes = open_studies_rerun_requested.send(sender=ModelVersion, version=version)

@@ -16,6 +16,7 @@ from training import selectors
 from training.forms import CompareForm, PromoteForm
 from training.models import Dataset, Evaluation, ModelVersion
 from training.services import evaluation_create
+from training.services.validation import dataset_same_data
 from training.views.common import (
     EVALUATION_PLOTS,
     POLL_MS,
@@ -25,6 +26,7 @@ from training.views.common import (
     metric_summary,
     plot_links,
 )
+from training.views.validation import validation_context
 
 COMPARE_CLASS_METRICS = [
     ("sensitivity", "sensitivity"),
@@ -102,6 +104,10 @@ def _compare_context(candidate: ModelVersion, dataset: Dataset) -> dict[str, Any
         rows = compare_rows(done["candidate"].metrics, done["production"].metrics)
     query = urlencode({"candidate": candidate.pk, "dataset": dataset.pk})
     return {
+        # Whether this dataset is each side's training data (its figures are then internal).
+        "same_data": {
+            role: dataset_same_data(version=version, dataset=dataset) for role, version in sides
+        },
         "candidate": candidate,
         "production": production,
         "dataset": dataset,
@@ -121,6 +127,27 @@ def _compare_context(candidate: ModelVersion, dataset: Dataset) -> dict[str, Any
             for role, e in done.items()
         },
     }
+
+
+def _validation_sides(context: dict[str, Any]) -> dict[str, Any]:
+    """The candidate's (and production's) internal test and external evaluations; the
+    candidate's validation also decides whether the promote form asks for an override."""
+    sides = [("candidate", context["candidate"])]
+    if context["production"] is not None and not context["same"]:
+        sides.append(("production", context["production"]))
+    compare_sides = []
+    for role, version in sides:
+        v = validation_context(version)
+        compare_sides.append(
+            {
+                "role": role,
+                "version": version,
+                "validation": v["validation"],
+                "rows": v["validation_rows"],
+                "headline": v["headline"],
+            }
+        )
+    return {"compare_sides": compare_sides, "validation": compare_sides[0]["validation"]}
 
 
 @require_http_methods(["GET", "POST"])
@@ -166,6 +193,7 @@ def compare(request):
             _compare_context(form.cleaned_data["candidate"], form.cleaned_data["dataset"])
         )
         context["promote_form"] = PromoteForm()
+        context.update(_validation_sides(context))
     return render(
         request,
         "training/compare.html",

@@ -20,7 +20,12 @@ from training import selectors
 from training.calibration_forms import CalibrationForm
 from training.forms import EvaluationForm, PromoteForm
 from training.models import Evaluation, ModelVersion
-from training.services import evaluation_create, model_version_promote
+from training.services import (
+    PromotionNeedsExternalValidation,
+    evaluation_create,
+    model_version_promote,
+    versions_validation,
+)
 from training.views.common import (
     EVALUATION_PLOTS,
     PER_CLASS_COLUMNS,
@@ -30,6 +35,7 @@ from training.views.common import (
     per_class_rows,
     plot_links,
 )
+from training.views.validation import headline, validation_context
 
 Action = AuditEvent.Action
 
@@ -46,13 +52,20 @@ def _safe_next(request, default: str) -> str:
 @require_GET
 @model_admin_required
 def version_list(request):
+    versions = list(selectors.version_list())
+    validations = versions_validation(versions=versions)
+    rows = [
+        {
+            "version": v,
+            "headline": headline(validations[v.pk]),
+            "external": len(validations[v.pk].external),
+        }
+        for v in versions
+    ]
     return render(
         request,
         "training/versions.html",
-        {
-            "versions": selectors.version_list(),
-            "promotions": selectors.promotion_history(10),
-        },
+        {"rows": rows, "promotions": selectors.promotion_history(10)},
     )
 
 
@@ -93,6 +106,7 @@ def _version_context(
     return {
         **_evaluations_context(version),
         **calibrations_context(version, form=calibration_form),
+        **validation_context(version),
         "summary": metric_summary(version.metrics),
         "per_class_columns": [label for _, label in PER_CLASS_COLUMNS],
         "per_class": per_class_rows(version.metrics, version.thresholds),
@@ -188,13 +202,23 @@ def version_promote(request, pk: int):
             status=400,
         )
     rollback = version.status == ModelVersion.Status.RETIRED
-    version = model_version_promote(
-        version=version,
-        promoted_by=request.user,
-        request=request,
-        reason=form.cleaned_data["reason"],
-        rerun_open=form.cleaned_data["rerun_open"],
-    )
+    try:
+        version = model_version_promote(
+            version=version,
+            promoted_by=request.user,
+            request=request,
+            reason=form.cleaned_data["reason"],
+            rerun_open=form.cleaned_data["rerun_open"],
+            override_reason=form.cleaned_data["override_reason"],
+        )
+    except PromotionNeedsExternalValidation as exc:
+        form.add_error("override_reason", str(exc))
+        return render(
+            request,
+            "training/version.html",
+            _version_context(version, promote_form=form, next_url=_safe_next(request, "")),
+            status=400,
+        )
     rerun = version.reanalysis
     messages.success(
         request,

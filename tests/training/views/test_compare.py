@@ -79,7 +79,8 @@ def test_promoting_from_the_compare_page_returns_to_it(admin_client, production_
     candidate = second_version(production_model)
     back = f"/training/compare/?candidate={candidate.pk}&dataset={dataset.pk}"
     resp = admin_client.post(
-        f"/training/models/{candidate.pk}/promote/", {"reason": "better on kermany", "next": back}
+        f"/training/models/{candidate.pk}/promote/",
+        {"reason": "better on kermany", "next": back, "override_reason": "test weights"},
     )
     assert resp["Location"] == back
     candidate.refresh_from_db()

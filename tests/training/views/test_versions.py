@@ -72,7 +72,10 @@ def test_promotion_requires_a_reason(admin_client, model_version):
 def test_promotion_records_who_and_why(admin_client, admin_user, model_version):
     resp = admin_client.post(
         f"/training/models/{model_version.pk}/promote/",
-        {"reason": "Better sensitivity on the local test split."},
+        {
+            "reason": "Better sensitivity on the local test split.",
+            "override_reason": "test weights",
+        },
     )
     assert resp.status_code == 302 and resp["Location"] == f"/training/models/{model_version.pk}/"
     model_version.refresh_from_db()
@@ -93,7 +96,10 @@ def test_rolling_back_restores_an_earlier_version_as_the_only_production_one(
     admin_client, admin_user, production_model
 ):
     newer = second_version(production_model)
-    admin_client.post(f"/training/models/{newer.pk}/promote/", {"reason": "new model"})
+    admin_client.post(
+        f"/training/models/{newer.pk}/promote/",
+        {"reason": "new model", "override_reason": "test weights"},
+    )
     production_model.refresh_from_db()
     assert production_model.status == ModelVersion.Status.RETIRED
     html = admin_client.get(f"/training/models/{production_model.pk}/").content.decode()
@@ -101,7 +107,7 @@ def test_rolling_back_restores_an_earlier_version_as_the_only_production_one(
 
     resp = admin_client.post(
         f"/training/models/{production_model.pk}/promote/",
-        {"reason": "more false negatives with the new one"},
+        {"reason": "more false negatives with the new one", "override_reason": "test weights"},
     )
     assert resp.status_code == 302
     assert list(ModelVersion.objects.filter(status="production")) == [production_model]
@@ -118,7 +124,7 @@ def test_rolling_back_restores_an_earlier_version_as_the_only_production_one(
 def test_promote_returns_to_a_safe_next_page_only(admin_client, model_version):
     resp = admin_client.post(
         f"/training/models/{model_version.pk}/promote/",
-        {"reason": "ok", "next": "https://evil.example/"},
+        {"reason": "ok", "next": "https://evil.example/", "override_reason": "test weights"},
     )
     assert resp["Location"] == f"/training/models/{model_version.pk}/"
 

@@ -2,7 +2,12 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from training.services import ModelImportError, model_version_import, model_version_promote
+from training.services import (
+    ModelImportError,
+    PromotionNeedsExternalValidation,
+    model_version_import,
+    model_version_promote,
+)
 
 
 class Command(BaseCommand):
@@ -10,7 +15,8 @@ class Command(BaseCommand):
         "Register a torchvision state_dict (one output per class), or a checkpoint exported "
         "from a model version, as a model version. "
         "Example: manage.py import_model resnet18.pt --arch resnet18 "
-        "--classes normal,bacterial_pneumonia,viral_pneumonia,covid19 --promote"
+        "--classes normal,bacterial_pneumonia,viral_pneumonia,covid19 --promote "
+        '--override-reason "first model, evaluated outside the app"'
     )
 
     def add_arguments(self, parser):
@@ -45,8 +51,24 @@ class Command(BaseCommand):
         parser.add_argument("--notes", default="")
         parser.add_argument("--promote", action="store_true", help="put it into production now")
         parser.add_argument("--reason", default="", help="why it is promoted (recorded)")
+        parser.add_argument(
+            "--override-reason",
+            default="",
+            help="with --promote: why it goes into production before any evaluation on a dataset "
+            "other than its training data (required: a new import has none; recorded in the "
+            "promotion history and the audit trail)",
+        )
 
     def handle(self, *args, **options):
+        if options["promote"] and not options["override_reason"].strip():
+            # Checked first, so a refused promotion imports nothing.
+            raise CommandError(
+                '--promote needs --override-reason "...": a newly imported version has no '
+                "evaluation on a dataset other than its training data, which promotion asks for. "
+                "Import it without --promote, evaluate it (manage.py evaluate_model NAME "
+                "--dataset D --split all), then promote it from its page; or say why it goes "
+                "into production unvalidated with --override-reason (recorded)."
+            )
         try:
             version = model_version_import(
                 path=options["path"],
@@ -69,11 +91,17 @@ class Command(BaseCommand):
             )
         )
         if options["promote"]:
-            model_version_promote(
-                version=version, reason=options["reason"] or "imported with --promote"
-            )
+            try:
+                model_version_promote(
+                    version=version,
+                    reason=options["reason"] or "imported with --promote",
+                    override_reason=options["override_reason"],
+                )
+            except PromotionNeedsExternalValidation as exc:
+                raise CommandError(f"Imported, but not promoted: {exc}") from exc
             self.stdout.write(self.style.SUCCESS(f"{version.name!r} is now in production."))
         else:
             self.stdout.write(
-                "It is a candidate; promote it in the admin (Model versions) or re-run with --promote."
+                "It is a candidate: evaluate it on a dataset other than its training data "
+                "(manage.py evaluate_model), then promote it from its page."
             )
