@@ -21,6 +21,7 @@ from .loop import evaluate, resolve_device, with_calibration
 from .metrics import classification_report, roc_curves
 from .pipeline import DeviceBatches, place_model
 from .scan import DatasetError
+from .tta import TTAModel
 
 __all__ = ["SamplePredictions", "evaluate_checkpoint"]
 
@@ -58,6 +59,7 @@ def evaluate_checkpoint(
     device: str | torch.device | None = None,
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
+    tta: bool | None = None,
 ) -> dict[str, Any]:
     """Evaluate a saved model on ``indices`` of a dataset, e.g. a candidate and the production
     model on the same stored test split.
@@ -68,6 +70,8 @@ def evaluate_checkpoint(
     a dataset may list them in different orders; a dataset class the model lacks is an error.
     Returns ``{"metrics", "roc", "reliability", "output", "predictions"}`` (``output`` is an
     :class:`EvalOutput`, ``predictions`` the :class:`SamplePredictions` of the same pass).
+    ``tta`` averages the logits of a few mild views (:mod:`.tta`, 4x the cost); ``None`` follows
+    the training recipe stored in the checkpoint (its config's ``tta``), else off.
     """
     state_dict, meta = load_weights_file(checkpoint_path)
     arch = arch or (meta.arch if meta else None)
@@ -92,6 +96,10 @@ def evaluate_checkpoint(
 
     device = resolve_device(device)
     model = place_model(build_for_inference(arch, names, state_dict), device)
+    if tta is None:
+        tta = bool(((meta.extra or {}).get("config") or {}).get("tta")) if meta else False
+    if tta:
+        model = TTAModel(model, prep).to(device)
     images = DecodedImages(dataset_root, mapped, indices, prep)
     plain = BatchAugment(prep, augment="none")
     output = evaluate(

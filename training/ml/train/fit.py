@@ -8,7 +8,8 @@
    loss (plain cross-entropy, unweighted) and stop after ``early_stopping_patience`` epochs without
    improvement;
 4. fit a temperature and per-class thresholds on the validation logits of the best epoch, write
-   the checkpoint with them in its meta, then measure the test split once.
+   the checkpoint with them in its meta, then measure the test split once (with ``tta``, both
+   the calibrating validation pass and the test pass average a few views: :mod:`.tta`).
 
 Progress goes to ``progress_callback(dict)``; ``should_stop()`` is polled before every step so a
 cancelled run stops within one batch. The images come from :mod:`training.ml.train.pipeline`:
@@ -42,6 +43,7 @@ from .pipeline import DeviceBatches, place_model, run_batches
 from .progress import FitProgress
 from .scan import DatasetError, FolderScan
 from .splits import check_split
+from .tta import TTAModel
 
 logger = logging.getLogger(__name__)
 
@@ -239,6 +241,8 @@ def _calibrate_and_save(
     config, best_val = run.config, best.val
     run.tracker.send("calibrate", best.epoch, step=0, steps=1)
     run.model.load_state_dict(best.state)
+    if config.tta:
+        best_val = evaluate(_eval_model(run), run.batches.val, run.device, amp=run.amp)
     temperature = fit_temperature(best_val.logits, best_val.labels)
     val_probs = softmax(best_val.logits, temperature)
     thresholds = choose_thresholds(
@@ -278,10 +282,15 @@ def _calibrate_and_save(
     run.tracker.send("calibrate", best.epoch, step=1, steps=1)
 
 
+def _eval_model(run: FitRun) -> nn.Module:
+    """The model as the version's evaluations see it: with test-time augmentation when asked."""
+    return TTAModel(run.model, run.prep) if run.config.tta else run.model
+
+
 def _test(run: FitRun, loader: DeviceBatches, result: FitResult, epoch: int) -> None:
     """Measure the test split once, at the calibrated temperature and thresholds."""
     test = evaluate(
-        run.model,
+        _eval_model(run),
         loader,
         run.device,
         temperature=result.temperature,
