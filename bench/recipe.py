@@ -103,6 +103,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         num_workers=1,
         seed=args.seed,
         cache_dir=args.cache_dir,
+        max_steps_per_epoch=args.max_steps,
         **overrides,
     )
     scan = scan_image_folder(args.data, verify=True)
@@ -119,8 +120,8 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     evaluations = [{}, {"tta": True}] if args.tta_also else [{}]
     sets: dict[str, Any] = {}
 
-    def evaluate(name: str, root: str, samples: list[tuple[str, int]]) -> None:
-        for extra in evaluations:
+    def evaluate(name: str, root: str, samples: list[tuple[str, int]], tta: bool = True) -> None:
+        for extra in evaluations if tta else [{}]:
             out = evaluate_checkpoint(
                 result.checkpoint_path,
                 root,
@@ -138,7 +139,10 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         evaluate("covid-3way (adult)", args.cross, _mapped(args.cross, mapping))
     if args.normals:
         evaluate(
-            "covid-radiography Normal", args.normals, _mapped(args.normals, {"Normal": "NORMAL"})
+            "covid-radiography Normal",
+            args.normals,
+            _mapped(args.normals, {"Normal": "NORMAL"}),
+            tta=False,
         )
     return {
         "recipe": args.recipe,
@@ -195,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--max-steps", type=int, default=None, help="batches per epoch at most")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--out", help="write the JSON report here")
