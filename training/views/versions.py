@@ -19,6 +19,7 @@ from cxrweb.responses import download_name, private_file_response
 from training import selectors
 from training.forms import EvaluationForm, PromoteForm
 from training.models import Evaluation, ModelVersion
+from training.recipe import version_recipe
 from training.services import evaluation_create, model_version_promote
 from training.views.common import (
     EVALUATION_PLOTS,
@@ -100,6 +101,7 @@ def _version_context(
         "evaluation_form": evaluation_form or EvaluationForm(),
         "promote_form": promote_form or PromoteForm(),
         "download_name": checkpoint_name(version),
+        "recipe": version_recipe(version),
         "poll_ms": POLL_MS,
     }
 
