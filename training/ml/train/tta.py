@@ -38,6 +38,8 @@ class TTAModel(nn.Module):
     Input and output as ``model``'s (``N x 3 x S x S`` normalised with ``prep``; ``N x K``).
     """
 
+    black: torch.Tensor  # a buffer: the normalised value of a black pixel, per channel
+
     def __init__(
         self,
         model: nn.Module,
