@@ -203,6 +203,29 @@ class TrainingRunForm(forms.Form):
         help_text="Off by default: the heart is on the left, and a flipped chest is not a "
         "normal chest.",
     )
+    gamma = forms.FloatField(
+        label="Gamma jitter",
+        required=False,
+        min_value=0.0,
+        max_value=1.0,
+        widget=forms.NumberInput(attrs={"step": "any", "placeholder": "0.25"}),
+        help_text="Exposure-curve augmentation: gray ** g, g within 1/(1+x) to 1+x. Blank: 0.25; "
+        "0: off.",
+    )
+    label_smoothing = forms.FloatField(
+        label="Label smoothing",
+        required=False,
+        min_value=0.0,
+        max_value=0.5,
+        widget=forms.NumberInput(attrs={"step": "any", "placeholder": "0.1"}),
+        help_text="Blank: 0.1. Softer targets: less over-confident on unfamiliar images.",
+    )
+    tta = forms.BooleanField(
+        label="Test-time augmentation",
+        required=False,
+        initial=False,
+        help_text="Calibrate and test on the average of 4 mild views: 4x the evaluation time.",
+    )
     early_stopping_patience = forms.IntegerField(
         label="Early-stopping patience",
         min_value=0,
@@ -257,6 +280,9 @@ class TrainingRunForm(forms.Form):
             "early_stopping_patience": d["early_stopping_patience"] or None,
             "max_steps_per_epoch": d["max_steps_per_epoch"],
             "seed": d["seed"],
+            "tta": bool(d.get("tta")),
+            # Blank: the recipe's defaults (TrainConfig).
+            **{name: d[name] for name in ("gamma", "label_smoothing") if d.get(name) is not None},
         }
 
 

@@ -26,6 +26,7 @@ from training.services import (
     model_version_promote,
     versions_validation,
 )
+from training.recipe import version_recipe
 from training.views.common import (
     EVALUATION_PLOTS,
     PER_CLASS_COLUMNS,
@@ -117,6 +118,7 @@ def _version_context(
         "evaluation_form": evaluation_form or EvaluationForm(),
         "promote_form": promote_form or PromoteForm(),
         "download_name": checkpoint_name(version),
+        "recipe": version_recipe(version),
         "poll_ms": POLL_MS,
     }
 

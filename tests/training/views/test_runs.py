@@ -192,3 +192,29 @@ def test_cancel_is_post_only(admin_client, dataset):
     assert admin_client.get(f"/training/runs/{run.pk}/cancel/").status_code == 405
     run.refresh_from_db()
     assert not run.cancel_requested
+
+
+def test_the_start_form_sets_the_recipe_options_and_blank_keeps_the_defaults(
+    admin_client, dataset, sent_tasks, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post(
+            "/training/runs/new/",
+            run_form(dataset, gamma="0", label_smoothing="0.05", tta="on"),
+        )
+        admin_client.post("/training/runs/new/", run_form(dataset, gamma="", label_smoothing=""))
+    first, second = TrainingRun.objects.order_by("pk")
+    assert (first.config["gamma"], first.config["label_smoothing"], first.config["tta"]) == (
+        0.0,
+        0.05,
+        True,
+    )
+    assert (second.config["gamma"], second.config["label_smoothing"], second.config["tta"]) == (
+        0.25,
+        0.1,
+        False,
+    )
+    assert second.config["lr_schedule"] == "cosine_step"
+    resp = admin_client.post("/training/runs/new/", run_form(dataset, label_smoothing="0.9"))
+    assert resp.status_code == 400 and TrainingRun.objects.count() == 2
+    assert "Ensure this value is less than or equal to 0.5" in resp.content.decode()

@@ -37,6 +37,16 @@ class Command(BaseCommand):
             action="store_true",
             help="allow horizontal flips (off: the heart is on the left)",
         )
+        parser.add_argument("--gamma", type=float, default=None, help="gamma jitter (0.25; 0: off)")
+        parser.add_argument("--label-smoothing", type=float, default=None, help="default 0.1")
+        parser.add_argument(
+            "--lr-schedule",
+            choices=["cosine_step", "cosine_epoch"],
+            default=None,
+            help="cosine_step (default: warm-up, then per step) or cosine_epoch (no warm-up)",
+        )
+        parser.add_argument("--lr-warmup-epochs", type=float, default=None, help="default 1")
+        parser.add_argument("--tta", action="store_true", help="test-time augmentation (4x eval)")
         parser.add_argument("--patience", type=int, default=3, help="early stopping; 0 = off")
         parser.add_argument("--max-steps", type=int, default=None, help="per epoch (quick runs)")
         parser.add_argument("--input-size", type=int, default=None)
@@ -74,7 +84,12 @@ class Command(BaseCommand):
             "seed": o["seed"],
             "device": o["device"],
             "num_threads": o["threads"],
+            "tta": o["tta"],
         }
+        recipe = ("gamma", "label_smoothing", "lr_schedule", "lr_warmup_epochs")
+        config.update({k: o[k] for k in recipe if o[k] is not None})  # else TrainConfig's defaults
+        if o["lr_schedule"] == "cosine_epoch" and o["lr_warmup_epochs"] is None:
+            config["lr_warmup_epochs"] = 0
         try:
             run = training_run_create(dataset=dataset, config=config, enqueue=o["queue"])
         except TrainingRejected as exc:

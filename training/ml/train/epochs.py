@@ -1,6 +1,8 @@
 """The epochs of a :func:`~training.ml.train.fit.fit` run, with early stopping.
 
-AdamW with a cosine learning rate per strategy phase ("full" first warms the new head up alone);
+AdamW with a cosine learning rate per strategy phase ("full" first warms the new head up alone):
+by default a linear warm-up then a cosine per optimizer step (:func:`warmup_cosine`), or the
+older cosine per epoch (``lr_schedule="cosine_epoch"``);
 after every epoch the validation split is evaluated, the weights of the lowest validation loss are
 kept, and the run stops after ``early_stopping_patience`` epochs without improvement.
 """
@@ -18,14 +20,14 @@ from torch import nn
 from ..models.weights import BackboneLoadReport
 from ..preprocessing import Preprocessing
 from .config import DEFAULT_LR, MIN_LR_FRACTION, StopCheck, TrainConfig, TrainingError
-from .loop import EvalOutput, evaluate, train_one_epoch
+from .loop import EvalOutput, evaluate, steps_of, train_one_epoch
 from .pipeline import RunBatches
 from .progress import FitProgress
 from .strategy import StrategyReport, apply_strategy, make_optimizer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BestEpoch", "Epochs", "FitRun", "train_epochs"]
+__all__ = ["BestEpoch", "Epochs", "FitRun", "train_epochs", "warmup_cosine"]
 
 
 @dataclass
@@ -53,6 +55,7 @@ class _Phase:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     report: StrategyReport
+    per_step: bool = False
 
 
 @dataclass
@@ -86,16 +89,40 @@ class Epochs:
         self.best = BestEpoch(epoch=epoch, loss=val.loss, state=state, val=val)
 
 
+def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int) -> float:
+    """The learning-rate factor after ``step`` optimizer steps: linear from ``1 / (warmup + 1)``
+    to 1 over ``warmup_steps``, then a cosine down to :data:`MIN_LR_FRACTION` at
+    ``total_steps`` (and there it stays)."""
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return MIN_LR_FRACTION + (1.0 - MIN_LR_FRACTION) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def _start_phase(run: FitRun, strategy: str, lr: float, epochs: int) -> _Phase:
-    """Freeze for ``strategy``; a fresh AdamW whose rate follows a cosine over ``epochs``."""
+    """Freeze for ``strategy``; a fresh AdamW whose rate follows the configured schedule over
+    ``epochs`` (per step with a warm-up, or per epoch)."""
     config = run.config
     report = apply_strategy(run.model, config.arch, strategy, config.unfreeze_blocks)
     optimizer = make_optimizer(run.model, lr, config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=max(1, epochs), eta_min=lr * MIN_LR_FRACTION
-    )
     logger.info("%s %s", config.arch, report.summary())
-    return _Phase(optimizer=optimizer, scheduler=scheduler, report=report)
+    if config.lr_schedule == "cosine_epoch":
+        scheduler: torch.optim.lr_scheduler.LRScheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(
+                optimizer, T_max=max(1, epochs), eta_min=lr * MIN_LR_FRACTION
+            )
+        )
+        return _Phase(optimizer=optimizer, scheduler=scheduler, report=report)
+    steps = steps_of(run.batches.train, config.max_steps_per_epoch)
+    total = max(1, epochs) * steps
+    # A short run (one epoch, a trial with max_steps_per_epoch) warms up over half its steps.
+    warmup = min(round(config.lr_warmup_epochs * steps), total // 2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: warmup_cosine(step, warmup_steps=warmup, total_steps=total),
+    )
+    return _Phase(optimizer=optimizer, scheduler=scheduler, report=report, per_step=True)
 
 
 def train_epochs(run: FitRun) -> Epochs:
@@ -151,6 +178,7 @@ def _one_epoch(
         max_steps=config.max_steps_per_epoch,
         should_stop=run.should_stop,
         amp=run.amp,
+        scheduler=phase.scheduler if phase.per_step else None,
     )
     if train["cancelled"]:
         return None
@@ -164,7 +192,11 @@ def _one_epoch(
     )
     if not val.complete:
         return None
-    phase.scheduler.step()
+    if phase.per_step:
+        # The epoch's highest rate (warm-up rises and the cosine falls, so it is at one end).
+        lr = max(lr, phase.optimizer.param_groups[0]["lr"])
+    else:
+        phase.scheduler.step()
     row = {
         "epoch": epoch,
         "phase": phase_name,

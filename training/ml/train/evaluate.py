@@ -22,6 +22,7 @@ from .loop import evaluate, resolve_device, with_calibration
 from .metrics import classification_report, roc_curves
 from .pipeline import DeviceBatches, place_model
 from .scan import DatasetError
+from .tta import TTAModel
 
 __all__ = ["SamplePredictions", "evaluate_checkpoint", "ood_summary"]
 
@@ -83,6 +84,7 @@ def evaluate_checkpoint(
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
     ood_reference: OODReference | None = None,
+    tta: bool | None = None,
 ) -> dict[str, Any]:
     """Evaluate a saved model on ``indices`` of a dataset, e.g. a candidate and the production
     model on the same stored test split.
@@ -95,7 +97,9 @@ def evaluate_checkpoint(
     :class:`EvalOutput`, ``predictions`` the :class:`SamplePredictions` of the same pass). With
     an ``ood_reference`` every image is scored from the same forward pass, and ``metrics["ood"]``
     says how many are over its threshold (:func:`ood_summary`); without one it is None. (The
-    image checks need the original pictures and do not run here.)
+    image checks need the original pictures and do not run here; with ``tta`` no OOD score is
+    taken.) ``tta`` averages the logits of a few mild views (:mod:`.tta`, 4x the cost); ``None`` follows
+    the training recipe stored in the checkpoint (its config's ``tta``), else off.
     """
     state_dict, meta = load_weights_file(checkpoint_path)
     arch = arch or (meta.arch if meta else None)
@@ -120,6 +124,10 @@ def evaluate_checkpoint(
 
     device = resolve_device(device)
     model = place_model(build_for_inference(arch, names, state_dict), device)
+    if tta is None:
+        tta = bool(((meta.extra or {}).get("config") or {}).get("tta")) if meta else False
+    if tta:
+        model = TTAModel(model, prep).to(device)
     images = DecodedImages(dataset_root, mapped, indices, prep)
     plain = BatchAugment(prep, augment="none")
     output = evaluate(
@@ -129,7 +137,8 @@ def evaluate_checkpoint(
         temperature=temperature,
         progress=progress,
         should_stop=should_stop,
-        features_of=arch if ood_reference is not None else None,
+        # The OOD reference scores one plain view: with TTA the classifier runs once per view.
+        features_of=arch if ood_reference is not None and not tta else None,
     )
     if not output.complete or not output.n:
         return {

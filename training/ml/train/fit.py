@@ -8,7 +8,8 @@
    loss (plain cross-entropy, unweighted) and stop after ``early_stopping_patience`` epochs without
    improvement;
 4. fit a temperature and per-class thresholds on the validation logits of the best epoch, write
-   the checkpoint with them in its meta;
+   the checkpoint with them in its meta (with ``tta``, the calibrating validation pass and the
+   test pass average a few views: :mod:`.tta`);
 5. fit the out-of-distribution reference on the training split's pooled features of the best
    model, thresholded on the validation split (``<checkpoint>.ood.npz``, :mod:`.ood_phase`),
    then measure the test split once (with the share of its images the reference flags).
@@ -46,6 +47,7 @@ from .pipeline import DeviceBatches, place_model, run_batches
 from .progress import FitProgress
 from .scan import DatasetError, FolderScan
 from .splits import check_split
+from .tta import TTAModel
 
 logger = logging.getLogger(__name__)
 
@@ -266,6 +268,8 @@ def _calibrate_and_save(
     config, best_val = run.config, best.val
     run.tracker.send("calibrate", best.epoch, step=0, steps=1)
     run.model.load_state_dict(best.state)
+    if config.tta:
+        best_val = evaluate(_eval_model(run), run.batches.val, run.device, amp=run.amp)
     temperature = fit_temperature(best_val.logits, best_val.labels)
     val_probs = softmax(best_val.logits, temperature)
     thresholds = choose_thresholds(
@@ -305,17 +309,23 @@ def _calibrate_and_save(
     run.tracker.send("calibrate", best.epoch, step=1, steps=1)
 
 
+def _eval_model(run: FitRun) -> nn.Module:
+    """The model as the version's evaluations see it: with test-time augmentation when asked."""
+    return TTAModel(run.model, run.prep) if run.config.tta else run.model
+
+
 def _test(run: FitRun, loader: DeviceBatches, result: FitResult, epoch: int) -> None:
     """Measure the test split once, at the calibrated temperature and thresholds."""
     test = evaluate(
-        run.model,
+        _eval_model(run),
         loader,
         run.device,
         temperature=result.temperature,
         progress=run.tracker.phase_reporter("test", epoch),
         should_stop=run.should_stop,
         amp=run.amp,
-        features_of=run.config.arch,
+        # The OOD reference scores one plain view: with TTA the classifier runs once per view.
+        features_of=None if run.config.tta else run.config.arch,
     )
     if not test.complete:
         result.cancelled = True

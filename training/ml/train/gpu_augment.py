@@ -2,7 +2,7 @@
 
 The same "cxr" policy as :mod:`training.ml.train.transforms` (a few degrees of rotation, a little shift
 and zoom around the centre with black filling the border, brightness then contrast jitter, an
-opt-in horizontal flip), applied to a whole batch of cached uint8 images at once with torch ops
+gamma jitter, an opt-in horizontal flip), applied to a whole batch of cached uint8 images at once with torch ops
 (``affine_grid``/``grid_sample``), so a GPU is not starved by per-image work on the CPU.
 
 The random parameters are drawn on the CPU from a generator of their own, a fixed number per
@@ -18,7 +18,16 @@ import torch
 from torch.nn import functional as F
 
 from ..preprocessing import Preprocessing
-from .transforms import AUGMENTATIONS, BRIGHTNESS, CONTRAST, ROTATION_DEGREES, SCALE, TRANSLATE
+from .transforms import (
+    AUGMENTATIONS,
+    BRIGHTNESS,
+    CONTRAST,
+    GAMMA,
+    ROTATION_DEGREES,
+    SCALE,
+    TRANSLATE,
+    gamma_range,
+)
 
 __all__ = ["AugmentParams", "BatchAugment", "affine_theta", "normalize_batch"]
 
@@ -26,7 +35,7 @@ __all__ = ["AugmentParams", "BatchAugment", "affine_theta", "normalize_batch"]
 @dataclass
 class AugmentParams:
     """One value per image: angle (degrees), zoom, shift (fractions of width and height),
-    brightness and contrast factors, and whether to flip."""
+    brightness and contrast factors, whether to flip, and the gamma exponent (None: no gamma)."""
 
     angle: torch.Tensor
     zoom: torch.Tensor
@@ -35,6 +44,7 @@ class AugmentParams:
     brightness: torch.Tensor
     contrast: torch.Tensor
     flip: torch.Tensor
+    gamma: torch.Tensor | None = None
 
 
 def affine_theta(params: AugmentParams) -> torch.Tensor:
@@ -81,10 +91,13 @@ class BatchAugment:
         *,
         augment: str = "cxr",
         hflip: bool = False,
+        gamma: float = GAMMA,
         generator: torch.Generator | None = None,
     ) -> None:
         if augment not in AUGMENTATIONS:
             raise ValueError(f"Unknown augmentation {augment!r}; choose one of {AUGMENTATIONS}.")
+        self.log_gamma = gamma_range(gamma)
+        self.gamma = float(gamma)
         self.prep = prep
         self.augment = augment
         self.hflip = bool(hflip)
@@ -95,8 +108,8 @@ class BatchAugment:
         return self.augment == "cxr" or self.hflip
 
     def draw(self, n: int) -> AugmentParams:
-        """The parameters of ``n`` images: always 7 draws of ``n`` values, in a fixed order."""
-        u = torch.rand(7, n, generator=self.generator, dtype=torch.float64)
+        """The parameters of ``n`` images: always 8 draws of ``n`` values, in a fixed order."""
+        u = torch.rand(8, n, generator=self.generator, dtype=torch.float64)
 
         def span(row: int, low: float, high: float) -> torch.Tensor:
             return (low + (high - low) * u[row]).float()
@@ -109,6 +122,7 @@ class BatchAugment:
             brightness=span(4, 1.0 - BRIGHTNESS, 1.0 + BRIGHTNESS),
             contrast=span(5, 1.0 - CONTRAST, 1.0 + CONTRAST),
             flip=u[6] < 0.5,
+            gamma=torch.exp(span(7, *self.log_gamma)) if self.gamma else None,
         )
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -131,6 +145,9 @@ class BatchAugment:
             factor = params.contrast.to(device, non_blocking=True)[:, None, None, None]
             mean = gray.mean(dim=(1, 2, 3), keepdim=True)
             gray = (mean + factor * (gray - mean)).clamp_(0.0, 1.0)
+            if params.gamma is not None:
+                exponent = params.gamma.to(device, non_blocking=True)[:, None, None, None]
+                gray = gray.pow(exponent)
         if self.hflip:
             flip = params.flip.to(device, non_blocking=True)[:, None, None, None]
             gray = torch.where(flip, gray.flip(-1), gray)

@@ -82,8 +82,10 @@ def train_one_epoch(
     max_steps: int | None = None,
     should_stop: StopCheck | None = None,
     amp: bool = False,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> dict[str, Any]:
-    """One pass over ``loader`` (at most ``max_steps`` batches).
+    """One pass over ``loader`` (at most ``max_steps`` batches); ``scheduler`` (a per-step
+    learning-rate schedule) is stepped after every optimizer step.
 
     Returns ``{loss, accuracy, images, seconds, steps, images_per_s, cancelled}``; loss and
     accuracy are means over the images seen. ``progress`` gets ``{step, steps, loss,
@@ -105,6 +107,8 @@ def train_one_epoch(
         loss = loss_fn(logits.float(), targets)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         tally.add(loss, logits, targets)
         if tally.done >= tally.steps:
             break  # before the loader decodes a batch that would not be used

@@ -132,6 +132,7 @@ def run_batches(
         prep,
         augment=config.augment,
         hflip=config.hflip,
+        gamma=config.gamma,
         generator=torch.Generator().manual_seed(config.seed + 1),
     )
     train = DeviceBatches(

@@ -11,7 +11,9 @@ augmentations in between, on the small resized image (cheap even for a 3000 px D
 ``augment="none"`` it gives the eval tensor bit for bit.
 
 Augmentations for chest X-rays are deliberately mild: a few degrees of rotation, a little shift and
-zoom, brightness/contrast jitter. No horizontal flip by default (the heart is on the patient's
+zoom, brightness/contrast jitter, and a gamma jitter (``gray ** g`` with ``g`` log-uniform in
+``[1 / (1 + gamma), 1 + gamma]``): exposure and the scanner's look-up curve differ between
+hospitals in that non-linear way, which a brightness factor does not imitate. No horizontal flip by default (the heart is on the patient's
 left; a flipped film looks like situs inversus or a mislabelled side marker), no crops that cut
 off the costophrenic angles, no colour/hue changes (the images are grayscale).
 
@@ -41,6 +43,7 @@ __all__ = [
     "AUGMENTATIONS",
     "BrightnessContrast",
     "Compose",
+    "Gamma",
     "GrayscaleResize",
     "Normalize3",
     "RandomAffine",
@@ -58,6 +61,15 @@ TRANSLATE = (0.05, 0.05)  # fraction of width, height
 SCALE = (0.95, 1.05)
 BRIGHTNESS = 0.2  # factor in [1 - 0.2, 1 + 0.2]
 CONTRAST = 0.2
+#: Default gamma jitter (TrainConfig.gamma): exponents in [1 / 1.25, 1.25]; 0 turns it off.
+GAMMA = 0.25
+
+
+def gamma_range(gamma: float) -> tuple[float, float]:
+    """The log-uniform range of the gamma exponent for a jitter of ``gamma`` (0: no jitter)."""
+    if gamma < 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma!r}.")
+    return (-math.log1p(gamma), math.log1p(gamma))
 
 
 def _uniform(low: float, high: float) -> float:
@@ -182,6 +194,21 @@ class BrightnessContrast:
         return f"{type(self).__name__}(brightness={self.brightness}, contrast={self.contrast})"
 
 
+class Gamma:
+    """``gray ** g`` with ``log g`` uniform in ``+- log(1 + gamma)``; values stay in [0, 1]."""
+
+    def __init__(self, gamma: float = GAMMA) -> None:
+        self.gamma = float(gamma)
+        self.log_range = gamma_range(self.gamma)
+
+    def __call__(self, gray: np.ndarray) -> np.ndarray:
+        exponent = np.float32(math.exp(_uniform(*self.log_range)))
+        return np.power(np.clip(gray, 0.0, 1.0), exponent).astype(np.float32)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(gamma={self.gamma})"
+
+
 class RandomHorizontalFlip:
     """Mirror left-right with probability ``p``. Opt-in only for chest X-rays (see module doc)."""
 
@@ -222,8 +249,12 @@ def eval_transform(prep: Preprocessing) -> Compose:
     return Compose([GrayscaleResize(prep.input_size), Normalize3(prep)])
 
 
-def train_transform(prep: Preprocessing, *, augment: str = "cxr", hflip: bool = False) -> Compose:
+def train_transform(
+    prep: Preprocessing, *, augment: str = "cxr", hflip: bool = False, gamma: float = GAMMA
+) -> Compose:
     """The training transform; ``augment="none"`` gives the eval tensors through the same steps.
+
+    ``gamma`` is the gamma jitter of the "cxr" policy (:class:`Gamma`; 0 leaves it out).
 
     ``hflip=True`` adds a random horizontal flip (opt-in: it teaches the model that a heart on the
     right is normal). The steps are in ``.transforms`` for inspection.
@@ -233,6 +264,8 @@ def train_transform(prep: Preprocessing, *, augment: str = "cxr", hflip: bool = 
     steps: list[Callable] = [GrayscaleResize(prep.input_size)]
     if augment == "cxr":
         steps += [RandomAffine(), BrightnessContrast()]
+        if gamma:
+            steps.append(Gamma(gamma))
     if hflip:
         steps.append(RandomHorizontalFlip(p=0.5))
     steps.append(Normalize3(prep))

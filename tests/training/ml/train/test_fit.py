@@ -391,3 +391,20 @@ def test_fit_takes_a_plain_sample_list_with_class_names(folder, tmp_path) -> Non
 
 
 # --- configuration ---------------------------------------------------------------------------------
+
+
+def test_a_run_with_tta_calibrates_and_tests_on_the_averaged_views(folder, tmp_path) -> None:
+    root, scan, split = folder
+    config = _config(max_steps_per_epoch=2, tta=True)
+
+    result = fit(config, root, scan, split, checkpoint_path=tmp_path / "model.pt")
+
+    assert result.config is not None and result.config["tta"] is True
+    # evaluate_checkpoint follows the stored recipe (TTA on) unless told otherwise.
+    stored = evaluate_checkpoint(result.checkpoint_path, root, scan.samples, split["test"], CLASSES)
+    plain = evaluate_checkpoint(
+        result.checkpoint_path, root, scan.samples, split["test"], CLASSES, tta=False
+    )
+    assert result.test_output is not None
+    np.testing.assert_allclose(stored["output"].logits, result.test_output.logits, atol=1e-4)
+    assert not np.allclose(plain["output"].logits, stored["output"].logits, atol=1e-6)

@@ -134,3 +134,46 @@ def test_on_a_gpu_the_batch_stays_there_in_channels_last() -> None:
 
     assert batch.device.type == "cuda"
     assert batch.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("exponent", [0.8, 1.0, 1.25])
+def test_the_gamma_jitter_matches_the_per_image_step(
+    monkeypatch: pytest.MonkeyPatch, exponent: float
+) -> None:
+    gray = _pixels(2).float().div(255.0)
+    # Brightness and contrast at 1 (no change), then the log of the gamma exponent.
+    _fixed_draws(monkeypatch, [1.0, 1.0, float(np.log(exponent))] * 2)
+    per_image = transforms.train_transform(PREP, augment="cxr", gamma=0.25).transforms
+    steps = [
+        s for s in per_image if isinstance(s, (transforms.BrightnessContrast, transforms.Gamma))
+    ]
+    expected = []
+    for g in gray.numpy():
+        for step in steps:
+            g = step(g)
+        expected.append(g)
+
+    params = _params(2)
+    params.gamma = torch.full((2,), exponent)
+    out = BatchAugment(PREP, augment="cxr", gamma=0.25).apply(gray[:, None], params)[:, 0]
+
+    # numpy and torch round float32 differently in the last bits; a power < 1 magnifies that
+    # near black (1e-7 -> 3e-6).
+    np.testing.assert_allclose(out.numpy(), np.stack(expected), rtol=1e-5, atol=5e-5)
+    if exponent != 1.0:
+        assert np.abs(out.numpy() - gray.numpy()).max() > 0.01  # it did change the image
+
+
+def test_the_gamma_draws_stay_in_range_and_zero_turns_them_off() -> None:
+    generator = torch.Generator().manual_seed(3)
+    params = BatchAugment(PREP, gamma=0.25, generator=generator).draw(4096)
+
+    assert params.gamma is not None
+    assert 1 / 1.25 - 1e-6 <= params.gamma.min() and params.gamma.max() <= 1.25 + 1e-6
+    assert params.gamma.min() < 0.85 and params.gamma.max() > 1.18
+    assert abs(float(params.gamma.log().mean())) < 0.02  # as often darker as brighter
+    assert BatchAugment(PREP, gamma=0.0).draw(8).gamma is None
+    steps = transforms.train_transform(PREP, gamma=0.0).transforms
+    assert not any(isinstance(s, transforms.Gamma) for s in steps)
+    with pytest.raises(ValueError, match="gamma must be >= 0"):
+        BatchAugment(PREP, gamma=-0.1)
