@@ -66,6 +66,7 @@ def _study_context(study: Study) -> dict:
         # What "re-analyse with the production version" would do: offered unless every
         # view's current prediction is already that version's (and did not fail).
         "production_version": _reanalysable_with(predictions),
+        "pacs_exports": selectors.study_pacs_exports(study),
     }
 
 
