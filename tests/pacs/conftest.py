@@ -1,0 +1,39 @@
+"""Fixtures of the PACS tests: one private Orthanc for the session (tests/orthanc.py), emptied
+before each test that asks for it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.orthanc import Orthanc, OrthancError, free_port
+
+APP_AET = "CXRTRIAGE"
+
+
+@pytest.fixture(scope="session")
+def orthanc_server(tmp_path_factory) -> Iterator[Orthanc]:
+    """A running Orthanc on free ports, with DICOMweb, knowing the app's SCP as modality ``cxr``
+    (AE CXRTRIAGE on 127.0.0.1 at ``orthanc_server.app_port``, a free port the SCP fixtures
+    listen on). Stopped at the end of the session."""
+    server = Orthanc(
+        folder=tmp_path_factory.mktemp("orthanc"),
+        http_port=free_port(),
+        dicom_port=free_port(),
+        app_aet=APP_AET,
+        app_port=free_port(),
+    )
+    try:
+        server.start()
+    except OrthancError as exc:
+        pytest.fail(str(exc))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def orthanc(orthanc_server: Orthanc) -> Orthanc:
+    """The session's Orthanc, holding no study at the start of the test."""
+    orthanc_server.clear()
+    return orthanc_server
