@@ -29,7 +29,6 @@ import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import SecondaryCaptureImageStorage
 
 MANUFACTURER = "CXR triage"
 NOTICE = (
@@ -130,8 +129,9 @@ def _patient_kwargs(source: SourceStudy) -> dict:
 def build_secondary_capture(
     *, source: SourceStudy, png: bytes, uids: InstanceUids, description: str
 ) -> Dataset:
-    """A Secondary Capture (RGB, 8 bits) of the PNG `png` in the source study."""
-    with Image.open(io.BytesIO(png), formats=["PNG"]) as picture:
+    """A Secondary Capture (RGB, 8 bits) of `png` (a PNG, or a JPEG display copy: pictures the
+    app wrote itself) in the source study."""
+    with Image.open(io.BytesIO(png), formats=["PNG", "JPEG"]) as picture:
         pixels = np.asarray(picture.convert("RGB"), dtype=np.uint8)
     now = dt.datetime.now()
     sc = hd.sc.SCImage(
@@ -156,7 +156,7 @@ def build_secondary_capture(
     )
     sc.ImageComments = dicom_text(NOTICE, "ST")
     if not source.patient_orientation:
-        sc.PatientOrientation = ""
+        sc.PatientOrientation = []
     sc.BurnedInAnnotation = "NO"
     return sc
 
@@ -174,14 +174,14 @@ def _num(name, value: float, relationship: str = "HAS PROPERTIES") -> hd.sr.NumC
     )  # fmt: skip
 
 
-def _container(name, items: Sequence[Dataset]) -> hd.sr.ContainerContentItem:
+def _container(name, items: Sequence[hd.sr.ContentItem]) -> hd.sr.ContainerContentItem:
     container = hd.sr.ContainerContentItem(name=name, relationship_type="CONTAINS")
     container.ContentSequence = hd.sr.ContentSequence(items, is_root=False)
     return container
 
 
-def _findings(content: ReportContent) -> list[Dataset]:
-    items: list[Dataset] = []
+def _findings(content: ReportContent) -> list[hd.sr.ContentItem]:
+    items: list[hd.sr.ContentItem] = []
     for f in content.findings:
         verdict = "flagged" if f.flagged else ("normal class" if f.normal else "below threshold")
         item = _text(
@@ -202,10 +202,10 @@ def _findings(content: ReportContent) -> list[Dataset]:
     return items
 
 
-def _impressions(content: ReportContent) -> list[Dataset]:
+def _impressions(content: ReportContent) -> list[hd.sr.ContentItem]:
     status = _code("STATUS", "Analysis status")
     if content.status == "failed":
-        items = [_text(status, f"FAILED: {content.failure or 'the analysis failed'}")]
+        items: list[hd.sr.ContentItem] = [_text(status, f"FAILED: {content.failure or 'the analysis failed'}")]
         items.append(
             _text(
                 codes.DCM.Impression,
@@ -230,7 +230,7 @@ def _impressions(content: ReportContent) -> list[Dataset]:
     return items
 
 
-def _ood(content: ReportContent) -> list[Dataset]:
+def _ood(content: ReportContent) -> list[hd.sr.ContentItem]:
     if content.ood_flagged is None:
         return []
     name = _code("OOD", "Out-of-distribution status")
@@ -239,7 +239,7 @@ def _ood(content: ReportContent) -> list[Dataset]:
     else:
         value = "within the model's training distribution"
     item = _text(name, value)
-    children = []
+    children: list[hd.sr.ContentItem] = []
     if content.ood_score is not None:
         children.append(_num(_code("OODSCORE", "Out-of-distribution score"), content.ood_score))
     if content.ood_threshold is not None:
@@ -306,20 +306,11 @@ def build_report(
     )
 
 
-def secondary_capture_reference(ds: Dataset) -> Dataset:
-    """A minimal header of an instance, as evidence (SOP class/instance, study, series)."""
-    ref = Dataset()
-    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
-        setattr(ref, keyword, getattr(ds, keyword))
-    return ref
-
-
 __all__ = [
     "NOTICE",
     "ClassFinding",
     "InstanceUids",
     "ReportContent",
-    "SecondaryCaptureImageStorage",
     "SourceStudy",
     "build_report",
     "build_secondary_capture",

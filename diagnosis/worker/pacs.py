@@ -146,7 +146,7 @@ def _source_study(study: Study) -> build.SourceStudy:
             accession_number=str(first.get("AccessionNumber", "") or study.accession_number),
             study_date=study.study_date,
             study_id=str(first.get("StudyID", "") or ""),
-            patient_orientation=orientation if len(orientation) == 2 else None,  # type: ignore[arg-type]
+            patient_orientation=orientation if len(orientation) == 2 else None,
             instances=tuple(h for h in headers if h.StudyInstanceUID == study.study_instance_uid),
         )
     return build.SourceStudy(
