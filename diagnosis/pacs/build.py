@@ -205,7 +205,9 @@ def _findings(content: ReportContent) -> list[hd.sr.ContentItem]:
 def _impressions(content: ReportContent) -> list[hd.sr.ContentItem]:
     status = _code("STATUS", "Analysis status")
     if content.status == "failed":
-        items: list[hd.sr.ContentItem] = [_text(status, f"FAILED: {content.failure or 'the analysis failed'}")]
+        items: list[hd.sr.ContentItem] = [
+            _text(status, f"FAILED: {content.failure or 'the analysis failed'}")
+        ]
         items.append(
             _text(
                 codes.DCM.Impression,

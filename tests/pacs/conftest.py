@@ -7,7 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.diagnosis.conftest import PNEUMONIA_CLASSES, THRESHOLDS
 from tests.orthanc import Orthanc, OrthancError, free_port
+from training.models import ModelVersion
 
 APP_AET = "CXRTRIAGE"
 
@@ -37,3 +39,13 @@ def orthanc(orthanc_server: Orthanc) -> Orthanc:
     """The session's Orthanc, holding no study at the start of the test."""
     orthanc_server.clear()
     return orthanc_server
+
+
+@pytest.fixture
+def pneumonia_model(db) -> ModelVersion:
+    """A NORMAL/PNEUMONIA version row (tests/diagnosis/conftest.py's): results are written."""
+    return ModelVersion.objects.create(
+        name="pneu-v1", architecture="mobilenet_v2", class_labels=PNEUMONIA_CLASSES,
+        thresholds=THRESHOLDS, weights="models/pneu-v1.pt", sha256="0" * 64,
+        mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225],
+    )  # fmt: skip

@@ -8,6 +8,7 @@ import io
 
 import pydicom
 import pytest
+from django.core.management import call_command
 from django.db import transaction
 
 from diagnosis import services
@@ -15,23 +16,12 @@ from diagnosis.models import PacsExport, Prediction, Study
 from diagnosis.pacs.build import NOTICE
 from tests import imagegen
 from tests.conftest import wait_for
-from tests.diagnosis.conftest import PNEUMONIA_CLASSES, THRESHOLDS, finish_prediction
+from tests.diagnosis.conftest import finish_prediction
 from tests.orthanc import Orthanc, free_port
-from training.models import ModelVersion
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
-
-
-@pytest.fixture
-def pneumonia_model(db) -> ModelVersion:
-    """A NORMAL/PNEUMONIA version row (tests/diagnosis/conftest.py's): results are written."""
-    return ModelVersion.objects.create(
-        name="pneu-v1", architecture="mobilenet_v2", class_labels=PNEUMONIA_CLASSES,
-        thresholds=THRESHOLDS, weights="models/pneu-v1.pt", sha256="0" * 64,
-        mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225],
-    )  # fmt: skip
 
 
 def _upload(user, data: bytes, accession: str, **kw) -> Study:
@@ -186,9 +176,9 @@ def test_a_pacs_that_is_down_shows_retrying_then_failed_and_loses_nothing(
 
     # The PACS is back: sending again delivers the same instances.
     settings.CXR_PACS_URL = orthanc.dicomweb
-    for row in rows:
-        with transaction.atomic():
-            services.pacs_export_resend(export=row)
+    out = io.StringIO()
+    call_command("pacs_resend", study=study.pk, stdout=out)
+    assert "2 object(s) queued" in out.getvalue()
     sent = _all_sent(study, 2)
     assert {r.sop_instance_uid for r in sent} == {r.sop_instance_uid for r in rows}
     sr = _instance(orthanc, next(r for r in sent if r.kind == "sr").sop_instance_uid)
