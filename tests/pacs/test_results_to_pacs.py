@@ -10,6 +10,7 @@ import pydicom
 import pytest
 from django.core.management import call_command
 from django.db import transaction
+from rest_framework.test import APIClient
 
 from diagnosis import services
 from diagnosis.models import PacsExport, Prediction, Study
@@ -124,6 +125,16 @@ def test_a_finished_png_study_goes_to_the_pacs_by_stow_rs_as_sr_and_sc(
     assert max(prediction.probabilities.values()) == pytest.approx(
         max(probabilities.values()), abs=1e-6
     )
+
+    # The API's study shows what was sent.
+    api = APIClient()
+    api.force_authenticate(radiologist)
+    body = api.get(f"/api/v1/studies/{study.pk}/").json()
+    assert {(e["kind"], e["status"]) for e in body["pacs_exports"]} == {
+        ("sr", "sent"),
+        ("sc", "sent"),
+    }
+    assert {e["study_instance_uid"] for e in body["pacs_exports"]} == {study.study_instance_uid}
 
     # A signed reading sends its own SR (and SC) with the radiologist's label, in the same study.
     reading = services.reading_sign(study=study, radiologist=radiologist, final_label="covid19")
