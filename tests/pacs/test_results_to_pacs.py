@@ -236,3 +236,44 @@ def test_nothing_is_made_while_a_view_is_still_running_or_sending_is_off(
     settings.CXR_PACS_SEND_ON = "result"
     reading = services.reading_sign(study=first, radiologist=radiologist, final_label="NORMAL")
     assert not reading.pacs_exports.exists()
+
+
+def test_a_refusal_fails_at_once_without_retries(
+    orthanc, settings, pneumonia_model, celery_worker, radiologist
+):
+    settings.CXR_PACS_URL = f"{orthanc.url}/no-dicomweb-here"  # Orthanc answers 404
+    study = _upload(radiologist, imagegen.png_bytes(seed=12), "ACC-404")
+    prediction = Prediction.objects.get(image__study=study)
+    with transaction.atomic():
+        finish_prediction(prediction, pneumonia_model, {"NORMAL": 0.6, "PNEUMONIA": 0.4})
+        services.pacs_exports_for_result(study_id=study.pk)
+
+    def failed():
+        rows = list(study.pacs_exports.all())
+        return rows if rows and all(r.status == "failed" for r in rows) else None
+
+    rows = wait_for(failed, timeout=60, what="both exports refused")
+    assert {r.attempts for r in rows} == {1}
+    assert all("HTTP 404" in r.last_error and "check CXR_PACS_URL" in r.last_error for r in rows)
+
+
+def test_the_reconciler_sends_again_an_export_whose_message_was_lost(
+    settings, pneumonia_model, radiologist, sent_tasks
+):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from diagnosis.dispatch import SEND_TO_PACS, pacs_exports_reconcile
+
+    settings.CXR_PACS_URL = "http://127.0.0.1:9/dicom-web"
+    study = _upload(radiologist, imagegen.png_bytes(seed=13), "ACC-LOST")
+    finish_prediction(Prediction.objects.get(image__study=study), pneumonia_model, {"NORMAL": 1.0})
+    made = services.pacs_exports_for_result(study_id=study.pk)
+    assert [t.name for t in sent_tasks if t.name == SEND_TO_PACS] == [SEND_TO_PACS] * 2
+    sent_tasks.clear()
+    assert pacs_exports_reconcile() == 0  # recent: its message may still be on its way
+    long_ago = timezone.now() - dt.timedelta(hours=3)
+    PacsExport.objects.filter(pk=made[0].pk).update(created_at=long_ago)
+    assert pacs_exports_reconcile() == 1
+    assert sent_tasks[0].name == SEND_TO_PACS and sent_tasks[0].args == (made[0].pk,)
