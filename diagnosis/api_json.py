@@ -78,11 +78,11 @@ def study_json(
         # The study's one result (diagnosis.results.study_result): what every surface shows.
         "result": results.study_result(predictions).as_dict(),
         # The DICOM objects sent to the PACS for it (docs/operations.md, "Results to the PACS").
-        "pacs_exports": [pacs_export_json(e) for e in selectors.study_pacs_exports(study)],
+        "pacs_exports": [pacs_export_json(e, study) for e in selectors.study_pacs_exports(study)],
     }
 
 
-def pacs_export_json(export: PacsExport) -> dict:
+def pacs_export_json(export: PacsExport, study: Study) -> dict:
     return {
         "kind": export.kind,
         "trigger": export.trigger,
@@ -92,7 +92,7 @@ def pacs_export_json(export: PacsExport) -> dict:
         "last_error": export.last_error,
         "sop_instance_uid": export.sop_instance_uid,
         "series_instance_uid": export.series_instance_uid,
-        "study_instance_uid": export.study.study_instance_uid,
+        "study_instance_uid": study.study_instance_uid,
         "sent_at": export.sent_at,
     }
 

@@ -66,7 +66,6 @@ def _study_context(study: Study) -> dict:
         # What "re-analyse with the production version" would do: offered unless every
         # view's current prediction is already that version's (and did not fail).
         "production_version": _reanalysable_with(predictions),
-        "pacs_exports": selectors.study_pacs_exports(study),
     }
 
 
@@ -136,7 +135,13 @@ def study_detail(request, pk: int):
     study = _study_or_404(pk)
     audit_view(request, Action.VIEW_STUDY, study, view="page", study=study)
     return render(
-        request, "diagnosis/study.html", {**_study_context(study), **_reading_context(study)}
+        request,
+        "diagnosis/study.html",
+        {
+            **_study_context(study),
+            **_reading_context(study),
+            "pacs_exports": selectors.study_pacs_exports(study),
+        },
     )
 
 
