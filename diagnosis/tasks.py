@@ -33,8 +33,10 @@ def run_prediction(self, prediction_id: int) -> str:
 def reconcile_predictions() -> dict:
     """Periodic (Celery beat): re-send lost predictions, fail those that cannot finish."""
     from diagnosis.dispatch import pacs_exports_reconcile, predictions_reconcile
+    from diagnosis.worker.pacs import pacs_exports_after_reconcile
 
     counts = predictions_reconcile()
+    counts["pacs_made"] = pacs_exports_after_reconcile()
     counts["pacs_resent"] = pacs_exports_reconcile()
     return counts
 

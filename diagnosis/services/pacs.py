@@ -59,6 +59,20 @@ def pacs_exports_for_result(*, study_id: int) -> list[PacsExport]:
     return _exports_create(study_id=study_id, trigger=PacsExport.Trigger.RESULT, key=key)
 
 
+def pacs_exports_for_failed_since(*, since) -> int:
+    """The studies with a view failed since `since` by another path than the worker's finish
+    (the reconciler gives up on a lost or crashing prediction): their result goes to the PACS
+    too, with an SR that says it failed. Idempotent; how many objects were made."""
+    if not pacs_sends_on(PacsExport.Trigger.RESULT):
+        return 0
+    study_ids = (
+        Prediction.objects.filter(status=FAILED, finished_at__gte=since)
+        .values_list("image__study_id", flat=True)
+        .distinct()
+    )
+    return sum(len(pacs_exports_for_result(study_id=pk)) for pk in study_ids)
+
+
 def pacs_exports_for_reading(*, reading: Reading) -> list[PacsExport]:
     """After a reading (or an amendment) was signed: its SR, with the radiologist's label."""
     if not pacs_sends_on(PacsExport.Trigger.READING):

@@ -9,6 +9,7 @@ twice is harmless: its UIDs are fixed, so the PACS stores the same instance agai
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Iterable
 
@@ -23,7 +24,11 @@ from diagnosis.models import Image, PacsExport, Prediction, Reading, Study
 from diagnosis.pacs import build
 from diagnosis.pacs.send import AeTarget, SendFailed, c_store, stow_rs
 from diagnosis.results import DONE, FAILED, StudyResult, current_predictions, study_result
-from diagnosis.services.pacs import READING_KEY_PREFIX, RESULT_KEY_PREFIX
+from diagnosis.services.pacs import (
+    READING_KEY_PREFIX,
+    RESULT_KEY_PREFIX,
+    pacs_exports_for_failed_since,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +79,13 @@ def pacs_export_run(*, export_id: int) -> PacsExport | None:
     )
     export.refresh_from_db()
     return export
+
+
+def pacs_exports_after_reconcile() -> int:
+    """After the reconciler ran: the SR and SC of the studies whose views it just failed (a
+    failure there does not pass through prediction_fail). Looks back two reconciler periods."""
+    since = timezone.now() - dt.timedelta(seconds=2 * settings.CXR_RECONCILE_EVERY_S + 60)
+    return pacs_exports_for_failed_since(since=since)
 
 
 def _fail(export: PacsExport, message: str) -> PacsExport:

@@ -277,3 +277,24 @@ def test_the_reconciler_sends_again_an_export_whose_message_was_lost(
     PacsExport.objects.filter(pk=made[0].pk).update(created_at=long_ago)
     assert pacs_exports_reconcile() == 1
     assert sent_tasks[0].name == SEND_TO_PACS and sent_tasks[0].args == (made[0].pk,)
+
+
+def test_a_view_the_reconciler_failed_gets_its_sr_at_the_next_reconcile(
+    settings, pneumonia_model, radiologist, sent_tasks
+):
+    from django.utils import timezone
+
+    from diagnosis.dispatch import SEND_TO_PACS
+    from diagnosis.tasks import reconcile_predictions
+
+    settings.CXR_PACS_URL = "http://127.0.0.1:9/dicom-web"
+    study = _upload(radiologist, imagegen.png_bytes(seed=14), "ACC-RECON")
+    # As the reconciler fails a prediction that was sent too often (dispatch._fail_or_send_again).
+    Prediction.objects.filter(image__study=study).update(
+        model_version=pneumonia_model, status="failed", finished_at=timezone.now(), error="lost"
+    )
+    counts = reconcile_predictions()
+    assert counts["pacs_made"] == 2
+    assert sorted(study.pacs_exports.values_list("kind", flat=True)) == ["sc", "sr"]
+    assert [t.name for t in sent_tasks].count(SEND_TO_PACS) == 2
+    assert reconcile_predictions()["pacs_made"] == 0  # once
