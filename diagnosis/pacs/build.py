@@ -89,7 +89,7 @@ class ClassFinding:
 class ReportContent:
     """What the SR says."""
 
-    status: str  # done | failed
+    status: str  # done | failed | none (no model result: a reading signed without one)
     label: str | None = None
     flagged_classes: list[str] = field(default_factory=list)
     findings: list[ClassFinding] = field(default_factory=list)
@@ -215,6 +215,9 @@ def _impressions(content: ReportContent) -> list[hd.sr.ContentItem]:
                 "for it. Read the study without the model.",
             )
         )
+    elif content.status == "none":
+        items = [_text(status, "no model result")]
+        items.append(_text(codes.DCM.Impression, "The model gave no result for this study."))
     else:
         items = [_text(status, "done")]
         flagged = ", ".join(content.flagged_classes)

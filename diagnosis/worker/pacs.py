@@ -133,6 +133,12 @@ def _result_predictions(export: PacsExport) -> list[Prediction]:
         ids = [int(i) for i in export.result_key[len(RESULT_KEY_PREFIX) :].split(",") if i]
     elif export.result_key.startswith(READING_KEY_PREFIX) and export.reading is not None:
         ids = list(export.reading.prediction_ids)
+        if not ids:  # signed without a model result: the study's views as they are
+            ids = list(
+                Prediction.objects.filter(image__study_id=export.study_id).values_list(
+                    "pk", flat=True
+                )
+            )
     else:
         ids = []
     found = list(Prediction.objects.filter(pk__in=ids).select_related("model_version", "image"))
@@ -212,11 +218,13 @@ def _secondary_capture(
         name, description = driver.overlay.name, "CXR triage Grad-CAM overlay (decision support)"
     else:
         current = current_predictions(predictions)
-        failed = [p for p in current if p.status == FAILED] or current
-        if not failed:
+        failed = [p for p in current if p.status == FAILED]
+        if not (failed or current):
             raise ExportImpossible("This result has no image to capture.")
-        name = failed[0].image.display.name
-        description = "CXR triage: analysis failed, X-ray without overlay"
+        name = (failed or current)[0].image.display.name
+        description = "CXR triage: " + (
+            "analysis failed, X-ray without overlay" if failed else "no model result, X-ray only"
+        )
     try:
         with default_storage.open(name, "rb") as f:
             picture = f.read()
@@ -237,7 +245,10 @@ def _report_content(
     ]
     current = current_predictions(predictions)
     failed = [p for p in current if p.status == FAILED]
-    status = FAILED if failed or result.status == FAILED or not findings else DONE
+    if failed or result.status == FAILED:
+        status = FAILED
+    else:
+        status = DONE if findings else "none"  # none: a reading signed without a model result
     failure = "; ".join(f"view {p.image_id}: {p.error or 'failed'}" for p in failed)
     driver = result.driving_prediction
     reading: Reading | None = export.reading
@@ -247,7 +258,7 @@ def _report_content(
         flagged_classes=list(result.flagged_classes),
         findings=findings,
         model_version=result.model_version,
-        failure=failure or ("no view was analysed" if status == FAILED else ""),
+        failure=failure,
         ood_flagged=getattr(driver, "ood_flagged", None),
         ood_score=getattr(driver, "ood_score", None),
         ood_threshold=getattr(driver, "ood_threshold", None),

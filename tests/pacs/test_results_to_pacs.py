@@ -298,3 +298,23 @@ def test_a_view_the_reconciler_failed_gets_its_sr_at_the_next_reconcile(
     assert sorted(study.pacs_exports.values_list("kind", flat=True)) == ["sc", "sr"]
     assert [t.name for t in sent_tasks].count(SEND_TO_PACS) == 2
     assert reconcile_predictions()["pacs_made"] == 0  # once
+
+
+def test_a_reading_signed_without_a_model_result_says_there_was_none(
+    settings, radiologist, sent_tasks
+):
+    from diagnosis.worker.pacs import pacs_export_build
+
+    settings.CXR_PACS_URL = "http://127.0.0.1:9/dicom-web"
+    settings.CXR_PACS_SEND_ON = "reading"
+    study = _upload(radiologist, imagegen.png_bytes(seed=15), "ACC-NOMODEL")
+    reading = services.reading_sign(
+        study=study, radiologist=radiologist, final_label="other", notes="Rib fracture."
+    )
+    sc_row = reading.pacs_exports.get(kind="sc")
+    sr_row = reading.pacs_exports.get(kind="sr")
+    sc = pacs_export_build(sc_row)
+    assert sc.SeriesDescription == "CXR triage: no model result, X-ray only"
+    texts = _texts(pacs_export_build(sr_row))
+    assert "no model result" in texts and "other" in texts and "Rib fracture." in texts
+    assert not any(t.startswith("FAILED") for t in texts)
