@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.orthanc import Orthanc, OrthancError, free_port
+from tests.pacs.scp import ScpProcess
 
 APP_AET = "CXRTRIAGE"
 
@@ -37,3 +38,17 @@ def orthanc(orthanc_server: Orthanc) -> Orthanc:
     """The session's Orthanc, holding no study at the start of the test."""
     orthanc_server.clear()
     return orthanc_server
+
+
+@pytest.fixture
+def scp(transactional_db, settings, tmp_path) -> Iterator[ScpProcess]:
+    """The app's C-STORE SCP as a real process (`manage.py dicom_scp`) on the test database,
+    this test's MEDIA_ROOT and the test broker, on a free port."""
+    from tests.conftest import TEST_BROKER_URL
+
+    process = ScpProcess(
+        media=settings.MEDIA_ROOT, broker_url=TEST_BROKER_URL, log=tmp_path / "dicom_scp.log"
+    )
+    process.start()
+    yield process
+    process.stop()
