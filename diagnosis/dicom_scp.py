@@ -43,7 +43,14 @@ from pynetdicom.sop_class import (
 )
 
 from diagnosis.audit import audit_dicom_received, audit_dicom_refused
-from diagnosis.services.dicom_in import InstanceRefused, dicom_instance_store, dicom_service_user
+from diagnosis.services.dicom_in import (
+    CANNOT_UNDERSTAND,
+    OUT_OF_RESOURCES,
+    dicom_instance_store,
+    dicom_service_user,
+    error_comment,
+    failure_status,
+)
 from diagnosis.services.uploads import StorageUnavailable
 from training.ml.imaging import UploadRejected
 
@@ -73,17 +80,13 @@ TRANSFER_SYNTAXES = [
 ]
 
 SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700  # storage or database unavailable: the sender should try again
-REFUSED = 0xA900  # "data set does not match SOP class": not a chest CR/DX radiograph
-CANNOT_UNDERSTAND = 0xC000  # undecodable, invalid or conflicting with what is stored
 
 
 def _status(code: int, comment: str = "") -> Dataset:
     status = Dataset()
     status.Status = code
     if comment:
-        # ErrorComment is an LO: 64 characters, no backslash or control characters.
-        status.ErrorComment = " ".join(comment.replace("\\", "/").split())[:64]
+        status.ErrorComment = error_comment(comment)
     return status
 
 
@@ -118,8 +121,7 @@ class StoreHandler:
                 exc,
             )
             audit_dicom_refused(None, exc, user=user, origin=origin, sop_instance_uid=sop_uid)
-            code = REFUSED if isinstance(exc, InstanceRefused) else CANNOT_UNDERSTAND
-            return _status(code, f"{exc.code}: {exc}")
+            return _status(failure_status(exc), f"{exc.code}: {exc}")
         except (StorageUnavailable, DatabaseError) as exc:
             logger.error("C-STORE of %s not stored: %s", sop_uid, exc)
             return _status(OUT_OF_RESOURCES, "Not stored (storage or database); send it again")

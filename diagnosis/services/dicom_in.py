@@ -24,6 +24,27 @@ DICOM_SERVICE_USERNAME = "dicom-scp"
 CHEST_MODALITIES = ("CR", "DX")
 
 
+# DICOM failure statuses (PS3.4 C-STORE; the same codes are STOW-RS's FailureReason, PS3.18).
+OUT_OF_RESOURCES = 0xA700  # storage or database unavailable: the sender should try again
+REFUSED = 0xA900  # "data set does not match SOP class": not a chest CR/DX radiograph
+CANNOT_UNDERSTAND = 0xC000  # undecodable, invalid, or conflicting with what is stored
+
+
+def failure_status(exc: Exception) -> int:
+    """The status an instance refused with ``exc`` gets."""
+    if isinstance(exc, InstanceRefused):
+        return REFUSED
+    if isinstance(exc, UploadRejected):
+        return CANNOT_UNDERSTAND
+    return OUT_OF_RESOURCES
+
+
+def error_comment(text: str) -> str:
+    """``text`` as a DICOM ErrorComment (an LO: 64 characters, no backslash or control
+    characters)."""
+    return " ".join(text.replace("\\", "/").split())[:64]
+
+
 class InstanceRefused(UploadRejected):
     """A well-formed DICOM instance this app does not take (not a chest CR/DX radiograph)."""
 
