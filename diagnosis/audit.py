@@ -83,6 +83,11 @@ def audit_upload_rejected(request, exc) -> None:
     )
 
 
+def _peer_ip(origin: dict) -> str | None:
+    """The address of an SCP's peer ("host:port"); None for STOW-RS (the request's is used)."""
+    return origin["peer"].rpartition(":")[0] or None if "peer" in origin else None
+
+
 def audit_dicom_received(request, stored, *, user, origin: dict) -> None:
     """An instance received over DICOM (C-STORE SCP or STOW-RS): ``origin`` says how and from
     whom (``via``: dicom or stow-rs, the calling AE title and peer address for the SCP). An
@@ -99,6 +104,7 @@ def audit_dicom_received(request, stored, *, user, origin: dict) -> None:
             "sop_instance_uid": image.sop_instance_uid,
             **({"duplicate": True} if stored.duplicate else {}),
         },
+        ip_address=_peer_ip(origin),
     )
 
 
@@ -117,4 +123,5 @@ def audit_dicom_refused(request, exc, *, user, origin: dict, sop_instance_uid: s
         user=user,
         detail=detail,
         patient_mrn=getattr(exc, "mrn", ""),
+        ip_address=_peer_ip(origin),
     )

@@ -131,3 +131,19 @@ def test_only_the_allowed_calling_aes_may_associate(transactional_db, settings, 
     finally:
         process.stop()
     assert Image.objects.count() == 1
+
+
+def test_an_association_aborted_after_an_ack_keeps_what_was_acknowledged(scp):
+    first = instance(seed=13, patient_id="MRN-SCP8")
+    assoc = scp._associate()
+    assert assoc.is_established
+    status = assoc.send_c_store(first)
+    assert status.Status == 0
+    assoc.abort()  # the sender goes away without releasing
+    assert Image.objects.get().sop_instance_uid == first.SOPInstanceUID
+    assert scp.echo()  # and the SCP still serves the next association
+
+
+def test_sigterm_stops_the_scp_cleanly(scp):
+    scp.process.terminate()
+    assert scp.process.wait(timeout=20) == 0, scp.log_tail()
