@@ -15,6 +15,7 @@ from email.message import Message
 from io import BytesIO
 
 import pydicom
+from django.conf import settings
 from django.db import DatabaseError
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -23,6 +24,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from cxrweb.middleware import ENVELOPE_BYTES
 from diagnosis.api_schema import COMMON, Error
 from diagnosis.audit import audit_dicom_received, audit_dicom_refused
 from diagnosis.services.dicom_in import (
@@ -101,6 +103,23 @@ def split_multipart_related(content_type: str, body: bytes) -> list[bytes]:
     return parts
 
 
+def request_body(request) -> bytes:
+    """The request's body, a chunked one too (no Content-Length: Orthanc's DICOMweb client sends
+    so by default) where the server de-chunks it (gunicorn sets ``wsgi.input_terminated``);
+    Django alone reads such a body as empty. Refused over the upload limit."""
+    meta = request.META
+    if meta.get("CONTENT_LENGTH") or not meta.get("wsgi.input_terminated"):
+        return request.body
+    limit = settings.CXR_MAX_UPLOAD_BYTES + ENVELOPE_BYTES
+    data = meta["wsgi.input"].read(limit + 1)
+    if len(data) > limit:
+        raise StowError(
+            f"The request is over {limit / 2**20:.0f} MB; send the study in several requests.",
+            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+    return data
+
+
 def _part_type(headers: bytes) -> str:
     for line in headers.decode("latin-1").split("\r\n"):
         name, _, value = line.partition(":")
@@ -160,7 +179,7 @@ class StowRs(APIView):
     )
     def post(self, request):
         try:
-            parts = split_multipart_related(request.content_type or "", request.body)
+            parts = split_multipart_related(request.content_type or "", request_body(request))
         except StowError as exc:
             return Response({"error": str(exc)}, status=exc.http_status)
         stored, failed = [], []

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.orthanc import Orthanc, OrthancError, free_port
-from tests.pacs.scp import ScpProcess
+from tests.pacs.scp import ScpProcess, WebProcess
 
 APP_AET = "CXRTRIAGE"
 
@@ -48,6 +48,19 @@ def scp(transactional_db, settings, tmp_path) -> Iterator[ScpProcess]:
 
     process = ScpProcess(
         media=settings.MEDIA_ROOT, broker_url=TEST_BROKER_URL, log=tmp_path / "dicom_scp.log"
+    )
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def web_app(transactional_db, settings, tmp_path) -> Iterator[WebProcess]:
+    """The web app under gunicorn, on the test database and this test's MEDIA_ROOT."""
+    from tests.conftest import TEST_BROKER_URL
+
+    process = WebProcess(
+        media=settings.MEDIA_ROOT, broker_url=TEST_BROKER_URL, log=tmp_path / "gunicorn.log"
     )
     process.start()
     yield process

@@ -162,3 +162,47 @@ class ScpProcess:
             return out
         finally:
             assoc.release()
+
+
+class WebProcess:
+    """The web app under gunicorn (as `make run` serves it) on the test database, for clients
+    such as Orthanc's DICOMweb one that send chunked bodies Django's test server cannot read."""
+
+    def __init__(self, *, media: Path, broker_url: str, log: Path):
+        self.port = free_port()
+        self.log = log
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": database_url(),
+            "MEDIA_ROOT": str(media),
+            "CELERY_BROKER_URL": broker_url,
+            "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        }
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 90) -> WebProcess:
+        argv = [sys.executable, "-m", "gunicorn", "cxrweb.wsgi:application"]
+        argv += ["--bind", f"127.0.0.1:{self.port}", "--workers", "1", "--threads", "2"]
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                argv,
+                cwd=REPO,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"gunicorn exited:\n{self.log_tail()}"
+            if _listening(self.port):
+                return self
+            time.sleep(0.3)
+        raise AssertionError(f"gunicorn did not listen:\n{self.log_tail()}")
+
+    stop = ScpProcess.stop
+    log_tail = ScpProcess.log_tail
