@@ -85,9 +85,14 @@ def split_multipart_related(content_type: str, body: bytes) -> list[bytes]:
     parts = []
     for chunk in chunks[1:-1]:
         _, _, rest = chunk.partition(b"\r\n")  # transport padding after the boundary
-        headers, separator, content = rest.partition(b"\r\n\r\n")
-        if not separator:  # a part with no header: the blank line comes at once
-            headers, content = b"", rest.removeprefix(b"\r\n")
+        if rest.startswith(b"\r\n"):  # a part with no header: the blank line comes at once
+            headers, content = b"", rest[2:]
+        else:
+            headers, separator, content = rest.partition(b"\r\n\r\n")
+            if not separator:
+                raise StowError(
+                    "A part's headers do not end in a blank line.", status.HTTP_400_BAD_REQUEST
+                )
         part_type = _part_type(headers)
         if part_type not in ("", DICOM):
             raise StowError(

@@ -40,9 +40,10 @@ def failure_status(exc: Exception) -> int:
 
 
 def error_comment(text: str) -> str:
-    """``text`` as a DICOM ErrorComment (an LO: 64 characters, no backslash or control
-    characters)."""
-    return " ".join(text.replace("\\", "/").split())[:64]
+    """``text`` as a DICOM ErrorComment (an LO in the default repertoire: 64 ASCII characters,
+    no backslash or control characters)."""
+    ascii_text = text.encode("ascii", "replace").decode("ascii")
+    return " ".join(ascii_text.replace("\\", "/").split())[:64]
 
 
 class InstanceRefused(UploadRejected):

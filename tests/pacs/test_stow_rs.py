@@ -116,5 +116,5 @@ def test_the_parts_come_back_byte_for_byte():
     files = [b"\r\n--not-the-boundary\r\n", bytes(range(256)) * 3, b"\r\n\r\n"]
     assert split_multipart_related(CONTENT_TYPE, multipart(*files)) == files
     # A part without headers takes the root type.
-    bare = f"--{BOUNDARY}\r\n\r\nABC\r\n--{BOUNDARY}--".encode()
-    assert split_multipart_related(CONTENT_TYPE, bare) == [b"ABC"]
+    bare = f"--{BOUNDARY}\r\n\r\nA\r\n\r\nB\r\n--{BOUNDARY}--".encode()
+    assert split_multipart_related(CONTENT_TYPE, bare) == [b"A\r\n\r\nB"]
