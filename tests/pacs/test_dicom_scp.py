@@ -147,3 +147,12 @@ def test_an_association_aborted_after_an_ack_keeps_what_was_acknowledged(scp):
 def test_sigterm_stops_the_scp_cleanly(scp):
     scp.process.terminate()
     assert scp.process.wait(timeout=20) == 0, scp.log_tail()
+
+
+def test_a_patient_id_on_record_with_other_details_is_refused(scp):
+    assert scp.send(instance(seed=14, patient_id="MRN-SCP9", accession="ACC-9A"))[0].status == 0
+    other = instance(seed=15, patient_id="MRN-SCP9", accession="ACC-9B", patient_name="Roe^Rick")
+    sent = scp.send(other)
+    assert sent[0].status == 0xC000
+    assert sent[0].comment.startswith("identity_mismatch:")
+    assert Image.objects.count() == 1
