@@ -17,6 +17,8 @@ from django.core.exceptions import ImproperlyConfigured
 
 from cxrweb.env import (
     env,
+    env_ae_title,
+    env_ae_titles,
     env_bool,
     env_float,
     env_int,
@@ -187,6 +189,14 @@ CXR_MAX_IMAGE_PIXELS = env_positive_int("CXR_MAX_IMAGE_PIXELS", 50_000_000)
 CXR_MIN_IMAGE_SIDE = env_positive_int("CXR_MIN_IMAGE_SIDE", 128)
 CXR_MAX_ASPECT_RATIO = env_float("CXR_MAX_ASPECT_RATIO", 3.0, minimum=1)  # 3 means 1:3
 FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024
+
+# DICOM in (docs/operations.md#dicom-in): the C-STORE SCP that `manage.py dicom_scp` (started by
+# scripts/run.sh) runs, with its AE title; CXR_DICOM_ALLOWED_CALLING_AES (comma-separated) limits
+# who may send, empty for any calling AE.
+CXR_DICOM_HOST = env.str("CXR_DICOM_HOST", default="127.0.0.1")
+CXR_DICOM_PORT = env_int("CXR_DICOM_PORT", 11112, minimum=1, maximum=65535)
+CXR_DICOM_AE_TITLE = env_ae_title("CXR_DICOM_AE_TITLE", "CXRTRIAGE")
+CXR_DICOM_ALLOWED_CALLING_AES = env_ae_titles("CXR_DICOM_ALLOWED_CALLING_AES")
 
 # Celery. Status lives in our rows, not in Celery results, so no result backend is needed.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=f"redis+socket://{VAR_DIR / 'redis.sock'}")

@@ -192,6 +192,17 @@ class Orthanc:
             timeout=timeout + 10,
         )
 
+    def point_app_modality(self, *, port: int, aet: str = "", host: str = "127.0.0.1") -> None:
+        """Points modality ``cxr`` at an SCP started after Orthanc (REST PUT /modalities/cxr)."""
+        self.app_port, self.app_aet = port, aet or self.app_aet
+        status, _, body = self.request(
+            "PUT",
+            f"/modalities/{APP_MODALITY}",
+            json.dumps({"AET": self.app_aet, "Host": host, "Port": port}).encode(),
+        )
+        if status >= 400:
+            raise OrthancError(f"PUT /modalities/{APP_MODALITY}: {status} {body[:500]!r}")
+
     def studies(self) -> list[str]:
         return self.get("/studies")
 

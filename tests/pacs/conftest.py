@@ -9,6 +9,7 @@ import pytest
 
 from tests.diagnosis.conftest import PNEUMONIA_CLASSES, THRESHOLDS
 from tests.orthanc import Orthanc, OrthancError, free_port
+from tests.pacs.scp import ScpProcess, WebProcess
 from training.models import ModelVersion
 
 APP_AET = "CXRTRIAGE"
@@ -39,6 +40,33 @@ def orthanc(orthanc_server: Orthanc) -> Orthanc:
     """The session's Orthanc, holding no study at the start of the test."""
     orthanc_server.clear()
     return orthanc_server
+
+
+@pytest.fixture
+def scp(transactional_db, settings, tmp_path) -> Iterator[ScpProcess]:
+    """The app's C-STORE SCP as a real process (`manage.py dicom_scp`) on the test database,
+    this test's MEDIA_ROOT and the test broker, on a free port."""
+    from tests.conftest import TEST_BROKER_URL
+
+    process = ScpProcess(
+        media=settings.MEDIA_ROOT, broker_url=TEST_BROKER_URL, log=tmp_path / "dicom_scp.log"
+    )
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def web_app(transactional_db, settings, tmp_path) -> Iterator[WebProcess]:
+    """The web app under gunicorn, on the test database and this test's MEDIA_ROOT."""
+    from tests.conftest import TEST_BROKER_URL
+
+    process = WebProcess(
+        media=settings.MEDIA_ROOT, broker_url=TEST_BROKER_URL, log=tmp_path / "gunicorn.log"
+    )
+    process.start()
+    yield process
+    process.stop()
 
 
 @pytest.fixture
