@@ -417,8 +417,8 @@ if CXR_PACS_SEND_ON not in ("result", "reading", "both"):
     raise ImproperlyConfigured(
         f"CXR_PACS_SEND_ON must be result, reading or both, not {CXR_PACS_SEND_ON!r}"
     )
-# Our AE title as the C-STORE caller (the PACS must know it).
-CXR_PACS_CALLING_AE = env.str("CXR_PACS_CALLING_AE", default="CXRTRIAGE").strip()[:16]
+# Our AE title as the C-STORE caller (the PACS must know it): the SCP's by default.
+CXR_PACS_CALLING_AE = env_ae_title("CXR_PACS_CALLING_AE", CXR_DICOM_AE_TITLE)
 # Tries per object before it is marked failed; waits between them grow from CXR_PACS_RETRY_S
 # (doubling, at most an hour); each try waits at most CXR_PACS_TIMEOUT_S for the PACS.
 CXR_PACS_MAX_ATTEMPTS = env_positive_int("CXR_PACS_MAX_ATTEMPTS", 8)

@@ -318,3 +318,36 @@ def test_a_reading_signed_without_a_model_result_says_there_was_none(
     texts = _texts(pacs_export_build(sr_row))
     assert "no model result" in texts and "other" in texts and "Rib fracture." in texts
     assert not any(t.startswith("FAILED") for t in texts)
+
+
+@pytest.mark.integration
+def test_a_study_orthanc_pushes_comes_back_into_it_as_sr_and_sc(
+    orthanc, scp, settings, production_model, celery_worker
+):
+    """The issue's round trip: Orthanc C-STOREs a two-view study to the app's SCP, the worker
+    analyses it, and the app C-STOREs the SR and SC back into the same study in Orthanc."""
+    from tests.pacs.scp import instance, instance_bytes, new_study_uid
+
+    settings.CXR_PACS_URL = ""
+    settings.CXR_PACS_AE = f"127.0.0.1:{orthanc.dicom_port}:{orthanc.aet}"
+    orthanc.point_app_modality(port=scp.port)
+    study_uid = new_study_uid()
+    sources = [
+        instance(study_uid=study_uid, seed=seed, patient_id="MRN-TRIP", view=view)
+        for seed, view in ((21, "PA"), (22, "LL"))
+    ]
+    for ds in sources:
+        orthanc.upload(instance_bytes(ds))
+    orthanc.send_to_app(orthanc.studies())
+
+    study = Study.objects.get(study_instance_uid=study_uid)
+    sc_row, sr_row = sorted(_all_sent(study, 2), key=lambda r: r.kind)
+    [sr_series] = _series(orthanc, study_uid, "SR")
+    assert sr_series["0020000E"]["Value"] == [sr_row.series_instance_uid]
+    assert orthanc.studies() and len(orthanc.studies()) == 1  # back into the same study
+    sr = _instance(orthanc, sr_row.sop_instance_uid)
+    assert sr.StudyInstanceUID == study_uid and sr.PatientID == "MRN-TRIP"
+    cited = _evidence_uids(sr)
+    assert {ds.SOPInstanceUID for ds in sources} | {sc_row.sop_instance_uid} <= cited
+    assert production_model.name in _texts(sr)
+    assert _instance(orthanc, sc_row.sop_instance_uid).StudyInstanceUID == study_uid
