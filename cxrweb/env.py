@@ -84,3 +84,32 @@ def env_paths(name: str, default: list[Path]) -> list[Path]:
             f"{name} must be a comma-separated list of absolute paths, got {raw!r}."
         )
     return paths
+
+
+def _ae_title_problem(value: str) -> str:
+    if not 1 <= len(value) <= 16:
+        return "1 to 16 characters"
+    if not all(" " <= ch <= "~" and ch != "\\" for ch in value):
+        return "printable ASCII without backslashes"
+    return ""
+
+
+def env_ae_title(name: str, default: str) -> str:
+    """A DICOM Application Entity title: 1 to 16 printable ASCII characters, no backslash."""
+    value = os.environ.get(name, default).strip()
+    problem = _ae_title_problem(value)
+    if problem:
+        raise ImproperlyConfigured(f"{name} must be a DICOM AE title ({problem}), got {value!r}.")
+    return value
+
+
+def env_ae_titles(name: str) -> list[str]:
+    """A comma-separated list of DICOM AE titles; empty (the default) for none."""
+    titles = [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+    for title in titles:
+        problem = _ae_title_problem(title)
+        if problem:
+            raise ImproperlyConfigured(
+                f"{name} must list DICOM AE titles ({problem} each), got {title!r}."
+            )
+    return titles

@@ -18,6 +18,8 @@ from cxrweb.responses import StoredFileUnreadable, storage_unavailable
 
 logger = logging.getLogger("cxrweb")
 
+# Paths whose clients read JSON errors: the API and DICOMweb (STOW-RS).
+JSON_PATHS = ("/api/", "/dicomweb/")
 # Room for the multipart envelope and the form fields around the file.
 ENVELOPE_BYTES = 1024 * 1024
 
@@ -37,7 +39,7 @@ class UploadSizeLimitMiddleware:
                 f"The upload is {length / 2**20:.1f} MB; the limit is {limit / 2**20:.1f} MB. "
                 "Nothing was stored."
             )
-            if request.path.startswith("/api/"):
+            if request.path.startswith(JSON_PATHS):
                 return JsonResponse({"error": message, "code": "too_large"}, status=413)
             return HttpResponse(message, status=413, content_type="text/plain; charset=utf-8")
         return self.get_response(request)
@@ -62,7 +64,7 @@ class DatabaseUnavailableMiddleware:
         if not isinstance(exception, DatabaseError | InterfaceError):
             return None
         logger.error("database unavailable: %s", exception)
-        if request.path.startswith("/api/"):
+        if request.path.startswith(JSON_PATHS):
             response = JsonResponse(
                 {"error": self.MESSAGE, "code": "database_unavailable"}, status=503
             )

@@ -5,6 +5,8 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 
+from diagnosis.dicomweb import StowRs
+
 # A request Django refuses to read (too many fields or files): JSON on the API, a page elsewhere.
 handler400 = "cxrweb.responses.bad_request"
 # An unknown path: JSON under /api/ (clients parse every answer there), the usual page elsewhere.
@@ -25,6 +27,8 @@ urlpatterns = [
     ),
     path("admin/", admin.site.urls),
     path("api/v1/", include("diagnosis.api_urls")),
+    # DICOMweb STOW-RS (PS3.18): PACS and modalities store instances; docs/operations.md.
+    path("dicomweb/studies", StowRs.as_view(), name="stow-rs"),
     path("training/", include("training.urls")),
     path("", include("diagnosis.urls")),
 ]

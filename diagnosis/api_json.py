@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.urls import reverse
 
 from diagnosis import results, selectors
-from diagnosis.models import Prediction, Reading, Study
+from diagnosis.models import PacsExport, Prediction, Reading, Study
 
 # The prediction's two pictures, by the URL name each JSON field links to. "overlay": the X-ray
 # with the colour map blended in; "heatmap layer": the transparent colour map alone. The last
@@ -79,6 +79,23 @@ def study_json(
         "predictions": [prediction_json(p, request) for p in predictions],
         # The study's one result (diagnosis.results.study_result): what every surface shows.
         "result": results.study_result(predictions).as_dict(),
+        # The DICOM objects sent to the PACS for it (docs/operations.md, "Results to the PACS").
+        "pacs_exports": [pacs_export_json(e, study) for e in selectors.study_pacs_exports(study)],
+    }
+
+
+def pacs_export_json(export: PacsExport, study: Study) -> dict:
+    return {
+        "kind": export.kind,
+        "trigger": export.trigger,
+        "status": export.status,
+        "retrying": export.retrying,
+        "attempts": export.attempts,
+        "last_error": export.last_error,
+        "sop_instance_uid": export.sop_instance_uid,
+        "series_instance_uid": export.series_instance_uid,
+        "study_instance_uid": study.study_instance_uid,
+        "sent_at": export.sent_at,
     }
 
 

@@ -110,6 +110,21 @@ class StudyResult(serializers.Serializer):
     )
 
 
+class PacsExportOut(serializers.Serializer):
+    """One DICOM object sent (or being sent) to the PACS (docs/operations.md)."""
+
+    kind = serializers.CharField(help_text="sr (structured report) | sc (secondary capture)")
+    trigger = serializers.CharField(help_text="result | reading")
+    status = serializers.CharField(help_text="pending | sent | failed")
+    retrying = serializers.BooleanField(help_text="Pending after a failed try.")
+    attempts = serializers.IntegerField()
+    last_error = serializers.CharField(allow_blank=True)
+    sop_instance_uid = serializers.CharField()
+    series_instance_uid = serializers.CharField()
+    study_instance_uid = serializers.CharField()
+    sent_at = serializers.DateTimeField(allow_null=True)
+
+
 class StudyOut(serializers.Serializer):
     id = serializers.IntegerField()
     url = serializers.URLField()
@@ -121,6 +136,7 @@ class StudyOut(serializers.Serializer):
     images = StudyImage(many=True)
     predictions = Prediction(many=True)
     result = StudyResult()
+    pacs_exports = PacsExportOut(many=True, help_text="Newest first, at most 8.")
 
 
 class StudyCreated(StudyOut):

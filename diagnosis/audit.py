@@ -81,3 +81,47 @@ def audit_upload_rejected(request, exc) -> None:
         detail=detail,
         patient_mrn=getattr(exc, "mrn", ""),
     )
+
+
+def _peer_ip(origin: dict) -> str | None:
+    """The address of an SCP's peer ("host:port"); None for STOW-RS (the request's is used)."""
+    return origin["peer"].rpartition(":")[0] or None if "peer" in origin else None
+
+
+def audit_dicom_received(request, stored, *, user, origin: dict) -> None:
+    """An instance received over DICOM (C-STORE SCP or STOW-RS): ``origin`` says how and from
+    whom (``via``: dicom or stow-rs, the calling AE title and peer address for the SCP). An
+    instance sent again is recorded too, as a duplicate."""
+    image = stored.image
+    audit(
+        request,
+        AuditEvent.Action.UPLOAD,
+        image,
+        user=user,
+        detail={
+            **origin,
+            "format": image.format,
+            "sop_instance_uid": image.sop_instance_uid,
+            **({"duplicate": True} if stored.duplicate else {}),
+        },
+        ip_address=_peer_ip(origin),
+    )
+
+
+def audit_dicom_refused(request, exc, *, user, origin: dict, sop_instance_uid: str = "") -> None:
+    """An instance refused over DICOM: the code and sentence the sender got (the "refused
+    instances" an admin finds in the audit trail as upload_rejected with ``via`` set)."""
+    detail = {**origin, "code": exc.code, "reason": str(exc)[:500]}
+    if sop_instance_uid:
+        detail["sop_instance_uid"] = sop_instance_uid[:64]
+    for key in ("field", "fields"):
+        if hasattr(exc, key):
+            detail[key] = getattr(exc, key)
+    audit(
+        request,
+        AuditEvent.Action.UPLOAD_REJECTED,
+        user=user,
+        detail=detail,
+        patient_mrn=getattr(exc, "mrn", ""),
+        ip_address=_peer_ip(origin),
+    )

@@ -21,7 +21,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from cxrweb.processes import process_is_dead
-from diagnosis.models import Prediction
+from diagnosis.models import PacsExport, Prediction
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,14 @@ RUN_PREDICTION = "diagnosis.tasks.run_prediction"
 RUN_CLASS_HEATMAP = "diagnosis.tasks.run_class_heatmap"
 RECONCILE_PREDICTIONS = "diagnosis.tasks.reconcile_predictions"
 RUN_DATASET_EXPORT = "diagnosis.tasks.run_dataset_export"
-TASK_NAMES = (RUN_PREDICTION, RUN_CLASS_HEATMAP, RECONCILE_PREDICTIONS, RUN_DATASET_EXPORT)
+SEND_TO_PACS = "diagnosis.tasks.send_to_pacs"
+TASK_NAMES = (
+    RUN_PREDICTION,
+    RUN_CLASS_HEATMAP,
+    RECONCILE_PREDICTIONS,
+    RUN_DATASET_EXPORT,
+    SEND_TO_PACS,
+)
 
 
 def send(name: str, *args: Any, **options: Any) -> None:
@@ -113,6 +120,29 @@ def dataset_export_enqueue_on_commit(export_id: int) -> None:
     """Send a de-identified export to the training workers once the transaction commits (robust:
     a broker that is down leaves it queued; the reconciler sends it again)."""
     transaction.on_commit(lambda: send(RUN_DATASET_EXPORT, export_id), robust=True)
+
+
+def pacs_export_enqueue_on_commit(export_id: int) -> None:
+    """Send a DICOM object to the PACS (diagnosis.worker.pacs) once the current transaction
+    commits (robust: a broker that is down leaves the export pending, shown on the study page;
+    the reconciler sends it again)."""
+    transaction.on_commit(lambda: send(SEND_TO_PACS, export_id), robust=True)
+
+
+def pacs_exports_reconcile() -> int:
+    """Send again the PACS exports still pending long after their last try (their message was
+    lost: the broker restarted, or was down when they were made); how many. A duplicate send
+    is harmless: the row is skipped once sent, and the PACS gets the same instance UID."""
+    late = timezone.now() - dt.timedelta(seconds=settings.CXR_RECONCILE_QUEUED_AFTER_S + 3600)
+    ids = list(
+        PacsExport.objects.filter(status=PacsExport.Status.PENDING)
+        .annotate(last=Coalesce("last_attempt_at", "created_at"))
+        .filter(last__lt=late)
+        .values_list("pk", flat=True)[:500]
+    )
+    for pk in ids:
+        send(SEND_TO_PACS, pk)
+    return len(ids)
 
 
 def predictions_reconcile() -> dict[str, int]:

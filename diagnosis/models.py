@@ -8,6 +8,9 @@ from django.db.models import Q
 from django.urls import reverse
 
 from cxrweb.audit.models import AppendOnlyModel
+from diagnosis.pacs_models import PacsExport
+
+__all__ = ["ClassHeatmap", "Image", "PacsExport", "Patient", "Prediction", "Reading", "Study"]
 
 
 class Patient(models.Model):

@@ -24,7 +24,7 @@ from django.db.models import (
 
 from cxrweb.audit.models import AuditEvent
 from diagnosis import results
-from diagnosis.models import Prediction, Reading, Study
+from diagnosis.models import PacsExport, Prediction, Reading, Study
 from diagnosis.results import StudyResult
 
 
@@ -194,6 +194,11 @@ def study_result(study: Study) -> StudyResult:
     """The study's one result (diagnosis.results.study_result), from the prefetched predictions
     of study_list()/study_detail()."""
     return results.study_result(study_predictions(study))
+
+
+def study_pacs_exports(study: Study, *, limit: int = 8) -> list[PacsExport]:
+    """The study's latest DICOM objects sent (or being sent) to the PACS, newest first."""
+    return list(study.pacs_exports.order_by("-created_at", "kind")[:limit])
 
 
 def study_readings(study: Study) -> list[Reading]:

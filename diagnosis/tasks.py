@@ -32,9 +32,13 @@ def run_prediction(self, prediction_id: int) -> str:
 @shared_task(ignore_result=True)
 def reconcile_predictions() -> dict:
     """Periodic (Celery beat): re-send lost predictions, fail those that cannot finish."""
-    from diagnosis.dispatch import predictions_reconcile
+    from diagnosis.dispatch import pacs_exports_reconcile, predictions_reconcile
+    from diagnosis.worker.pacs import pacs_exports_after_reconcile
 
-    return predictions_reconcile()
+    counts = predictions_reconcile()
+    counts["pacs_made"] = pacs_exports_after_reconcile()
+    counts["pacs_resent"] = pacs_exports_reconcile()
+    return counts
 
 
 @shared_task(
@@ -53,3 +57,18 @@ def run_dataset_export(export_id: int) -> None:
     from diagnosis.services.exports import dataset_export_run
 
     dataset_export_run(export_id=export_id)
+
+
+@shared_task(
+    bind=True, acks_late=True, autoretry_for=(DatabaseError,), retry_backoff=True, max_retries=5
+)
+def send_to_pacs(self, export_id: int) -> str:
+    """Send one DICOM object to the PACS; transient failures come back after a growing wait
+    (the row counts the attempts and gives up after CXR_PACS_MAX_ATTEMPTS)."""
+    from diagnosis.worker.pacs import PacsRetry, pacs_export_run
+
+    try:
+        export = pacs_export_run(export_id=export_id)
+    except PacsRetry as retry:
+        raise self.retry(countdown=retry.countdown, max_retries=None) from None
+    return export.status if export is not None else "skipped"

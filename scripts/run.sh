@@ -76,6 +76,10 @@ CXR_WORKER_NICE="${CXR_TRAINING_NICE:-19}" \
   --hostname "training@%h" --loglevel INFO &
 pids+=($!)
 
+# The DICOM C-STORE SCP (docs/operations.md#dicom-in): modalities and the PACS send here.
+$PY manage.py dicom_scp &
+pids+=($!)
+
 $PY -m gunicorn cxrweb.wsgi:application --bind "$HOST:$PORT" --workers 2 --threads 4 \
   --timeout 120 --access-logfile - &
 pids+=($!)
@@ -89,6 +93,7 @@ cat <<MSG
         --classes normal,bacterial_pneumonia,viral_pneumonia,covid19 \\
         --promote --override-reason "validated outside the app: <where>"
     .venv/bin/python manage.py create_token USERNAME        # an API token (shown once)
+  DICOM in: C-STORE to AE ${CXR_DICOM_AE_TITLE:-CXRTRIAGE} at ${CXR_DICOM_HOST:-127.0.0.1}:${CXR_DICOM_PORT:-11112}.
   Radiologists: add users to the "radiologist" group in the admin (http://$HOST:$PORT/admin/).
   Ctrl-C stops the web server, the workers and the broker.
 

@@ -63,6 +63,19 @@ ensure_chromium() {
   apt_install chromium || echo "test.sh: could not install chromium; browser tests will fail" >&2
 }
 
+ensure_orthanc() {
+  # The real PACS of tests/pacs (tests/orthanc.py starts a private one per session) and dcmtk's
+  # storescu, the standard C-STORE client the DICOM-in tests send with.
+  local missing=()
+  command -v Orthanc >/dev/null || missing+=(orthanc)
+  [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing+=(orthanc-dicomweb)
+  command -v storescu >/dev/null || missing+=(dcmtk)
+  [ ${#missing[@]} = 0 ] && return 0
+  echo "test.sh: installing ${missing[*]}"
+  # The packaged service may start as well; the tests use their own Orthanc on free ports.
+  apt_install "${missing[@]}" || echo "test.sh: could not install ${missing[*]}; PACS tests will fail" >&2
+}
+
 ensure_redis
 if [ -z "${DATABASE_URL:-}" ]; then
   ensure_postgres
@@ -70,6 +83,7 @@ if [ -z "${DATABASE_URL:-}" ]; then
   export DATABASE_URL="postgres://postgres:postgres@$PG_HOST:$PG_PORT/cxr"
 fi
 ensure_chromium
+ensure_orthanc
 
 export CXR_TEST_BROKER_URL="${CXR_TEST_BROKER_URL:-redis://$REDIS_HOST:$REDIS_PORT/15}"
 export SECRET_KEY="${SECRET_KEY:-test-only-secret-key}"

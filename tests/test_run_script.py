@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 FAKE_PYTHON = """#!/usr/bin/env bash
 printf 'NICE=%s %s\\n' "${CXR_WORKER_NICE:-unset}" "$*" >> "$CXR_FAKE_LOG"
 case "$2" in
-  celery) exec sleep 30 ;;            # a worker: runs until the script stops it
+  celery|dicom_scp) exec sleep 30 ;;  # a worker, the SCP: run until the script stops them
   gunicorn) sleep 1; exit 0 ;;        # the web server stops: the script stops everything
 esac
 """
@@ -104,3 +104,8 @@ def test_a_training_run_is_acknowledged_early_whatever_the_global_late_ack():
     )
     assert run_training.acks_late is False
     assert run_training.time_limit == settings.CXR_TRAINING_TIME_LIMIT
+
+
+def test_run_starts_the_dicom_scp_beside_the_web_server(tmp_path):
+    commands = [argv for _, argv in _commands(tmp_path)]
+    assert ["manage.py", "dicom_scp"] in commands, commands

@@ -39,8 +39,17 @@ def patient_mrn_of(obj) -> str:
 
 
 def audit(
-    request, action: str, obj=None, *, user=None, detail: dict | None = None, patient_mrn: str = ""
+    request,
+    action: str,
+    obj=None,
+    *,
+    user=None,
+    detail: dict | None = None,
+    patient_mrn: str = "",
+    ip_address: str | None = None,
 ) -> AuditEvent | None:
+    """Records an event; ``ip_address`` names the peer of a caller without a request (the DICOM
+    SCP), else it is the request's."""
     user = user if user is not None else getattr(request, "user", None)
     authenticated = user is not None and getattr(user, "is_authenticated", False)
     try:
@@ -51,7 +60,7 @@ def audit(
             object_type=type(obj).__name__ if obj is not None else "",
             object_id=str(obj.pk) if obj is not None and getattr(obj, "pk", None) else "",
             patient_mrn=(patient_mrn or patient_mrn_of(obj))[:64],
-            ip_address=_client_ip(request),
+            ip_address=ip_address or _client_ip(request),
             user_agent=(request.META.get("HTTP_USER_AGENT", "") if request else "")[:300],
             path=(request.get_full_path() if request else "")[:300],
             detail=detail or {},

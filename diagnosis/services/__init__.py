@@ -6,6 +6,7 @@
 - reanalysis: re-reading studies with another version (history kept), behind live uploads
 - readings: signed readings and amendments
 - heatmaps: per-class heatmaps on demand (the request)
+- pacs: which results go to the PACS as DICOM SR and SC, and when (sent by diagnosis.worker.pacs)
 
 Sending tasks is diagnosis.dispatch; what a worker does with them is diagnosis.worker.
 """
@@ -13,6 +14,11 @@ Sending tasks is diagnosis.dispatch; what a worker does with them is diagnosis.w
 from __future__ import annotations
 
 from diagnosis.services.heatmaps import class_heatmap_request
+from diagnosis.services.pacs import (
+    pacs_export_resend,
+    pacs_exports_for_reading,
+    pacs_exports_for_result,
+)
 from diagnosis.services.patients import IdentityMismatch, UploadFieldRejected
 from diagnosis.services.predictions import (
     prediction_rerun,
@@ -48,6 +54,9 @@ __all__ = [
     "UploadFieldRejected",
     "UploadResult",
     "class_heatmap_request",
+    "pacs_export_resend",
+    "pacs_exports_for_reading",
+    "pacs_exports_for_result",
     "prediction_rerun",
     "predictions_assign_waiting",
     "reading_sign",

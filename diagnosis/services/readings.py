@@ -8,6 +8,7 @@ from django.db import transaction
 
 from diagnosis.models import Prediction, Reading, Study
 from diagnosis.results import StudyResult, study_result
+from diagnosis.services.pacs import pacs_exports_for_reading
 
 
 class ReadingRejected(ValueError):
@@ -78,7 +79,7 @@ def reading_sign(
             raise ReadingRejected("That reading was already amended; amend the latest one.")
     elif study.readings.exists():
         raise ReadingRejected("This study already has a signed reading: amend it instead.")
-    return Reading.objects.create(
+    reading = Reading.objects.create(
         study=study,
         prediction=prediction,
         prediction_ids=list(result.prediction_ids),
@@ -89,3 +90,5 @@ def reading_sign(
         notes=notes.strip(),
         amends=amends,
     )
+    pacs_exports_for_reading(reading=reading)
+    return reading

@@ -9,7 +9,7 @@ import datetime as dt
 import hashlib
 import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -86,6 +86,7 @@ def study_upload(
     patient_birth_date: dt.date | None = None,
     confirm_identity: bool = False,
     batch_accession: str = "",
+    accept: Callable[[DecodedImage], None] | None = None,
 ) -> UploadResult:
     """Validate an uploaded chest X-ray, store it and queue its analysis.
 
@@ -100,6 +101,9 @@ def study_upload(
     an existing patient ID whose name, sex or birth date differ from the upload's, unless
     ``confirm_identity``: then the image joins the stored patient, whose details stay unchanged,
     and the result's ``identity_confirmed`` says what differed.
+
+    ``accept``: a channel's own check of the decoded file before anything is stored (the DICOM
+    receivers refuse what is not a chest CR/DX instance); it raises UploadRejected to refuse.
 
     Files are written before the rows, in one transaction with them: if anything fails, the files
     written by this call are removed.
@@ -116,6 +120,8 @@ def study_upload(
             min_side=settings.CXR_MIN_IMAGE_SIDE, max_aspect_ratio=settings.CXR_MAX_ASPECT_RATIO
         ),
     )
+    if accept is not None:
+        accept(decoded)
     dicom = decoded.dicom
     patient_id = checked_text(patient_id, dicom, field="patient_id", max_length=64)
     if not patient_id:

@@ -137,7 +137,13 @@ def study_detail(request, pk: int):
     study = _study_or_404(pk)
     audit_view(request, Action.VIEW_STUDY, study, view="page", study=study)
     return render(
-        request, "diagnosis/study.html", {**_study_context(study), **_reading_context(study)}
+        request,
+        "diagnosis/study.html",
+        {
+            **_study_context(study),
+            **_reading_context(study),
+            "pacs_exports": selectors.study_pacs_exports(study),
+        },
     )
 
 

@@ -15,6 +15,7 @@ from django.utils import timezone
 from diagnosis.dispatch import prediction_dispatch
 from diagnosis.models import Prediction
 from diagnosis.services import study_flag_from_prediction
+from diagnosis.services.pacs import pacs_exports_for_result
 from diagnosis.worker.errors import PredictionFailure
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ def prediction_finish(
     for field, value in result.items():  # what the row now holds; no second query
         setattr(prediction, field, value)
     study_flag_from_prediction(prediction=prediction)
+    pacs_exports_for_result(study_id=prediction.image.study_id)
     return prediction
 
 
@@ -123,6 +125,7 @@ def prediction_fail(prediction: Prediction, message: str) -> Prediction:
     )
     prediction.refresh_from_db()
     logger.warning("prediction %s failed: %s", prediction.pk, message)
+    pacs_exports_for_result(study_id=prediction.image.study_id)  # the SR says it failed
     return prediction
 
 

@@ -10,6 +10,8 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from cxrweb.env import (
+    env_ae_title,
+    env_ae_titles,
     env_bool,
     env_float,
     env_int,
@@ -105,3 +107,20 @@ def test_it_reads_absolute_paths_and_refuses_relative_ones(monkeypatch):
     monkeypatch.setenv(NAME, "/srv/a,relative")
     with pytest.raises(ImproperlyConfigured, match=f"{NAME} must be a comma-separated list"):
         env_paths(NAME, [])
+
+
+def test_it_reads_dicom_ae_titles(monkeypatch):
+    assert env_ae_title(NAME, "CXRTRIAGE") == "CXRTRIAGE"
+    assert env_ae_titles(NAME) == []  # empty: any calling AE
+    monkeypatch.setenv(NAME, " PACS1, MODALITY 2 ,")
+    assert env_ae_titles(NAME) == ["PACS1", "MODALITY 2"]
+
+
+@pytest.mark.parametrize("raw", ["A" * 17, "BAD\\AE", "TAB\tAE", " "])
+def test_a_bad_ae_title_is_refused(monkeypatch, raw):
+    monkeypatch.setenv(NAME, raw)
+    with pytest.raises(ImproperlyConfigured, match=NAME):
+        env_ae_title(NAME, "CXRTRIAGE")
+    if raw.strip():
+        with pytest.raises(ImproperlyConfigured, match=NAME):
+            env_ae_titles(NAME)

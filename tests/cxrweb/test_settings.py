@@ -25,6 +25,9 @@ def _no_inherited_settings(monkeypatch):
         "CXR_PREDICTION_STALE_AFTER_S",
         "CXR_TARGET_SENSITIVITY",
         "CXR_CALIBRATION_MIN_IMAGES",
+        "CXR_PACS_URL",
+        "CXR_PACS_AE",
+        "CXR_PACS_SEND_ON",
         "DEBUG",
     ):
         monkeypatch.delenv(name, raising=False)
@@ -65,6 +68,10 @@ def _settings(attribute: str, **env: str):
         ("CXR_FAULT_INJECTION", "yes please", "CXR_FAULT_INJECTION must be true or false"),
         ("CXR_HTTPS", "https", "CXR_HTTPS must be true or false"),
         ("CXR_BEHIND_PROXY", "nginx", "CXR_BEHIND_PROXY must be true or false"),
+        ("CXR_PACS_AE", "pacs:104", "CXR_PACS_AE must be host:port:AET"),
+        ("CXR_PACS_URL", "pacs:8042", "CXR_PACS_URL must be an http(s) DICOMweb base URL"),
+        ("CXR_PACS_SEND_ON", "always", "CXR_PACS_SEND_ON must be result, reading or both"),
+        ("CXR_PACS_MAX_ATTEMPTS", "0", "CXR_PACS_MAX_ATTEMPTS must be a positive"),
     ],
 )
 def test_it_refuses_a_bad_value_and_names_the_variable(name, bad, message):
@@ -87,6 +94,8 @@ def test_it_refuses_a_bad_value_and_names_the_variable(name, bad, message):
         ("CXR_TARGET_SENSITIVITY", {"CXR_TARGET_SENSITIVITY": "0.95"}, "0.95"),
         ("CXR_CALIBRATION_MIN_IMAGES", {}, "50"),
         ("DATABASES['default']['CONN_MAX_AGE']", {"CXR_DB_CONN_MAX_AGE": "0"}, "0"),
+        ("CXR_PACS_SEND_ON", {"CXR_PACS_SEND_ON": " Both "}, "both"),
+        ("CXR_PACS_AE", {"CXR_PACS_AE": "pacs.example.org:104:PACS"}, "pacs.example.org:104:PACS"),
     ],
 )
 def test_it_reads_good_values_and_keeps_the_defaults(attribute, env, expected):
