@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -82,3 +83,25 @@ def env_paths(name: str, default: list[Path]) -> list[Path]:
             f"{name} must be a comma-separated list of absolute paths, got {raw!r}."
         )
     return paths
+
+
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """One of `choices` (case-insensitive, stored lower-case)."""
+    raw = os.environ.get(name)
+    value = default if raw is None else raw.strip().lower()
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}; got {raw!r}.")
+    return value
+
+
+def env_url(name: str, default: str = "") -> str:
+    """An http(s) URL with a host, or empty."""
+    value = os.environ.get(name, default).strip()
+    if not value:
+        return ""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ImproperlyConfigured(
+            f"{name} must be an http:// or https:// address with a host, got {value!r}."
+        )
+    return value

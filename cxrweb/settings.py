@@ -226,6 +226,8 @@ CELERY_TASK_ROUTES = {
     # File work, minutes for a large export: beside training, never in front of images.
     "diagnosis.tasks.run_dataset_export": {"queue": "training"},
     "training.tasks.reconcile_training_runs": {"queue": "maintenance"},
+    # Critical-finding webhooks: short HTTP calls, never behind a backlog of images.
+    "diagnosis.tasks.deliver_webhook": {"queue": "maintenance"},
     "diagnosis.tasks.*": {"queue": "inference"},
     "training.tasks.*": {"queue": "training"},
 }
@@ -311,6 +313,8 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CXR_FAULT_INJECTION = env_bool("CXR_FAULT_INJECTION", False)
 # Where `import_model` copies model weights (under MEDIA_ROOT, never public).
 CXR_MODELS_SUBDIR = "models"
+# Critical-finding webhooks and the app's public address: read in their own module.
+from cxrweb.settings_webhooks import *  # noqa: E402, F403
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

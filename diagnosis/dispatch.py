@@ -21,7 +21,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from cxrweb.processes import process_is_dead
-from diagnosis.models import Prediction
+from diagnosis.models import Prediction, WebhookDelivery
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,14 @@ RUN_PREDICTION = "diagnosis.tasks.run_prediction"
 RUN_CLASS_HEATMAP = "diagnosis.tasks.run_class_heatmap"
 RECONCILE_PREDICTIONS = "diagnosis.tasks.reconcile_predictions"
 RUN_DATASET_EXPORT = "diagnosis.tasks.run_dataset_export"
-TASK_NAMES = (RUN_PREDICTION, RUN_CLASS_HEATMAP, RECONCILE_PREDICTIONS, RUN_DATASET_EXPORT)
+DELIVER_WEBHOOK = "diagnosis.tasks.deliver_webhook"
+TASK_NAMES = (
+    RUN_PREDICTION,
+    RUN_CLASS_HEATMAP,
+    RECONCILE_PREDICTIONS,
+    RUN_DATASET_EXPORT,
+    DELIVER_WEBHOOK,
+)
 
 
 def send(name: str, *args: Any, **options: Any) -> None:
@@ -113,6 +120,31 @@ def dataset_export_enqueue_on_commit(export_id: int) -> None:
     """Send a de-identified export to the training workers once the transaction commits (robust:
     a broker that is down leaves it queued; the reconciler sends it again)."""
     transaction.on_commit(lambda: send(RUN_DATASET_EXPORT, export_id), robust=True)
+
+
+def webhook_enqueue_on_commit(delivery_id: int) -> None:
+    """Send the webhook delivery task once the current transaction commits (robust: a broker
+    that is down leaves the delivery pending, and the reconciler sends it later)."""
+    transaction.on_commit(lambda: send(DELIVER_WEBHOOK, delivery_id), robust=True)
+
+
+def webhooks_reconcile(now: dt.datetime | None = None) -> int:
+    """Send again the pending webhook deliveries whose message was lost: due (next_attempt_at)
+    for longer than CXR_RECONCILE_QUEUED_AFTER_S. Safe to repeat: the delivery task claims its
+    row, so a duplicate message sends nothing. How many were sent again."""
+    now = now or timezone.now()
+    lost_before = now - dt.timedelta(seconds=settings.CXR_RECONCILE_QUEUED_AFTER_S)
+    resent = 0
+    for pk in WebhookDelivery.objects.filter(
+        status=WebhookDelivery.Status.PENDING, next_attempt_at__lt=lost_before
+    ).values_list("pk", flat=True):
+        # Due again now (not counted as an attempt), so the next run does not send it twice.
+        if WebhookDelivery.objects.filter(
+            pk=pk, status=WebhookDelivery.Status.PENDING, next_attempt_at__lt=lost_before
+        ).update(next_attempt_at=now):
+            send(DELIVER_WEBHOOK, pk)
+            resent += 1
+    return resent
 
 
 def predictions_reconcile() -> dict[str, int]:

@@ -31,10 +31,13 @@ def run_prediction(self, prediction_id: int) -> str:
 
 @shared_task(ignore_result=True)
 def reconcile_predictions() -> dict:
-    """Periodic (Celery beat): re-send lost predictions, fail those that cannot finish."""
-    from diagnosis.dispatch import predictions_reconcile
+    """Periodic (Celery beat): re-send lost predictions, fail those that cannot finish; re-send
+    webhook deliveries whose message was lost."""
+    from diagnosis.dispatch import predictions_reconcile, webhooks_reconcile
 
-    return predictions_reconcile()
+    counts = predictions_reconcile()
+    counts["webhooks_resent"] = webhooks_reconcile()
+    return counts
 
 
 @shared_task(
@@ -53,3 +56,17 @@ def run_dataset_export(export_id: int) -> None:
     from diagnosis.services.exports import dataset_export_run
 
     dataset_export_run(export_id=export_id)
+
+
+@shared_task(
+    bind=True, acks_late=True, autoretry_for=(DatabaseError,), retry_backoff=True, max_retries=5
+)
+def deliver_webhook(self, delivery_id: int) -> str:
+    """One attempt at a critical-finding webhook; tried again later (Celery's countdown, the
+    attempts counted in the delivery's row) while the receiver is down or answers 5xx."""
+    from diagnosis.worker.webhooks import webhook_deliver
+
+    attempt = webhook_deliver(delivery_id=delivery_id)
+    if attempt.retry_in is not None:
+        raise self.retry(countdown=attempt.retry_in, max_retries=None)
+    return attempt.outcome

@@ -6,6 +6,7 @@
 - reanalysis: re-reading studies with another version (history kept), behind live uploads
 - readings: signed readings and amendments
 - heatmaps: per-class heatmaps on demand (the request)
+- webhooks: critical-finding webhook deliveries (created when a result is flagged), resend
 
 Sending tasks is diagnosis.dispatch; what a worker does with them is diagnosis.worker.
 """
@@ -36,6 +37,7 @@ from diagnosis.services.uploads import (
     study_upload,
     study_upload_many,
 )
+from diagnosis.services.webhooks import WebhookResendRefused, webhook_delivery_resend
 
 __all__ = [
     "IdentityMismatch",
@@ -47,6 +49,7 @@ __all__ = [
     "StorageUnavailable",
     "UploadFieldRejected",
     "UploadResult",
+    "WebhookResendRefused",
     "class_heatmap_request",
     "prediction_rerun",
     "predictions_assign_waiting",
@@ -59,4 +62,5 @@ __all__ = [
     "study_result_store",
     "study_upload",
     "study_upload_many",
+    "webhook_delivery_resend",
 ]

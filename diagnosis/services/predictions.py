@@ -12,6 +12,7 @@ from django.utils import timezone
 from diagnosis.dispatch import prediction_enqueue_on_commit
 from diagnosis.models import Prediction, Study
 from diagnosis.results import StudyResult, study_result
+from diagnosis.services.webhooks import webhook_delivery_create
 from training.models import ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,8 @@ def study_result_store(*, study_id: int) -> StudyResult:
     (:func:`diagnosis.results.study_result`): the flag, its finding and the result's label.
 
     Called whenever a view's prediction finishes, and when a version's normal classes or
-    thresholds change: the flag follows the study's current result, up and down.
+    thresholds change: the flag follows the study's current result, up and down. A flagged
+    result may be announced by webhook (diagnosis.services.webhooks).
     """
     result = study_result(
         Prediction.objects.filter(image__study_id=study_id).select_related("model_version")
@@ -96,6 +98,7 @@ def study_result_store(*, study_id: int) -> StudyResult:
         flagged_finding=finding,
         result_label=(result.label or "")[:64],
     )
+    webhook_delivery_create(study_id=study_id, result=result)
     return result
 
 
