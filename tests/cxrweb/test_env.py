@@ -11,11 +11,13 @@ from django.core.exceptions import ImproperlyConfigured
 
 from cxrweb.env import (
     env_bool,
+    env_choice,
     env_float,
     env_int,
     env_non_negative_int,
     env_paths,
     env_positive_int,
+    env_url,
 )
 
 NAME = "CXR_TEST_ENV_VALUE"
@@ -105,3 +107,22 @@ def test_it_reads_absolute_paths_and_refuses_relative_ones(monkeypatch):
     monkeypatch.setenv(NAME, "/srv/a,relative")
     with pytest.raises(ImproperlyConfigured, match=f"{NAME} must be a comma-separated list"):
         env_paths(NAME, [])
+
+
+def test_it_reads_one_of_the_choices(monkeypatch):
+    assert env_choice(NAME, "a", ("a", "b")) == "a"
+    monkeypatch.setenv(NAME, " B ")
+    assert env_choice(NAME, "a", ("a", "b")) == "b"
+    monkeypatch.setenv(NAME, "c")
+    with pytest.raises(ImproperlyConfigured, match=f"{NAME} must be one of a, b; got 'c'"):
+        env_choice(NAME, "a", ("a", "b"))
+
+
+@pytest.mark.parametrize("bad", ["example.org/hook", "ftp://example.org/", "https:///nohost"])
+def test_it_reads_an_http_url_or_nothing(monkeypatch, bad):
+    assert env_url(NAME) == ""
+    monkeypatch.setenv(NAME, " https://example.org/hook ")
+    assert env_url(NAME) == "https://example.org/hook"
+    monkeypatch.setenv(NAME, bad)
+    with pytest.raises(ImproperlyConfigured, match=f"{NAME} must be an http:// or https://"):
+        env_url(NAME)
