@@ -222,16 +222,14 @@ class WebhookDeliveryAdmin(AuditedAdmin, ReadOnlyAdmin):
 
     list_display = (
         "id",
-        "study",
-        "event",
+        "accession_number",
         "status",
         "attempts",
         "last_status_code",
         "short_error",
         "created_at",
-        "delivered_at",
     )
-    list_filter = ("status", "event", "created_at")
+    list_filter = ("status", "created_at")
     search_fields = ("study__accession_number",)
     list_select_related = ("study__patient",)
     readonly_fields = (
@@ -252,9 +250,13 @@ class WebhookDeliveryAdmin(AuditedAdmin, ReadOnlyAdmin):
     )
     actions = ["resend"]
 
+    @admin.display(description="accession number", ordering="study__accession_number")
+    def accession_number(self, obj: WebhookDelivery) -> str:
+        return obj.study.accession_number
+
     @admin.display(description="last error")
     def short_error(self, obj: WebhookDelivery) -> str:
-        return obj.last_error[:80]
+        return obj.last_error if len(obj.last_error) <= 60 else f"{obj.last_error[:60]}…"
 
     def has_resend_permission(self, request) -> bool:
         return is_model_admin(request.user)
