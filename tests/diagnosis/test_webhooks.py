@@ -12,10 +12,11 @@ from django.utils import timezone
 
 from cxrweb.audit.models import AuditEvent
 from diagnosis import dispatch, services
-from diagnosis.models import Study, WebhookDelivery
+from diagnosis.models import Prediction, Study, WebhookDelivery
 from diagnosis.worker.webhooks import backoff_s, webhook_deliver
 from tests.diagnosis.conftest import finish_prediction, upload_view
 from tests.diagnosis.webhook_receiver import Receiver, serve, signature_is_valid
+from training.models import ModelVersion
 
 SECRET = "test-webhook-secret-0123456789"
 STAT, ROUTINE = Study.Priority.STAT, Study.Priority.ROUTINE
@@ -124,6 +125,30 @@ def test_the_same_result_stored_again_sends_nothing_new(webhooks_on, radiologist
     services.study_result_store(study_id=study.pk)
     services.study_result_store(study_id=study.pk)
     assert WebhookDelivery.objects.count() == 1
+
+
+def test_a_reanalysis_that_flips_the_study_to_flagged_is_announced(
+    webhooks_on, radiologist, pneumonia_model
+):
+    study = _study(radiologist, pneumonia_model, pneumonia=0.1)
+    assert not WebhookDelivery.objects.exists()
+    v2 = ModelVersion.objects.create(
+        name="pneu-v2",
+        architecture="mobilenet_v2",
+        class_labels=["NORMAL", "PNEUMONIA"],
+        thresholds={"NORMAL": 0.5, "PNEUMONIA": 0.292},
+        weights="models/pneu-v2.pt",
+        sha256="1" * 64,
+        mean=[0.485, 0.456, 0.406],
+        std=[0.229, 0.224, 0.225],
+    )
+    services.study_reanalyse(study=study, version=v2)
+    [rerun] = Prediction.objects.filter(model_version=v2)
+    assert not WebhookDelivery.objects.exists()  # queued: the study is not done yet
+    finish_prediction(rerun, v2, {"NORMAL": 0.3, "PNEUMONIA": 0.7})
+    [delivery] = WebhookDelivery.objects.all()
+    assert delivery.prediction_ids == [rerun.pk]
+    assert delivery.payload["result"]["model_version"] == "pneu-v2"
 
 
 def test_a_duplicate_message_sends_nothing(webhooks_on, radiologist, pneumonia_model):
