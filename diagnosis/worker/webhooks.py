@@ -73,6 +73,14 @@ def webhook_deliver(*, delivery_id: int) -> WebhookAttempt:
     delivery = _claim(delivery_id)
     if delivery is None:
         return WebhookAttempt("skipped")
+    if not settings.CXR_WEBHOOK_URL:  # turned off since: no secret to sign with, perhaps
+        _update(
+            delivery,
+            status=WebhookDelivery.Status.FAILED,
+            last_error="Not sent: webhooks were turned off (CXR_WEBHOOK_URL is empty). "
+            "Resend it once they are on again.",
+        )
+        return WebhookAttempt("failed")
     answer = _post(delivery)
     return _record(delivery, answer)
 

@@ -151,6 +151,20 @@ def test_a_reanalysis_that_flips_the_study_to_flagged_is_announced(
     assert delivery.payload["result"]["model_version"] == "pneu-v2"
 
 
+def test_a_pending_delivery_is_not_sent_once_webhooks_are_turned_off(
+    webhooks_on, settings, radiologist, pneumonia_model
+):
+    _study(radiologist, pneumonia_model)
+    settings.CXR_WEBHOOK_URL, settings.CXR_WEBHOOK_SECRET = "", ""
+    delivery = WebhookDelivery.objects.get()
+    assert webhook_deliver(delivery_id=delivery.pk).outcome == "failed"
+    delivery.refresh_from_db()
+    assert delivery.status == "failed" and "turned off" in delivery.last_error
+    assert webhooks_on.requests == []
+    with pytest.raises(services.WebhookResendRefused, match="set CXR_WEBHOOK_URL"):
+        services.webhook_delivery_resend(delivery=delivery)
+
+
 def test_a_duplicate_message_sends_nothing(webhooks_on, radiologist, pneumonia_model):
     _study(radiologist, pneumonia_model)
     delivery = WebhookDelivery.objects.get()
