@@ -226,8 +226,7 @@ CELERY_TASK_ROUTES = {
     # File work, minutes for a large export: beside training, never in front of images.
     "diagnosis.tasks.run_dataset_export": {"queue": "training"},
     "training.tasks.reconcile_training_runs": {"queue": "maintenance"},
-    # Critical-finding webhooks: short HTTP calls, never behind a backlog of images.
-    "diagnosis.tasks.deliver_webhook": {"queue": "maintenance"},
+    "diagnosis.tasks.deliver_webhook": {"queue": "maintenance"},  # webhooks: short HTTP calls
     "diagnosis.tasks.*": {"queue": "inference"},
     "training.tasks.*": {"queue": "training"},
 }
@@ -313,8 +312,7 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CXR_FAULT_INJECTION = env_bool("CXR_FAULT_INJECTION", False)
 # Where `import_model` copies model weights (under MEDIA_ROOT, never public).
 CXR_MODELS_SUBDIR = "models"
-# Critical-finding webhooks and the app's public address: read in their own module.
-from cxrweb.settings_webhooks import *  # noqa: E402, F403
+from cxrweb.settings_webhooks import *  # noqa: E402, F403 - webhooks, CXR_PUBLIC_URL
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
