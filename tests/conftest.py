@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -219,14 +218,7 @@ def _broker() -> str:
 
 @pytest.fixture
 def celery_worker(_broker, transactional_db) -> Iterator[object]:
-    """A real Celery worker (solo pool, in a thread of this process) consuming `inference`."""
-    with running_worker(["inference"]) as worker:
-        yield worker
-
-
-@contextmanager
-def running_worker(queues: list[str]) -> Iterator[object]:
-    """A real Celery worker (solo pool, in a thread of this process) consuming `queues`.
+    """A real Celery worker (solo pool, in a thread of this process) consuming `inference`.
 
     Workers keep their database connection between tasks; this one lives in a thread of the
     test process, so it closes it after each task: the test database is dropped at the end of

@@ -11,7 +11,7 @@ import pytest
 from diagnosis import services
 from diagnosis.models import Study, WebhookDelivery
 from tests import imagegen
-from tests.conftest import running_worker, wait_for
+from tests.conftest import _solo_worker, wait_for
 from tests.diagnosis.webhook_receiver import Receiver, serve, signature_is_valid
 from training.models import ModelVersion
 
@@ -27,8 +27,7 @@ def receiver():
 
 @pytest.fixture
 def worker(_broker, transactional_db):
-    with running_worker(["inference", "maintenance"]) as worker:
-        yield worker
+    yield from _solo_worker(["inference", "maintenance"])  # deliver_webhook: maintenance
 
 
 def test_a_flagged_stat_upload_is_announced_by_the_worker(
