@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -113,3 +114,25 @@ def env_ae_titles(name: str) -> list[str]:
                 f"{name} must list DICOM AE titles ({problem} each), got {title!r}."
             )
     return titles
+
+
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """One of `choices` (case-insensitive, stored lower-case)."""
+    raw = os.environ.get(name)
+    value = default if raw is None else raw.strip().lower()
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}; got {raw!r}.")
+    return value
+
+
+def env_url(name: str, default: str = "") -> str:
+    """An http(s) URL with a host, or empty."""
+    value = os.environ.get(name, default).strip()
+    if not value:
+        return ""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ImproperlyConfigured(
+            f"{name} must be an http:// or https:// address with a host, got {value!r}."
+        )
+    return value

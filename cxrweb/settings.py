@@ -237,6 +237,7 @@ CELERY_TASK_ROUTES = {
     # File work, minutes for a large export: beside training, never in front of images.
     "diagnosis.tasks.run_dataset_export": {"queue": "training"},
     "training.tasks.reconcile_training_runs": {"queue": "maintenance"},
+    "diagnosis.tasks.deliver_webhook": {"queue": "maintenance"},  # webhooks: short HTTP calls
     "diagnosis.tasks.*": {"queue": "inference"},
     "training.tasks.*": {"queue": "training"},
 }
@@ -333,6 +334,7 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CXR_FAULT_INJECTION = env_bool("CXR_FAULT_INJECTION", False)
 # Where `import_model` copies model weights (under MEDIA_ROOT, never public).
 CXR_MODELS_SUBDIR = "models"
+from cxrweb.settings_webhooks import *  # noqa: E402, F403 - webhooks, CXR_PUBLIC_URL
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

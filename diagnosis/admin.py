@@ -5,9 +5,18 @@ from django.contrib import admin, messages
 from cxrweb.admin_base import ReadOnlyAdmin
 from cxrweb.audit.models import AuditEvent
 from cxrweb.audit.services import audit, patient_mrn_of
+from cxrweb.roles import is_model_admin
 from diagnosis import services
 from diagnosis.forms import PatientAdminForm
-from diagnosis.models import ClassHeatmap, Image, Patient, Prediction, Reading, Study
+from diagnosis.models import (
+    ClassHeatmap,
+    Image,
+    Patient,
+    Prediction,
+    Reading,
+    Study,
+    WebhookDelivery,
+)
 
 
 class AuditedAdmin(admin.ModelAdmin):
@@ -205,3 +214,70 @@ class ClassHeatmapAdmin(AuditedAdmin):
     list_select_related = ("prediction__image__study__patient",)
     list_filter = ("status", "method")
     readonly_fields = ("prediction", "class_label", "method", "status", "error", "file")
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(AuditedAdmin, ReadOnlyAdmin):
+    """The critical-finding webhook log: read-only, with a Resend action (audited)."""
+
+    list_display = (
+        "id",
+        "accession_number",
+        "status",
+        "attempts",
+        "last_status_code",
+        "short_error",
+        "created_at",
+    )
+    list_filter = ("status", "created_at")
+    search_fields = ("study__accession_number",)
+    list_select_related = ("study__patient",)
+    readonly_fields = (
+        "study",
+        "event",
+        "status",
+        "attempts",
+        "last_status_code",
+        "last_error",
+        "url",
+        "prediction_ids",
+        "payload",
+        "created_at",
+        "last_attempt_at",
+        "next_attempt_at",
+        "delivered_at",
+        "key",
+    )
+    actions = ["resend"]
+
+    @admin.display(description="accession number", ordering="study__accession_number")
+    def accession_number(self, obj: WebhookDelivery) -> str:
+        return obj.study.accession_number
+
+    @admin.display(description="last error")
+    def short_error(self, obj: WebhookDelivery) -> str:
+        return obj.last_error if len(obj.last_error) <= 60 else f"{obj.last_error[:60]}…"
+
+    def has_resend_permission(self, request) -> bool:
+        return is_model_admin(request.user)
+
+    @admin.action(description="Resend the selected deliveries", permissions=["resend"])
+    def resend(self, request, queryset):
+        sent, refused = 0, []
+        for delivery in queryset.select_related("study__patient"):
+            try:
+                services.webhook_delivery_resend(delivery=delivery)
+            except services.WebhookResendRefused as exc:
+                refused.append(str(exc))
+                continue
+            audit(
+                request,
+                AuditEvent.Action.WEBHOOK_RESENT,
+                delivery,
+                detail={"delivery": delivery.pk, "event": delivery.event, "via": "admin"},
+            )
+            sent += 1
+        if sent:
+            self.message_user(request, f"{sent} delivery(ies) queued again.", messages.SUCCESS)
+        for reason in sorted(set(refused)):
+            self.message_user(request, reason, messages.WARNING)

@@ -21,7 +21,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from cxrweb.processes import process_is_dead
-from diagnosis.models import PacsExport, Prediction
+from diagnosis.models import PacsExport, Prediction, WebhookDelivery
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +31,14 @@ RUN_CLASS_HEATMAP = "diagnosis.tasks.run_class_heatmap"
 RECONCILE_PREDICTIONS = "diagnosis.tasks.reconcile_predictions"
 RUN_DATASET_EXPORT = "diagnosis.tasks.run_dataset_export"
 SEND_TO_PACS = "diagnosis.tasks.send_to_pacs"
+DELIVER_WEBHOOK = "diagnosis.tasks.deliver_webhook"
 TASK_NAMES = (
     RUN_PREDICTION,
     RUN_CLASS_HEATMAP,
     RECONCILE_PREDICTIONS,
     RUN_DATASET_EXPORT,
     SEND_TO_PACS,
+    DELIVER_WEBHOOK,
 )
 
 
@@ -143,6 +145,31 @@ def pacs_exports_reconcile() -> int:
     for pk in ids:
         send(SEND_TO_PACS, pk)
     return len(ids)
+
+
+def webhook_enqueue_on_commit(delivery_id: int) -> None:
+    """Send the webhook delivery task once the current transaction commits (robust: a broker
+    that is down leaves the delivery pending, and the reconciler sends it later)."""
+    transaction.on_commit(lambda: send(DELIVER_WEBHOOK, delivery_id), robust=True)
+
+
+def webhooks_reconcile(now: dt.datetime | None = None) -> int:
+    """Send again the pending webhook deliveries whose message was lost: due (next_attempt_at)
+    for longer than CXR_RECONCILE_QUEUED_AFTER_S. Safe to repeat: the delivery task claims its
+    row, so a duplicate message sends nothing. How many were sent again."""
+    now = now or timezone.now()
+    lost_before = now - dt.timedelta(seconds=settings.CXR_RECONCILE_QUEUED_AFTER_S)
+    resent = 0
+    for pk in WebhookDelivery.objects.filter(
+        status=WebhookDelivery.Status.PENDING, next_attempt_at__lt=lost_before
+    ).values_list("pk", flat=True):
+        # Due again now (not counted as an attempt), so the next run does not send it twice.
+        if WebhookDelivery.objects.filter(
+            pk=pk, status=WebhookDelivery.Status.PENDING, next_attempt_at__lt=lost_before
+        ).update(next_attempt_at=now):
+            send(DELIVER_WEBHOOK, pk)
+            resent += 1
+    return resent
 
 
 def predictions_reconcile() -> dict[str, int]:

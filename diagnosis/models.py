@@ -369,3 +369,4 @@ class ClassHeatmap(models.Model):
 
 
 from diagnosis.export_models import DatasetExport  # noqa: E402, F401 - a model of this app
+from diagnosis.models_webhooks import WebhookDelivery as WebhookDelivery  # noqa: E402

@@ -31,13 +31,15 @@ def run_prediction(self, prediction_id: int) -> str:
 
 @shared_task(ignore_result=True)
 def reconcile_predictions() -> dict:
-    """Periodic (Celery beat): re-send lost predictions, fail those that cannot finish."""
-    from diagnosis.dispatch import pacs_exports_reconcile, predictions_reconcile
+    """Periodic (Celery beat): re-send lost predictions, fail those that cannot finish; make and
+    re-send PACS exports and webhook deliveries whose message was lost."""
+    from diagnosis.dispatch import pacs_exports_reconcile, predictions_reconcile, webhooks_reconcile
     from diagnosis.worker.pacs import pacs_exports_after_reconcile
 
     counts = predictions_reconcile()
     counts["pacs_made"] = pacs_exports_after_reconcile()
     counts["pacs_resent"] = pacs_exports_reconcile()
+    counts["webhooks_resent"] = webhooks_reconcile()
     return counts
 
 
@@ -72,3 +74,17 @@ def send_to_pacs(self, export_id: int) -> str:
     except PacsRetry as retry:
         raise self.retry(countdown=retry.countdown, max_retries=None) from None
     return export.status if export is not None else "skipped"
+
+
+@shared_task(
+    bind=True, acks_late=True, autoretry_for=(DatabaseError,), retry_backoff=True, max_retries=5
+)
+def deliver_webhook(self, delivery_id: int) -> str:
+    """One attempt at a critical-finding webhook; tried again later (Celery's countdown, the
+    attempts counted in the delivery's row) while the receiver is down or answers 5xx."""
+    from diagnosis.worker.webhooks import webhook_deliver
+
+    attempt = webhook_deliver(delivery_id=delivery_id)
+    if attempt.retry_in is not None:
+        raise self.retry(countdown=attempt.retry_in, max_retries=None)
+    return attempt.outcome

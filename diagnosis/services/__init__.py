@@ -7,6 +7,7 @@
 - readings: signed readings and amendments
 - heatmaps: per-class heatmaps on demand (the request)
 - pacs: which results go to the PACS as DICOM SR and SC, and when (sent by diagnosis.worker.pacs)
+- webhooks: critical-finding webhook deliveries (created when a result is flagged), resend
 
 Sending tasks is diagnosis.dispatch; what a worker does with them is diagnosis.worker.
 """
@@ -42,6 +43,7 @@ from diagnosis.services.uploads import (
     study_upload,
     study_upload_many,
 )
+from diagnosis.services.webhooks import WebhookResendRefused, webhook_delivery_resend
 
 __all__ = [
     "IdentityMismatch",
@@ -53,6 +55,7 @@ __all__ = [
     "StorageUnavailable",
     "UploadFieldRejected",
     "UploadResult",
+    "WebhookResendRefused",
     "class_heatmap_request",
     "pacs_export_resend",
     "pacs_exports_for_reading",
@@ -68,4 +71,5 @@ __all__ = [
     "study_result_store",
     "study_upload",
     "study_upload_many",
+    "webhook_delivery_resend",
 ]

@@ -12,6 +12,7 @@ from django.utils import timezone
 from diagnosis.dispatch import prediction_enqueue_on_commit
 from diagnosis.models import Prediction, Study
 from diagnosis.results import StudyResult, study_result
+from diagnosis.services.webhooks import webhook_delivery_create
 from training.models import ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -83,7 +84,8 @@ def study_result_store(*, study_id: int) -> StudyResult:
     worklist's filter by a normal class never lists it).
 
     Called whenever a view's prediction finishes, and when a version's normal classes or
-    thresholds change: the flag follows the study's current result, up and down.
+    thresholds change: the flag follows the study's current result, up and down. A flagged
+    result may be announced by webhook (diagnosis.services.webhooks).
     """
     result = study_result(
         Prediction.objects.filter(image__study_id=study_id).select_related("model_version")
@@ -93,6 +95,7 @@ def study_result_store(*, study_id: int) -> StudyResult:
     Study.objects.filter(pk=study_id).exclude(
         flagged_by_model=result.flagged, flagged_finding=finding, result_label=label
     ).update(flagged_by_model=result.flagged, flagged_finding=finding, result_label=label)
+    webhook_delivery_create(study_id=study_id, result=result)
     return result
 
 

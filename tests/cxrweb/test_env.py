@@ -13,11 +13,13 @@ from cxrweb.env import (
     env_ae_title,
     env_ae_titles,
     env_bool,
+    env_choice,
     env_float,
     env_int,
     env_non_negative_int,
     env_paths,
     env_positive_int,
+    env_url,
 )
 
 NAME = "CXR_TEST_ENV_VALUE"
@@ -124,3 +126,22 @@ def test_a_bad_ae_title_is_refused(monkeypatch, raw):
     if raw.strip():
         with pytest.raises(ImproperlyConfigured, match=NAME):
             env_ae_titles(NAME)
+
+
+def test_it_reads_one_of_the_choices(monkeypatch):
+    assert env_choice(NAME, "a", ("a", "b")) == "a"
+    monkeypatch.setenv(NAME, " B ")
+    assert env_choice(NAME, "a", ("a", "b")) == "b"
+    monkeypatch.setenv(NAME, "c")
+    with pytest.raises(ImproperlyConfigured, match=f"{NAME} must be one of a, b; got 'c'"):
+        env_choice(NAME, "a", ("a", "b"))
+
+
+@pytest.mark.parametrize("bad", ["example.org/hook", "ftp://example.org/", "https:///nohost"])
+def test_it_reads_an_http_url_or_nothing(monkeypatch, bad):
+    assert env_url(NAME) == ""
+    monkeypatch.setenv(NAME, " https://example.org/hook ")
+    assert env_url(NAME) == "https://example.org/hook"
+    monkeypatch.setenv(NAME, bad)
+    with pytest.raises(ImproperlyConfigured, match=f"{NAME} must be an http:// or https://"):
+        env_url(NAME)

@@ -20,13 +20,13 @@ from training import selectors
 from training.calibration_forms import CalibrationForm
 from training.forms import EvaluationForm, PromoteForm
 from training.models import Evaluation, ModelVersion
+from training.recipe import version_recipe
 from training.services import (
     PromotionNeedsExternalValidation,
     evaluation_create,
     model_version_promote,
     versions_validation,
 )
-from training.recipe import version_recipe
 from training.views.common import (
     EVALUATION_PLOTS,
     PER_CLASS_COLUMNS,
