@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('diagnosis', '0011_auditevent_to_audit_app'),
+        ('diagnosis', '0013_dataset_export'),
     ]
 
     operations = [

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('diagnosis', '0016_dataset_export'),
+        ('diagnosis', '0014_pacs_export'),
     ]
 
     operations = [

@@ -3,7 +3,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("training", "0004_patient_groups"),
+        ("training", "0005_ood_reference"),
     ]
 
     operations = [

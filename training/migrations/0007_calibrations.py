@@ -33,7 +33,7 @@ def initial_calibrations(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("training", "0005_ood_reference"),
+        ("training", "0006_promotion_gate"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -7,8 +7,8 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("diagnosis", "0011_auditevent_to_audit_app"),
-        ("training", "0004_patient_groups"),
+        ("diagnosis", "0012_prediction_ood"),
+        ("training", "0007_calibrations"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
