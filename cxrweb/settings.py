@@ -8,7 +8,6 @@ ALLOWED_HOSTS and DEBUG=false.
 from __future__ import annotations
 
 import os
-import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,11 +16,8 @@ from django.core.exceptions import ImproperlyConfigured
 
 from cxrweb.env import (
     env,
-    env_ae_title,
-    env_ae_titles,
     env_bool,
     env_float,
-    env_int,
     env_non_negative_int,
     env_paths,
     env_positive_int,
@@ -190,14 +186,6 @@ CXR_MIN_IMAGE_SIDE = env_positive_int("CXR_MIN_IMAGE_SIDE", 128)
 CXR_MAX_ASPECT_RATIO = env_float("CXR_MAX_ASPECT_RATIO", 3.0, minimum=1)  # 3 means 1:3
 FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024
 
-# DICOM in (docs/operations.md#dicom-in): the C-STORE SCP that `manage.py dicom_scp` (started by
-# scripts/run.sh) runs, with its AE title; CXR_DICOM_ALLOWED_CALLING_AES (comma-separated) limits
-# who may send, empty for any calling AE.
-CXR_DICOM_HOST = env.str("CXR_DICOM_HOST", default="127.0.0.1")
-CXR_DICOM_PORT = env_int("CXR_DICOM_PORT", 11112, minimum=1, maximum=65535)
-CXR_DICOM_AE_TITLE = env_ae_title("CXR_DICOM_AE_TITLE", "CXRTRIAGE")
-CXR_DICOM_ALLOWED_CALLING_AES = env_ae_titles("CXR_DICOM_ALLOWED_CALLING_AES")
-
 # Celery. Status lives in our rows, not in Celery results, so no result backend is needed.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=f"redis+socket://{VAR_DIR / 'redis.sock'}")
 CELERY_TASK_IGNORE_RESULT = True
@@ -253,37 +241,8 @@ CXR_PREDICTION_STALE_AFTER_S = env_positive_int(
     "CXR_PREDICTION_STALE_AFTER_S", CELERY_TASK_TIME_LIMIT + 60
 )
 CXR_PREDICTION_MAX_ATTEMPTS = env_positive_int("CXR_PREDICTION_MAX_ATTEMPTS", 3)
-# Micro-batching: a worker analyses up to this many queued predictions of the same model in one
-# forward/backward pass (only what is already waiting: a lone upload is never held back).
-# 0 = by device: 8 on a CPU, 16 on a GPU; 1 turns batching off. The model's work per image is
-# lower in batches; a batch's first result waits for the whole batch, but only under load, where
-# a batch's throughput shortens the queue wait. Why 8 and not 16 on a CPU: bench/RESULTS.md.
-CXR_INFERENCE_BATCH_SIZE = env_non_negative_int("CXR_INFERENCE_BATCH_SIZE", 0)
-# On a CPU, a worker runs the model's layers below the Grad-CAM layer as one frozen TorchScript
-# graph (oneDNN, pre-packed weights), kept where it gives the same outputs and does not time
-# slower than eager, the two timed in turns at load (the trace and the check make a load longer;
-# figures in bench/RESULTS.md). false: everything eager.
-CXR_INFERENCE_FREEZE = env_bool("CXR_INFERENCE_FREEZE", True)
-# Workers lower their CPU priority by this much (nice) at start, so that on a host shared with
-# the web server an upload is never queued behind model work; a host that runs only workers
-# is unaffected. 0 keeps the priority.
-CXR_WORKER_NICE = env_int("CXR_WORKER_NICE", 10, minimum=0, maximum=19)
-# Freed memory a worker process keeps for its next prediction instead of handing it back to the
-# system (glibc's malloc trim threshold; blocks under 64 MB then come from the heap, not from a
-# fresh mapping each time). With glibc's defaults every prediction returns its working memory
-# and faults it in again (a measurable share of its CPU: bench/RESULTS.md); the cost is up to this
-# much resident memory per pool process. 0 keeps glibc's defaults; no effect on other C libraries.
-CXR_WORKER_HEAP_RETAIN_MB = env_non_negative_int("CXR_WORKER_HEAP_RETAIN_MB", 256)
-# The worker's main process imports torch & co. before forking its pool, so the pool processes
-# share those libraries' memory and restart faster. false: each pool process imports its own.
-CXR_WORKER_PRELOAD_ML = env_bool("CXR_WORKER_PRELOAD_ML", True)
-# Each pool process of an inference worker loads the production model as soon as it is up,
-# rather than on its first prediction, which would wait for the load. false: on first use.
-CXR_WORKER_WARM_MODEL = env_bool("CXR_WORKER_WARM_MODEL", True)
-# How often (seconds) that thread looks for a newly promoted version to load ahead; 0: never.
-CXR_WORKER_WARM_POLL_S = env_non_negative_int("CXR_WORKER_WARM_POLL_S", 10)
-# A crashed prediction goes back to the queue after this delay (behind what is waiting).
-CXR_RETRY_DELAY_S = env_float("CXR_RETRY_DELAY_S", 5.0, minimum=0)
+from cxrweb.settings_worker import *  # noqa: E402, F403 - how inference workers run
+
 # The reconciler (a periodic task, and `manage.py reconcile_predictions`) re-sends a queued
 # prediction whose message was lost after this long, at most CXR_PREDICTION_MAX_DISPATCHES times.
 CXR_RECONCILE_QUEUED_AFTER_S = env_positive_int("CXR_RECONCILE_QUEUED_AFTER_S", 600)
@@ -420,33 +379,7 @@ SECURE_HSTS_PRELOAD = CXR_HTTPS
 if env_bool("CXR_BEHIND_PROXY", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
-# Results back out to the PACS (docs/operations.md, "Results to the PACS"): a DICOM SR and a
-# Secondary Capture of the overlay per study, sent by the inference workers. CXR_PACS_URL: a
-# DICOMweb base (STOW-RS to {url}/studies); else CXR_PACS_AE, host:port:AET for C-STORE; both
-# empty: nothing is sent. CXR_PACS_SEND_ON: when a study's result is complete ("result"), when a
-# reading is signed ("reading"), or "both".
-CXR_PACS_URL = env.str("CXR_PACS_URL", default="").strip()
-CXR_PACS_AE = env.str("CXR_PACS_AE", default="").strip()
-if CXR_PACS_AE and not re.fullmatch(r"[^:\s]+:\d{1,5}:[^\\]{1,16}", CXR_PACS_AE):
-    raise ImproperlyConfigured(
-        f"CXR_PACS_AE must be host:port:AET (e.g. pacs.example.org:104:PACS), not {CXR_PACS_AE!r}"
-    )
-if CXR_PACS_URL and not re.match(r"https?://", CXR_PACS_URL):
-    raise ImproperlyConfigured(
-        f"CXR_PACS_URL must be an http(s) DICOMweb base URL, not {CXR_PACS_URL!r}"
-    )
-CXR_PACS_SEND_ON = env.str("CXR_PACS_SEND_ON", default="result").strip().lower()
-if CXR_PACS_SEND_ON not in ("result", "reading", "both"):
-    raise ImproperlyConfigured(
-        f"CXR_PACS_SEND_ON must be result, reading or both, not {CXR_PACS_SEND_ON!r}"
-    )
-# Our AE title as the C-STORE caller (the PACS must know it): the SCP's by default.
-CXR_PACS_CALLING_AE = env_ae_title("CXR_PACS_CALLING_AE", CXR_DICOM_AE_TITLE)
-# Tries per object before it is marked failed; waits between them grow from CXR_PACS_RETRY_S
-# (doubling, at most an hour); each try waits at most CXR_PACS_TIMEOUT_S for the PACS.
-CXR_PACS_MAX_ATTEMPTS = env_positive_int("CXR_PACS_MAX_ATTEMPTS", 8)
-CXR_PACS_RETRY_S = env_float("CXR_PACS_RETRY_S", 30.0, minimum=0)
-CXR_PACS_TIMEOUT_S = env_float("CXR_PACS_TIMEOUT_S", 30.0, minimum=1)
+from cxrweb.settings_dicom import *  # noqa: E402, F403 - DICOM in, results to the PACS
 
 LOGGING = {
     "version": 1,
