@@ -283,6 +283,32 @@ def _open_pictures(
     return pictures
 
 
+# Upload modes that may hold colour; the display copy the model reads is always grey.
+_COLOUR_MODES = ("RGB", "RGBA", "YCbCr", "CMYK", "P", "PA", "LAB", "HSV")
+
+
+def _with_colour_check(ood: dict, image: Image) -> dict:
+    """``ood`` with the colour check run on the uploaded original when it may hold colour: the
+    model sees a grey copy, in which a colour photograph looks like any grey picture."""
+    from PIL import Image as PILImage
+
+    from training.ml.ood import COLOUR_PHOTO, image_checks
+
+    if image.format == Image.Format.DICOM or image.source_mode not in _COLOUR_MODES:
+        return ood
+    try:
+        with image.original.open("rb") as fh:
+            original = PILImage.open(io.BytesIO(fh.read()), formats=["PNG", "JPEG"])
+            original.draft("RGB", (256, 256))
+            original.load()
+    except Exception:  # noqa: BLE001 - the check is a bonus; the display copy was readable
+        logger.warning("image %s: the original could not be read for the colour check", image.pk)
+        return ood
+    if COLOUR_PHOTO not in image_checks(original) or COLOUR_PHOTO in ood["reasons"]:
+        return ood
+    return {**ood, "flagged": True, "reasons": [COLOUR_PHOTO, *ood["reasons"]]}
+
+
 def _rendered(
     prediction: Prediction, picture: Any, result: Any, predictor: Predictor, predict_ms: float
 ) -> dict | Exception:
@@ -301,7 +327,7 @@ def _rendered(
         "overlay": overlay_png,
         "device": str(predictor.device),
         # {"score", "threshold", "flagged", "reasons"} (training.ml.ood.OODResult).
-        "ood": result.ood.to_dict(),
+        "ood": _with_colour_check(result.ood.to_dict(), prediction.image),
         # This image's share of the batch's pass, plus its own rendering.
         "compute_ms": predict_ms + (time.perf_counter() - started) * 1000.0,
     }

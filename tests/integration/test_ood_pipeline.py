@@ -79,3 +79,27 @@ def test_a_blank_picture_is_flagged_by_the_worker_and_the_study_is_unreliable(
     assert other["result"]["shown_label"] == other["result"]["label"]
     assert Study.objects.get(pk=ood_study["id"]).result_label == UNRELIABLE_LABEL
     assert f"<strong data-study-label>{UNRELIABLE_LABEL}</strong>" in page
+
+
+def test_a_colour_photograph_is_flagged_although_the_model_reads_a_grey_copy(
+    api_token, production_model, celery_worker
+):
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {api_token}")
+    rng = np.random.default_rng(1)
+    xray = np.asarray(imagegen.make_xray(320, 320).convert("L"), dtype=np.float64)
+    tint = np.stack([xray, xray * 0.5 + 60 * rng.random(xray.shape), 255 - xray], axis=-1)
+    photo = PILImage.fromarray(tint.clip(0, 255).astype(np.uint8), "RGB")
+    grey_in_rgb = imagegen.make_xray(320, 320).convert("RGB")  # a radiograph saved as RGB
+
+    colour = _done(
+        api, _upload(api, imagegen.png_bytes(photo), "p.png", "OODC-1")["predictions"][0]["url"]
+    )
+    grey = _done(
+        api,
+        _upload(api, imagegen.png_bytes(grey_in_rgb), "g.png", "OODC-2")["predictions"][0]["url"],
+    )
+
+    assert colour["ood"]["flagged"] is True
+    assert colour["ood"]["reasons"][0] == "a colour photograph, not a radiograph"
+    assert grey["ood"]["flagged"] is False

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = [
+    "COLOUR_PHOTO",
     "FORMAT_VERSION",
     "METHOD",
     "OODError",
@@ -46,6 +47,9 @@ __all__ = [
 ]
 
 METHOD = "mahalanobis-ledoit-wolf"
+#: The colour check's reason (the worker runs it on the uploaded original: the model reads a grey
+#: display copy).
+COLOUR_PHOTO = "a colour photograph, not a radiograph"
 FORMAT_VERSION = 1
 MAX_COMPONENTS = 256
 MIN_SIDE = 32
@@ -359,7 +363,7 @@ def image_checks(image: Image.Image) -> list[str]:
         rgb = np.asarray(thumb.convert("RGB"), dtype=np.int16)
         chroma = rgb.max(axis=2) - rgb.min(axis=2)
         if float((chroma > _CHROMA).mean()) > _COLOURED_SHARE:
-            reasons.append("a colour photograph, not a radiograph")
+            reasons.append(COLOUR_PHOTO)
     std = float(grey.std())
     if std < _UNIFORM_STD:
         reasons.append(f"nearly uniform image (grey-level spread {std:.1f} of 255)")
