@@ -4,6 +4,7 @@ server's bulk status (issue #24 item 3)."""
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -21,11 +22,14 @@ def test_it_offers_uploads_and_reads_completion_from_the_server(
         (tmp_path / f"cxr{i}.png").write_bytes(imagegen.png_bytes(seed=i))
     source = ImageSource(sorted(tmp_path.glob("*.png")))
 
-    report = asyncio.run(
-        async_load.run(
-            live_server.url, api_token, source, rate=4.0, seconds=1.0, poll_s=0.2, timeout_s=120
-        )
-    )
+    # In a thread of its own: the browser tests' Playwright keeps an event loop in this one.
+    with ThreadPoolExecutor(1) as pool:
+        report = pool.submit(
+            asyncio.run,
+            async_load.run(
+                live_server.url, api_token, source, rate=4.0, seconds=1.0, poll_s=0.2, timeout_s=120
+            ),
+        ).result()
 
     uploads, completion = report["uploads"], report["completion"]
     assert uploads["offered"] == uploads["sent"] == uploads["accepted"] == 4

@@ -6,7 +6,9 @@ from django.contrib import messages
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
+from cxrweb.audit.models import AuditEvent
 from cxrweb.permissions import model_admin_required
+from diagnosis.audit import audit_view
 from diagnosis.export_models import DatasetExport
 from diagnosis.services.exports import ExportRejected, dataset_export_create, export_candidates
 
@@ -37,14 +39,25 @@ def exports(request):
             return redirect("diagnosis:exports")
     candidates = export_candidates(
         signed_from=dates.get("signed_from"), signed_to=dates.get("signed_to")
-    )
+    )[:500]
+    if candidates:  # accession numbers and signed labels: one event names every listed study
+        audit_view(
+            request,
+            AuditEvent.Action.VIEW_STUDY,
+            None,
+            view="exports",
+            study=None,
+            detail={
+                "studies": [c.study.pk for c in candidates],
+                "patients": [c.study.patient.mrn for c in candidates],
+            },
+        )
     return render(
         request,
         "diagnosis/exports.html",
         {
             "form": form,
-            "candidates": candidates[:500],
-            "more": max(0, len(candidates) - 500),
+            "candidates": candidates,
             "exports": DatasetExport.objects.select_related("dataset", "created_by")[:50],
         },
     )

@@ -29,7 +29,7 @@ def version(db, state_dict_file, settings):
         classes=PNEUMONIA_CLASSES,
         name="pneu-site",
     )
-    return model_version_promote(version=v, reason="test")
+    return model_version_promote(version=v, reason="test", override_reason="tests: no dataset")
 
 
 def _signed_study(radiologist, version, i: int, final_label: str, p_pneumonia: float):
@@ -98,6 +98,7 @@ def test_the_worker_reads_the_next_image_with_the_activated_temperature(
             name="pneu-live",
         ),
         reason="test",
+        override_reason="tests: no dataset",
     )
 
     def done(prediction: Prediction) -> Prediction:

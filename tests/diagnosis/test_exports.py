@@ -212,6 +212,10 @@ def test_the_page_queues_an_export_for_the_training_worker(
     page = client.get("/exports/")
     assert page.status_code == 200
     assert page.content.count(b'name="study"') == len(ids)
+    viewed = AuditEvent.objects.filter(action=AuditEvent.Action.VIEW_STUDY).latest("pk")
+    assert (
+        sorted(viewed.detail["studies"]) == sorted(ids) and viewed.username == admin_user.username
+    )
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post("/exports/", {"name": "from-page", "study": ids[:3]})
     assert response.status_code == 302

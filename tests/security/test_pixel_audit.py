@@ -63,6 +63,10 @@ EXEMPT = {
     "api:study-readings": "POST only: the signed reading is a READING event; a 409 that shows "
     "the current result is a VIEW_STUDY event",
     "api:dicom-peek": "reads back the header of the file the client sends; nothing stored",
+    "diagnosis:exports": "admins only (this test's radiologist gets 403); its list is a "
+    "VIEW_STUDY event naming every listed study and patient (tests/diagnosis/test_exports.py)",
+    "api:prediction-states": "ids, status and server times of predictions: no patient, no "
+    "result; the results themselves are read through the audited api:prediction",
     "api:schema": "the OpenAPI document: the API's shape, no patient",
     "api:docs": "the API's documentation page (Swagger UI): no patient",
 }
