@@ -123,7 +123,9 @@ def test_the_reconcile_command_reports_what_it_did(queued, sent, settings, capsy
 
     _age(queued, last_dispatched_at=timezone.now() - dt.timedelta(days=1))
     call_command("reconcile_predictions")
-    assert "re-sent 1, failed 0" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "re-sent 1, failed 0" in out
+    assert "PACS exports made 0, re-sent 0; webhooks re-sent 0" in out  # the periodic task's reach
 
 
 def test_a_claim_beyond_the_limit_whose_process_died_is_not_counted_as_an_attempt(
