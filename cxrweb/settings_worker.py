@@ -4,7 +4,14 @@ them. Figures behind the defaults: bench/RESULTS.md."""
 
 from __future__ import annotations
 
-from cxrweb.env import env_bool, env_float, env_int, env_non_negative_int
+from cxrweb.env import (
+    env_bool,
+    env_choice,
+    env_float,
+    env_int,
+    env_non_negative_int,
+    env_positive_int,
+)
 
 # Micro-batching: a worker analyses up to this many queued predictions of the same model in one
 # forward/backward pass (only what is already waiting: a lone upload is never held back).
@@ -37,3 +44,17 @@ CXR_WORKER_WARM_MODEL = env_bool("CXR_WORKER_WARM_MODEL", True)
 CXR_WORKER_WARM_POLL_S = env_non_negative_int("CXR_WORKER_WARM_POLL_S", 10)
 # A crashed prediction goes back to the queue after this delay (behind what is waiting).
 CXR_RETRY_DELAY_S = env_float("CXR_RETRY_DELAY_S", 5.0, minimum=0)
+
+# One model server per GPU (diagnosis.worker.model_servers): on a GPU host the inference worker's
+# pool processes decode images and render heatmaps on the CPU and send the decoded images to one
+# process per GPU, which batches them and runs the model, instead of each pool process holding a
+# CUDA context of its own (~1 GB of memory each). auto: on where the worker's host has a CUDA
+# GPU; on: also on a CPU (one server for the host); off: every pool process runs the model.
+CXR_MODEL_SERVER = env_choice("CXR_MODEL_SERVER", "auto", ("auto", "on", "off"))
+# The most images a model server runs in one pass (across the pool processes' requests).
+CXR_MODEL_SERVER_BATCH = env_positive_int("CXR_MODEL_SERVER_BATCH", 64)
+# How long a server waits after a request for others to join its batch (milliseconds).
+CXR_MODEL_SERVER_WAIT_MS = env_float("CXR_MODEL_SERVER_WAIT_MS", 2.0, minimum=0, maximum=1000)
+# torch's CPU threads in each server; 0: the host's cores shared among the servers, at most 4 on
+# a GPU (the GPU does the model's work) and all of them on a CPU.
+CXR_MODEL_SERVER_THREADS = env_non_negative_int("CXR_MODEL_SERVER_THREADS", 0)

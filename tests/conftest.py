@@ -278,6 +278,15 @@ def wait_for(
         time.sleep(interval)
 
 
+def process_running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (exited, waiting to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 # ---- browser tests (tests/browser, tests/security): one Chromium for the whole session ----------
 @pytest.fixture(scope="session")
 def artifacts_dir() -> Path:

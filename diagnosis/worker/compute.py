@@ -23,9 +23,13 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from diagnosis.models import Image, Prediction
+from diagnosis.worker import model_servers
 from diagnosis.worker.errors import PredictionFailure
 from diagnosis.worker.faults import inject_fault
 from training.ml.infer.predictor import Predictor
+from training.ml.infer.remote import (
+    ModelServerUnavailable,
+)
 from training.ml.infer.render import render_pngs
 from training.ml.memory import retain_freed_memory
 from training.ml.models.checkpoint import file_sha256
@@ -58,9 +62,12 @@ def configure_torch_threads(concurrency: int | None = None) -> int:
 
 
 def batch_size() -> int:
-    """How many predictions a worker runs in one pass (CXR_INFERENCE_BATCH_SIZE; 0 = by device)."""
+    """How many predictions a worker runs in one pass (CXR_INFERENCE_BATCH_SIZE; 0 = by device:
+    16 where a model server or this process has a GPU, 8 on a CPU)."""
     if settings.CXR_INFERENCE_BATCH_SIZE > 0:
         return settings.CXR_INFERENCE_BATCH_SIZE
+    if model_servers.client_address() is not None:
+        return 16  # without touching CUDA here: the server has the GPU
     return 16 if torch.cuda.is_available() else 8
 
 
@@ -147,6 +154,8 @@ def _load(version: ModelVersion) -> Predictor:
     from training.ml.errors import MLError
 
     reference = _ood_reference(version)
+    if model_servers.client_address() is not None:
+        return model_servers.remote_predictor(version, path)
     try:
         predictor = Predictor.from_file(
             path,
@@ -232,6 +241,10 @@ def compute_batch(batch: list[Prediction]) -> list[dict | Exception]:
             results = predictor.predict([pictures[i] for i in indices])
         except DatabaseError:
             raise
+        except ModelServerUnavailable as exc:  # no fault of the images: all back to the queue
+            logger.warning("prediction %s: %s", batch[indices[0]].pk, exc)
+            outcomes.update(dict.fromkeys(indices, exc))
+            continue
         except Exception as exc:  # noqa: BLE001 - the model crashed: isolate the image at fault
             if len(indices) > 1:
                 logger.warning(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 
-from celery.signals import celeryd_init, worker_process_init
+from celery.signals import celeryd_init, worker_process_init, worker_shutdown
 from django.db import DatabaseError
 
 
@@ -24,7 +24,9 @@ def _configure_worker(sender=None, instance=None, conf=None, options=None, **kwa
       answers uploads first and the workers take the rest of the CPU;
     - import the ML libraries once, here (CXR_WORKER_PRELOAD_ML): see _preload_ml;
     - when it consumes the inference queue, have each pool process load the production model as
-      soon as it is up (CXR_WORKER_WARM_MODEL): see _warm_production_model.
+      soon as it is up (CXR_WORKER_WARM_MODEL): see _warm_production_model;
+    - and on a GPU host, start one model server per GPU (CXR_MODEL_SERVER): see
+      diagnosis.worker.model_servers.
     """
     global _warm_in_pool
     from django.conf import settings
@@ -45,6 +47,18 @@ def _configure_worker(sender=None, instance=None, conf=None, options=None, **kwa
     if isinstance(queues, str):
         queues = queues.split(",")
     _warm_in_pool = settings.CXR_WORKER_WARM_MODEL and "inference" in queues
+    if "inference" in queues:
+        from diagnosis.worker import model_servers
+
+        model_servers.start_for_worker(log)
+
+
+@worker_shutdown.connect
+def _stop_model_servers(**kwargs) -> None:
+    """The worker's model servers (if it runs any) stop with it."""
+    from diagnosis.worker import model_servers
+
+    model_servers.stop_for_worker()
 
 
 _warm_in_pool = False  # set in the main process before the fork; the pool processes inherit it

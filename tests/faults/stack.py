@@ -109,8 +109,9 @@ class FaultStack:
         )
         return done.stdout
 
-    def _spawn(self, name: str, argv: list[str]) -> Proc:
-        proc = Proc(name, argv, env=self.env, log_path=self.logs / f"{name}.log").start()
+    def _spawn(self, name: str, argv: list[str], extra_env: dict | None = None) -> Proc:
+        env = {**self.env, **(extra_env or {})}
+        proc = Proc(name, argv, env=env, log_path=self.logs / f"{name}.log").start()
         self.procs.append(proc)
         return proc
 
@@ -166,10 +167,16 @@ class FaultStack:
         return self.beat
 
     def start_worker(
-        self, *, wait: bool = True, hostname: str | None = None, concurrency: int = 1
+        self,
+        *,
+        wait: bool = True,
+        hostname: str | None = None,
+        concurrency: int = 1,
+        extra_env: dict | None = None,
     ) -> Proc:
         """A new Celery worker in its own process group. `hostname` runs it under another host
-        name (a UTS namespace, `unshare -u`), as if it ran on another machine."""
+        name (a UTS namespace, `unshare -u`), as if it ran on another machine; `extra_env`
+        configures it beyond the stack's settings."""
         self._worker_seq += 1
         name = f"w{self._worker_seq}"
         argv = [
@@ -192,7 +199,7 @@ class FaultStack:
         ]
         if hostname:
             argv = ["unshare", "-u", "sh", "-c", f'hostname {hostname} && exec "$0" "$@"', *argv]
-        worker = self._spawn(name, argv)
+        worker = self._spawn(name, argv, extra_env)
         self.workers.append(worker)
         if wait:
             self.wait_worker_ready(worker)

@@ -20,11 +20,14 @@ if TYPE_CHECKING:
 __all__ = [
     "OVERLAY_LONG_SIDE",
     "Preprocessing",
+    "batch_gray_input",
     "batch_model_input",
     "jpeg_draft",
     "reading_long_side",
     "reduce_for_reading",
+    "normalise",
     "to_display_image",
+    "to_gray_input",
     "to_grayscale_array",
     "to_model_input",
 ]
@@ -151,11 +154,14 @@ def to_display_image(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.rint(gray * 255.0).astype(np.uint8))
 
 
-def to_model_input(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
-    """A 3xHxW float32 tensor: grayscale copied to 3 channels, squashed, normalised.
+def to_gray_input(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
+    """A 1xSxS float32 tensor in [0, 1]: the grayscale picture resized to the model's input.
 
     The whole image is resized to ``input_size`` x ``input_size`` without keeping the aspect ratio
     and without cropping: a centre crop would cut off the lung edges and costophrenic angles.
+    This is the costly, per-image half of :func:`to_model_input` (a worker's CPU processes do it
+    and hand the result to a model server, :mod:`training.ml.infer.server`); :func:`normalise`
+    is the other half.
     """
     import torch
     from torch.nn import functional as F
@@ -166,16 +172,38 @@ def to_model_input(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
         gray = F.interpolate(
             gray, size=(size, size), mode="bilinear", align_corners=False, antialias=True
         )
-    gray = gray.clamp_(0.0, 1.0)[0]  # 1xHxW
-    mean = torch.tensor(prep.mean, dtype=torch.float32)[:, None, None]
-    std = torch.tensor(prep.std, dtype=torch.float32)[:, None, None]
-    return ((gray.expand(3, size, size) - mean) / std).contiguous()
+    return gray.clamp_(0.0, 1.0)[0]
+
+
+def normalise(gray: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """Nx1xSxS (or 1xSxS) grayscale in [0, 1] -> Nx3xSxS (3xSxS) model input, on ``gray``'s
+    device: copied to 3 channels, less the mean, over the std (float32, in that order)."""
+    import torch
+
+    shape = (3, 1, 1) if gray.ndim == 3 else (1, 3, 1, 1)
+    mean = torch.tensor(prep.mean, dtype=torch.float32, device=gray.device).view(shape)
+    std = torch.tensor(prep.std, dtype=torch.float32, device=gray.device).view(shape)
+    expanded = gray.expand(*gray.shape[:-3], 3, *gray.shape[-2:])
+    return ((expanded - mean) / std).contiguous()
+
+
+def to_model_input(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
+    """A 3xHxW float32 tensor: grayscale copied to 3 channels, squashed, normalised
+    (:func:`to_gray_input`, then :func:`normalise`)."""
+    return normalise(to_gray_input(image, prep), prep)
+
+
+def batch_gray_input(images: Sequence[Image.Image], prep: Preprocessing) -> torch.Tensor:
+    """Nx1xSxS float32 tensor in [0, 1] for a list of images (:func:`to_gray_input`)."""
+    import torch
+
+    if not images:
+        raise ValueError("batch_gray_input needs at least one image.")
+    return torch.stack([to_gray_input(image, prep) for image in images])
 
 
 def batch_model_input(images: Sequence[Image.Image], prep: Preprocessing) -> torch.Tensor:
     """N x 3 x H x W float32 tensor for a list of images."""
-    import torch
-
     if not images:
         raise ValueError("batch_model_input needs at least one image.")
-    return torch.stack([to_model_input(image, prep) for image in images])
+    return normalise(batch_gray_input(images, prep), prep)

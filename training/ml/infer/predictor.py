@@ -23,9 +23,9 @@ from ..models.checkpoint import build_for_inference, check_classes, load_weights
 from ..models.speedups import fold_batchnorm, freeze_below
 from ..models.weights import IncompatibleWeights
 from ..ood import FeatureCapture, OODReference, OODResult, image_checks, ood_result
-from ..preprocessing import Preprocessing, batch_model_input
+from ..preprocessing import Preprocessing, batch_gray_input, normalise
 
-__all__ = ["PredictionResult", "Predictor"]
+__all__ = ["PredictionResult", "Predictor", "RawOutputs"]
 
 
 @dataclass
@@ -36,6 +36,50 @@ class PredictionResult:
     cam_class: str
     # Unlike the training data? Never None: without a reference only the image checks flag.
     ood: OODResult = field(default_factory=lambda: OODResult(None, None, False, []))
+
+
+@dataclass
+class RawOutputs:
+    """What one pass of the model gives for N images, before the image checks are added: plain
+    arrays, so that a model server can send it to the process that asked (and :meth:`take` its
+    share of a batch)."""
+
+    classes: list[str]
+    probabilities: np.ndarray  # N x C float64, rows sum to 1
+    cams: np.ndarray  # N x S x S float32 in [0, 1]
+    labels: list[str]  # the most probable class of each
+    cam_classes: list[str]  # the class each CAM shows
+    ood_scores: list[float | None]  # None without an OOD reference
+    ood_threshold: float | None
+
+    def take(self, start: int, stop: int) -> RawOutputs:
+        return RawOutputs(
+            self.classes,
+            self.probabilities[start:stop],
+            self.cams[start:stop],
+            self.labels[start:stop],
+            self.cam_classes[start:stop],
+            self.ood_scores[start:stop],
+            self.ood_threshold,
+        )
+
+    def results(self, checks: Sequence[list[str]]) -> list[PredictionResult]:
+        """One :class:`PredictionResult` per image; ``checks[i]``: image ``i``'s
+        :func:`~training.ml.ood.image_checks`."""
+        if len(checks) != len(self.labels):
+            raise ValueError(f"{len(checks)} image checks for {len(self.labels)} results.")
+        return [
+            PredictionResult(
+                probabilities={
+                    c: float(p) for c, p in zip(self.classes, self.probabilities[i], strict=True)
+                },
+                label=self.labels[i],
+                cam=self.cams[i],
+                cam_class=self.cam_classes[i],
+                ood=ood_result(self.ood_scores[i], self.ood_threshold, list(checks[i])),
+            )
+            for i in range(len(self.labels))
+        ]
 
 
 class _ArgmaxTarget:
@@ -182,12 +226,29 @@ class Predictor:
         images = list(images)
         if not images:
             return []
-        if cam_classes is None:
-            cam_classes = [None] * len(images)
-        cam_classes = list(cam_classes)
-        if len(cam_classes) != len(images):
+        checks = [image_checks(image) for image in images]
+        raw = self.predict_gray(batch_gray_input(images, self.preprocessing), cam_classes)
+        return raw.results(checks)
+
+    def predict_gray(
+        self, gray: torch.Tensor, cam_classes: Sequence[str | None] | None = None
+    ) -> RawOutputs:
+        """The forward and backward pass of :meth:`predict` on images already read and resized
+        (``gray``: Nx1xSxS float32 in [0, 1], :func:`~training.ml.preprocessing.batch_gray_input`),
+        normalised on this predictor's device. A model server runs this on what several worker
+        processes decoded (:mod:`training.ml.infer.server`)."""
+        size = self.preprocessing.input_size
+        if gray.ndim != 4 or tuple(gray.shape[1:]) != (1, size, size):
             raise ValueError(
-                f"cam_classes has {len(cam_classes)} entries for {len(images)} images; give one "
+                f"Expected grayscale input of shape Nx1x{size}x{size}, got {tuple(gray.shape)}."
+            )
+        count = gray.shape[0]
+        if cam_classes is None:
+            cam_classes = [None] * count
+        cam_classes = list(cam_classes)
+        if len(cam_classes) != count:
+            raise ValueError(
+                f"cam_classes has {len(cam_classes)} entries for {count} images; give one "
                 f"per image (None for the predicted class)."
             )
         targets: list[ClassifierOutputTarget | _ArgmaxTarget] = []
@@ -201,8 +262,7 @@ class Predictor:
                     f"Unknown CAM class {name!r}; this model's classes are {self.classes}."
                 )
 
-        checks = [image_checks(image) for image in images]
-        batch = batch_model_input(images, self.preprocessing).to(self.device)
+        batch = normalise(gray.to(self.device, torch.float32), self.preprocessing)
         cams: np.ndarray | None = None
         logits: torch.Tensor | None = None
         # Parameters are frozen and the input needs no gradient: Grad-CAM only needs the gradient
@@ -235,24 +295,20 @@ class Predictor:
                 "worker's stdout). Check that the model's outputs match its classes."
             )
 
-        scores: list[float | None] = [None] * len(images)
+        scores: list[float | None] = [None] * count
         if capture is not None and self.ood_reference is not None:
             scores = [float(x) for x in self.ood_reference.scores(capture.features().numpy())]
-        threshold = self.ood_reference.threshold if self.ood_reference is not None else None
-        probabilities = torch.softmax(logits / self.temperature, dim=1).numpy()
         top = logits.argmax(dim=1).tolist()
-        results = []
-        for i, name in enumerate(cam_classes):
-            cam_map = np.clip(np.nan_to_num(cams[i], nan=0.0), 0.0, 1.0).astype(np.float32)
-            results.append(
-                PredictionResult(
-                    probabilities={
-                        c: float(p) for c, p in zip(self.classes, probabilities[i], strict=True)
-                    },
-                    label=self.classes[top[i]],
-                    cam=cam_map,
-                    cam_class=self.classes[top[i]] if name is None else name,
-                    ood=ood_result(scores[i], threshold, checks[i]),
-                )
-            )
-        return results
+        return RawOutputs(
+            classes=list(self.classes),
+            probabilities=torch.softmax(logits / self.temperature, dim=1).numpy(),
+            cams=np.clip(np.nan_to_num(cams, nan=0.0), 0.0, 1.0).astype(np.float32),
+            labels=[self.classes[i] for i in top],
+            cam_classes=[
+                self.classes[top[i]] if name is None else name for i, name in enumerate(cam_classes)
+            ],
+            ood_scores=scores,
+            ood_threshold=(
+                self.ood_reference.threshold if self.ood_reference is not None else None
+            ),
+        )
