@@ -194,8 +194,12 @@ def measure_floor(args: argparse.Namespace) -> None:
     warm()
     same = _best_pass(predictor, images, render_pngs, args.rounds)
     batch: dict[str, float] = {}
-    for size in args.batch_sizes:
-        chunks = [images[i : i + size] for i in range(0, n - n % size, size)]
+    # On a GPU also the model server's batch sizes (up to CXR_MODEL_SERVER_BATCH, 64), the
+    # images repeated to fill them.
+    sizes = sorted({*args.batch_sizes, *((16, 32, 64) if torch.cuda.is_available() else ())})
+    for size in sizes:
+        pool = images * -(-size // n) if size > n else images
+        chunks = [pool[i : i + size] for i in range(0, len(pool) - len(pool) % size, size)]
         if chunks:
             predictor.predict(chunks[0])  # first call of a batch shape: not timed
             seconds = min(_timed(predictor.predict, chunks) for _ in range(args.rounds))

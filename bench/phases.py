@@ -280,6 +280,11 @@ class Bench:
         self.report["floor"] = floor
         tput = self.report.get("throughput_per_s")
         self.report["ratio"] = round(tput / floor["floor_per_s"], 3) if tput else None
+        batches = floor.get("batch_floor_per_s") or {}
+        if tput and batches:
+            # Against the best batched pass (the model server's batches on a GPU).
+            size, best = max(batches.items(), key=lambda kv: kv[1])
+            self.report["ratio_to_batch_floor"] = {"batch": size, "ratio": round(tput / best, 3)}
         plain = floor.get("plain_script")
         if plain:
             # The baseline a user would write without the app (torchvision + pytorch-grad-cam as

@@ -80,6 +80,7 @@ def meta(
         "gunicorn_threads": args.web_threads,
         "torch_threads_setting": args.torch_threads or "app default",
         "batch_size_setting": args.batch_size or "app default (by device)",
+        "model_server_setting": args.model_server,
         "database_url_options": args.db_url_query or None,
         "image_count": images,
         "image_source": str(args.images),

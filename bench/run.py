@@ -133,6 +133,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="images in the one timed training epoch per strategy",
     )
     p.add_argument(
+        "--model-server",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="the workers' CXR_MODEL_SERVER (auto: a model server per GPU where there is one)",
+    )
+    p.add_argument(
         "--wait-quiet",
         type=float,
         default=0.0,
@@ -180,6 +186,7 @@ def stack_config(args: argparse.Namespace) -> StackConfig:
         broker_url=args.broker_url,
         torch_threads=args.torch_threads,
         batch_size=args.batch_size,
+        model_server=args.model_server,
         db_url_query=args.db_url_query,
         log_level=args.log_level,
         keep=args.keep,

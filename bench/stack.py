@@ -52,6 +52,7 @@ class StackConfig:
     broker_url: str = "redis://127.0.0.1:6379/14"
     torch_threads: int = 0  # 0: the app's default (cores / worker concurrency)
     batch_size: int = 0  # 0: the app's default (by device)
+    model_server: str = "auto"  # CXR_MODEL_SERVER: auto (one per GPU), on, off
     # Appended to the children's DATABASE_URL (django-environ options, e.g. conn_max_age=60):
     # a knob for experiments, the app's default is none.
     db_url_query: str = ""
@@ -123,6 +124,7 @@ class Stack:
                 # Explicit, so a developer's .env (read with overwrite=False) cannot change it.
                 "CXR_TORCH_THREADS": str(self.cfg.torch_threads),
                 "CXR_INFERENCE_BATCH_SIZE": str(self.cfg.batch_size),
+                "CXR_MODEL_SERVER": self.cfg.model_server,
                 "LOG_LEVEL": self.cfg.log_level,
                 "DJANGO_SETTINGS_MODULE": "cxrweb.settings",
                 "PYTHONUNBUFFERED": "1",

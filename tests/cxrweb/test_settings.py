@@ -72,6 +72,9 @@ def _settings(attribute: str, **env: str):
         ("CXR_PACS_URL", "pacs:8042", "CXR_PACS_URL must be an http(s) DICOMweb base URL"),
         ("CXR_PACS_SEND_ON", "always", "CXR_PACS_SEND_ON must be result, reading or both"),
         ("CXR_PACS_MAX_ATTEMPTS", "0", "CXR_PACS_MAX_ATTEMPTS must be a positive"),
+        ("CXR_MODEL_SERVER", "gpu", "CXR_MODEL_SERVER must be one of auto, on, off"),
+        ("CXR_MODEL_SERVER_BATCH", "0", "CXR_MODEL_SERVER_BATCH must be a positive"),
+        ("CXR_MODEL_SERVER_WAIT_MS", "-1", "CXR_MODEL_SERVER_WAIT_MS must be a number of 0 or"),
     ],
 )
 def test_it_refuses_a_bad_value_and_names_the_variable(name, bad, message):
@@ -96,6 +99,9 @@ def test_it_refuses_a_bad_value_and_names_the_variable(name, bad, message):
         ("DATABASES['default']['CONN_MAX_AGE']", {"CXR_DB_CONN_MAX_AGE": "0"}, "0"),
         ("CXR_PACS_SEND_ON", {"CXR_PACS_SEND_ON": " Both "}, "both"),
         ("CXR_PACS_AE", {"CXR_PACS_AE": "pacs.example.org:104:PACS"}, "pacs.example.org:104:PACS"),
+        ("CXR_MODEL_SERVER", {}, "auto"),
+        ("CXR_MODEL_SERVER", {"CXR_MODEL_SERVER": "OFF"}, "off"),
+        ("CXR_MODEL_SERVER_BATCH", {}, "64"),
     ],
 )
 def test_it_reads_good_values_and_keeps_the_defaults(attribute, env, expected):
