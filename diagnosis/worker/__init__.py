@@ -7,7 +7,8 @@
 - heatmaps: per-class heatmaps on demand;
 - faults: the fault-injection hook of the fault tests;
 - errors: PredictionFailure, a permanent failure;
-- process: the worker process's own setup (Celery signal handlers).
+- process: the worker process's own setup (Celery signal handlers);
+- model_servers: on a GPU host, the model servers the worker starts and the pool processes use.
 
 Imported only by workers (diagnosis.tasks) and tests: compute imports torch.
 """

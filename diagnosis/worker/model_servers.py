@@ -151,7 +151,10 @@ class ModelServers:
         ]
 
     def _spawn(self, index: int) -> None:
-        env = {**os.environ, AUTHKEY_ENV: self.key}
+        # PASSIVE: torch's OpenMP threads sleep between passes instead of spinning for the
+        # cores the pool processes need to decode and render (on a CPU host, 4x the CPU per
+        # prediction without it: bench/RESULTS.md).
+        env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, AUTHKEY_ENV: self.key}
         proc = subprocess.Popen(self._argv(index), env=env, stdin=subprocess.DEVNULL)
         self.procs[index] = proc
         self.started_at[index] = time.monotonic()
