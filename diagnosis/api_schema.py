@@ -201,7 +201,10 @@ class DicomHeader(serializers.Serializer):
 
 
 class ReadingIn(serializers.Serializer):
-    agree = serializers.BooleanField(help_text="Agreeing signs the result's label.")
+    agree = serializers.BooleanField(
+        help_text="Agreeing signs the result's label; refused (400, code unreliable_result) "
+        "when the result is unreliable: send the label you chose instead."
+    )
     label = serializers.CharField(
         required=False, help_text="The final label; required to disagree."
     )

@@ -29,7 +29,12 @@ from diagnosis.services.predictions import (
     study_flag_from_prediction,
     study_result_store,
 )
-from diagnosis.services.readings import ReadingRejected, ReadingStale, reading_sign
+from diagnosis.services.readings import (
+    ReadingAgreeRefused,
+    ReadingRejected,
+    ReadingStale,
+    reading_sign,
+)
 from diagnosis.services.reanalysis import (
     REANALYSIS_PRIORITY,
     ReanalysisOutcome,
@@ -50,6 +55,7 @@ __all__ = [
     "REANALYSIS_PRIORITY",
     "ReanalysisOutcome",
     "ReanalysisRefused",
+    "ReadingAgreeRefused",
     "ReadingRejected",
     "ReadingStale",
     "StorageUnavailable",
