@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from diagnosis.services.heatmaps import class_heatmap_request
 from diagnosis.services.pacs import (
+    PacsResendRefused,
     pacs_export_resend,
     pacs_exports_for_reading,
     pacs_exports_for_result,
@@ -52,6 +53,7 @@ from diagnosis.services.webhooks import WebhookResendRefused, webhook_delivery_r
 
 __all__ = [
     "IdentityMismatch",
+    "PacsResendRefused",
     "REANALYSIS_PRIORITY",
     "ReanalysisOutcome",
     "ReanalysisRefused",
