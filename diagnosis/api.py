@@ -204,7 +204,9 @@ class StudyReadings(APIView):
 
     ``prediction_ids`` are the study result's ``prediction_ids`` the reader was shown; when the
     study's current ones differ (a view finished, a re-analysis) the answer is 409 and nothing
-    is stored. Agreeing signs the result's label. Same rules as the study page's form.
+    is stored. Agreeing signs the result's label; on an unreliable result (``unreliable``: a view
+    unlike the training data) it is refused with 400, code ``unreliable_result``: send
+    ``agree: false`` and the label you chose. Same rules as the study page's form.
     """
 
     @extend_schema(
@@ -308,8 +310,9 @@ class StudyReadings(APIView):
                 status=status.HTTP_409_CONFLICT,
             )
         except services.ReadingRejected as exc:
+            # code "unreliable_result": agree on a result unlike the training data.
             return Response(
-                {"error": str(exc), "code": "invalid"}, status=status.HTTP_400_BAD_REQUEST
+                {"error": str(exc), "code": exc.code}, status=status.HTTP_400_BAD_REQUEST
             )
         audit(
             request,

@@ -41,6 +41,25 @@ class OOD(serializers.Serializer):
     reasons = serializers.ListField(
         child=serializers.CharField(), help_text="Plain-English reasons when flagged."
     )
+    checked = serializers.BooleanField(
+        allow_null=True,
+        help_text="Scored against the version's OOD reference; false: the version has none, "
+        "only the image checks ran (an image unlike the training data is not flagged); null "
+        "until the prediction is done.",
+    )
+    note = serializers.CharField(allow_null=True, help_text="What to tell a reader when unchecked.")
+
+
+class StudyOOD(serializers.Serializer):
+    """Whether the study's result was checked for images unlike the training data."""
+
+    checked = serializers.BooleanField(
+        help_text="Every finished view was scored against its version's OOD reference."
+    )
+    unchecked_versions = serializers.ListField(
+        child=serializers.CharField(), help_text="The versions with no OOD reference."
+    )
+    note = serializers.CharField(allow_null=True, help_text="What to tell a reader when unchecked.")
 
 
 class Prediction(serializers.Serializer):
@@ -108,6 +127,7 @@ class StudyResult(serializers.Serializer):
     needs_attention = serializers.BooleanField(
         help_text="A view's analysis failed or the result is unreliable: read it first."
     )
+    ood = StudyOOD()
 
 
 class PacsExportOut(serializers.Serializer):
@@ -201,7 +221,10 @@ class DicomHeader(serializers.Serializer):
 
 
 class ReadingIn(serializers.Serializer):
-    agree = serializers.BooleanField(help_text="Agreeing signs the result's label.")
+    agree = serializers.BooleanField(
+        help_text="Agreeing signs the result's label; refused (400, code unreliable_result) "
+        "when the result is unreliable: send the label you chose instead."
+    )
     label = serializers.CharField(
         required=False, help_text="The final label; required to disagree."
     )

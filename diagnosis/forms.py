@@ -223,8 +223,18 @@ class ReadingForm(forms.Form):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        if unreliable:  # unlike the training data: nothing to agree with by default
-            self.fields["decision"].initial = "override"
+        # Unlike the training data: no "agree" to click (a normal top class is not even shown);
+        # the radiologist chooses the final label. reading_sign refuses "agree" there too.
+        self.agree_withheld = unreliable and has_result
+        if self.agree_withheld:
+            decision = self.fields["decision"]
+            decision.choices = [("override", "Choose the final label")]
+            decision.initial = "override"
+            decision.error_messages["invalid_choice"] = (
+                "The model's result for this study is unreliable (unlike its training data), so "
+                "there is nothing to agree with: choose the final label yourself."
+            )
+            self.fields["final_label"].label = "Final label"
         self.fields["final_label"].choices = (
             [("", "—")] + [(c, c) for c in classes] + [("other", "other (describe in the notes)")]
         )
@@ -244,7 +254,12 @@ class ReadingForm(forms.Form):
     def clean(self):
         data = super().clean()
         if data.get("decision") == "override" and not data.get("final_label"):
-            self.add_error("final_label", "Choose the final label when you override the model.")
+            self.add_error(
+                "final_label",
+                "Choose the final label."
+                if self.agree_withheld
+                else "Choose the final label when you override the model.",
+            )
         return data
 
 

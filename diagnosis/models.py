@@ -9,6 +9,7 @@ from django.urls import reverse
 
 from cxrweb.audit.models import AppendOnlyModel
 from diagnosis.pacs_models import PacsExport
+from diagnosis.results import NO_OOD_CHECK, prediction_ood_checked
 
 __all__ = ["ClassHeatmap", "Image", "PacsExport", "Patient", "Prediction", "Reading", "Study"]
 
@@ -262,12 +263,16 @@ class Prediction(models.Model):
 
     @property
     def ood(self) -> dict:
-        """The out-of-distribution result, as the API shows it."""
+        """The out-of-distribution result, as the API shows it. ``checked``: scored against its
+        version's OOD reference (None until finished); False: only the image checks ran."""
+        checked = prediction_ood_checked(self)
         return {
             "score": self.ood_score,
             "threshold": self.ood_threshold,
             "flagged": self.ood_flagged,
             "reasons": list(self.ood_reasons or []),
+            "checked": checked,
+            "note": NO_OOD_CHECK if checked is False else None,
         }
 
     @property

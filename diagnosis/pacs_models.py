@@ -67,6 +67,11 @@ class PacsExport(models.Model):
         return f"{self.get_kind_display()} of {self.study_id} ({self.status})"
 
     @property
+    def audit_patient_mrn(self) -> str:
+        """For the audit trail (cxrweb.audit)."""
+        return self.study.patient.mrn
+
+    @property
     def retrying(self) -> bool:
         return self.status == self.Status.PENDING and self.attempts > 0
 

@@ -15,6 +15,7 @@ from django.utils import timezone
 from diagnosis import selectors
 from diagnosis.models import Prediction, Study
 from diagnosis.results import (
+    NO_OOD_CHECK,
     UNRELIABLE_WARNING,
     StudyResult,
     prediction_bars,
@@ -48,6 +49,8 @@ def report_context(study: Study) -> dict:
         "study": study,
         "result": result,
         "result_text": result_text(result, views=len(items)),
+        # No OOD reference: say so, or no warning would read as a check passed.
+        "no_ood_check": no_ood_check_text(result) if result.unchecked_versions else "",
         "items": items,
         "reading": next((r for r in readings if r.is_current), None),
         "readings": readings,
@@ -79,6 +82,14 @@ def result_text(result: StudyResult, *, views: int) -> str:
     elif result.status == "pending":
         text += " Another view is still being analysed."
     return text
+
+
+def no_ood_check_text(result: StudyResult) -> str:
+    """That the result's version(s) have no OOD reference (plain text, for the PDF)."""
+    versions = ", ".join(result.unchecked_versions)
+    return f"Not checked for images unlike the training data (version {versions}). " + (
+        NO_OOD_CHECK.replace("`", "")
+    )
 
 
 def _ood_line(prediction: Prediction) -> str:
@@ -172,7 +183,11 @@ def render_pdf(study: Study, *, generated_by=None) -> bytes:
         ),
         Spacer(1, 5 * mm),
         Paragraph("Study result", styles["Heading2"]),
-        Paragraph(_markup(ctx["result_text"]), styles["Normal"]),
+        *(
+            Paragraph(_markup(text), styles["Normal"])
+            for text in (ctx["result_text"], ctx["no_ood_check"])
+            if text
+        ),
         Spacer(1, 4 * mm),
     ]
     for item in ctx["items"]:

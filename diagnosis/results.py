@@ -25,6 +25,9 @@ The rule:
   An unreliable result is never a confident normal: when its label is a normal class, every
   surface shows :data:`UNRELIABLE_LABEL` instead (``shown_label``). An abnormal label stays
   shown (and flagged when over its threshold), marked unreliable.
+- ``unchecked_versions``: the versions of the current, finished predictions made without an
+  out-of-distribution reference (no threshold: only the image checks ran). Every surface says so
+  (:data:`NO_OOD_CHECK`): no warning there does not mean the image passed a check.
 - ``needs_attention``: a view's analysis failed, or the result is unreliable. The worklist reads
   unread studies that need attention first, failed and unreliable alike (by priority, then
   waiting time), before the flagged ones: both say the model's answer cannot be taken as it is.
@@ -40,6 +43,11 @@ DONE, FAILED, QUEUED, RUNNING = "done", "failed", "queued", "running"
 # What a surface shows instead of a normal label when the result is unreliable.
 UNRELIABLE_LABEL = "unreliable — unlike the training data"
 UNRELIABLE_WARNING = "Unlike the training data — result unreliable"
+# What a surface says of a result made by a version without an OOD reference.
+NO_OOD_CHECK = (
+    "This model version has no out-of-distribution check: images unlike its training data are "
+    "not flagged. An admin can fit one with `manage.py calibrate`."
+)
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,7 @@ class StudyResult:
     normal_classes: list[str] = field(default_factory=list)
     unreliable: bool = False
     unreliable_reasons: list[str] = field(default_factory=list)
+    unchecked_versions: list[str] = field(default_factory=list)
     # The current finished predictions flagged out-of-distribution.
     unreliable_predictions: list[Any] = field(default_factory=list, repr=False, compare=False)
     driving_prediction: Any = field(default=None, repr=False, compare=False)
@@ -101,6 +110,11 @@ class StudyResult:
             "unreliable_reasons": list(self.unreliable_reasons),
             "shown_label": self.shown_label,
             "needs_attention": self.needs_attention,
+            "ood": {
+                "checked": not self.unchecked_versions,
+                "unchecked_versions": list(self.unchecked_versions),
+                "note": NO_OOD_CHECK if self.unchecked_versions else None,
+            },
         }
 
 
@@ -154,6 +168,9 @@ def study_result(predictions: Iterable[Any]) -> StudyResult:
     for p in done:
         if p.model_version.name not in versions:
             versions.append(p.model_version.name)
+    unchecked = [
+        v for v in versions if any(_unchecked(p) for p in done if p.model_version.name == v)
+    ]
     return StudyResult(
         status=status,
         label=label,
@@ -168,9 +185,24 @@ def study_result(predictions: Iterable[Any]) -> StudyResult:
         normal_classes=normal,
         unreliable=bool(unreliable),
         unreliable_reasons=reasons,
+        unchecked_versions=unchecked,
         unreliable_predictions=unreliable,
         driving_prediction=driver,
     )
+
+
+def _unchecked(prediction: Any) -> bool:
+    """Made without an OOD reference: with one, the threshold is stored even when the score is
+    not finite (see diagnosis.worker.finish.ood_fields)."""
+    return getattr(prediction, "ood_threshold", None) is None
+
+
+def prediction_ood_checked(prediction: Any) -> bool | None:
+    """Whether one image's finished prediction was scored against an OOD reference (None when
+    it has not finished)."""
+    if prediction is None or prediction.status != DONE or prediction.model_version is None:
+        return None
+    return not _unchecked(prediction)
 
 
 def _overall_status(current: list[Any]) -> str:

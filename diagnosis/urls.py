@@ -19,6 +19,7 @@ urlpatterns = [
     path("studies/<int:pk>/reanalyse/", studies.study_reanalyse, name="study-reanalyse"),
     path("studies/<int:pk>/report/", studies.study_report, name="report"),
     path("studies/<int:pk>/report.pdf", studies.study_report_pdf, name="report-pdf"),
+    path("pacs-exports/<int:pk>/resend/", studies.pacs_export_resend, name="pacs-export-resend"),
     path("predictions/<int:pk>/rerun/", studies.prediction_rerun, name="prediction-rerun"),
     path(
         "predictions/<int:pk>/heatmap-layer.png",

@@ -80,6 +80,7 @@ class AuditEvent(AppendOnlyModel):
         ACTIVATE_CALIBRATION = "activate_calibration", "Activated a model calibration"
         WEBHOOK_SENT = "webhook_sent", "Sent a critical-finding webhook"
         WEBHOOK_RESENT = "webhook_resent", "Queued a webhook to be sent again"
+        PACS_RESENT = "pacs_resent", "Queued a PACS export to be sent again"
 
     # Set before the insert (not auto_now_add, which is set during it), as the chain hash needs it.
     at = models.DateTimeField(default=timezone.now, editable=False, db_index=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from diagnosis.services.heatmaps import class_heatmap_request
 from diagnosis.services.pacs import (
+    PacsResendRefused,
     pacs_export_resend,
     pacs_exports_for_reading,
     pacs_exports_for_result,
@@ -29,7 +30,12 @@ from diagnosis.services.predictions import (
     study_flag_from_prediction,
     study_result_store,
 )
-from diagnosis.services.readings import ReadingRejected, ReadingStale, reading_sign
+from diagnosis.services.readings import (
+    ReadingAgreeRefused,
+    ReadingRejected,
+    ReadingStale,
+    reading_sign,
+)
 from diagnosis.services.reanalysis import (
     REANALYSIS_PRIORITY,
     ReanalysisOutcome,
@@ -47,9 +53,11 @@ from diagnosis.services.webhooks import WebhookResendRefused, webhook_delivery_r
 
 __all__ = [
     "IdentityMismatch",
+    "PacsResendRefused",
     "REANALYSIS_PRIORITY",
     "ReanalysisOutcome",
     "ReanalysisRefused",
+    "ReadingAgreeRefused",
     "ReadingRejected",
     "ReadingStale",
     "StorageUnavailable",

@@ -115,8 +115,17 @@ def _exports_create(
     return made
 
 
+class PacsResendRefused(Exception):
+    """A PACS export cannot be sent again now; the message says why."""
+
+
 def pacs_export_resend(*, export: PacsExport) -> PacsExport:
-    """Send a failed export again (after the PACS or its configuration was fixed)."""
+    """Send a failed export again (after the PACS or its configuration was fixed): back to
+    pending with its attempts reset, and queued after commit. Not failed (sent, or already being
+    sent by another resend): nothing changes. Shared by ``manage.py pacs_resend`` and the study
+    page's Re-send button."""
+    if not pacs_destination():
+        raise PacsResendRefused("Sending to the PACS is off: set CXR_PACS_URL or CXR_PACS_AE.")
     updated = PacsExport.objects.filter(pk=export.pk, status=PacsExport.Status.FAILED).update(
         status=PacsExport.Status.PENDING, attempts=0, destination=pacs_destination()[:300]
     )

@@ -14,6 +14,16 @@ from diagnosis.services.pacs import pacs_exports_for_reading
 class ReadingRejected(ValueError):
     """The reading cannot be signed as given; the message says why."""
 
+    code = "invalid"
+
+
+class ReadingAgreeRefused(ReadingRejected):
+    """ "Agree" on an unreliable result (a view unlike the training data): the radiologist was
+    not shown a label to agree with (a normal top class is withheld), and an unreliable answer
+    is not one to sign in one click. The final label must be chosen."""
+
+    code = "unreliable_result"
+
 
 class ReadingStale(ReadingRejected):
     """The study's result changed after the radiologist saw it (a view finished, a re-analysis):
@@ -42,7 +52,8 @@ def reading_sign(
     `prediction_ids` are the result's predictions the radiologist was shown: when the study's
     current ones differ, :class:`ReadingStale` is raised and nothing is stored. Every surface that
     shows a result passes them; None (scripts, fixtures) signs against the current result.
-    Agreeing signs the result's label. An amendment is a new reading that points at the one it
+    Agreeing signs the result's label, and is refused (:class:`ReadingAgreeRefused`) when the
+    result is unreliable: the final label is then chosen explicitly. An amendment is a new reading that points at the one it
     amends.
     """
     study = Study.objects.select_for_update().get(pk=study.pk)
@@ -62,6 +73,11 @@ def reading_sign(
         classes.append(label)
     classes += [c for c in result.probabilities if c not in classes]
     final_label = (final_label or "").strip()
+    if agrees and result.unreliable:
+        raise ReadingAgreeRefused(
+            "The model's result for this study is unreliable (a view is unlike its training "
+            "data), so there is nothing to agree with: choose the final label yourself."
+        )
     if agrees and result.label:
         final_label = result.label
     if not final_label:

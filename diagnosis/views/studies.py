@@ -10,12 +10,12 @@ from django.views.decorators.http import require_POST, require_safe
 
 from cxrweb.audit.models import AuditEvent
 from cxrweb.audit.services import audit
-from cxrweb.permissions import clinical_user_required
+from cxrweb.permissions import clinical_user_required, model_admin_required
 from cxrweb.responses import download_name, set_attachment
 from diagnosis import reports, results, selectors, services
 from diagnosis.audit import audit_view
 from diagnosis.forms import ReadingForm
-from diagnosis.models import ClassHeatmap, Prediction, Reading, Study
+from diagnosis.models import ClassHeatmap, PacsExport, Prediction, Reading, Study
 from training.models import ModelVersion
 
 Action = AuditEvent.Action
@@ -285,6 +285,31 @@ def study_reanalyse(request, pk: int):
     else:
         messages.info(request, f"Already analysed with {version.name}: nothing to re-run.")
     return redirect("diagnosis:study", pk=study.pk)
+
+
+@require_POST
+@model_admin_required
+def pacs_export_resend(request, pk: int):
+    """Send a failed PACS export again (admins: after the PACS or its settings were fixed), as
+    ``manage.py pacs_resend`` does."""
+    export = get_object_or_404(PacsExport.objects.select_related("study__patient"), pk=pk)
+    back = export.study.get_absolute_url() + "#pacs-exports"
+    if export.status != PacsExport.Status.FAILED:
+        messages.info(request, "That object has not failed: nothing to send again.")
+        return redirect(back)
+    try:
+        services.pacs_export_resend(export=export)
+    except services.PacsResendRefused as exc:
+        messages.error(request, str(exc))
+        return redirect(back)
+    audit(
+        request,
+        Action.PACS_RESENT,
+        export,
+        detail={"export": export.pk, "kind": export.kind, "study": export.study_id},
+    )
+    messages.success(request, f"{export.get_kind_display()} queued to be sent to the PACS again.")
+    return redirect(back)
 
 
 @require_safe

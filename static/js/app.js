@@ -651,7 +651,11 @@
 
     function decide(value) {
       var radio = document.querySelector("#reading input[name=decision][value=" + value + "]");
-      if (!radio) return;
+      if (!radio) {
+        // An unreliable result offers no "agree" (templates/diagnosis/_reading.html).
+        if (value === "agree" && document.querySelector("[data-agree-withheld]")) say("Nothing to agree with: the model's result is unreliable. Choose the final label.");
+        return;
+      }
       radio.click();
       var form = radio.form;
       var target = value === "override" ? form.querySelector("select[name=final_label]")

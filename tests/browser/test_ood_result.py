@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from diagnosis.models import Reading
 from diagnosis.results import UNRELIABLE_LABEL
 from tests.browser.conftest import sign_in
 from tests.diagnosis.conftest import (
@@ -84,9 +85,10 @@ def test_an_ood_study_is_flagged_unreliable_and_never_normal(
         for i in range(page.locator(locator).count()):
             assert page.locator(locator).nth(i).inner_text() != "NORMAL"
     assert "Unlike the training data" in page.locator("[data-image-ood]").inner_text()
-    # Nothing to agree with by default: the reading starts on "Override".
-    assert page.get_by_role("radio", name="Override").is_checked()
-    assert not page.get_by_role("radio", name="Agree with the model").is_checked()
+    # Nothing to agree with: no "agree" at all, the final label is chosen.
+    assert page.locator("#reading input[name=decision][value=agree]").count() == 0
+    assert page.get_by_role("radio", name="Agree with the model").count() == 0
+    assert page.locator("[data-agree-withheld]").is_visible()
     shot = artifacts_dir / "ood-study.png"
     page.screenshot(path=shot, full_page=True)
     _keep(shot)
@@ -97,4 +99,45 @@ def test_an_ood_study_is_flagged_unreliable_and_never_normal(
     assert page.locator("[data-image-ood]").is_visible()
     shot = artifacts_dir / "ood-report.png"
     page.screenshot(path=shot, full_page=True)
+    _keep(shot)
+
+
+def test_an_ood_study_is_read_with_a_chosen_label_never_an_agree(
+    page,
+    live_server,
+    radiologist,
+    pneumonia_model,  # noqa: F811 - the fixture imported above
+    artifacts_dir,
+):
+    ood = upload_view(radiologist, "OD-4", "ACC-OD-4", seed=74)
+    finish_prediction(ood.prediction, pneumonia_model, {"NORMAL": 0.97, "PNEUMONIA": 0.03}, ood=OOD)
+    sign_in(page, live_server, radiologist.username)
+    page.goto(f"{live_server.url}/studies/{ood.study.pk}/")
+    reading = page.locator("#reading")
+    assert "nothing to agree with" in reading.locator("[data-agree-withheld]").inner_text()
+    # The "a" shortcut finds no agree to click, and says so.
+    page.locator("h1").click()
+    page.keyboard.press("a")
+    assert "Nothing to agree with" in page.locator("#study-keys-status").inner_text()
+    # A form that still posts "agree" (an old tab) is refused with the reason.
+    page.evaluate(
+        "() => { document.querySelector('#reading input[name=decision]').value = 'agree'; }"
+    )
+    reading.get_by_role("button", name="Sign reading").click()
+    alert = page.locator("#reading [role=alert]").first
+    alert.wait_for()
+    assert "nothing to agree with" in alert.inner_text()
+    assert not Reading.objects.exists()
+    shot = artifacts_dir / "ood-reading-refused.png"
+    page.locator("#reading").screenshot(path=shot)
+    _keep(shot)
+    # The label chosen explicitly is signed.
+    page.locator("#reading").get_by_label("Final label").select_option("PNEUMONIA")
+    page.locator("#reading").get_by_role("button", name="Sign reading").click()
+    page.wait_for_selector(".current-reading")
+    reading_row = Reading.objects.get()
+    assert reading_row.final_label == "PNEUMONIA" and reading_row.agrees_with_model is False
+    assert "PNEUMONIA" in page.locator(".current-reading").inner_text()
+    shot = artifacts_dir / "ood-reading-signed.png"
+    page.locator("#reading").screenshot(path=shot)
     _keep(shot)

@@ -228,13 +228,13 @@ def test_the_api_gives_each_prediction_its_ood_and_the_study_its_reliability(ood
     api.credentials(HTTP_AUTHORIZATION=f"Token {api_token}")
     body = api.get(f"/api/v1/studies/{ood_normal.pk}/").json()
     (prediction,) = body["predictions"]
-    assert prediction["ood"] == OOD_SCORE
+    assert prediction["ood"] == {**OOD_SCORE, "checked": True, "note": None}
     assert body["result"]["unreliable"] is True and body["result"]["needs_attention"] is True
     assert body["result"]["shown_label"] == UNRELIABLE_LABEL
     assert body["result"]["unreliable_reasons"] == OOD_SCORE["reasons"]
     assert body["result"]["label"] == "NORMAL"  # the model's top class, for the record
     alone = api.get(f"/api/v1/predictions/{prediction['id']}/").json()
-    assert alone["ood"] == OOD_SCORE
+    assert alone["ood"] == {**OOD_SCORE, "checked": True, "note": None}
 
 
 def test_a_prediction_without_ood_has_an_empty_ood_in_the_api(
@@ -245,7 +245,14 @@ def test_a_prediction_without_ood_has_an_empty_ood_in_the_api(
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Token {api_token}")
     body = api.get(f"/api/v1/predictions/{upload.prediction.pk}/").json()
-    assert body["ood"] == {"score": None, "threshold": None, "flagged": False, "reasons": []}
+    assert body["ood"] == {
+        "score": None,
+        "threshold": None,
+        "flagged": False,
+        "reasons": [],
+        "checked": False,  # the version has no OOD reference: tests/diagnosis/test_no_ood_check.py
+        "note": results.NO_OOD_CHECK,
+    }
     study = api.get(f"/api/v1/studies/{upload.study.pk}/").json()
     assert study["result"]["unreliable"] is False and study["result"]["needs_attention"] is False
     assert study["result"]["shown_label"] == "NORMAL"
@@ -257,7 +264,7 @@ def test_the_schema_documents_ood(rad_client):
     prediction = parts["Prediction"]["properties"]
     assert "ood" in prediction
     ood = parts[prediction["ood"]["$ref"].rsplit("/", 1)[1]]["properties"]
-    assert set(ood) == {"score", "threshold", "flagged", "reasons"}
+    assert set(ood) == {"score", "threshold", "flagged", "reasons", "checked", "note"}
     result = parts["StudyResult"]["properties"]
     assert {"unreliable", "needs_attention", "shown_label", "unreliable_reasons"} <= set(result)
 

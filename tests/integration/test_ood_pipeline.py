@@ -12,7 +12,7 @@ from PIL import Image as PILImage
 from rest_framework.test import APIClient
 
 from diagnosis.models import Prediction, Study
-from diagnosis.results import UNRELIABLE_LABEL
+from diagnosis.results import NO_OOD_CHECK, UNRELIABLE_LABEL
 from tests import imagegen
 from tests.conftest import CLASSES, wait_for
 from training.models import ModelVersion
@@ -62,7 +62,14 @@ def test_a_blank_picture_is_flagged_by_the_worker_and_the_study_is_unreliable(
     assert stored.ood_flagged and stored.ood_reasons == flagged["ood"]["reasons"]
 
     plain = _done(api, xray_study["predictions"][0]["url"])
-    assert plain["ood"] == {"score": None, "threshold": None, "flagged": False, "reasons": []}
+    assert plain["ood"] == {
+        "score": None,
+        "threshold": None,
+        "flagged": False,
+        "reasons": [],
+        "checked": False,  # the version has no OOD reference, and the API says so
+        "note": NO_OOD_CHECK,
+    }
 
     study = api.get(f"/api/v1/studies/{ood_study['id']}/").json()
     assert study["result"]["unreliable"] is True and study["result"]["needs_attention"] is True

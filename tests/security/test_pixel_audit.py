@@ -53,6 +53,8 @@ EXEMPT = {
     "diagnosis:study-reanalyse": "POST only: a REANALYSE event; redirects to the (audited) study "
     "page",
     "diagnosis:class-heatmap-request": "POST only: answers the heatmap's id and status",
+    "diagnosis:pacs-export-resend": "POST only, admins: a PACS_RESENT event; redirects to the "
+    "(audited) study page",
     "diagnosis:agreement": "counts per model version, no patient",
     "diagnosis:audit": "the audit trail itself, for admins; its CSV export is an EXPORT event",
     "diagnosis:study-neighbours": "the links to the studies before and after in the worklist: "
