@@ -101,19 +101,36 @@ def worklist_changes(request):
 @clinical_user_required
 def study_neighbours(request, pk: int):
     """The studies before and after this one in the worklist's reading order (the study page's
-    j and k keys): the order is the worklist selector's own, not a copy of it. Links only, no
-    patient data, so no audit event: the study page they lead to records its own view."""
+    j and k keys): the order is the worklist selector's own, not a copy of it. With the
+    worklist's filters (the query the page was opened from, which the study page passes on), the
+    neighbours are the filtered list's; a study that left the filter (it was just signed, under
+    "not reviewed") keeps its place, so j still goes on to the next one. Links only, no patient
+    data, so no audit event: the study page they lead to records its own view."""
     order = list(selectors.worklist().values_list("pk", flat=True))
     try:
         at = order.index(pk)
     except ValueError:
         raise Http404("No such study.") from None
+    filters = _worklist_filters(request)[1]
+    if filters:
+        kept = set(selectors.worklist(**filters).values_list("pk", flat=True))
+        listed = [p for p in order if p in kept]
+    else:
+        listed = order
+    before = [p for p in order[:at] if p in listed] if filters else order[:at]
+    after = [p for p in order[at + 1 :] if p in listed] if filters else order[at + 1 :]
 
-    def link(index: int) -> str | None:
-        return reverse("diagnosis:study", args=[order[index]]) if 0 <= index < len(order) else None
+    def link(study: int | None) -> str | None:
+        return reverse("diagnosis:study", args=[study]) if study is not None else None
 
     response = JsonResponse(
-        {"previous": link(at - 1), "next": link(at + 1), "position": at + 1, "count": len(order)}
+        {
+            "previous": link(before[-1] if before else None),
+            "next": link(after[0] if after else None),
+            "position": listed.index(pk) + 1 if pk in listed else None,
+            "count": len(listed),
+            "filtered": bool(filters),
+        }
     )
     response["Cache-Control"] = "no-store"
     return response

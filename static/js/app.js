@@ -633,6 +633,12 @@
       (tag === "INPUT" && !/^(checkbox|radio|range|button|submit|reset)$/i.test(el.type));
   }
 
+  var WORKLIST_FILTERS = "cxr.worklist.filters";
+
+  function rememberWorklistFilters(el) {
+    try { window.sessionStorage.setItem(WORKLIST_FILTERS, el.getAttribute("data-worklist-filters") || ""); } catch (e) { /* storage off: j/k follow the whole worklist */ }
+  }
+
   function setupStudyKeys(root) {
     var url = root.getAttribute("data-neighbours-url");
     var help = document.getElementById("study-keys-status");
@@ -640,11 +646,15 @@
     function say(text) { if (help) help.textContent = text; }
 
     function go(direction) {
-      fetch(url, { credentials: "same-origin", headers: { "X-Requested-With": "fetch" } })
+      // The worklist's filters, as the worklist page last showed them in this tab.
+      var filters = "";
+      try { filters = window.sessionStorage.getItem(WORKLIST_FILTERS) || ""; } catch (e) { filters = ""; }
+      fetch(url + (filters ? "?" + filters : ""), { credentials: "same-origin", headers: { "X-Requested-With": "fetch" } })
         .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
         .then(function (d) {
+          var list = d.filtered ? "the filtered worklist" : "the worklist";
           if (d[direction]) window.location.href = d[direction];
-          else say(direction === "next" ? "This is the last study in the worklist." : "This is the first study in the worklist.");
+          else say(direction === "next" ? "This is the last study in " + list + "." : "This is the first study in " + list + ".");
         })
         .catch(function () { say("The worklist could not be reached; try again."); });
     }
@@ -677,6 +687,7 @@
 
   window.cxrPoll = poll;
   document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("[data-worklist-filters]").forEach(rememberWorklistFilters);
     document.querySelectorAll("[data-neighbours-url]").forEach(setupStudyKeys);
     applyDataStyles();
     document.querySelectorAll("[data-poll-url][data-poll-ms]").forEach(poll);

@@ -194,3 +194,30 @@ def test_the_audit_trail_reads_as_key_value_lines(
     assert page.locator("dl.detail dt", has_text="view").first.is_visible()
     assert "{'" not in page.locator("table").inner_text()  # no raw Python dicts
     page.screenshot(path=artifacts_dir / "audit-trail.png")
+
+
+def test_j_and_k_follow_the_worklists_filter(
+    page, live_server, radiologist, studies, artifacts_dir
+):
+    """Opened from a filtered worklist, j and k move through that list only."""
+    other = _read_study(radiologist, "OTHER-9", priority=Study.Priority.STAT)  # same picture
+    full = _worklist_order()
+    listed = list(selectors.worklist(q="KEYS").values_list("pk", flat=True))
+    assert other.pk not in listed and len(listed) == 3
+    assert full.index(other.pk) == full.index(listed[0]) + 1  # between two of the filter's
+    sign_in(page, live_server, radiologist.username)
+    page.goto(f"{live_server.url}/?q=KEYS")
+    page.locator(f"a[href='/studies/{listed[0]}/']").first.click()
+    page.wait_for_url(f"{live_server.url}/studies/{listed[0]}/")
+    page.keyboard.press("j")
+    page.wait_for_url(f"{live_server.url}/studies/{listed[1]}/")  # OTHER-9 skipped
+    page.keyboard.press("j")
+    page.wait_for_url(f"{live_server.url}/studies/{listed[2]}/")
+    page.keyboard.press("j")
+    page.get_by_text("This is the last study in the filtered worklist.").wait_for()
+    page.screenshot(path=artifacts_dir / "study-keys-filtered.png")
+
+    page.goto(f"{live_server.url}/")  # the whole worklist again: j follows it
+    page.goto(f"{live_server.url}/studies/{listed[0]}/")
+    page.keyboard.press("j")
+    page.wait_for_url(f"{live_server.url}/studies/{other.pk}/")

@@ -29,13 +29,46 @@ def test_neighbours_follow_the_worklist_selectors_order(rad_client, radiologist)
     order = list(selectors.worklist().values_list("pk", flat=True))
     assert order != sorted(order)  # STAT first: not the upload order
     first = rad_client.get(f"/studies/{order[0]}/neighbours/").json()
-    assert first == {"previous": None, "next": f"/studies/{order[1]}/", "position": 1, "count": 3}
+    assert first == {
+        "previous": None,
+        "next": f"/studies/{order[1]}/",
+        "position": 1,
+        "count": 3,
+        "filtered": False,
+    }
     middle = rad_client.get(f"/studies/{order[1]}/neighbours/").json()
     assert (middle["previous"], middle["next"]) == (
         f"/studies/{order[0]}/",
         f"/studies/{order[2]}/",
     )
     assert rad_client.get(f"/studies/{order[2]}/neighbours/").json()["next"] is None
+
+
+def test_neighbours_follow_the_worklists_filters(rad_client, radiologist):
+    """Filtered to one patient search, j skips the others; a study that leaves the filter (it is
+    signed under "not reviewed") keeps its place, so j goes on to the next unread one."""
+    for i, mrn in enumerate(("FLT-1", "OTHER-1", "FLT-2", "OTHER-2", "FLT-3")):
+        _upload(radiologist, mrn, priority=Study.Priority.ROUTINE)
+    order = list(selectors.worklist().values_list("pk", flat=True))
+    flt = [pk for pk in order if Study.objects.get(pk=pk).patient.mrn.startswith("FLT")]
+    assert len(flt) == 3 and flt != order[:3]
+    got = rad_client.get(f"/studies/{flt[0]}/neighbours/?q=FLT").json()
+    assert got["next"] == f"/studies/{flt[1]}/" and got["previous"] is None
+    assert (got["position"], got["count"], got["filtered"]) == (1, 3, True)
+    middle = rad_client.get(f"/studies/{flt[1]}/neighbours/?q=FLT").json()
+    assert (middle["previous"], middle["next"]) == (f"/studies/{flt[0]}/", f"/studies/{flt[2]}/")
+
+    other = next(pk for pk in order if pk not in flt)  # not in the filter: placed by order
+    outside = rad_client.get(f"/studies/{other}/neighbours/?q=FLT").json()
+    assert outside["position"] is None and outside["count"] == 3
+    later = [pk for pk in order[order.index(other) + 1 :] if pk in flt]
+    assert outside["next"] == (f"/studies/{later[0]}/" if later else None)
+
+
+def test_a_bad_filter_is_ignored_not_an_error(rad_client, radiologist):
+    study = _upload(radiologist, "BAD-F").study
+    got = rad_client.get(f"/studies/{study.pk}/neighbours/?date_from=yesterday").json()
+    assert got["position"] == 1 and got["filtered"] is False
 
 
 def test_neighbours_of_an_unknown_study_are_a_404(rad_client):
