@@ -5,7 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 
-from diagnosis.dicomweb import StowRs
+from diagnosis.dicomweb import StowRs, StowRsStudy
 
 # A request Django refuses to read (too many fields or files): JSON on the API, a page elsewhere.
 handler400 = "cxrweb.responses.bad_request"
@@ -29,6 +29,11 @@ urlpatterns = [
     path("api/v1/", include("diagnosis.api_urls")),
     # DICOMweb STOW-RS (PS3.18): PACS and modalities store instances; docs/operations.md.
     path("dicomweb/studies", StowRs.as_view(), name="stow-rs"),
+    re_path(
+        r"^dicomweb/studies/(?P<study_uid>[0-9]+(?:\.[0-9]+)*)$",
+        StowRsStudy.as_view(),
+        name="stow-rs-study",
+    ),
     path("training/", include("training.urls")),
     path("", include("diagnosis.urls")),
 ]

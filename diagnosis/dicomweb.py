@@ -1,5 +1,6 @@
-"""STOW-RS (DICOMweb, PS3.18 10.5): `POST /dicomweb/studies` with a multipart/related body of
-application/dicom instances, API token (or session) auth, the same service as the C-STORE SCP.
+"""STOW-RS (DICOMweb, PS3.18 10.5): `POST /dicomweb/studies` (or `/dicomweb/studies/{uid}`, which
+takes only that study's instances) with a multipart/related body of application/dicom instances,
+API token (or session) auth, the same service as the C-STORE SCP.
 
 The answer is an application/dicom+json data set: ReferencedSOPSequence for each instance stored
 (or already stored), FailedSOPSequence with a FailureReason (and an ErrorComment saying why) for
@@ -133,19 +134,22 @@ def _part_type(headers: bytes) -> str:
     return ""
 
 
-def _uids(data: bytes) -> tuple[str, str]:
-    """(SOPClassUID, SOPInstanceUID) of an instance, empty when its header cannot be read."""
+def _uids(data: bytes) -> tuple[str, str, str]:
+    """(SOPClassUID, SOPInstanceUID, StudyInstanceUID) of an instance, empty when its header
+    cannot be read."""
+    tags = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(
-                BytesIO(data),
-                stop_before_pixels=True,
-                specific_tags=["SOPClassUID", "SOPInstanceUID"],
-            )
-        return str(ds.get("SOPClassUID", ""))[:64], str(ds.get("SOPInstanceUID", ""))[:64]
+            ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=list(tags))
+        return tuple(str(ds.get(tag, ""))[:64] for tag in tags)  # type: ignore[return-value]
     except Exception:  # noqa: BLE001 - not DICOM, or cut off: the store says why
-        return "", ""
+        return "", "", ""
+
+
+# PS3.18 10.5: an instance of another study than the target resource's is not stored; a
+# processing failure (0x0110), as other origin servers answer (Orthanc's DICOMweb plugin).
+OTHER_STUDY_FAILURE = 0x0110
 
 
 def _ui(value: str) -> dict:
@@ -157,6 +161,15 @@ def _referenced(sop_class: str, sop_uid: str) -> dict:
 
 
 STOW_RESPONSE = OpenApiTypes.OBJECT  # a DICOM JSON data set (PS3.18 F.2)
+STOW_REQUEST = {'multipart/related; type="application/dicom"': OpenApiTypes.BINARY}
+STOW_RESPONSES = {
+    200: OpenApiResponse(STOW_RESPONSE, description="Every instance was stored."),
+    202: OpenApiResponse(STOW_RESPONSE, description="Some were stored, some refused."),
+    409: OpenApiResponse(STOW_RESPONSE, description="None was stored."),
+    400: OpenApiResponse(Error, description="A malformed multipart body."),
+    415: OpenApiResponse(Error, description="Not multipart/related application/dicom."),
+    **COMMON,
+}
 
 
 class StowRs(APIView):
@@ -172,17 +185,10 @@ class StowRs(APIView):
         "CR/DX only; others are refused). The answer is a DICOM JSON data set: "
         "ReferencedSOPSequence (00081199) for each instance stored, FailedSOPSequence (00081198) "
         "with FailureReason (00081197) and ErrorComment (00000902) for each refused.",
-        request={'multipart/related; type="application/dicom"': OpenApiTypes.BINARY},
-        responses={
-            200: OpenApiResponse(STOW_RESPONSE, description="Every instance was stored."),
-            202: OpenApiResponse(STOW_RESPONSE, description="Some were stored, some refused."),
-            409: OpenApiResponse(STOW_RESPONSE, description="None was stored."),
-            400: OpenApiResponse(Error, description="A malformed multipart body."),
-            415: OpenApiResponse(Error, description="Not multipart/related application/dicom."),
-            **COMMON,
-        },
+        request=STOW_REQUEST,
+        responses=STOW_RESPONSES,
     )
-    def post(self, request):
+    def post(self, request, study_uid: str | None = None):
         try:
             parts = split_multipart_related(request.content_type or "", request_body(request))
         except StowError as exc:
@@ -190,7 +196,24 @@ class StowRs(APIView):
         stored, failed = [], []
         origin = {"via": "stow-rs"}
         for data in parts:
-            sop_class, sop_uid = _uids(data)
+            sop_class, sop_uid, its_study = _uids(data)
+            if study_uid is not None and its_study != study_uid:
+                other = UploadRejected(
+                    f"Not stored: the instance is of study {its_study or '(none)'}, not of "
+                    f"{study_uid}, the study in the request's URL.",
+                    code="other_study",
+                )
+                audit_dicom_refused(
+                    request, other, user=request.user, origin=origin, sop_instance_uid=sop_uid
+                )
+                failed.append(
+                    {
+                        **_referenced(sop_class, sop_uid),
+                        "00081197": {"vr": "US", "Value": [OTHER_STUDY_FAILURE]},
+                        "00000902": {"vr": "LO", "Value": ["other_study: not the URL's study"]},
+                    }
+                )
+                continue
             try:
                 result = dicom_instance_store(data=data, uploaded_by=request.user, filename=sop_uid)
             except (UploadRejected, StorageUnavailable, DatabaseError) as exc:
@@ -218,3 +241,19 @@ class StowRs(APIView):
             body["00081198"] = {"vr": "SQ", "Value": failed}
         code = 200 if not failed else (202 if stored else 409)
         return Response(body, status=code)
+
+
+class StowRsStudy(StowRs):
+    """Store instances of one study (STOW-RS with the study in the target resource)."""
+
+    @extend_schema(
+        operation_id="dicomweb_stow_rs_study",
+        summary="Store DICOM instances of one study (DICOMweb STOW-RS, PS3.18 10.5)",
+        description="As `POST /dicomweb/studies`, for the study whose StudyInstanceUID is in the "
+        "URL: an instance of another study is not stored (FailureReason 0x0110, ErrorComment "
+        "`other_study`, and an upload_rejected audit event).",
+        request=STOW_REQUEST,
+        responses=STOW_RESPONSES,
+    )
+    def post(self, request, study_uid: str | None = None):
+        return super().post(request, study_uid=study_uid)

@@ -17,7 +17,8 @@ from django.urls import URLPattern, URLResolver, get_resolver
 pytestmark = pytest.mark.django_db
 
 SCHEMA_URLS = {"api:schema", "api:docs"}  # the document and its page are not in it
-OUTSIDE_API = {"/dicomweb/studies"}  # DICOMweb STOW-RS, in the schema beside the API
+# DICOMweb STOW-RS, in the schema beside the API.
+OUTSIDE_API = {"/dicomweb/studies", "/dicomweb/studies/{study_uid}"}
 
 
 def _api_routes(resolver: URLResolver, prefix: str = "", namespace: str = "") -> dict[str, str]:

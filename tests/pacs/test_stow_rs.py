@@ -118,3 +118,46 @@ def test_the_parts_come_back_byte_for_byte():
     # A part without headers takes the root type.
     bare = f"--{BOUNDARY}\r\n\r\nA\r\n\r\nB\r\n--{BOUNDARY}--".encode()
     assert split_multipart_related(CONTENT_TYPE, bare) == [b"A\r\n\r\nB"]
+
+
+def test_a_studys_url_takes_only_that_studys_instances(client, api_token):
+    """`POST /dicomweb/studies/{uid}` (PS3.18 10.5): an instance of another study is refused
+    with a processing failure and stored nowhere; the study's own are stored."""
+    study_uid, other_uid = new_study_uid(), new_study_uid()
+    own = instance(study_uid=study_uid, seed=31, patient_id="MRN-STOW9")
+    stray = instance(study_uid=other_uid, seed=32, patient_id="MRN-STOW9")
+    response = client.post(
+        f"/dicomweb/studies/{study_uid}",
+        data=multipart(instance_bytes(own), instance_bytes(stray)),
+        content_type=CONTENT_TYPE,
+        HTTP_AUTHORIZATION=f"Token {api_token}",
+        HTTP_ACCEPT="application/dicom+json",
+    )
+
+    assert response.status_code == 202, response.content
+    body = json.loads(response.content)
+    assert _uids(body[REFERENCED]) == [own.SOPInstanceUID]
+    [failed] = body[FAILED]["Value"]
+    assert failed["00081155"]["Value"] == [stray.SOPInstanceUID]
+    assert failed["00081197"]["Value"] == [0x0110]
+    assert failed["00000902"]["Value"] == ["other_study: not the URL's study"]
+    assert [s.study_instance_uid for s in Study.objects.all()] == [study_uid]
+    refused = AuditEvent.objects.get(action=AuditEvent.Action.UPLOAD_REJECTED)
+    assert refused.detail["code"] == "other_study" and other_uid in refused.detail["reason"]
+
+    alone = client.post(
+        f"/dicomweb/studies/{other_uid}",
+        data=multipart(instance_bytes(stray)),
+        content_type=CONTENT_TYPE,
+        HTTP_AUTHORIZATION=f"Token {api_token}",
+    )
+    assert alone.status_code == 200, alone.content  # at its own study's URL it is taken
+    assert (
+        client.post(
+            "/dicomweb/studies/not-a-uid",
+            data=multipart(instance_bytes(stray)),
+            content_type=CONTENT_TYPE,
+            HTTP_AUTHORIZATION=f"Token {api_token}",
+        ).status_code
+        == 404
+    )
