@@ -81,6 +81,8 @@ def fits(wheel):
     return "-py3-none-" in wheel.name or "-py2.py3-none-" in wheel.name or tag in wheel.name \
         or "-abi3-" in wheel.name
 chosen = [w for w in sorted(wheels.glob("*.whl")) if fits(w)]
+if not chosen:
+    sys.exit(f"no wheels in {wheels}: make the kit with bench/gpu_prepare.sh DATA_DIR PYVER")
 skipped = [w.name for w in sorted(wheels.glob("*.whl")) if not fits(w)]
 if skipped:
     sys.exit(f"these wheels are for another Python ({tag.strip('-')} needed): {skipped}; "
