@@ -12,6 +12,7 @@ import json
 import mimetypes
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -113,11 +114,14 @@ class ApiClient:
             raise ApiError(f"GET {url}: {resp.status}, {len(resp.body)} bytes, not a PNG")
         return resp
 
-    def wait_until_up(self, timeout_s: float) -> None:
-        """Until the app answers an API request (any HTTP status below 500)."""
+    def wait_until_up(self, timeout_s: float, check: Callable[[], None] | None = None) -> None:
+        """Until the app answers an API request (any HTTP status below 500). `check` is called
+        between tries: it raises when the server (or anything else it watches) has died."""
         deadline = time.monotonic() + timeout_s
         last: Exception | None = None
         while time.monotonic() < deadline:
+            if check:
+                check()
             try:
                 if self.request("GET", "/api/v1/predictions/0/").status < 500:
                     return

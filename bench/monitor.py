@@ -22,34 +22,81 @@ def _safe(fn: Callable[[], T], default: T | float = 0.0) -> T | float:
 
 
 def pool_children(pid: int) -> list[psutil.Process]:
-    """The prefork pool children of a Celery worker's main process."""
+    """Every descendant of a Celery worker's main process (its prefork pool, and any process
+    the main process or a pool child starts)."""
     try:
         return psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
 
 
-def worker_memory(pids: list[int]) -> dict[str, float | int]:
-    """RSS (MB) of the pool children summed over the workers, of the main processes, and the
-    children's thread count (torch's intra-op threads show up here). Each process's memory map
-    is read once per sample (``memory_full_info`` walks /proc/PID/smaps)."""
-    children = [c for pid in pids for c in pool_children(pid)]
+def _is_fork_of(child: psutil.Process, main: psutil.Process) -> bool:
+    """A prefork pool child is a fork of the main process that never exec'd: same command line.
+    A process the worker starts with exec (a model server, say) has a command line of its own.
+    (With setproctitle installed, Celery names its pool children "...ForkPoolWorker-N".)"""
+    cmdline = _safe(child.cmdline, None)
+    return cmdline == _safe(main.cmdline, None) or "PoolWorker" in " ".join(cmdline or [])
+
+
+def worker_tree(pid: int) -> tuple[list[psutil.Process], list[psutil.Process]]:
+    """The worker's pool children (forks of the main process, with their own descendants) and
+    its other descendants (whatever the main process started with exec, and their children)."""
+    try:
+        main = psutil.Process(pid)
+        direct = main.children()
+    except psutil.NoSuchProcess:
+        return [], []
+    pool: list[psutil.Process] = []
+    other: list[psutil.Process] = []
+    for child in direct:
+        subtree = [child, *_safe(lambda c=child: c.children(recursive=True), [])]
+        (pool if _is_fork_of(child, main) else other).extend(subtree)
+    return pool, other
+
+
+def _mb(infos: list, attr: str) -> float | None:
+    """Sum of a memory_full_info field in MB; None where the platform lacks it (PSS: Linux)."""
+    if any(not hasattr(i, attr) for i in infos):
+        return None
+    return round(sum(getattr(i, attr) for i in infos) / MB, 1)
+
+
+def worker_memory(pids: list[int]) -> dict[str, float | int | None]:
+    """Memory (MB) of the Celery workers' whole process trees, summed over the workers: the
+    main processes, their prefork pool children and any other process they started (a model
+    server the main process spawns, say), with each part on its own; and the children's thread
+    count (torch's intra-op threads show up here). Each process's memory map is read once per
+    sample (``memory_full_info`` walks /proc/PID/smaps)."""
     mains: list[psutil.Process] = []
+    children: list[psutil.Process] = []
+    others: list[psutil.Process] = []
     for pid in pids:
         try:
             mains.append(psutil.Process(pid))
         except psutil.NoSuchProcess:
-            pass
+            continue
+        pool, other = worker_tree(pid)
+        children += pool
+        others += other
     child_info = [i for c in children if (i := _safe(c.memory_full_info, None)) is not None]
+    other_info = [i for c in others if (i := _safe(c.memory_full_info, None)) is not None]
     main_info = [i for p in mains if (i := _safe(p.memory_full_info, None)) is not None]
+    every = [*main_info, *child_info, *other_info]
     return {
-        "pool_children_uss_mb": round(sum(i.uss for i in child_info) / MB, 1),
-        "pool_children_rss_mb": round(sum(i.rss for i in child_info) / MB, 1),
-        "main_rss_mb": round(sum(i.rss for i in main_info) / MB, 1),
-        # Proportional set size of the mains and children: pages shared between them (the ML
-        # libraries a main process imports before forking its pool) are counted once in all.
-        "worker_pss_mb": round(sum(i.pss for i in (*main_info, *child_info)) / MB, 1),
+        "pool_children_uss_mb": _mb(child_info, "uss") or 0.0,
+        "pool_children_rss_mb": _mb(child_info, "rss") or 0.0,
+        "main_rss_mb": _mb(main_info, "rss") or 0.0,
+        "other_children_rss_mb": _mb(other_info, "rss") or 0.0,
+        # The whole trees. RSS counts the pages the processes share (the ML libraries a main
+        # process imports before forking its pool) once per process; the proportional set
+        # size counts them once in all: the memory the workers really hold.
+        "tree_rss_mb": _mb(every, "rss") or 0.0,
+        "tree_pss_mb": _mb(every, "pss"),
+        "tree_uss_mb": _mb(every, "uss"),
+        "worker_pss_mb": _mb(every, "pss"),  # the earlier name of tree_pss_mb
+        "tree_processes": len(every),
         "pool_children": len(children),
+        "other_children": len(others),
         "pool_children_threads": int(sum(_safe(lambda c=c: c.num_threads()) for c in children)),
     }
 

@@ -134,7 +134,7 @@ class Bench:
         finally:
             self.stack.resume_workers()
         self.report["upload_ms_workers_paused"] = out
-        child = monitor.pool_children(self.stack.workers[0].pid)
+        child, _ = monitor.worker_tree(self.stack.workers[0].pid)
         spy = self._spy(child[0].pid, "worker") if child else None
         resumed = time.perf_counter()
         before = monitor.cpu_snapshot(self.cpu_groups())

@@ -50,6 +50,17 @@ def rss_report(
         "worker_pss_mb_after_n": final.memory["worker_pss_mb"],
         "main_processes_mb": final.memory["main_rss_mb"],
         "pool_children_threads": final.memory["pool_children_threads"],
+        # The workers' whole process trees: mains, pool children and whatever else they
+        # started (other_children: a model server spawned by the main process, say).
+        "worker_tree": {
+            "rss_mb_after_n": final.memory["tree_rss_mb"],
+            "pss_mb_after_n": final.memory["tree_pss_mb"],
+            "uss_mb_after_n": final.memory["tree_uss_mb"],
+            "rss_mb_max": max(s.memory.get("tree_rss_mb", 0.0) for s in sampler.samples),
+            "other_children_rss_mb_after_n": final.memory["other_children_rss_mb"],
+            "processes": final.memory["tree_processes"],
+            "other_children": final.memory["other_children"],
+        },
     }
     if at_100 and at_100.memory[key]:
         out["growth_100_to_n_pct"] = round(

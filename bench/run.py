@@ -97,6 +97,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds a phase may wait for its predictions",
     )
     p.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=600.0,
+        help="seconds the web server and each worker may take to start (one that dies ends "
+        "the wait at once)",
+    )
+    p.add_argument(
+        "--worker-nice",
+        type=int,
+        default=None,
+        help="CXR_WORKER_NICE for the workers (default: the app's, 10)",
+    )
+    p.add_argument(
         "--skip-paused", action="store_true", help="skip the upload phase with the workers paused"
     )
     p.add_argument("--skip-training", action="store_true", help="skip the training figures")
@@ -191,6 +204,8 @@ def stack_config(args: argparse.Namespace) -> StackConfig:
         log_level=args.log_level,
         keep=args.keep,
         seed=args.seed,
+        ready_timeout_s=args.ready_timeout,
+        worker_nice=args.worker_nice,
     )
 
 
@@ -207,7 +222,7 @@ def run_phases(
         log.info("starting the app (%d worker(s)) in %s", args.workers, stack.tmp)
         stack.start()
         client = ApiClient("127.0.0.1", stack.port, stack.token)
-        client.wait_until_up(60)
+        client.wait_until_up(args.ready_timeout, check=stack.check_alive)
         counter = done_counter(stack.database_url)
         sampler = monitor.RssSampler([w.pid for w in stack.workers], counter)
         rss_start = sampler.sample()
@@ -263,6 +278,9 @@ def _terminate(signum: int, _frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # One line per request of the open-loop phase (thousands a second on a fast host) would cost
+    # the driver CPU while it measures.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     signal.signal(signal.SIGTERM, _terminate)
     files = load.find_images(args.images, args.seed)
     source = load.ImageSource(files)

@@ -17,12 +17,11 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from bench.process import ManagedProcess, free_port
+from bench.process import ManagedProcess, free_port, wait_ready
 from bench.stack_services import (
     StackError,
     claim_broker,
@@ -60,6 +59,11 @@ class StackConfig:
     keep: bool = False
     seed: int = 0
     queues: str = "inference"  # what the --workers workers consume (-Q)
+    # How long a child may take to start. Generous: on a busy host a worker, which lowers its
+    # priority before importing torch, took minutes (bench/process.py, SLOW_START_HINT); a
+    # child that dies ends the wait at once.
+    ready_timeout_s: float = 600.0
+    worker_nice: int | None = None  # CXR_WORKER_NICE for the workers; None: the app's default
 
 
 @dataclass
@@ -97,7 +101,7 @@ class Stack:
         self._start_gunicorn()
         for i in range(cfg.workers):
             self._start_worker(i)
-        self._wait_workers_ready(timeout_s=120)
+        self._wait_workers_ready()
 
     def _create_database(self) -> str:
         self.created_db, url = create_database(self.cfg.pg_admin_url)
@@ -130,6 +134,8 @@ class Stack:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if self.cfg.worker_nice is not None:
+            env["CXR_WORKER_NICE"] = str(self.cfg.worker_nice)
         return env
 
     def manage(self, *args: str, timeout_s: float = 120) -> str:
@@ -264,7 +270,9 @@ class Stack:
             ],
         )
 
-    def start_training_worker(self, nice: int = 19, timeout_s: float = 120) -> ManagedProcess:
+    def start_training_worker(
+        self, nice: int = 19, timeout_s: float | None = None
+    ) -> ManagedProcess:
         """The training queue's own worker, as `make run` starts it (scripts/run.sh): one pool
         process at the lowest CPU priority. Not one of ``workers`` (never paused)."""
         proc = self._spawn(
@@ -292,22 +300,16 @@ class Stack:
         return proc
 
     def _wait_workers_ready(
-        self, timeout_s: float, procs: list[ManagedProcess] | None = None
+        self, timeout_s: float | None = None, procs: list[ManagedProcess] | None = None
     ) -> None:
-        deadline = time.monotonic() + timeout_s
-        pending = list(self.workers if procs is None else procs)
-        while pending and time.monotonic() < deadline:
-            for proc in list(pending):
-                if not proc.alive():
-                    raise StackError(f"{proc.name} exited:\n{proc.log_tail()}")
-                text = proc.log_path.read_text(errors="replace")
-                if " ready." in text:
-                    pending.remove(proc)
-            time.sleep(0.2)
-        if pending:
-            raise StackError(
-                f"{pending[0].name} was not ready within {timeout_s:.0f} s:\n{pending[0].log_tail()}"
-            )
+        """Until each worker logs " ready." (Celery's banner line); at once if one exits, or
+        if the web server has (both with the log's tail)."""
+        wait_ready(
+            list(self.workers if procs is None else procs),
+            lambda proc: " ready." in proc.log_path.read_text(errors="replace"),
+            self.cfg.ready_timeout_s if timeout_s is None else timeout_s,
+            also_alive=self.check_alive,
+        )
 
     # --- while running ---------------------------------------------------------------------
 
