@@ -47,7 +47,7 @@ def test_neighbours_follow_the_worklist_selectors_order(rad_client, radiologist)
 def test_neighbours_follow_the_worklists_filters(rad_client, radiologist):
     """Filtered to one patient search, j skips the others; a study that leaves the filter (it is
     signed under "not reviewed") keeps its place, so j goes on to the next unread one."""
-    for i, mrn in enumerate(("FLT-1", "OTHER-1", "FLT-2", "OTHER-2", "FLT-3")):
+    for mrn in ("FLT-1", "OTHER-1", "FLT-2", "OTHER-2", "FLT-3"):
         _upload(radiologist, mrn, priority=Study.Priority.ROUTINE)
     order = list(selectors.worklist().values_list("pk", flat=True))
     flt = [pk for pk in order if Study.objects.get(pk=pk).patient.mrn.startswith("FLT")]
