@@ -10,8 +10,9 @@
 #
 # Sizes by environment: GPU_EPOCHS (3), GPU_BATCH (256), GPU_BENCH_COUNT (400: the sustained
 # phase), GPU_ASYNC_RATE (1500 uploads/s offered), GPU_ASYNC_SECONDS (10), GPU_CONCURRENCY
-# (the inference worker's pool processes, default the cores), GPU_STRATEGIES ("head partial
-# full"), GPU_TRAIN_LIMIT (images per epoch of bench.ml training: all), GPU_BENCH_ARGS (more
+# (the inference worker's pool processes, default the cores), GPU_WEB_WORKERS (gunicorn, 8),
+# GPU_MODEL_SERVER (auto: a model server per GPU; off: the model in each pool process),
+# GPU_STRATEGIES ("head partial full"), GPU_TRAIN_LIMIT (images per epoch of bench.ml training: all), GPU_BENCH_ARGS (more
 # bench/run.py options, e.g. "--clients 1,8 --idle-count 3" for a dry run), GPU_READY_TIMEOUT
 # (600: seconds each service, the web server and the worker may take to start; one that dies
 # ends the wait at once, with its log), PYTHON (python3). At the end (also after a failure) it
@@ -31,6 +32,8 @@ COUNT=${GPU_BENCH_COUNT:-400}
 RATE=${GPU_ASYNC_RATE:-1500}
 ASYNC_S=${GPU_ASYNC_SECONDS:-10}
 CONCURRENCY=${GPU_CONCURRENCY:-$(nproc)}
+WEB_WORKERS=${GPU_WEB_WORKERS:-8}  # gunicorn sync workers, as production runs it on that host
+MODEL_SERVER=${GPU_MODEL_SERVER:-auto}  # the worker's CXR_MODEL_SERVER: one per GPU when auto
 STRATEGIES=${GPU_STRATEGIES:-head partial full}
 TRAIN_LIMIT=${GPU_TRAIN_LIMIT:-100000}
 EXTRA=${GPU_BENCH_ARGS:-}
@@ -181,8 +184,9 @@ stage trainbench "training loops: the app's pipeline and the plain torchvision l
 stage bench "bench/run.py: $CONCURRENCY pool processes, $COUNT sustained, $RATE/s offered for $ASYNC_S s"
 "$PY" bench/run.py --images "$KIT/data" --arch mobilenet_v2 ${BACKBONE[@]+"${BACKBONE[@]}"} \
   --pg-admin-url "$PG_ADMIN" --broker-url "redis://127.0.0.1:$RPORT/14" \
-  --workers 1 --concurrency "$CONCURRENCY" --count "$COUNT" --skip-training --py-spy off \
-  --ready-timeout "$READY_S" --async-rate "$RATE" --async-seconds "$ASYNC_S" --logs "$OUT/logs" \
+  --workers 1 --concurrency "$CONCURRENCY" --web-workers "$WEB_WORKERS" --count "$COUNT" \
+  --skip-training --py-spy off --model-server "$MODEL_SERVER" --ready-timeout "$READY_S" \
+  --async-rate "$RATE" --async-seconds "$ASYNC_S" --logs "$OUT/logs" \
   $EXTRA --out "$OUT/bench.json" >"$WORK/bench.log" 2>&1 ||
   { log "bench/run.py failed (its log: $OUT/bench.log, the app's: $OUT/logs/):"; grep -v '^ ' "$WORK/bench.log" | tail -30 >&2; exit 1; }
 log "done: $(ls "$OUT"/*.json | xargs -n1 basename | tr '\n' ' ')in $OUT"

@@ -98,7 +98,9 @@ def serving_lines(bench: dict) -> list[str]:
         f"({_fmt(_get(async_load, 'uploads', 'accepted_per_s'))}/s accepted)",
         f"- floor: {_fmt(bench.get('floor_per_s'))}/s one image at a time; batch floor "
         + (f"{_fmt(best_batch[1])}/s ({best_batch[0]})" if best_batch else "n/a")
-        + f"; ratio {_fmt(bench.get('ratio'))}",
+        + f"; ratio {_fmt(bench.get('ratio'))}, to the batch floor "
+        + _fmt(_get(bench, "ratio_to_batch_floor", "ratio"))
+        + f"; model server {_get(bench, 'meta', 'model_server_setting') or 'n/a'}",
         f"- upload p95 at {top or 'n/a'}: "
         + (_fmt(_get(bench, "upload_ms", top, "p95"), " ms") if top else "n/a")
         + (f" (p50 {_fmt(_get(bench, 'upload_ms', top, 'p50'), ' ms')})" if top else ""),
