@@ -27,9 +27,7 @@ from diagnosis.worker import model_servers
 from diagnosis.worker.errors import PredictionFailure
 from diagnosis.worker.faults import inject_fault
 from training.ml.infer.predictor import Predictor
-from training.ml.infer.remote import (
-    ModelServerUnavailable,
-)
+from training.ml.infer.remote import ModelServerUnavailable, RemotePredictor
 from training.ml.infer.render import render_pngs
 from training.ml.memory import retain_freed_memory
 from training.ml.models.checkpoint import file_sha256
@@ -39,10 +37,13 @@ from training.models import ModelVersion
 
 logger = logging.getLogger(__name__)
 
+# A model in this process, or in the worker's model server (diagnosis.worker.model_servers).
+AnyPredictor = Predictor | RemotePredictor
+
 # The models this process holds, least recently used first: the production version and the one
 # before it, so that predictions still queued for the old version after a promotion do not make
 # the two evict each other (each load takes 1-2 s on a CPU).
-_cache: OrderedDict[tuple[int, str, int], Predictor] = OrderedDict()
+_cache: OrderedDict[tuple[int, str, int], AnyPredictor] = OrderedDict()
 CACHED_MODELS = 2
 _lock = threading.Lock()
 # Loads in progress: another thread that wants the same version waits for it (one load).
@@ -83,7 +84,7 @@ _process_configured = False
 _threads_configured: set[int] = set()
 
 
-def predictor_for(version: ModelVersion) -> Predictor:
+def predictor_for(version: ModelVersion) -> AnyPredictor:
     """The loaded model of ``version``, loaded on first use (1-2 s on a CPU) and then kept.
 
     A load runs outside the lock: a task on the version already held is not held up while a
@@ -134,7 +135,7 @@ def is_loaded(pk: int, sha256: str, calibration_number: int | None = None) -> bo
         )
 
 
-def _load(version: ModelVersion) -> Predictor:
+def _load(version: ModelVersion) -> AnyPredictor:
     try:
         path = version.weights.path
     except (ValueError, NotImplementedError) as exc:
@@ -267,7 +268,7 @@ def compute_batch(batch: list[Prediction]) -> list[dict | Exception]:
     return [outcomes[i] for i in range(len(batch))]
 
 
-def predictor_of(prediction: Prediction) -> Predictor:
+def predictor_of(prediction: Prediction) -> AnyPredictor:
     """The loaded model of the version ``prediction`` is for."""
     if prediction.model_version is None:
         raise PredictionFailure("The prediction has no model version to run.")
@@ -275,7 +276,7 @@ def predictor_of(prediction: Prediction) -> Predictor:
 
 
 def _open_pictures(
-    batch: list[Prediction], predictor: Predictor, outcomes: dict[int, dict | Exception]
+    batch: list[Prediction], predictor: AnyPredictor, outcomes: dict[int, dict | Exception]
 ) -> dict[int, Any]:
     """Each member's display picture, by index; an unreadable file is that image's failure
     (recorded in ``outcomes``)."""
@@ -323,7 +324,7 @@ def _with_colour_check(ood: dict, image: Image) -> dict:
 
 
 def _rendered(
-    prediction: Prediction, picture: Any, result: Any, predictor: Predictor, predict_ms: float
+    prediction: Prediction, picture: Any, result: Any, predictor: AnyPredictor, predict_ms: float
 ) -> dict | Exception:
     """One image's result with its heatmap and overlay PNGs, or the rendering's failure."""
     started = time.perf_counter()
