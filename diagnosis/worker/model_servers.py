@@ -125,6 +125,7 @@ class ModelServers:
         self.started_at = [0.0] * count
         self.crashes = [0] * count
         self.stopped = threading.Event()
+        self.owner = os.getpid()  # a forked pool process inherits this object, never stops them
 
     def _argv(self, index: int) -> list[str]:
         device = f"cuda:{index}" if self.gpus else "cpu"
@@ -187,7 +188,7 @@ class ModelServers:
                 self._spawn(index)
 
     def stop(self) -> None:
-        if self.stopped.is_set():
+        if self.stopped.is_set() or os.getpid() != self.owner:
             return
         self.stopped.set()
         running = [p for p in self.procs if p is not None and p.poll() is None]
