@@ -114,6 +114,14 @@ class AuditEvent(AppendOnlyModel):
         # Moved from the diagnosis app (migration diagnosis 0011): the table keeps its name.
         db_table = "diagnosis_auditevent"
         ordering = ["-at"]
+        indexes = [
+            # The coalescing lookup of a repeated view (services.viewed_recently), on every
+            # audited GET: without it, PostgreSQL read every event of the user to find the one.
+            models.Index(
+                fields=["user", "action", "object_type", "object_id", "at"],
+                name="audit_repeat_view",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.username or '-'} {self.action}"
