@@ -662,8 +662,12 @@
     function decide(value) {
       var radio = document.querySelector("#reading input[name=decision][value=" + value + "]");
       if (!radio) {
-        // An unreliable result offers no "agree" (templates/diagnosis/_reading.html).
-        if (value === "agree" && document.querySelector("[data-agree-withheld]")) say("Nothing to agree with: the model's result is unreliable. Choose the final label.");
+        // An unreliable result offers no "agree" (templates/diagnosis/_reading.html): the final
+        // label is chosen, and v goes straight to it.
+        var withheld = document.querySelector("[data-agree-withheld]");
+        if (withheld && value === "agree") say("Nothing to agree with: the model's result is unreliable. Choose the final label.");
+        var select = withheld && value === "override" ? document.querySelector("#reading select[name=final_label]") : null;
+        if (select) select.focus();
         return;
       }
       radio.click();

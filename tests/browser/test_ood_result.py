@@ -115,7 +115,12 @@ def test_an_ood_study_is_read_with_a_chosen_label_never_an_agree(
     page.goto(f"{live_server.url}/studies/{ood.study.pk}/")
     reading = page.locator("#reading")
     assert "nothing to agree with" in reading.locator("[data-agree-withheld]").inner_text()
-    # The "a" shortcut finds no agree to click, and says so.
+    # The keys' help offers no "a agree" here; "v" goes to the final label; "a" says why not.
+    keys = page.locator("#study-keys").inner_text()
+    assert "agree" not in keys and "final label" in keys
+    page.locator("h1").click()
+    page.keyboard.press("v")
+    assert page.evaluate("document.activeElement.name") == "final_label"
     page.locator("h1").click()
     page.keyboard.press("a")
     assert "Nothing to agree with" in page.locator("#study-keys-status").inner_text()
