@@ -112,13 +112,10 @@ def study_neighbours(request, pk: int):
     except ValueError:
         raise Http404("No such study.") from None
     filters = _worklist_filters(request)[1]
-    if filters:
-        kept = set(selectors.worklist(**filters).values_list("pk", flat=True))
-        listed = [p for p in order if p in kept]
-    else:
-        listed = order
-    before = [p for p in order[:at] if p in listed] if filters else order[:at]
-    after = [p for p in order[at + 1 :] if p in listed] if filters else order[at + 1 :]
+    kept = set(selectors.worklist(**filters).values_list("pk", flat=True)) if filters else None
+    listed = order if kept is None else [p for p in order if p in kept]
+    before = [p for p in order[:at] if kept is None or p in kept]
+    after = [p for p in order[at + 1 :] if kept is None or p in kept]
 
     def link(study: int | None) -> str | None:
         return reverse("diagnosis:study", args=[study]) if study is not None else None

@@ -54,17 +54,6 @@ def gpu_count() -> int:
         return 0
 
 
-def wanted() -> int:
-    """How many model servers this worker runs: one per GPU, one on a CPU when forced (on), none
-    when off or (auto) when the host has no GPU."""
-    if settings.CXR_MODEL_SERVER == "off":
-        return 0
-    gpus = gpu_count()
-    if gpus:
-        return gpus
-    return 1 if settings.CXR_MODEL_SERVER == "on" else 0
-
-
 def client_address() -> tuple[str, bytes] | None:
     """In a pool process: the server it sends to (processes spread over the GPUs by pid) and the
     key; None when this worker runs no server."""
@@ -115,15 +104,15 @@ def remote_predictor(version: ModelVersion, path: str) -> RemotePredictor:
 class ModelServers:
     """The worker's servers: started, watched and started again, stopped."""
 
-    def __init__(self, count: int) -> None:
-        self.count = count
-        self.gpus = gpu_count()
+    def __init__(self, gpus: int) -> None:
+        self.gpus = gpus
+        self.count = gpus or 1  # one per GPU; one on a CPU (CXR_MODEL_SERVER=on)
         self.folder = tempfile.mkdtemp(prefix="cxr-model-server-")  # 0700: this user only
         self.key = secrets.token_hex(32)
-        self.sockets = [os.path.join(self.folder, f"gpu{i}.sock") for i in range(count)]
-        self.procs: list[subprocess.Popen | None] = [None] * count
-        self.started_at = [0.0] * count
-        self.crashes = [0] * count
+        self.sockets = [os.path.join(self.folder, f"gpu{i}.sock") for i in range(self.count)]
+        self.procs: list[subprocess.Popen | None] = [None] * self.count
+        self.started_at = [0.0] * self.count
+        self.crashes = [0] * self.count
         self.stopped = threading.Event()
         self.owner = os.getpid()  # a forked pool process inherits this object, never stops them
 
@@ -206,16 +195,19 @@ _servers: ModelServers | None = None
 
 
 def start_for_worker(log: logging.Logger) -> None:
-    """In the worker's main process, before the pool forks: start the servers it should run."""
+    """In the worker's main process, before the pool forks: start the servers it should run (one
+    per GPU; on a host without one, one only when CXR_MODEL_SERVER is on)."""
     global _servers
-    count = wanted()
-    if not count or _servers is not None:
+    if settings.CXR_MODEL_SERVER == "off" or _servers is not None:
         return
-    _servers = ModelServers(count)
+    gpus = gpu_count()
+    if not gpus and settings.CXR_MODEL_SERVER != "on":
+        return  # auto on a host without a GPU: the model runs in each pool process
+    _servers = ModelServers(gpus)
     _servers.start()
     log.info(
         "the model runs in %d model server(s) on %s; the pool processes decode and render",
-        count,
+        _servers.count,
         "the GPU" if _servers.gpus else "the CPU",
     )
 

@@ -25,7 +25,7 @@ from ..models.weights import IncompatibleWeights
 from ..ood import FeatureCapture, OODReference, OODResult, image_checks, ood_result
 from ..preprocessing import Preprocessing, batch_gray_input, normalise
 
-__all__ = ["PredictionResult", "Predictor", "RawOutputs"]
+__all__ = ["PredictionResult", "Predictor", "RawOutputs", "checked_cam_classes"]
 
 
 @dataclass
@@ -80,6 +80,25 @@ class RawOutputs:
             )
             for i in range(len(self.labels))
         ]
+
+
+def checked_cam_classes(
+    classes: list[str], cam_classes: Sequence[str | None] | None, count: int
+) -> list[str | None]:
+    """One CAM class per image (None: the image's predicted class), each one of ``classes``;
+    ValueError otherwise. No list means the predicted class for all ``count`` images."""
+    if cam_classes is None:
+        return [None] * count
+    cam_classes = list(cam_classes)
+    if len(cam_classes) != count:
+        raise ValueError(
+            f"cam_classes has {len(cam_classes)} entries for {count} images; give one "
+            f"per image (None for the predicted class)."
+        )
+    for name in cam_classes:
+        if name is not None and name not in classes:
+            raise ValueError(f"Unknown CAM class {name!r}; this model's classes are {classes}.")
+    return cam_classes
 
 
 class _ArgmaxTarget:
@@ -243,24 +262,11 @@ class Predictor:
                 f"Expected grayscale input of shape Nx1x{size}x{size}, got {tuple(gray.shape)}."
             )
         count = gray.shape[0]
-        if cam_classes is None:
-            cam_classes = [None] * count
-        cam_classes = list(cam_classes)
-        if len(cam_classes) != count:
-            raise ValueError(
-                f"cam_classes has {len(cam_classes)} entries for {count} images; give one "
-                f"per image (None for the predicted class)."
-            )
-        targets: list[ClassifierOutputTarget | _ArgmaxTarget] = []
-        for name in cam_classes:
-            if name is None:
-                targets.append(_ArgmaxTarget())
-            elif name in self.classes:
-                targets.append(ClassifierOutputTarget(self.classes.index(name)))
-            else:
-                raise ValueError(
-                    f"Unknown CAM class {name!r}; this model's classes are {self.classes}."
-                )
+        cam_classes = checked_cam_classes(self.classes, cam_classes, count)
+        targets: list[ClassifierOutputTarget | _ArgmaxTarget] = [
+            _ArgmaxTarget() if name is None else ClassifierOutputTarget(self.classes.index(name))
+            for name in cam_classes
+        ]
 
         batch = normalise(gray.to(self.device, torch.float32), self.preprocessing)
         cams: np.ndarray | None = None

@@ -21,7 +21,7 @@ from PIL import Image
 from ..errors import MLError
 from ..ood import image_checks
 from ..preprocessing import Preprocessing, batch_gray_input
-from .predictor import PredictionResult
+from .predictor import PredictionResult, checked_cam_classes
 from .server import ModelSpec
 
 __all__ = ["ModelServerClient", "ModelServerError", "ModelServerUnavailable", "RemotePredictor"]
@@ -125,16 +125,8 @@ class RemotePredictor:
         images = list(images)
         if not images:
             return []
-        if cam_classes is not None and len(cam_classes) != len(images):
-            raise ValueError(
-                f"cam_classes has {len(cam_classes)} entries for {len(images)} images; give one "
-                f"per image (None for the predicted class)."
-            )
-        for name in cam_classes or ():
-            if name is not None and name not in self.classes:
-                raise ValueError(
-                    f"Unknown CAM class {name!r}; this model's classes are {self.classes}."
-                )
+        if cam_classes is not None:  # refused here, as in-process: ValueError, not a server error
+            cam_classes = checked_cam_classes(self.classes, cam_classes, len(images))
         checks = [image_checks(image) for image in images]
         gray = batch_gray_input(images, self.preprocessing).numpy()
         reply: dict[str, Any] = self.client.call(
@@ -142,7 +134,7 @@ class RemotePredictor:
                 "op": "predict",
                 "spec": self.spec,
                 "gray": gray,
-                "cam_classes": None if cam_classes is None else list(cam_classes),
+                "cam_classes": cam_classes,
             }
         )
         self.device = reply["device"]
