@@ -77,3 +77,26 @@ def pneumonia_model(db) -> ModelVersion:
         thresholds=THRESHOLDS, weights="models/pneu-v1.pt", sha256="0" * 64,
         mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225],
     )  # fmt: skip
+
+
+def pneumonia_study_to_pacs(radiologist, model: ModelVersion, *, seed: int, mrn: str, acc: str):
+    """A one-view study whose result (PNEUMONIA 0.7) is finished and whose PACS exports are made
+    (sent by the test's worker to whatever CXR_PACS_URL the test set)."""
+    from django.db import transaction
+
+    from diagnosis import services
+    from diagnosis.models import Prediction
+    from tests import imagegen
+    from tests.diagnosis.conftest import finish_prediction
+
+    study = services.study_upload(
+        uploaded_by=radiologist,
+        data=imagegen.png_bytes(seed=seed),
+        patient_id=mrn,
+        accession_number=acc,
+    ).study
+    prediction = Prediction.objects.get(image__study=study)
+    with transaction.atomic():
+        finish_prediction(prediction, model, {"NORMAL": 0.3, "PNEUMONIA": 0.7})
+        services.pacs_exports_for_result(study_id=study.pk)
+    return study

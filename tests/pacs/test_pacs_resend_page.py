@@ -4,16 +4,13 @@ once it is back, an admin clicks Re-send and the worker sends the object to the 
 from __future__ import annotations
 
 import pytest
-from django.db import transaction
 
 from cxrweb.audit.models import AuditEvent
-from diagnosis import services
-from diagnosis.models import PacsExport, Prediction
-from tests import imagegen
+from diagnosis.models import PacsExport
 from tests.browser.conftest import sign_in
 from tests.conftest import _user, wait_for
-from tests.diagnosis.conftest import finish_prediction
 from tests.orthanc import free_port
+from tests.pacs.conftest import pneumonia_study_to_pacs
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -24,14 +21,9 @@ def test_an_admin_resends_a_failed_object_from_the_study_page(
     settings.CXR_PACS_URL = f"http://127.0.0.1:{free_port()}/dicom-web"  # the PACS is down
     settings.CXR_PACS_SEND_ON = "result"
     settings.CXR_PACS_MAX_ATTEMPTS = 1
-    study = services.study_upload(
-        uploaded_by=radiologist, data=imagegen.png_bytes(seed=12), patient_id="MRN-RESEND",
-        accession_number="ACC-RESEND",
-    ).study  # fmt: skip
-    prediction = Prediction.objects.get(image__study=study)
-    with transaction.atomic():
-        finish_prediction(prediction, pneumonia_model, {"NORMAL": 0.3, "PNEUMONIA": 0.7})
-        services.pacs_exports_for_result(study_id=study.pk)
+    study = pneumonia_study_to_pacs(
+        radiologist, pneumonia_model, seed=12, mrn="MRN-RESEND", acc="ACC-RESEND"
+    )
     wait_for(lambda: study.pacs_exports.filter(status="failed").count() == 2, what="both failed")
 
     # A radiologist sees the failure, and no button.

@@ -4,15 +4,13 @@ real Orthanc), retrying with the reason for a reading's while the PACS is down."
 from __future__ import annotations
 
 import pytest
-from django.db import transaction
 
 from diagnosis import services
-from diagnosis.models import PacsExport, Prediction
-from tests import imagegen
+from diagnosis.models import PacsExport
 from tests.browser.conftest import sign_in
 from tests.conftest import wait_for
-from tests.diagnosis.conftest import finish_prediction
 from tests.orthanc import free_port
+from tests.pacs.conftest import pneumonia_study_to_pacs
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -22,14 +20,9 @@ def test_the_study_page_shows_sent_and_retrying_pacs_objects(
 ):
     settings.CXR_PACS_URL = orthanc.dicomweb
     settings.CXR_PACS_SEND_ON = "both"
-    study = services.study_upload(
-        uploaded_by=radiologist, data=imagegen.png_bytes(seed=11), patient_id="MRN-PAGE",
-        accession_number="ACC-PAGE",
-    ).study  # fmt: skip
-    prediction = Prediction.objects.get(image__study=study)
-    with transaction.atomic():
-        finish_prediction(prediction, pneumonia_model, {"NORMAL": 0.3, "PNEUMONIA": 0.7})
-        services.pacs_exports_for_result(study_id=study.pk)
+    study = pneumonia_study_to_pacs(
+        radiologist, pneumonia_model, seed=11, mrn="MRN-PAGE", acc="ACC-PAGE"
+    )
     wait_for(lambda: study.pacs_exports.filter(status="sent").count() == 2, what="the result sent")
 
     settings.CXR_PACS_URL = f"http://127.0.0.1:{free_port()}/dicom-web"  # the PACS goes down
